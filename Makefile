@@ -1,0 +1,33 @@
+# Kino: the two commands the README promises, and the ones developers use.
+#   make demo   set up .venv, start a local cluster on the tiny model, generate a video with audio
+#   make test   set up .venv and run the test suite (GPU tests deselected)
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test venv bench-engines clean
+
+venv: $(STAMP)
+
+# torch first and pinned: on CPU machines 2.13.0 is a local wheel; anything else pulls CUDA builds.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	@mkdir -p out
+	$(VENV)/bin/kino run "a robot dancing on the beach, waves and a steel drum" --seconds 2 --seed 7 -o out/demo.mp4
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not gpu" -q
+
+bench-engines: $(STAMP)
+	$(PY) -m loadtests.bench_engines
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

@@ -1,0 +1,35 @@
+"""Errors the engines raise. Each names what was wrong, so callers can say it plainly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class EngineError(Exception):
+    """Base class of every error raised by `engines`."""
+
+
+class ConfigError(EngineError, ValueError):
+    """A configuration key holds a value the engines cannot run with."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(f"{key}: {message}")
+
+
+class InvalidParameter(EngineError, ValueError):
+    """A generation parameter is outside what the model allows.
+
+    Carries the field, the value given and the allowed range, e.g.
+    ``width=100 is not allowed: a multiple of 32 in [64, 1920]``.
+    """
+
+    def __init__(self, field: str, value: Any, allowed: str) -> None:
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{field}={value!r} is not allowed: {allowed}")
+
+
+class CheckpointError(EngineError):
+    """A checkpoint directory is missing a component or holds one that cannot be loaded."""

@@ -1,0 +1,146 @@
+"""What one generation asks for, and the one place that checks it against the model's limits."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import secrets
+from dataclasses import dataclass
+from fractions import Fraction
+
+from engines.config import ModelConfig
+from engines.errors import InvalidParameter
+
+# The video VAE compresses time 8x around a causal first frame: a clip has 8k+1 frames.
+TEMPORAL_COMPRESSION = 8
+
+
+def frames_for(seconds: float, fps: Fraction) -> int:
+    """Frames delivered to the user for a duration (at least one)."""
+    return max(1, round(seconds * fps))
+
+
+def model_frames_for(output_frames: int) -> int:
+    """Smallest 8k+1 frame count that covers `output_frames` (the model generates these)."""
+    k = math.ceil((output_frames - 1) / TEMPORAL_COMPRESSION)
+    return TEMPORAL_COMPRESSION * k + 1
+
+
+def parse_fps(value: float | str | Fraction) -> Fraction:
+    """24, 29.97, '30000/1001' -> an exact Fraction (29.97 means NTSC 30000/1001)."""
+    if isinstance(value, Fraction):
+        return value
+    frac = Fraction(str(value)) if isinstance(value, str) else Fraction(value).limit_denominator(1001)
+    for ntsc in (24, 30, 60):
+        exact = Fraction(ntsc * 1000, 1001)
+        if abs(frac - exact) < Fraction(1, 100):
+            return exact
+    return frac
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """One text(+audio)-to-video request. `None` means "the model's default".
+
+    Call `validated(config)` to get a copy with defaults filled in and every field checked;
+    the engines accept only validated params.
+    """
+
+    prompt: str
+    negative_prompt: str | None = None
+    width: int | None = None
+    height: int | None = None
+    seconds: float | None = None
+    fps: Fraction | None = None
+    seed: int | None = None  # None: a random seed, recorded so the result can be reproduced
+    steps: int | None = None
+    guidance_scale: float | None = None
+    audio_guidance_scale: float | None = None
+    guidance_rescale: float | None = None
+    audio_guidance_rescale: float | None = None
+
+    @property
+    def output_frames(self) -> int:
+        """Frames in the delivered MP4."""
+        assert self.seconds is not None and self.fps is not None, "validate first"
+        return frames_for(self.seconds, self.fps)
+
+    @property
+    def num_frames(self) -> int:
+        """Frames the model generates (8k+1, >= output_frames)."""
+        return model_frames_for(self.output_frames)
+
+    @property
+    def use_cfg(self) -> bool:
+        """Classifier-free guidance needs an unconditional pass (like LTX2Pipeline's rule)."""
+        assert self.guidance_scale is not None and self.audio_guidance_scale is not None
+        return self.guidance_scale > 1.0 or self.audio_guidance_scale > 1.0
+
+    def validated(self, config: ModelConfig) -> "GenerationParams":
+        """Fill defaults from `config`, then check every field; raises `InvalidParameter`."""
+        d, lim = config.defaults, config.limits
+        p = dataclasses.replace(
+            self,
+            negative_prompt=d.negative_prompt if self.negative_prompt is None else self.negative_prompt,
+            width=d.width if self.width is None else self.width,
+            height=d.height if self.height is None else self.height,
+            seconds=d.seconds if self.seconds is None else self.seconds,
+            fps=d.fps if self.fps is None else parse_fps(self.fps),
+            seed=secrets.randbelow(2**31) if self.seed is None else self.seed,
+            steps=d.steps if self.steps is None else self.steps,
+            guidance_scale=d.guidance_scale if self.guidance_scale is None else self.guidance_scale,
+            audio_guidance_scale=(d.audio_guidance_scale if self.audio_guidance_scale is None
+                                  else self.audio_guidance_scale),
+            guidance_rescale=d.guidance_rescale if self.guidance_rescale is None else self.guidance_rescale,
+            audio_guidance_rescale=(d.audio_guidance_rescale if self.audio_guidance_rescale is None
+                                    else self.audio_guidance_rescale),
+        )
+        _check_text("prompt", p.prompt, lim.max_prompt_chars, required=True)
+        _check_text("negative_prompt", p.negative_prompt, lim.max_prompt_chars, required=False)
+        for side in ("width", "height"):
+            v = getattr(p, side)
+            if (not isinstance(v, int) or v % lim.side_multiple != 0
+                    or not lim.min_side <= v <= lim.max_side):
+                raise InvalidParameter(side, v, f"a multiple of {lim.side_multiple} in "
+                                                f"[{lim.min_side}, {lim.max_side}]")
+        if p.width * p.height > lim.max_pixels:
+            raise InvalidParameter("size", f"{p.width}x{p.height}",
+                                   f"at most {lim.max_pixels} pixels (1080p); "
+                                   f"got {p.width * p.height}")
+        if p.fps not in lim.allowed_fps:
+            raise InvalidParameter("fps", _fmt_fps(p.fps),
+                                   "one of " + ", ".join(_fmt_fps(f) for f in lim.allowed_fps))
+        if not (isinstance(p.seconds, (int, float)) and math.isfinite(p.seconds)
+                and lim.min_seconds <= p.seconds <= lim.max_seconds):
+            raise InvalidParameter("seconds", p.seconds, f"[{lim.min_seconds:g}, {lim.max_seconds:g}]")
+        _check_int("seed", p.seed, 0, lim.max_seed)
+        _check_int("steps", p.steps, 1, lim.max_steps)
+        for name in ("guidance_scale", "audio_guidance_scale"):
+            _check_float(name, getattr(p, name), *lim.guidance_range)
+        for name in ("guidance_rescale", "audio_guidance_rescale"):
+            _check_float(name, getattr(p, name), *lim.rescale_range)
+        return p
+
+
+def _fmt_fps(fps: Fraction) -> str:
+    return str(fps.numerator) if fps.denominator == 1 else f"{fps.numerator}/{fps.denominator}"
+
+
+def _check_text(field: str, value: object, max_chars: int, *, required: bool) -> None:
+    if not isinstance(value, str):
+        raise InvalidParameter(field, value, "a string")
+    if required and not value.strip():
+        raise InvalidParameter(field, value, f"1 to {max_chars} characters, not blank")
+    if len(value) > max_chars:
+        raise InvalidParameter(field, f"<{len(value)} characters>", f"at most {max_chars} characters")
+
+
+def _check_int(field: str, value: object, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise InvalidParameter(field, value, f"an integer in [{lo}, {hi}]")
+
+
+def _check_float(field: str, value: object, lo: float, hi: float) -> None:
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or not lo <= value <= hi):
+        raise InvalidParameter(field, value, f"a number in [{lo:g}, {hi:g}]")

@@ -1,0 +1,98 @@
+"""GenerationParams.validated: one rule per test row, each error names field, value and range."""
+
+from fractions import Fraction
+
+import pytest
+
+from engines.errors import InvalidParameter
+from engines.params import GenerationParams, model_frames_for, parse_fps
+
+
+def _params(**kw):
+    return GenerationParams(**{"prompt": "a cat", **kw})
+
+
+@pytest.mark.parametrize(
+    "kw, field, allowed",
+    [
+        (dict(width=100), "width", "multiple of 32"),
+        (dict(width=32), "width", "[64, 1920]"),
+        (dict(width=1952), "width", "[64, 1920]"),
+        (dict(height=65), "height", "multiple of 32"),
+        (dict(height=0), "height", "[64, 1920]"),
+        (dict(height=-64), "height", "[64, 1920]"),
+        (dict(width=1920, height=1920), "size", "at most 2088960 pixels"),
+        (dict(fps=Fraction(12)), "fps", "one of 24000/1001, 24, 25, 30000/1001, 30"),
+        (dict(fps=60), "fps", "one of"),
+        (dict(seconds=0.1), "seconds", "[0.5, 20]"),
+        (dict(seconds=20.5), "seconds", "[0.5, 20]"),
+        (dict(seconds=float("nan")), "seconds", "[0.5, 20]"),
+        (dict(seed=-1), "seed", "[0, 9223372036854775807]"),
+        (dict(seed=2**63), "seed", "[0, 9223372036854775807]"),
+        (dict(seed=True), "seed", "an integer"),
+        (dict(steps=0), "steps", "[1, 100]"),
+        (dict(steps=101), "steps", "[1, 100]"),
+        (dict(steps=2.5), "steps", "an integer"),
+        (dict(guidance_scale=0.5), "guidance_scale", "[1, 20]"),
+        (dict(guidance_scale=21.0), "guidance_scale", "[1, 20]"),
+        (dict(audio_guidance_scale=float("inf")), "audio_guidance_scale", "[1, 20]"),
+        (dict(guidance_rescale=-0.1), "guidance_rescale", "[0, 1]"),
+        (dict(audio_guidance_rescale=1.5), "audio_guidance_rescale", "[0, 1]"),
+        (dict(prompt=""), "prompt", "not blank"),
+        (dict(prompt="   "), "prompt", "not blank"),
+        (dict(prompt="x" * 2001), "prompt", "at most 2000 characters"),
+        (dict(prompt=123), "prompt", "a string"),
+        (dict(negative_prompt="y" * 2001), "negative_prompt", "at most 2000 characters"),
+    ],
+)
+def test_each_rule_names_field_value_and_range(tiny_config, kw, field, allowed):
+    with pytest.raises(InvalidParameter) as err:
+        _params(**kw).validated(tiny_config)
+    assert err.value.field == field
+    assert allowed in err.value.allowed
+    message = str(err.value)
+    assert message.startswith(f"{field}=")
+    assert allowed in message
+
+
+def test_defaults_come_from_the_model_config(tiny_config):
+    p = _params().validated(tiny_config)
+    d = tiny_config.defaults
+    assert (p.width, p.height, p.steps, p.fps) == (d.width, d.height, d.steps, d.fps)
+    assert p.guidance_scale == d.guidance_scale and p.negative_prompt == d.negative_prompt
+    assert 0 <= p.seed < 2**31  # a random seed is drawn and recorded
+
+
+def test_explicit_values_survive_validation(tiny_config):
+    p = _params(width=128, height=96, seconds=2.0, fps=25, seed=7, steps=3).validated(tiny_config)
+    assert (p.width, p.height, p.seconds, p.fps, p.seed, p.steps) == (128, 96, 2.0, Fraction(25), 7, 3)
+
+
+@pytest.mark.parametrize(
+    "seconds, fps, output_frames, model_frames",
+    [
+        (1.0, Fraction(24), 24, 25),
+        (17 / 24, Fraction(24), 17, 17),
+        (4.0, Fraction(30000, 1001), 120, 121),
+        (20.0, Fraction(24), 480, 481),
+        (0.5, Fraction(25), 12, 17),
+    ],
+)
+def test_duration_and_fps_give_8k_plus_1_model_frames(tiny_config, seconds, fps, output_frames, model_frames):
+    p = _params(seconds=seconds, fps=fps).validated(tiny_config)
+    assert p.output_frames == output_frames
+    assert p.num_frames == model_frames
+    assert (p.num_frames - 1) % 8 == 0 and p.num_frames >= p.output_frames
+
+
+def test_model_frames_is_the_smallest_cover():
+    for n in range(1, 200):
+        m = model_frames_for(n)
+        assert (m - 1) % 8 == 0 and m >= n and m - 8 < n
+
+
+def test_ntsc_rates_parse_exactly():
+    assert parse_fps(29.97) == Fraction(30000, 1001)
+    assert parse_fps("24000/1001") == Fraction(24000, 1001)
+    assert parse_fps(23.976) == Fraction(24000, 1001)
+    assert parse_fps(25) == Fraction(25)
