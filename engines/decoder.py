@@ -1,0 +1,147 @@
+"""Stage 3: latents -> video frames (video VAE) and a waveform (audio VAE + vocoder).
+
+Video is decoded in chunks so memory stays bounded up to 1080p and 20 s: temporal chunks
+of latent frames, each in spatial tiles. The LTX-2 video decoder is causal in time, so a
+chunk is decoded with some *past* context and a tile with a halo on every side; context and
+halo are then cut away. With context and halo at least the decoder's receptive field a
+chunked decode equals a whole decode (tested); shorter ones trade exactness for speed.
+Frames stream out chunk by chunk, so a caller can encode them without holding the clip.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from diffusers import LTX2Pipeline
+from diffusers.image_processor import VaeImageProcessor
+
+from engines.config import DecodeConfig, ModelConfig
+from engines.model_loader import DECODER_PARTS, ComponentSource, Components
+from engines.mp4 import EncodeSettings, MediaInfo, Mp4Writer, Waveform, probe
+from engines.params import GenerationParams
+from engines.runtime import configure_threads
+from engines.stage_io import DenoisedLatents, LatentGeometry, LatentShape
+
+
+FrameFilter = Callable[[np.ndarray, int], np.ndarray]
+"""(uint8 frames [f, H, W, 3], index of the first) -> frames: applied before encoding."""
+
+
+class Decoder:
+    """Video VAE decoder + audio VAE decoder + vocoder."""
+
+    def __init__(self, config: ModelConfig, components: Components | None = None,
+                 geometry: LatentGeometry | None = None) -> None:
+        configure_threads(config)
+        self.config = config
+        source = ComponentSource(config)
+        comps = components or source.load(DECODER_PARTS)
+        self.geometry = geometry or source.geometry()
+        self.vae, self.audio_vae, self.vocoder = comps.vae, comps.audio_vae, comps.vocoder
+        self.device = torch.device(config.device)
+
+    # -- audio ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def decode_audio(self, latents: DenoisedLatents) -> Waveform:
+        g = self.geometry
+        packed = torch.from_numpy(latents.audio).to(self.device)[None]
+        packed = LTX2Pipeline._denormalize_audio_latents(packed, self.audio_vae.latents_mean,
+                                                         self.audio_vae.latents_std)
+        spec = LTX2Pipeline._unpack_audio_latents(packed, latents.shape.audio_frames,
+                                                  num_mel_bins=g.latent_mel_bins)
+        mel = self.audio_vae.decode(spec.to(self.audio_vae.dtype), return_dict=False)[0]
+        wav = self.vocoder(mel)
+        return Waveform(samples=wav[0].float().clamp(-1, 1).cpu().numpy(), sample_rate=g.audio_output_sample_rate)
+
+    # -- video ---------------------------------------------------------------------------
+    def num_pixel_frames(self, shape: LatentShape) -> int:
+        return (shape.frames - 1) * self.geometry.temporal_compression + 1
+
+    def _latents_5d(self, latents: DenoisedLatents) -> torch.Tensor:
+        """Packed tokens -> denormalized [1, C, F, H, W] in the VAE's dtype."""
+        g, s = self.geometry, latents.shape
+        packed = torch.from_numpy(latents.video).to(self.device)[None]
+        z = LTX2Pipeline._unpack_latents(packed, s.frames, s.height, s.width, g.patch_size, g.patch_size_t)
+        z = LTX2Pipeline._denormalize_latents(z, self.vae.latents_mean, self.vae.latents_std,
+                                              self.vae.config.scaling_factor)
+        return z.to(self.vae.dtype)
+
+    def _temb(self) -> torch.Tensor | None:
+        if not self.geometry.timestep_conditioned_vae:
+            return None
+        return torch.tensor([self.geometry.decode_timestep], device=self.device, dtype=self.vae.dtype)
+
+    @torch.inference_mode()
+    def decode_video(self, latents: DenoisedLatents, chunked: bool = True) -> torch.Tensor:
+        """All frames as float [F, H, W, 3] in [0, 1] (small outputs and tests; see iter_video)."""
+        if not chunked:
+            z = self._latents_5d(latents)
+            return _to_frames(self.vae.decode(z, self._temb(), return_dict=False)[0])
+        return torch.cat(list(self.iter_video(latents)))
+
+    @torch.inference_mode()
+    def iter_video(self, latents: DenoisedLatents, decode: DecodeConfig | None = None) -> Iterator[torch.Tensor]:
+        """Frames in temporal chunks, float [f, H, W, 3] in [0, 1]; memory bounded by the chunk."""
+        d = decode or self.config.decode
+        z = self._latents_5d(latents)
+        t = self.geometry.temporal_compression
+        frames = z.shape[2]
+        for start in range(0, frames, d.chunk_latent_frames):
+            end = min(frames, start + d.chunk_latent_frames) - 1
+            first = max(0, start - d.context_latent_frames)
+            decoded = self._decode_tiled(z[:, :, first:end + 1], d)
+            # Decoding latents [first..end] yields pixel frames [t*first .. t*end] of the whole clip;
+            # this chunk owns [0 .. t*end] if it starts the clip, else [t*start - t + 1 .. t*end].
+            own_from = 0 if start == 0 else t * start - t + 1
+            lo = own_from - t * first
+            yield _to_frames(decoded[:, :, lo:lo + t * end - own_from + 1])
+
+    def render_mp4(self, latents: DenoisedLatents, params: GenerationParams, path: str | Path, *,
+                   frame_filter: FrameFilter | None = None,
+                   settings: EncodeSettings = EncodeSettings()) -> MediaInfo:
+        """Decode and encode straight into an MP4, chunk by chunk; returns what was written."""
+        audio = self.decode_audio(latents)
+        with Mp4Writer(path, width=params.width, height=params.height, fps=params.fps,
+                       num_frames=params.output_frames, audio=audio, settings=settings) as writer:
+            first = 0
+            for chunk in self.iter_video(latents):
+                frames = frames_to_uint8(chunk)
+                if frame_filter is not None:
+                    frames = frame_filter(frames, first)
+                writer.write(frames)
+                first += len(frames)
+        return probe(path)
+
+    def _decode_tiled(self, z: torch.Tensor, d: DecodeConfig) -> torch.Tensor:
+        """Decode [1, C, f, h, w] in spatial tiles of `tile_latent_size` with a halo cut away after."""
+        _, _, _, h, w = z.shape
+        tile, halo, scale = d.tile_latent_size, d.tile_halo_latents, self.geometry.spatial_compression
+        temb = self._temb()
+        if h <= tile and w <= tile:
+            return self.vae.decoder(z, temb)
+        out: torch.Tensor | None = None
+        for i in range(0, h, tile):
+            for j in range(0, w, tile):
+                i0, i1 = max(0, i - halo), min(h, i + tile + halo)
+                j0, j1 = max(0, j - halo), min(w, j + tile + halo)
+                part = self.vae.decoder(z[:, :, :, i0:i1, j0:j1], temb)
+                if out is None:
+                    out = part.new_empty(*part.shape[:3], h * scale, w * scale)
+                ih, jw = min(tile, h - i) * scale, min(tile, w - j) * scale
+                oi, oj = (i - i0) * scale, (j - j0) * scale
+                out[:, :, :, i * scale:i * scale + ih, j * scale:j * scale + jw] = part[:, :, :, oi:oi + ih, oj:oj + jw]
+        assert out is not None
+        return out
+
+
+def _to_frames(video: torch.Tensor) -> torch.Tensor:
+    """VAE output [1, 3, F, H, W] in [-1, 1] -> [F, H, W, 3] in [0, 1] (diffusers' denormalize)."""
+    return VaeImageProcessor.denormalize(video[0].float()).permute(1, 2, 3, 0)
+
+
+def frames_to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """[f, H, W, 3] in [0, 1] -> uint8, rounded like diffusers' numpy_to_pil."""
+    return (frames * 255).round().to(torch.uint8).cpu().numpy()

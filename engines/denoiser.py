@@ -1,0 +1,209 @@
+"""Stage 2: the DiT denoising loop, one step at a time, batched across requests.
+
+The contract a step-level scheduler drives (vllm-omni's prepare / denoise_step split):
+
+- ``prepare(request) -> DenoiseState``: noise from the request's own seed and its own sigma
+  schedule; nothing is shared between requests.
+- ``step(states) -> states``: ONE transformer forward for every given state (each at its own
+  step: the timestep is a per-row vector), then guidance and the Euler update per request.
+- ``result(state) -> DenoisedLatents``: the finished latents, as numpy, for the decoder.
+
+The math is LTX2Pipeline's (velocity -> x0, CFG in delta form, guidance rescale, x0 ->
+velocity, x + (sigma_next - sigma) * v), so a request denoised here equals the pipeline's.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+from diffusers import LTX2Pipeline
+from diffusers.pipelines.ltx2.pipeline_ltx2 import calculate_shift, rescale_noise_cfg, retrieve_timesteps
+from diffusers.utils.torch_utils import randn_tensor
+
+from engines.config import ModelConfig
+from engines.dit_backend import DiTInputs, create_backend
+from engines.model_loader import DENOISER_PARTS, ComponentSource, Components
+from engines.params import GenerationParams
+from engines.runtime import configure_threads
+from engines.stage_io import DenoisedLatents, LatentGeometry, LatentShape, PromptEmbedding
+
+
+@dataclass(frozen=True)
+class DenoiseRequest:
+    request_id: str
+    params: GenerationParams  # validated
+    embedding: PromptEmbedding
+
+
+@dataclass
+class DenoiseState:
+    """Everything one request carries between steps; never shared with another request."""
+
+    request_id: str
+    params: GenerationParams
+    shape: LatentShape
+    latents: torch.Tensor  # [1, video tokens, C] float32
+    audio_latents: torch.Tensor  # [1, audio tokens, C_a] float32
+    sigmas: torch.Tensor  # [steps + 1], ends at 0
+    timesteps: torch.Tensor  # [steps]
+    video_context: torch.Tensor  # [rows, text tokens, D]: (negative, prompt) with CFG, else (prompt)
+    audio_context: torch.Tensor
+    context_mask: torch.Tensor
+    video_coords: torch.Tensor  # [1, 3, video tokens, 2]
+    audio_coords: torch.Tensor  # [1, 1, audio tokens, 2]
+    step_index: int = 0
+    cfg: bool = field(default=True)
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.timesteps.shape[0])
+
+    @property
+    def done(self) -> bool:
+        return self.step_index >= self.num_steps
+
+    @property
+    def rows(self) -> int:
+        """Transformer batch rows this request takes (2 with classifier-free guidance)."""
+        return 2 if self.cfg else 1
+
+
+class Denoiser:
+    """LTX-2 DiT sampler with step-level batching across requests."""
+
+    def __init__(self, config: ModelConfig, components: Components | None = None,
+                 geometry: LatentGeometry | None = None) -> None:
+        configure_threads(config)
+        self.config = config
+        source = ComponentSource(config)
+        comps = components or source.load(DENOISER_PARTS)
+        self.geometry = geometry or source.geometry()
+        self.transformer = comps.transformer
+        self.scheduler = comps.scheduler
+        self.backend = create_backend(config.dit_backend, comps.transformer)
+        self.device = torch.device(config.device)
+        self._coords: dict[tuple[LatentShape, float], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # -- prepare -------------------------------------------------------------------------
+    def prepare(self, request: DenoiseRequest) -> DenoiseState:
+        p, g = request.params, self.geometry
+        shape = LatentShape.for_params(p, g)
+        generator = torch.Generator("cpu").manual_seed(p.seed)
+        # Same draws, in the same order, as LTX2Pipeline.prepare_latents / prepare_audio_latents.
+        video = randn_tensor((1, g.latent_channels, shape.frames, shape.height, shape.width),
+                             generator=generator, device=self.device, dtype=torch.float32)
+        video = LTX2Pipeline._pack_latents(video, g.patch_size, g.patch_size_t)
+        audio = randn_tensor((1, g.audio_latent_channels, shape.audio_frames, g.latent_mel_bins),
+                             generator=generator, device=self.device, dtype=torch.float32)
+        audio = LTX2Pipeline._pack_audio_latents(audio)
+        sigmas, timesteps = self._schedule(p.steps, video.shape[1])
+        emb = request.embedding
+        rows = [0, 1] if p.use_cfg else [1]
+        video_coords, audio_coords = self._rope_coords(shape, float(p.fps))
+        return DenoiseState(
+            request_id=request.request_id, params=p, shape=shape, latents=video, audio_latents=audio,
+            sigmas=sigmas, timesteps=timesteps,
+            video_context=torch.from_numpy(emb.video[rows]).to(self.device),
+            audio_context=torch.from_numpy(emb.audio[rows]).to(self.device),
+            context_mask=torch.from_numpy(emb.mask[rows]).to(self.device),
+            video_coords=video_coords, audio_coords=audio_coords, cfg=p.use_cfg)
+
+    def _schedule(self, steps: int, video_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pipeline's shifted flow-matching schedule, from a private copy of the scheduler."""
+        sched = copy.deepcopy(self.scheduler)
+        cfg = sched.config
+        mu = calculate_shift(video_tokens, cfg.get("base_image_seq_len", 1024), cfg.get("max_image_seq_len", 4096),
+                             cfg.get("base_shift", 0.95), cfg.get("max_shift", 2.05))
+        timesteps, _ = retrieve_timesteps(sched, steps, self.device,
+                                          sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
+        return sched.sigmas.to(self.device), timesteps
+
+    def _rope_coords(self, shape: LatentShape, fps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (shape, fps)
+        if key not in self._coords:
+            video = self.transformer.rope.prepare_video_coords(
+                1, shape.frames, shape.height, shape.width, self.device, fps=fps)
+            audio = self.transformer.audio_rope.prepare_audio_coords(1, shape.audio_frames, self.device)
+            self._coords[key] = (video, audio)
+        return self._coords[key]
+
+    # -- step ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self, states: Sequence[DenoiseState]) -> list[DenoiseState]:
+        """Advance every state by one step with a single transformer forward."""
+        if not states:
+            return []
+        shape = states[0].shape
+        for s in states:
+            if s.shape != shape:
+                raise ValueError(f"states in one step must share a latent shape: {s.request_id} has "
+                                 f"{s.shape}, {states[0].request_id} has {shape}")
+            if s.done:
+                raise ValueError(f"request {s.request_id} has finished all {s.num_steps} steps")
+        inputs = self._batch(states)
+        video_v, audio_v = self.backend.forward(inputs)
+        row = 0
+        for s in states:
+            n = s.rows
+            self._update(s, video_v[row:row + n], audio_v[row:row + n])
+            row += n
+        return list(states)
+
+    def _batch(self, states: Sequence[DenoiseState]) -> DiTInputs:
+        def rep(t: torch.Tensor, s: DenoiseState) -> torch.Tensor:
+            return t.expand(s.rows, *t.shape[1:])
+
+        return DiTInputs(
+            video=torch.cat([rep(s.latents, s) for s in states]),
+            audio=torch.cat([rep(s.audio_latents, s) for s in states]),
+            video_context=torch.cat([s.video_context for s in states]),
+            audio_context=torch.cat([s.audio_context for s in states]),
+            context_mask=torch.cat([s.context_mask for s in states]),
+            timestep=torch.cat([s.timesteps[s.step_index].expand(s.rows) for s in states]),
+            video_coords=torch.cat([rep(s.video_coords, s) for s in states]),
+            audio_coords=torch.cat([rep(s.audio_coords, s) for s in states]),
+        )
+
+    @staticmethod
+    def _update(s: DenoiseState, video_v: torch.Tensor, audio_v: torch.Tensor) -> None:
+        """Guidance and the Euler update for one request (the pipeline's operations, in order)."""
+        i, p = s.step_index, s.params
+        sigma, sigma_next = s.sigmas[i], s.sigmas[i + 1]
+        s.latents = _euler(s.latents, _guided_velocity(s.latents, video_v, sigma, s.cfg, p.guidance_scale,
+                                                       p.guidance_rescale), sigma, sigma_next)
+        s.audio_latents = _euler(s.audio_latents, _guided_velocity(
+            s.audio_latents, audio_v, sigma, s.cfg, p.audio_guidance_scale, p.audio_guidance_rescale),
+            sigma, sigma_next)
+        s.step_index += 1
+
+    # -- result --------------------------------------------------------------------------
+    @staticmethod
+    def result(state: DenoiseState) -> DenoisedLatents:
+        if not state.done:
+            raise ValueError(f"request {state.request_id} is at step {state.step_index} of {state.num_steps}")
+        return DenoisedLatents(request_id=state.request_id, shape=state.shape,
+                               video=state.latents[0].float().cpu().numpy(),
+                               audio=state.audio_latents[0].float().cpu().numpy())
+
+
+def _guided_velocity(x: torch.Tensor, pred: torch.Tensor, sigma: torch.Tensor, cfg: bool,
+                     scale: float, rescale: float) -> torch.Tensor:
+    """CFG in x0 space (delta form) + guidance rescale, back to velocity. `pred` rows: (uncond, cond)."""
+    if cfg:
+        uncond, cond = pred[0:1], pred[1:2]
+        x0 = x - cond * sigma
+        guided = x0 + (scale - 1) * (x0 - (x - uncond * sigma))
+    else:
+        x0 = x - pred * sigma
+        guided = x0 + 0
+    if rescale > 0:
+        guided = rescale_noise_cfg(guided, x0, guidance_rescale=rescale)
+    return (x - guided) / sigma
+
+
+def _euler(x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+    return (x.to(torch.float32) + (sigma_next - sigma) * v).to(v.dtype)

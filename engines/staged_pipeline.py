@@ -1,0 +1,75 @@
+"""The three stage engines chained in one process.
+
+The cluster runs these same engines as separate Serve deployments; this in-process chain
+serves the `kino run` command, the correctness tests and the engine benchmarks.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from engines.config import ModelConfig
+from engines.decoder import Decoder, FrameFilter
+from engines.denoiser import Denoiser, DenoiseRequest, DenoiseState
+from engines.model_loader import ALL_PARTS, ComponentSource, Components
+from engines.mp4 import MediaInfo
+from engines.params import GenerationParams
+from engines.stage_io import DenoisedLatents, PromptPair
+from engines.text_encoder import TextEncoder
+
+StepCallback = Callable[[int, int], None]  # (steps done, total steps)
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    path: Path
+    params: GenerationParams
+    media: MediaInfo
+    seconds_by_stage: dict[str, float] = field(default_factory=dict)
+
+
+class StagedPipeline:
+    """Text encoder -> denoiser -> decoder, sharing one set of loaded components."""
+
+    def __init__(self, config: ModelConfig, components: Components | None = None) -> None:
+        source = ComponentSource(config)
+        self.config = config
+        self.components = components or source.load(ALL_PARTS)
+        geometry = source.geometry()
+        self.text_encoder = TextEncoder(config, self.components)
+        self.denoiser = Denoiser(config, self.components, geometry)
+        self.decoder = Decoder(config, self.components, geometry)
+
+    def denoise(self, requests: Sequence[tuple[str, GenerationParams]],
+                on_step: StepCallback | None = None) -> list[DenoisedLatents]:
+        """Encode and denoise validated requests, batching every step across all of them."""
+        embeddings = self.text_encoder.encode(
+            [PromptPair(p.prompt, p.negative_prompt or "") for _, p in requests])
+        states: list[DenoiseState] = [
+            self.denoiser.prepare(DenoiseRequest(rid, p, emb)) for (rid, p), emb in zip(requests, embeddings)]
+        total = max(s.num_steps for s in states)
+        done = 0
+        while running := [s for s in states if not s.done]:
+            # Step-level batching: every running request of the same shape shares one forward.
+            for shape in dict.fromkeys(s.shape for s in running):
+                self.denoiser.step([s for s in running if s.shape == shape])
+            done += 1
+            if on_step is not None:
+                on_step(done, total)
+        return [self.denoiser.result(s) for s in states]
+
+    def generate(self, params: GenerationParams, path: str | Path, *, on_step: StepCallback | None = None,
+                 frame_filter: FrameFilter | None = None) -> GenerationResult:
+        """One video with audio into `path` (params are validated here)."""
+        params = params.validated(self.config)
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        [latents] = self.denoise([("local", params)], on_step=on_step)
+        t1 = time.perf_counter()
+        media = self.decoder.render_mp4(latents, params, path, frame_filter=frame_filter)
+        timings["encode+denoise"] = t1 - t0
+        timings["decode+mux"] = time.perf_counter() - t1
+        return GenerationResult(path=Path(path), params=params, media=media, seconds_by_stage=timings)
