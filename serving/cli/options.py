@@ -1,0 +1,65 @@
+"""Command-line options shared by the commands that describe a generation or a model."""
+
+from __future__ import annotations
+
+import argparse
+from fractions import Fraction
+
+from engines.params import GenerationParams, parse_fps
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'1280x720' -> (1280, 720)."""
+    try:
+        w, h = text.lower().split("x")
+        return int(w), int(h)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like WIDTHxHEIGHT (e.g. 256x256), got {text!r}") from None
+
+
+def _fps(text: str) -> Fraction:
+    try:
+        return parse_fps(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"fps must be a number or a fraction like 30000/1001, got {text!r}") from None
+
+
+def add_generation_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt", help="what the video shows and sounds like")
+    g = p.add_argument_group("generation (unset options take the model's defaults)")
+    g.add_argument("--seconds", type=float, help="duration in seconds (the model allows 0.5 to 20)")
+    g.add_argument("--size", type=parse_size, metavar="WxH",
+                   help="frame size, sides multiples of 32, e.g. 256x256 (at most 1080p)")
+    g.add_argument("--fps", type=_fps, help="frame rate: 24000/1001, 24, 25, 30000/1001 or 30")
+    g.add_argument("--seed", type=int, help="random seed; the same seed and options give the same video")
+    g.add_argument("--steps", type=int, help="denoising steps (1-100)")
+    g.add_argument("--negative-prompt", help="what to steer away from")
+    g.add_argument("--guidance-scale", type=float, help="video classifier-free guidance (1 = off, up to 20)")
+    g.add_argument("--audio-guidance-scale", type=float, help="audio classifier-free guidance (1 = off, up to 20)")
+
+
+def params_from_args(args: argparse.Namespace) -> GenerationParams:
+    width, height = args.size if args.size else (None, None)
+    return GenerationParams(
+        prompt=args.prompt, negative_prompt=args.negative_prompt, width=width, height=height,
+        seconds=args.seconds, fps=args.fps, seed=args.seed, steps=args.steps,
+        guidance_scale=args.guidance_scale, audio_guidance_scale=args.audio_guidance_scale)
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--preset", default="tiny", choices=["tiny", "small", "checkpoint"],
+                   help="tiny: embedded random weights (output is noise, runs anywhere); small: larger random "
+                        "weights for benchmarks; checkpoint: a local LTX-2 diffusers directory (default: tiny)")
+    g.add_argument("--checkpoint-dir", metavar="DIR", help="the checkpoint directory, with --preset checkpoint")
+    g.add_argument("--device", help="cpu or cuda[:N] (default: the preset's)")
+    g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype (default: the preset's)")
+
+
+def model_mapping_from_args(args: argparse.Namespace) -> dict:
+    """The ``model:`` mapping these options describe (see engines.config.from_mapping)."""
+    m: dict = {"preset": args.preset}
+    for key in ("checkpoint_dir", "device", "dtype"):
+        if getattr(args, key, None) is not None:
+            m[key] = getattr(args, key)
+    return m
