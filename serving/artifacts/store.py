@@ -1,0 +1,75 @@
+"""Artifact stores: put a finished file, read it back in chunks, delete it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from serving.errors import NotFound
+
+
+@dataclass(frozen=True)
+class StoredArtifact:
+    key: str
+    size_bytes: int
+    sha256: str
+
+
+class ArtifactStore(ABC):
+    @abstractmethod
+    def put_file(self, key: str, source: Path) -> StoredArtifact:
+        """Move `source` into the store under `key` (atomically visible) and hash it."""
+
+    @abstractmethod
+    def read_chunks(self, key: str, chunk_bytes: int) -> Iterator[bytes]:
+        """The stored bytes in chunks; NotFound if absent."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove `key` if present."""
+
+    @abstractmethod
+    def scratch_path(self, key: str) -> Path:
+        """A local path to write `key` to before `put_file` (same filesystem: the move is a rename)."""
+
+
+class LocalArtifactStore(ArtifactStore):
+    """Files under a root directory. On Kubernetes the root is a shared volume (see the Helm chart)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser().resolve()
+        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root not in path.parents:
+            raise ValueError(f"artifact key {key!r} escapes the store")
+        return path
+
+    def scratch_path(self, key: str) -> Path:
+        return self.root / "tmp" / f"{os.getpid()}-{key.replace('/', '_')}"
+
+    def put_file(self, key: str, source: Path) -> StoredArtifact:
+        digest = hashlib.sha256()
+        with open(source, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(source), dest)
+        return StoredArtifact(key=key, size_bytes=dest.stat().st_size, sha256=digest.hexdigest())
+
+    def read_chunks(self, key: str, chunk_bytes: int) -> Iterator[bytes]:
+        path = self._path(key)
+        if not path.is_file():
+            raise NotFound(f"artifact {key!r} is missing", field="id")
+        with open(path, "rb") as f:
+            yield from iter(lambda: f.read(chunk_bytes), b"")
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)

@@ -1,0 +1,161 @@
+"""The server's configuration: typed, frozen, validated; loaded from one mapping plus environment.
+
+The mapping is the ``args.config`` of the Kino application in the Serve config file
+(``deploy/serve/kino.yaml``), the same file the Helm chart embeds as serveConfigV2. Any key
+can be overridden from the environment as ``KINO_<SECTION>__<KEY>`` (e.g.
+``KINO_GRPC__PORT=6000``, ``KINO_STORAGE__DATABASE_URL=postgresql://...``); values are parsed
+as YAML scalars. Errors name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from engines.config import ModelConfig, from_mapping
+from engines.errors import ConfigError
+
+ENV_PREFIX = "KINO_"
+
+
+@dataclass(frozen=True)
+class GrpcConfig:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    max_message_bytes: int = 16 * 2**20
+    download_chunk_bytes: int = 2**20
+    max_workers_streams: int = 1000  # concurrent streams per server
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError("grpc.port", f"{self.port} is not in [0, 65535]")
+        if not 0 < self.download_chunk_bytes < self.max_message_bytes:
+            raise ConfigError("grpc.download_chunk_bytes", "must be in (0, max_message_bytes)")
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    max_queued: int = 256  # beyond it CreateVideo answers RESOURCE_EXHAUSTED
+    max_in_flight: int = 32  # jobs inside the stages at once (the dispatcher's window)
+    max_attempts: int = 3  # a job whose stage replica died is retried up to this many times
+    default_priority: int = 5
+    poll_seconds: float = 0.2  # the dispatcher looks for new work at least this often
+    reconcile_seconds: float = 10.0  # how often it checks that every job it owns has a live task
+
+    def validate(self) -> None:
+        for name in ("max_queued", "max_in_flight", "max_attempts"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"queue.{name}", "must be >= 1")
+        if not 0 <= self.default_priority <= 9:
+            raise ConfigError("queue.default_priority", "must be in [0, 9]")
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """Step-level batching in each Denoiser replica. max_batch_size 1 turns batching off."""
+
+    max_batch_size: int = 8  # requests per transformer forward
+    max_running: int = 32  # requests holding state in one replica (others wait to be admitted)
+
+    def validate(self) -> None:
+        if self.max_batch_size < 1:
+            raise ConfigError("batching.max_batch_size", "must be >= 1")
+        if self.max_running < self.max_batch_size:
+            raise ConfigError("batching.max_running", "must be >= max_batch_size")
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    database_url: str = "sqlite:///var/kino/jobs.db"
+    artifacts_dir: str = "var/kino/artifacts"
+
+
+@dataclass(frozen=True)
+class KinoConfig:
+    model: ModelConfig = field(default_factory=lambda: from_mapping({"preset": "tiny"}))
+    grpc: GrpcConfig = field(default_factory=GrpcConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    default_tenant: str = "local"
+
+    def __post_init__(self) -> None:
+        self.grpc.validate()
+        self.queue.validate()
+        self.batching.validate()
+
+    def to_mapping(self) -> dict[str, Any]:
+        """The plain mapping `load_config` reads back (model as its preset mapping)."""
+        out: dict[str, Any] = {name: dataclasses.asdict(getattr(self, name))
+                               for name in ("grpc", "queue", "batching", "storage")}
+        m = self.model
+        out["model"] = {"preset": m.name, "dtype": m.dtype, "device": m.device, "dit_backend": m.dit_backend,
+                        "num_threads": m.num_threads}
+        if m.checkpoint_dir is not None:
+            out["model"]["checkpoint_dir"] = str(m.checkpoint_dir)
+        out["default_tenant"] = self.default_tenant
+        return out
+
+
+_SECTIONS = {"grpc": GrpcConfig, "queue": QueueConfig, "batching": BatchingConfig, "storage": StorageConfig}
+
+
+def _section(name: str, cls: type, data: Any) -> Any:
+    if data is None:
+        return cls()
+    if not isinstance(data, Mapping):
+        raise ConfigError(name, "must be a mapping")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(f"{name}.{key}", f"unknown key (known: {', '.join(sorted(known))})")
+        default = known[key].default
+        if default is not dataclasses.MISSING and value is not None and not isinstance(value, type(default)):
+            if isinstance(default, float) and isinstance(value, int):
+                value = float(value)
+            else:
+                raise ConfigError(f"{name}.{key}", f"{value!r} is not a {type(default).__name__}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """KINO_SECTION__KEY=value -> {section: {key: value}} (values parsed as YAML scalars)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, raw in (environ if environ is not None else os.environ).items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, key = name[len(ENV_PREFIX):].lower().split("__", 1)
+        out.setdefault(section, {})[key] = yaml.safe_load(raw) if raw != "" else ""
+    return out
+
+
+def load_config(data: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None) -> KinoConfig:
+    """A validated config from a mapping, with environment overrides applied on top."""
+    merged: dict[str, Any] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in (data or {}).items()}
+    for section, values in env_overrides(environ).items():
+        if section == "default_tenant":
+            continue
+        merged.setdefault(section, {})
+        if not isinstance(merged[section], dict):
+            raise ConfigError(section, "must be a mapping")
+        merged[section].update(values)
+    unknown = sorted(set(merged) - set(_SECTIONS) - {"model", "default_tenant"})
+    if unknown:
+        raise ConfigError(unknown[0], f"unknown section (known: model, {', '.join(sorted(_SECTIONS))}, default_tenant)")
+    kwargs: dict[str, Any] = {name: _section(name, cls, merged.get(name)) for name, cls in _SECTIONS.items()}
+    kwargs["model"] = from_mapping(merged.get("model") or {"preset": "tiny"})
+    if "default_tenant" in merged:
+        kwargs["default_tenant"] = str(merged["default_tenant"])
+    return KinoConfig(**kwargs)
+
+
+def load_config_file(path: str | Path) -> KinoConfig:
+    with open(path) as f:
+        return load_config(yaml.safe_load(f) or {})

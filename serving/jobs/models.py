@@ -1,0 +1,87 @@
+"""The records the job store keeps: jobs and their progress events."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from serving.jobs.states import JobStatus
+
+
+class Stage(str, enum.Enum):
+    """Where an in-progress job is."""
+
+    QUEUED = "queued"
+    ENCODING = "encoding"
+    DENOISING = "denoising"
+    DECODING = "decoding"
+    DONE = "done"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """The finished MP4 in the artifact store."""
+
+    key: str
+    size_bytes: int
+    sha256: str
+    content_type: str = "video/mp4"
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """What CreateVideo asks the store to keep."""
+
+    id: str
+    tenant: str
+    model: str
+    priority: int
+    params: dict[str, Any]  # GenerationParams as JSON-able values (validated)
+    request_hash: str  # of the request, to spot an idempotency key reused for another request
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    tenant: str
+    model: str
+    priority: int
+    params: dict[str, Any]
+    status: JobStatus
+    seq: int  # arrival order
+    created_at: float
+    request_hash: str = ""
+    idempotency_key: str | None = None
+    started_at: float | None = None
+    completed_at: float | None = None
+    stage: Stage = Stage.QUEUED
+    step: int = 0
+    total_steps: int = 0
+    progress: float = 0.0
+    eta_seconds: float | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    artifact: Artifact | None = None
+    attempts: int = 0
+    epoch: int = 0  # the dispatcher epoch that owns it while in progress
+    cancel_requested: bool = False
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One progress or status change, stored so watchers (and restarts) can replay it."""
+
+    id: int
+    job_id: str
+    at: float
+    status: JobStatus
+    stage: Stage
+    step: int = 0
+    total_steps: int = 0
+    progress: float = 0.0
+    eta_seconds: float | None = None
+    batch_size: int = 0
+    message: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,359 @@
+"""`JobStore` on SQLAlchemy Core: SQLite (WAL) by default, PostgreSQL by URL.
+
+One implementation for both databases; the differences are small and local: SQLite takes its
+write lock up front (BEGIN IMMEDIATE), PostgreSQL locks the counter row and skips locked rows
+when claiming.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+
+from serving.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from serving.jobs.models import Artifact, Job, JobEvent, NewJob, Stage
+from serving.jobs.states import JobStatus, check_transition
+from serving.jobs.store import JobStore, StaleEpoch
+
+metadata = sa.MetaData()
+
+jobs = sa.Table(
+    "jobs", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("tenant", sa.String(128), nullable=False),
+    sa.Column("model", sa.String(256), nullable=False),
+    sa.Column("priority", sa.Integer, nullable=False),
+    sa.Column("params", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("request_hash", sa.String(64), nullable=False, server_default=""),
+    sa.Column("idempotency_key", sa.String(256)),
+    sa.Column("started_at", sa.Float),
+    sa.Column("completed_at", sa.Float),
+    sa.Column("stage", sa.String(16), nullable=False, server_default=Stage.QUEUED.value),
+    sa.Column("step", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("total_steps", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("progress", sa.Float, nullable=False, server_default="0"),
+    sa.Column("eta_seconds", sa.Float),
+    sa.Column("error_code", sa.String(64)),
+    sa.Column("error_message", sa.Text),
+    sa.Column("artifact_key", sa.String(512)),
+    sa.Column("artifact_size", sa.BigInteger),
+    sa.Column("artifact_sha256", sa.String(64)),
+    sa.Column("artifact_content_type", sa.String(64)),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("epoch", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency"),
+    sa.Index("ix_jobs_queue", "status", "priority", "seq"),
+    sa.Index("ix_jobs_tenant_seq", "tenant", "seq"),
+)
+
+events = sa.Table(
+    "job_events", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.String(64), nullable=False, index=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("stage", sa.String(16), nullable=False),
+    sa.Column("step", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("total_steps", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("progress", sa.Float, nullable=False, server_default="0"),
+    sa.Column("eta_seconds", sa.Float),
+    sa.Column("batch_size", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("message", sa.Text, nullable=False, server_default=""),
+    sa.Column("extra", sa.Text, nullable=False, server_default="{}"),
+)
+
+meta = sa.Table(
+    "kino_meta", metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.BigInteger, nullable=False),
+)
+
+_COUNTERS = ("next_seq", "epoch")
+
+
+def sqlite_url(path: str | Path) -> str:
+    return f"sqlite:///{Path(path).expanduser().resolve()}"
+
+
+class SqlJobStore(JobStore):
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._sqlite = url.startswith("sqlite")
+        if self._sqlite:
+            db = url.split("///", 1)[-1]
+            if db and db != ":memory:":
+                Path(db).parent.mkdir(parents=True, exist_ok=True)
+            self.engine: Engine = sa.create_engine(
+                url, connect_args={"check_same_thread": False, "timeout": 30})
+            _sqlite_setup(self.engine)
+        else:
+            self.engine = sa.create_engine(url, pool_pre_ping=True)
+        metadata.create_all(self.engine)
+        with self._write() as conn:
+            have = {r.key for r in conn.execute(sa.select(meta.c.key))}
+            for key in _COUNTERS:
+                if key not in have:
+                    conn.execute(meta.insert().values(key=key, value=0))
+
+    # -- connections ---------------------------------------------------------------------
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self.engine.connect().execution_options(kino_write=True) as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def _bump(self, conn: Connection, key: str) -> int:
+        """Increment a counter; on PostgreSQL the row lock also serializes queue admission."""
+        row = conn.execute(sa.select(meta.c.value).where(meta.c.key == key).with_for_update()).one()
+        value = row.value + 1
+        conn.execute(meta.update().where(meta.c.key == key).values(value=value))
+        return value
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- front door ------------------------------------------------------------------------
+    def create(self, job: NewJob, *, max_queued: int) -> tuple[Job, bool]:
+        with self._write() as conn:
+            seq = self._bump(conn, "next_seq")  # first: takes the admission lock
+            if job.idempotency_key:
+                existing = conn.execute(sa.select(jobs).where(
+                    jobs.c.tenant == job.tenant, jobs.c.idempotency_key == job.idempotency_key)).first()
+                if existing is not None:
+                    if existing.request_hash != job.request_hash:
+                        raise FailedPrecondition(
+                            f"idempotency_key {job.idempotency_key!r} was already used for a different request",
+                            field="idempotency_key")
+                    return _job(existing), False
+            queued = conn.execute(sa.select(sa.func.count()).select_from(jobs).where(
+                jobs.c.status == JobStatus.QUEUED.value)).scalar_one()
+            if queued >= max_queued:
+                raise ResourceExhausted(f"the queue is full ({queued} of {max_queued} jobs queued); "
+                                        "retry later", field="queue")
+            now = time.time()
+            conn.execute(jobs.insert().values(
+                id=job.id, tenant=job.tenant, model=job.model, priority=job.priority,
+                params=json.dumps(job.params), status=JobStatus.QUEUED.value, seq=seq, created_at=now,
+                request_hash=job.request_hash, idempotency_key=job.idempotency_key or None))
+            _insert_event(conn, job.id, JobStatus.QUEUED, Stage.QUEUED, message="queued", at=now)
+            return _job(conn.execute(sa.select(jobs).where(jobs.c.id == job.id)).one()), True
+
+    def get(self, job_id: str) -> Job:
+        with self._read() as conn:
+            return self._get(conn, job_id)
+
+    def _get(self, conn: Connection, job_id: str, *, lock: bool = False) -> Job:
+        q = sa.select(jobs).where(jobs.c.id == job_id)
+        row = conn.execute(q.with_for_update() if lock else q).first()
+        if row is None or row.status == JobStatus.DELETED.value:
+            raise NotFound(f"video id {job_id!r} not found", field="id")
+        return _job(row)
+
+    def list(self, tenant: str, *, status: JobStatus | None = None, page_size: int = 20,
+             page_token: str | None = None) -> tuple[list[Job], str | None]:
+        q = sa.select(jobs).where(jobs.c.tenant == tenant, jobs.c.status != JobStatus.DELETED.value)
+        if status is not None:
+            q = q.where(jobs.c.status == status.value)
+        if page_token:
+            q = q.where(jobs.c.seq < _decode_token(page_token))
+        q = q.order_by(jobs.c.seq.desc()).limit(page_size + 1)
+        with self._read() as conn:
+            rows = conn.execute(q).all()
+        page = [_job(r) for r in rows[:page_size]]
+        return page, (_encode_token(page[-1].seq) if len(rows) > page_size else None)
+
+    def queue_position(self, job_id: str) -> int | None:
+        with self._read() as conn:
+            job = self._get(conn, job_id)
+            if job.status != JobStatus.QUEUED:
+                return None
+            ahead = sa.or_(jobs.c.priority > job.priority,
+                           sa.and_(jobs.c.priority == job.priority, jobs.c.seq < job.seq))
+            return conn.execute(sa.select(sa.func.count()).select_from(jobs).where(
+                jobs.c.status == JobStatus.QUEUED.value, ahead)).scalar_one()
+
+    def count_by_status(self) -> dict[JobStatus, int]:
+        with self._read() as conn:
+            rows = conn.execute(sa.select(jobs.c.status, sa.func.count()).group_by(jobs.c.status)).all()
+        counts = {s: 0 for s in JobStatus}
+        counts.update({JobStatus(s): n for s, n in rows})
+        return counts
+
+    def request_cancel(self, job_id: str) -> Job:
+        with self._write() as conn:
+            job = self._get(conn, job_id, lock=True)
+            if job.status == JobStatus.QUEUED:
+                return self._set_status(conn, job, JobStatus.CANCELLED, error_code="cancelled",
+                                        error_message="cancelled by the client", completed_at=time.time(),
+                                        message="cancelled while queued")
+            check_transition(job.id, job.status, JobStatus.CANCELLED)  # finished jobs: FailedPrecondition
+            conn.execute(jobs.update().where(jobs.c.id == job_id).values(cancel_requested=True))
+            return self._get(conn, job_id)
+
+    def delete(self, job_id: str) -> Job:
+        with self._write() as conn:
+            job = self._get(conn, job_id, lock=True)
+            if not job.status.terminal:
+                raise FailedPrecondition(f"video {job_id} is {job.status.value}; cancel it before deleting it",
+                                         field="id")
+            # The tombstone frees its idempotency key: a later request with that key is a new request.
+            conn.execute(jobs.update().where(jobs.c.id == job_id).values(idempotency_key=None))
+            return self._set_status(conn, job, JobStatus.DELETED, message="deleted")
+
+    # -- dispatcher ------------------------------------------------------------------------------
+    def begin_epoch(self) -> int:
+        with self._write() as conn:
+            epoch = self._bump(conn, "epoch")
+            orphans = conn.execute(sa.select(jobs).where(
+                jobs.c.status == JobStatus.IN_PROGRESS.value, jobs.c.epoch < epoch)).all()
+            for row in orphans:
+                job = _job(row)
+                if job.cancel_requested:
+                    self._set_status(conn, job, JobStatus.CANCELLED, error_code="cancelled",
+                                     error_message="cancelled by the client", completed_at=time.time(),
+                                     message="cancelled during a restart")
+                else:
+                    self._set_status(conn, job, JobStatus.QUEUED, message="requeued after a dispatcher restart",
+                                     stage=Stage.QUEUED, step=0, progress=0.0)
+            return epoch
+
+    def claim_next(self, epoch: int) -> Job | None:
+        with self._write() as conn:
+            row = conn.execute(
+                sa.select(jobs).where(jobs.c.status == JobStatus.QUEUED.value)
+                .order_by(jobs.c.priority.desc(), jobs.c.seq.asc()).limit(1)
+                .with_for_update(skip_locked=True)).first()
+            if row is None:
+                return None
+            job = _job(row)
+            return self._set_status(conn, job, JobStatus.IN_PROGRESS, epoch=epoch, started_at=time.time(),
+                                    attempts=job.attempts + 1, stage=Stage.ENCODING, message="started")
+
+    def record_progress(self, job_id: str, epoch: int, *, stage: Stage, step: int = 0, total_steps: int = 0,
+                        progress: float = 0.0, eta_seconds: float | None = None, batch_size: int = 0,
+                        message: str = "") -> bool:
+        with self._write() as conn:
+            job = self._owned(conn, job_id, epoch)
+            conn.execute(jobs.update().where(jobs.c.id == job_id).values(
+                stage=stage.value, step=step, total_steps=total_steps, progress=progress, eta_seconds=eta_seconds))
+            _insert_event(conn, job_id, job.status, stage, step=step, total_steps=total_steps, progress=progress,
+                          eta_seconds=eta_seconds, batch_size=batch_size, message=message)
+            return job.cancel_requested
+
+    def finish(self, job_id: str, epoch: int, status: JobStatus, *, artifact: Artifact | None = None,
+               error_code: str | None = None, error_message: str | None = None) -> Job:
+        if not status.terminal or status == JobStatus.DELETED:
+            raise ValueError(f"finish() takes completed, failed or cancelled, not {status.value}")
+        with self._write() as conn:
+            job = self._owned(conn, job_id, epoch)
+            extra: dict[str, Any] = {}
+            if artifact is not None:
+                extra.update(artifact_key=artifact.key, artifact_size=artifact.size_bytes,
+                             artifact_sha256=artifact.sha256, artifact_content_type=artifact.content_type)
+            done = status == JobStatus.COMPLETED
+            return self._set_status(conn, job, status, completed_at=time.time(), error_code=error_code,
+                                    error_message=error_message, stage=Stage.DONE,
+                                    progress=1.0 if done else job.progress,
+                                    message=error_message or status.value, **extra)
+
+    def in_progress(self, epoch: int) -> list[str]:
+        with self._read() as conn:
+            return list(conn.execute(sa.select(jobs.c.id).where(
+                jobs.c.status == JobStatus.IN_PROGRESS.value, jobs.c.epoch == epoch)).scalars())
+
+    def requeue(self, job_id: str, epoch: int, message: str) -> Job:
+        with self._write() as conn:
+            job = self._owned(conn, job_id, epoch)
+            return self._set_status(conn, job, JobStatus.QUEUED, message=message, stage=Stage.QUEUED, step=0,
+                                    progress=0.0)
+
+    def _owned(self, conn: Connection, job_id: str, epoch: int) -> Job:
+        row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id).with_for_update()).first()
+        if row is None or row.epoch != epoch or row.status != JobStatus.IN_PROGRESS.value:
+            raise StaleEpoch(f"job {job_id} is not in progress under epoch {epoch}")
+        return _job(row)
+
+    def _set_status(self, conn: Connection, job: Job, status: JobStatus, *, message: str = "",
+                    **values: Any) -> Job:
+        check_transition(job.id, job.status, status)
+        if isinstance(values.get("stage"), Stage):
+            values["stage"] = values["stage"].value
+        conn.execute(jobs.update().where(jobs.c.id == job.id).values(status=status.value, **values))
+        updated = _job(conn.execute(sa.select(jobs).where(jobs.c.id == job.id)).one())
+        _insert_event(conn, job.id, status, updated.stage, step=updated.step, total_steps=updated.total_steps,
+                      progress=updated.progress, message=message)
+        return updated
+
+    # -- watchers ------------------------------------------------------------------------------
+    def events(self, job_id: str, after_id: int = 0) -> list[JobEvent]:
+        with self._read() as conn:
+            rows = conn.execute(sa.select(events).where(events.c.job_id == job_id, events.c.id > after_id)
+                                .order_by(events.c.id)).all()
+        return [JobEvent(id=r.id, job_id=r.job_id, at=r.at, status=JobStatus(r.status), stage=Stage(r.stage),
+                         step=r.step, total_steps=r.total_steps, progress=r.progress, eta_seconds=r.eta_seconds,
+                         batch_size=r.batch_size, message=r.message, extra=json.loads(r.extra))
+                for r in rows]
+
+
+def _insert_event(conn: Connection, job_id: str, status: JobStatus, stage: Stage, *, at: float | None = None,
+                  **values: Any) -> None:
+    conn.execute(events.insert().values(job_id=job_id, at=at or time.time(), status=status.value,
+                                        stage=stage.value, **values))
+
+
+def _job(row: Any) -> Job:
+    artifact = (Artifact(key=row.artifact_key, size_bytes=row.artifact_size, sha256=row.artifact_sha256,
+                         content_type=row.artifact_content_type or "video/mp4") if row.artifact_key else None)
+    return Job(id=row.id, tenant=row.tenant, model=row.model, priority=row.priority, params=json.loads(row.params),
+               status=JobStatus(row.status), seq=row.seq, created_at=row.created_at, request_hash=row.request_hash,
+               idempotency_key=row.idempotency_key, started_at=row.started_at, completed_at=row.completed_at,
+               stage=Stage(row.stage), step=row.step, total_steps=row.total_steps, progress=row.progress,
+               eta_seconds=row.eta_seconds, error_code=row.error_code, error_message=row.error_message,
+               artifact=artifact, attempts=row.attempts, epoch=row.epoch, cancel_requested=bool(row.cancel_requested))
+
+
+def _encode_token(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode()
+
+
+def _decode_token(token: str) -> int:
+    try:
+        kind, value = base64.urlsafe_b64decode(token.encode()).decode().split(":")
+        if kind != "seq":
+            raise ValueError(kind)
+        return int(value)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArgument(f"page_token {token!r} is not a token this server issued", field="page_token") from None
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    """WAL for concurrent readers across processes; writes take the lock up front."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn, _record) -> None:  # noqa: ANN001
+        dbapi_conn.isolation_level = None  # let SQLAlchemy's begin event issue BEGIN
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("kino_write") else "BEGIN")

@@ -1,0 +1,87 @@
+"""The job store interface. SQLite (WAL) is the embedded default; PostgreSQL implements the same.
+
+Every state change goes through the store before anyone acts on it, so a restart finds the
+truth there. The dispatcher owns in-progress jobs through an *epoch*: each dispatcher start
+takes a new one, and a write from an older epoch is refused (`StaleEpoch`), so a job resumed
+after a crash can never be finished twice.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from serving.jobs.models import Artifact, Job, JobEvent, NewJob, Stage
+from serving.jobs.states import JobStatus
+
+
+class StaleEpoch(Exception):
+    """A dispatcher wrote to a job another (newer) dispatcher owns."""
+
+
+class JobStore(ABC):
+    # -- created by the front door ---------------------------------------------------------
+    @abstractmethod
+    def create(self, job: NewJob, *, max_queued: int) -> tuple[Job, bool]:
+        """Insert a queued job; (job, created). A known idempotency key returns the existing job
+        (created=False). Raises ResourceExhausted when `max_queued` jobs are already queued, and
+        FailedPrecondition when the key was used for a different request; nothing is written then."""
+
+    @abstractmethod
+    def get(self, job_id: str) -> Job:
+        """The job, unless missing or deleted (NotFound)."""
+
+    @abstractmethod
+    def list(self, tenant: str, *, status: JobStatus | None = None, page_size: int = 20,
+             page_token: str | None = None) -> tuple[list[Job], str | None]:
+        """A tenant's jobs, newest first, and the token of the next page (None at the end)."""
+
+    @abstractmethod
+    def queue_position(self, job_id: str) -> int | None:
+        """0-based position among queued jobs (priority, then arrival); None if not queued."""
+
+    @abstractmethod
+    def count_by_status(self) -> dict[JobStatus, int]: ...
+
+    @abstractmethod
+    def request_cancel(self, job_id: str) -> Job:
+        """Queued: cancelled at once. In progress: flagged for the dispatcher. Finished: FailedPrecondition."""
+
+    @abstractmethod
+    def delete(self, job_id: str) -> Job:
+        """A finished job becomes deleted (its artifact is the caller's to remove)."""
+
+    # -- driven by the dispatcher ------------------------------------------------------------
+    @abstractmethod
+    def begin_epoch(self) -> int:
+        """A new dispatcher epoch; every in-progress job of an older epoch goes back to the queue."""
+
+    @abstractmethod
+    def claim_next(self, epoch: int) -> Job | None:
+        """The next queued job (highest priority, then oldest), now in progress under `epoch`."""
+
+    @abstractmethod
+    def record_progress(self, job_id: str, epoch: int, *, stage: Stage, step: int = 0, total_steps: int = 0,
+                        progress: float = 0.0, eta_seconds: float | None = None, batch_size: int = 0,
+                        message: str = "") -> bool:
+        """Store a progress event; returns whether a cancel was requested. Raises StaleEpoch."""
+
+    @abstractmethod
+    def finish(self, job_id: str, epoch: int, status: JobStatus, *, artifact: Artifact | None = None,
+               error_code: str | None = None, error_message: str | None = None) -> Job:
+        """Move an in-progress job to completed, failed or cancelled. Raises StaleEpoch."""
+
+    @abstractmethod
+    def in_progress(self, epoch: int) -> list[str]:
+        """Ids of the jobs in progress under `epoch`."""
+
+    @abstractmethod
+    def requeue(self, job_id: str, epoch: int, message: str) -> Job:
+        """Put an in-progress job of `epoch` back in the queue (its work starts over). Raises StaleEpoch."""
+
+    # -- read by watchers ---------------------------------------------------------------------
+    @abstractmethod
+    def events(self, job_id: str, after_id: int = 0) -> list[JobEvent]:
+        """Events of a job with id > after_id, oldest first."""
+
+    def close(self) -> None:
+        """Release connections."""

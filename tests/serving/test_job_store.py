@@ -1,0 +1,194 @@
+"""The job store contract, run against every store implementation (`store_url` fixture)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+
+from serving.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from serving.jobs import Artifact, IllegalTransition, JobStatus, NewJob, Stage, StaleEpoch, open_store
+from serving.jobs.states import ALLOWED, check_transition
+
+
+@pytest.fixture(params=["sqlite"])
+def store_url(request, tmp_path):
+    return f"sqlite:///{tmp_path}/jobs.db"
+
+
+@pytest.fixture
+def store(store_url):
+    s = open_store(store_url)
+    yield s
+    s.close()
+
+
+def new_job(tenant="t1", priority=5, key=None, prompt="a cat", **kw) -> NewJob:
+    return NewJob(id=f"video_{uuid.uuid4().hex[:12]}", tenant=tenant, model="ltx2-tiny", priority=priority,
+                  params={"prompt": prompt}, request_hash=f"h-{prompt}", idempotency_key=key, **kw)
+
+
+def test_create_get_and_events(store):
+    job, created = store.create(new_job(), max_queued=10)
+    assert created and job.status == JobStatus.QUEUED and job.stage == Stage.QUEUED
+    assert store.get(job.id) == job
+    [ev] = store.events(job.id)
+    assert ev.status == JobStatus.QUEUED and ev.message == "queued"
+
+
+def test_idempotency_key_returns_the_same_job(store):
+    first, created1 = store.create(new_job(key="k1"), max_queued=10)
+    again, created2 = store.create(new_job(key="k1"), max_queued=10)
+    assert created1 and not created2 and again.id == first.id
+    assert store.count_by_status()[JobStatus.QUEUED] == 1
+    with pytest.raises(FailedPrecondition, match="already used for a different request") as err:
+        store.create(new_job(key="k1", prompt="a dog"), max_queued=10)
+    assert err.value.field == "idempotency_key"
+    # Keys are per tenant.
+    _, created3 = store.create(new_job(tenant="t2", key="k1"), max_queued=10)
+    assert created3
+
+
+def test_queue_bound_refuses_and_writes_nothing(store):
+    for _ in range(2):
+        store.create(new_job(), max_queued=2)
+    with pytest.raises(ResourceExhausted, match="queue is full"):
+        store.create(new_job(key="extra"), max_queued=2)
+    assert store.count_by_status()[JobStatus.QUEUED] == 2
+    # The refused key was not recorded: the same key is accepted once there is room.
+    store.claim_next(store.begin_epoch())
+    _, created = store.create(new_job(key="extra"), max_queued=2)
+    assert created
+
+
+def test_claim_order_is_priority_then_arrival(store):
+    low1, _ = store.create(new_job(priority=1), max_queued=10)
+    high, _ = store.create(new_job(priority=9), max_queued=10)
+    low2, _ = store.create(new_job(priority=1), max_queued=10)
+    assert store.queue_position(high.id) == 0 and store.queue_position(low1.id) == 1
+    assert store.queue_position(low2.id) == 2
+    epoch = store.begin_epoch()
+    order = [store.claim_next(epoch).id for _ in range(3)]
+    assert order == [high.id, low1.id, low2.id]
+    assert store.claim_next(epoch) is None
+    assert store.queue_position(high.id) is None
+
+
+def test_state_machine_table():
+    check_transition("j", JobStatus.QUEUED, JobStatus.IN_PROGRESS)
+    for terminal in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED):
+        assert ALLOWED[terminal] == {JobStatus.DELETED}
+        with pytest.raises(IllegalTransition):
+            check_transition("j", terminal, JobStatus.IN_PROGRESS)
+    with pytest.raises(IllegalTransition, match="cannot become completed"):
+        check_transition("j", JobStatus.QUEUED, JobStatus.COMPLETED)
+    assert ALLOWED[JobStatus.DELETED] == frozenset()
+
+
+def test_progress_finish_and_illegal_moves(store):
+    job, _ = store.create(new_job(), max_queued=10)
+    epoch = store.begin_epoch()
+    claimed = store.claim_next(epoch)
+    assert claimed.status == JobStatus.IN_PROGRESS and claimed.attempts == 1 and claimed.started_at
+    assert store.record_progress(job.id, epoch, stage=Stage.DENOISING, step=2, total_steps=4, progress=0.5,
+                                 batch_size=3) is False
+    done = store.finish(job.id, epoch, JobStatus.COMPLETED, artifact=Artifact("k.mp4", 10, "ab" * 32))
+    assert done.status == JobStatus.COMPLETED and done.progress == 1.0 and done.artifact.size_bytes == 10
+    with pytest.raises(FailedPrecondition, match="completed; it cannot become cancelled"):
+        store.request_cancel(job.id)
+    with pytest.raises(StaleEpoch):
+        store.finish(job.id, epoch, JobStatus.FAILED)
+    kinds = [(e.status, e.stage, e.batch_size) for e in store.events(job.id)]
+    assert (JobStatus.IN_PROGRESS, Stage.DENOISING, 3) in kinds and kinds[-1][0] == JobStatus.COMPLETED
+
+
+def test_cancel_queued_and_in_progress(store):
+    queued, _ = store.create(new_job(), max_queued=10)
+    running, _ = store.create(new_job(), max_queued=10)
+    epoch = store.begin_epoch()
+    assert store.claim_next(epoch).id == queued.id
+    # (claimed queued first) -> cancel the other one while queued
+    cancelled = store.request_cancel(running.id)
+    assert cancelled.status == JobStatus.CANCELLED and cancelled.error_code == "cancelled"
+    flagged = store.request_cancel(queued.id)
+    assert flagged.status == JobStatus.IN_PROGRESS and flagged.cancel_requested
+    assert store.record_progress(queued.id, epoch, stage=Stage.DENOISING, step=1) is True
+    assert store.finish(queued.id, epoch, JobStatus.CANCELLED, error_code="cancelled").status == JobStatus.CANCELLED
+
+
+def test_delete_only_finished_jobs_then_not_found(store):
+    job, _ = store.create(new_job(key="dk"), max_queued=10)
+    with pytest.raises(FailedPrecondition, match="cancel it before deleting"):
+        store.delete(job.id)
+    store.request_cancel(job.id)
+    store.delete(job.id)
+    with pytest.raises(NotFound):
+        store.get(job.id)
+    assert store.list("t1")[0] == []
+    _, created = store.create(new_job(key="dk"), max_queued=10)  # the key is free again
+    assert created
+
+
+def test_new_epoch_requeues_orphans_and_fences_the_old_dispatcher(store):
+    a, _ = store.create(new_job(), max_queued=10)
+    b, _ = store.create(new_job(), max_queued=10)
+    old = store.begin_epoch()
+    store.claim_next(old)
+    store.claim_next(old)
+    store.request_cancel(b.id)  # a cancel asked for before the crash is honoured on restart
+    new = store.begin_epoch()
+    assert new > old
+    assert store.get(a.id).status == JobStatus.QUEUED and store.get(b.id).status == JobStatus.CANCELLED
+    with pytest.raises(StaleEpoch):
+        store.record_progress(a.id, old, stage=Stage.DENOISING)
+    again = store.claim_next(new)
+    assert again.id == a.id and again.attempts == 2
+    with pytest.raises(StaleEpoch):
+        store.finish(a.id, old, JobStatus.COMPLETED)
+    assert "requeued after a dispatcher restart" in [e.message for e in store.events(a.id)]
+
+
+def test_list_pages_and_filters(store):
+    ids = [store.create(new_job(), max_queued=100)[0].id for _ in range(5)]
+    store.create(new_job(tenant="other"), max_queued=100)
+    page1, token = store.list("t1", page_size=2)
+    page2, token2 = store.list("t1", page_size=2, page_token=token)
+    page3, token3 = store.list("t1", page_size=2, page_token=token2)
+    assert [j.id for j in page1 + page2 + page3] == ids[::-1] and token3 is None
+    store.request_cancel(ids[0])
+    cancelled, _ = store.list("t1", status=JobStatus.CANCELLED)
+    assert [j.id for j in cancelled] == [ids[0]]
+    with pytest.raises(InvalidArgument) as err:
+        store.list("t1", page_token="garbage!")
+    assert err.value.field == "page_token"
+
+
+def test_concurrent_claims_never_share_a_job(store):
+    n = 40
+    for _ in range(n):
+        store.create(new_job(), max_queued=100)
+    epoch = store.begin_epoch()
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def worker():
+        while (job := store.claim_next(epoch)) is not None:
+            with lock:
+                claimed.append(job.id)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(claimed) == n and len(set(claimed)) == n
+
+
+def test_data_survives_reopening(store_url):
+    s1 = open_store(store_url)
+    job, _ = s1.create(new_job(key="durable"), max_queued=10)
+    s1.close()
+    s2 = open_store(store_url)
+    assert s2.get(job.id).params == {"prompt": "a cat"}
+    s2.close()
