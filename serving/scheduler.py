@@ -1,0 +1,119 @@
+"""Step-level continuous batching: which requests take the next denoising step.
+
+Pure bookkeeping over request ids, shape buckets, priorities and step counts; it imports no
+torch and no Ray. A Denoiser replica asks `next_batch()` at every step boundary, runs one
+transformer forward for the returned requests, then reports back with `complete()`.
+
+At each boundary the scheduler
+1. admits waiting requests (priority, then arrival) while fewer than `max_running` run;
+2. picks the bucket of the most urgent running request (priority, then arrival): requests of
+   one bucket share a latent shape, so they can share a forward;
+3. takes up to `max_batch_size` running requests of that bucket, most urgent first;
+and `complete()` retires requests whose last step is done. A request not chosen keeps its
+state and simply waits for a later step: a higher-priority arrival overtakes it at the very
+next boundary.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Hashable
+
+
+@dataclass
+class StepRequest:
+    request_id: str
+    bucket: Hashable  # requests with equal buckets can share a forward
+    priority: int  # higher runs first
+    total_steps: int
+    arrival: int = 0
+    steps_done: int = 0
+
+    @property
+    def urgency(self) -> tuple[int, int]:
+        return (-self.priority, self.arrival)
+
+    @property
+    def finished(self) -> bool:
+        return self.steps_done >= self.total_steps
+
+
+@dataclass(frozen=True)
+class Batch:
+    bucket: Hashable
+    request_ids: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.request_ids)
+
+
+@dataclass
+class StepScheduler:
+    max_batch_size: int
+    max_running: int
+    _waiting: dict[str, StepRequest] = field(default_factory=dict)
+    _running: dict[str, StepRequest] = field(default_factory=dict)
+    _arrivals: itertools.count = field(default_factory=itertools.count)
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1 or self.max_running < self.max_batch_size:
+            raise ValueError("need 1 <= max_batch_size <= max_running")
+
+    # -- requests come and go ---------------------------------------------------------------
+    def add(self, request_id: str, bucket: Hashable, priority: int, total_steps: int) -> None:
+        if request_id in self._waiting or request_id in self._running:
+            raise ValueError(f"request {request_id} is already scheduled")
+        if total_steps < 1:
+            raise ValueError("total_steps must be >= 1")
+        self._waiting[request_id] = StepRequest(request_id, bucket, priority, total_steps, next(self._arrivals))
+
+    def remove(self, request_id: str) -> bool:
+        """Drop a request (cancelled or failed); True if it was scheduled."""
+        return (self._waiting.pop(request_id, None) or self._running.pop(request_id, None)) is not None
+
+    # -- one step boundary ----------------------------------------------------------------------
+    def next_batch(self) -> Batch | None:
+        self._admit()
+        if not self._running:
+            return None
+        lead = min(self._running.values(), key=lambda r: r.urgency)
+        same = sorted((r for r in self._running.values() if r.bucket == lead.bucket), key=lambda r: r.urgency)
+        return Batch(lead.bucket, tuple(r.request_id for r in same[: self.max_batch_size]))
+
+    def complete(self, batch: Batch) -> list[str]:
+        """Count one step for each request of `batch` still scheduled; return those now finished."""
+        finished = []
+        for rid in batch.request_ids:
+            req = self._running.get(rid)
+            if req is None:  # removed while its step ran
+                continue
+            req.steps_done += 1
+            if req.finished:
+                del self._running[rid]
+                finished.append(rid)
+        return finished
+
+    def _admit(self) -> None:
+        free = self.max_running - len(self._running)
+        if free <= 0 or not self._waiting:
+            return
+        for req in sorted(self._waiting.values(), key=lambda r: r.urgency)[:free]:
+            del self._waiting[req.request_id]
+            self._running[req.request_id] = req
+
+    # -- introspection ----------------------------------------------------------------------------
+    def steps_done(self, request_id: str) -> int | None:
+        req = self._running.get(request_id) or self._waiting.get(request_id)
+        return None if req is None else req.steps_done
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    def __contains__(self, request_id: str) -> bool:
+        return request_id in self._running or request_id in self._waiting

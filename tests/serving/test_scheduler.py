@@ -1,0 +1,90 @@
+"""The step scheduler on its own (no torch, no Ray)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from serving.scheduler import StepScheduler
+
+
+def drain(s: StepScheduler) -> list[tuple[str, ...]]:
+    out = []
+    while (b := s.next_batch()) is not None:
+        out.append(b.request_ids)
+        s.complete(b)
+    return out
+
+
+def test_batches_same_bucket_up_to_max_batch_size():
+    s = StepScheduler(max_batch_size=2, max_running=8)
+    for i in range(3):
+        s.add(f"r{i}", "64x64", priority=5, total_steps=2)
+    assert drain(s) == [("r0", "r1"), ("r0", "r1"), ("r2",), ("r2",)]
+
+
+def test_admits_new_requests_at_step_boundaries():
+    s = StepScheduler(max_batch_size=4, max_running=4)
+    s.add("a", "b1", 5, 3)
+    b = s.next_batch()
+    assert b.request_ids == ("a",)
+    s.add("b", "b1", 5, 1)  # arrives while a's first step runs
+    s.complete(b)
+    b = s.next_batch()
+    assert b.request_ids == ("a", "b")  # joined at the very next boundary
+    assert s.complete(b) == ["b"]  # retired after its only step
+    assert s.next_batch().request_ids == ("a",)
+
+
+def test_priority_then_age_and_bucket_of_the_most_urgent():
+    s = StepScheduler(max_batch_size=8, max_running=8)
+    s.add("old-low", "small", priority=1, total_steps=5)
+    s.add("new-low", "small", priority=1, total_steps=5)
+    s.add("high", "large", priority=9, total_steps=2)
+    # The high-priority request's bucket runs first, alone (other shape), until it is done.
+    b = s.next_batch()
+    assert b.request_ids == ("high",)
+    assert s.complete(b) == []
+    b = s.next_batch()
+    assert b.request_ids == ("high",)
+    assert s.complete(b) == ["high"]
+    assert s.next_batch().request_ids == ("old-low", "new-low")
+
+
+def test_max_running_bounds_admission_and_waiting_requests_keep_order():
+    s = StepScheduler(max_batch_size=2, max_running=2)
+    for rid, prio in (("a", 1), ("b", 1), ("c", 1), ("urgent", 9)):
+        s.add(rid, "x", prio, 1)
+    b = s.next_batch()
+    assert b.request_ids == ("urgent", "a") and s.num_running == 2 and s.num_waiting == 2
+    s.complete(b)
+    assert s.next_batch().request_ids == ("b", "c")
+
+
+def test_batching_off_with_max_batch_size_1():
+    s = StepScheduler(max_batch_size=1, max_running=4)
+    for i in range(3):
+        s.add(f"r{i}", "x", 5, 1)
+    assert drain(s) == [("r0",), ("r1",), ("r2",)]
+
+
+def test_remove_while_stepping_and_validation():
+    s = StepScheduler(max_batch_size=4, max_running=4)
+    s.add("a", "x", 5, 2)
+    s.add("b", "x", 5, 2)
+    b = s.next_batch()
+    assert s.remove("a") and "a" not in s
+    assert s.complete(b) == []  # a's result is dropped; b counted
+    assert s.steps_done("b") == 1
+    assert not s.remove("zzz")
+    with pytest.raises(ValueError):
+        s.add("b", "x", 5, 2)
+    with pytest.raises(ValueError):
+        s.add("c", "x", 5, 0)
+    with pytest.raises(ValueError):
+        StepScheduler(max_batch_size=4, max_running=2)
+
+
+def test_scheduler_module_imports_no_torch_and_no_ray():
+    code = "import sys, serving.scheduler; bad = {'torch', 'ray'} & set(sys.modules); assert not bad, bad"
+    subprocess.run([sys.executable, "-c", code], check=True)
