@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv bench-engines clean
+.PHONY: demo test venv bench-engines bench-serving clean protos
 
 venv: $(STAMP)
 
@@ -20,8 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	@mkdir -p out
-	$(VENV)/bin/kino run "a robot dancing on the beach, waves and a steel drum" --seconds 2 --seed 7 -o out/demo.mp4
+	$(VENV)/bin/kino demo -o out/demo.mp4
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not gpu" -q
@@ -29,5 +28,12 @@ test: $(STAMP)
 bench-engines: $(STAMP)
 	$(PY) -m loadtests.bench_engines
 
+bench-serving: $(STAMP)
+	$(PY) -m loadtests.bench_serving
+
 clean:
 	rm -rf $(VENV) out .pytest_cache
+
+# Regenerate kino/v1/*_pb2*.py from protos/ (generated code lives apart, in kino/; never edit it).
+protos: $(STAMP)
+	$(PY) -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. protos/kino/v1/*.proto

@@ -144,3 +144,17 @@ def _check_float(field: str, value: object, lo: float, hi: float) -> None:
     if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
             or not lo <= value <= hi):
         raise InvalidParameter(field, value, f"a number in [{lo:g}, {hi:g}]")
+
+
+def params_to_dict(params: GenerationParams) -> dict:
+    """JSON-able form (fps as "num/den"), for job stores and logs."""
+    d = dataclasses.asdict(params)
+    d["fps"] = None if params.fps is None else f"{params.fps.numerator}/{params.fps.denominator}"
+    return d
+
+
+def params_from_dict(data: dict) -> GenerationParams:
+    d = dict(data)
+    if d.get("fps") is not None:
+        d["fps"] = Fraction(d["fps"])
+    return GenerationParams(**d)

@@ -7,7 +7,9 @@ import logging
 import sys
 
 from engines.errors import EngineError
-from serving.cli import run_local
+from serving.cli import run_local, serve_cmd, videos_cmd
+from serving.errors import KinoError
+from serving.frontend.grpc.client import ClientError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,6 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Kino: text-to-video-with-audio serving. Run `kino COMMAND --help` for a command's options.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve_cmd.register(sub)
+    videos_cmd.register(sub)
     run_local.register(sub)
     return parser
 
@@ -27,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except EngineError as e:
+    except (EngineError, KinoError, ClientError) as e:
         print(f"kino: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

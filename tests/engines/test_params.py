@@ -96,3 +96,12 @@ def test_ntsc_rates_parse_exactly():
     assert parse_fps("24000/1001") == Fraction(24000, 1001)
     assert parse_fps(23.976) == Fraction(24000, 1001)
     assert parse_fps(25) == Fraction(25)
+
+
+def test_params_round_trip_through_json(tiny_config):
+    import json
+
+    from engines.params import params_from_dict, params_to_dict
+
+    p = _params(fps=Fraction(30000, 1001), seed=3).validated(tiny_config)
+    assert params_from_dict(json.loads(json.dumps(params_to_dict(p)))) == p

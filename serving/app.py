@@ -1,0 +1,29 @@
+"""The Kino Serve application. `import_path: serving.app:build_app` in deploy/serve/kino.yaml.
+
+Frontend (gRPC) -> Dispatcher -> TextEncoder, Denoiser, Decoder. Each deployment's replicas,
+resources and autoscaling come from the Serve config file, not from here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve import Application
+
+from serving.config import load_config
+from serving.deployments.decoder import DecoderDeployment
+from serving.deployments.denoiser import DenoiserDeployment
+from serving.deployments.dispatcher import DispatcherDeployment
+from serving.deployments.frontend import FrontendDeployment
+from serving.deployments.text_encoder import TextEncoderDeployment
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Build from the app's `args`: {"config": <Kino config mapping>} (see serving.config)."""
+    # Resolve once (environment overrides included) so every replica runs the same config.
+    config = load_config(args.get("config") or {}).to_mapping()
+    text_encoder = TextEncoderDeployment.bind(config)
+    denoiser = DenoiserDeployment.bind(config)
+    decoder = DecoderDeployment.bind(config)
+    dispatcher = DispatcherDeployment.bind(config, text_encoder, denoiser, decoder)
+    return FrontendDeployment.bind(config, dispatcher)

@@ -1,0 +1,94 @@
+"""`kino serve`: a local Ray cluster running Kino, and `kino demo`: serve, generate one video, stop."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+from rich.console import Console
+
+from serving.cli.options import add_model_options, model_mapping_from_args
+from serving.cluster import DEFAULT_SERVE_CONFIG
+
+
+def _cluster_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=DEFAULT_SERVE_CONFIG,
+                   help="the Serve config file (default: deploy/serve/kino.yaml, the one Helm embeds)")
+    p.add_argument("--state-dir", type=Path, default=Path("var/kino"),
+                   help="job database and artifacts live here; a restart resumes its jobs (default: var/kino)")
+    p.add_argument("--max-batch-size", type=int, help="denoising requests per forward (1 turns batching off)")
+    p.add_argument("--ray-temp-dir", help="Ray's session directory (default: a new one under /tmp; keep it short)")
+    add_model_options(p)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("serve", help="start a local cluster and serve the gRPC API",
+                       description="Start Ray on this machine, deploy Kino from the Serve config file and serve "
+                                   "gRPC on loopback until interrupted (Ctrl-C). Jobs survive a restart.")
+    s.add_argument("--grpc-port", type=int, default=50051, help="0 picks a free port (default 50051)")
+    s.add_argument("--address-file", type=Path, help="write host:port here once serving (for scripts)")
+    _cluster_options(s)
+    s.set_defaults(func=serve_forever)
+
+    d = sub.add_parser("demo", help="start a local cluster, generate one video over gRPC, stop",
+                       description="The main job in one command: a local cluster on the chosen model, one video "
+                                   "with audio generated through the gRPC API with a progress bar, then a clean "
+                                   "shutdown.")
+    d.add_argument("prompt", nargs="?", default="a robot dancing on the beach, waves and a steel drum")
+    d.add_argument("-o", "--output", type=Path, default=Path("out/demo.mp4"), help="default: out/demo.mp4")
+    d.add_argument("--seconds", type=float, default=2.0)
+    d.add_argument("--seed", type=int, default=7)
+    _cluster_options(d)
+    d.set_defaults(func=demo)
+
+
+def _start(args: argparse.Namespace, grpc_port: int):
+    from serving.cluster import start_local_cluster
+
+    overrides: dict = {"model": model_mapping_from_args(args)}
+    if args.max_batch_size is not None:
+        overrides["batching"] = {"max_batch_size": args.max_batch_size,
+                                 "max_running": max(32, args.max_batch_size)}
+    return start_local_cluster(state_dir=args.state_dir, grpc_port=grpc_port, serve_config=args.config,
+                               overrides=overrides, ray_temp_dir=args.ray_temp_dir)
+
+
+def serve_forever(args: argparse.Namespace) -> int:
+    console = Console()
+    with console.status("starting Ray and deploying Kino (first start takes ~20 s)"):
+        cluster = _start(args, args.grpc_port)
+    console.print(f"Kino serving gRPC on [bold]{cluster.grpc_address}[/bold] "
+                  f"(state in {cluster.state_dir}); Ctrl-C stops it")
+    console.print(f"  export KINO_ADDRESS={cluster.grpc_address}; kino generate \"a cat playing piano\" -o cat.mp4")
+    if args.address_file:
+        args.address_file.write_text(cluster.grpc_address)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    console.print("stopping")
+    cluster.shutdown()
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    from serving.cli.videos_cmd import generate
+
+    console = Console()
+    with console.status("starting a local cluster (Ray + Serve + gRPC) on the tiny model"):
+        cluster = _start(args, 0)
+    console.print(f"cluster up; gRPC on {cluster.grpc_address}")
+    try:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        request = SimpleNamespace(prompt=args.prompt, negative_prompt=None, size=None, fps=None,
+                                  seconds=args.seconds, seed=args.seed, steps=None, guidance_scale=None,
+                                  audio_guidance_scale=None, priority=None, idempotency_key=None,
+                                  output=args.output, address=cluster.grpc_address)
+        return generate(request)
+    finally:
+        with console.status("shutting the cluster down"):
+            cluster.shutdown()
+        console.print("cluster stopped")

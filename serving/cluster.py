@@ -1,0 +1,143 @@
+"""A local Ray cluster running the Kino application from the Serve config file.
+
+`kino serve`, `make demo` and the integration tests use this. It deploys the config the way
+KubeRay does (the Serve controller applies the same ServeDeploySchema), with local overrides:
+loopback gRPC on a chosen port, storage under a state directory, no HTTP proxy.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SERVE_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "serve" / "kino.yaml"
+APP_NAME = "kino"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now (the machine is shared: never assume one)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def local_serve_config(path: str | Path = DEFAULT_SERVE_CONFIG, *, state_dir: str | Path, grpc_port: int,
+                       app_name: str = APP_NAME, overrides: dict[str, Any] | None = None,
+                       deployments: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The Serve config file with local settings applied (returns a plain mapping)."""
+    with open(path) as f:
+        doc = yaml.safe_load(f)
+    state = Path(state_dir).resolve()
+    [app] = [a for a in doc["applications"] if a["name"] == APP_NAME]
+    app = copy.deepcopy(app)
+    app["name"] = app_name
+    local = {"grpc": {"host": "127.0.0.1", "port": grpc_port},
+             "storage": {"database_url": f"sqlite:///{state / 'jobs.db'}", "artifacts_dir": str(state / "artifacts")}}
+    app["args"]["config"] = _deep_merge(_deep_merge(app["args"].get("config") or {}, local), overrides or {})
+    for d in app.get("deployments", []):
+        d.update((deployments or {}).get(d["name"], {}))
+    doc["applications"] = [app]
+    doc["proxy_location"] = "Disabled"  # clients speak gRPC to the Frontend; Serve's HTTP proxy is unused here
+    return doc
+
+
+@dataclass
+class LocalCluster:
+    """A running local cluster; `grpc_address` is where clients connect."""
+
+    grpc_address: str
+    state_dir: Path
+    ray_temp_dir: str
+    apps: list[str]
+
+    def deploy(self, serve_config: dict[str, Any], timeout_s: float = 180.0) -> None:
+        """Deploy (or update) applications from a Serve config mapping and wait until they run."""
+        from ray.serve._private.api import serve_start
+        from ray.serve.schema import ServeDeploySchema
+
+        schema = ServeDeploySchema.parse_obj(serve_config)
+        # The same controller call that KubeRay's serveConfigV2 goes through.
+        serve_start().deploy_apps(schema)
+        names = [a.name for a in schema.applications]
+        _wait_running(names, timeout_s)
+        self.apps = sorted(set(self.apps) | set(names))
+
+    def delete(self, app_name: str) -> None:
+        from ray import serve
+
+        serve.delete(app_name)
+        self.apps = [a for a in self.apps if a != app_name]
+
+    def shutdown(self) -> None:
+        """Stop the whole local cluster (Serve's replicas end with it; jobs stay in the store)."""
+        import ray
+
+        ray.shutdown()
+
+
+def _wait_running(app_names: list[str], timeout_s: float) -> None:
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        apps = serve.status().applications
+        states = {n: apps[n].status if n in apps else "NOT_STARTED" for n in app_names}
+        failed = {n: apps[n].message for n in app_names if n in apps and apps[n].status == "DEPLOY_FAILED"}
+        if failed:
+            raise RuntimeError(f"Serve application failed to deploy: {failed}")
+        if all(s == "RUNNING" for s in states.values()):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Serve applications not running after {timeout_s:.0f}s: {states}")
+        time.sleep(0.5)
+
+
+def start_local_cluster(*, state_dir: str | Path, grpc_port: int = 0, serve_config: str | Path = DEFAULT_SERVE_CONFIG,
+                        overrides: dict[str, Any] | None = None, num_cpus: int | None = None,
+                        object_store_mb: int = 512, log_to_driver: bool = False,
+                        ray_temp_dir: str | None = None) -> LocalCluster:
+    """Start Ray on this machine only, deploy Kino, and return once the gRPC front door serves.
+
+    `grpc_port=0` picks a free port. Ray's session files go to a short temporary directory
+    (Unix socket paths are limited to ~107 characters).
+    """
+    import ray
+    from ray import serve
+    from ray.serve.config import ProxyLocation
+
+    state = Path(state_dir).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    port = grpc_port or free_port()
+    temp_dir = ray_temp_dir or tempfile.mkdtemp(prefix="kino-ray-")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback only; token auth is on by default in 2.60
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 2, include_dashboard=False,
+             object_store_memory=object_store_mb * 2**20, log_to_driver=log_to_driver, _temp_dir=temp_dir,
+             configure_logging=True, logging_level=logging.WARNING)
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    serve.start(proxy_location=ProxyLocation.Disabled)
+    cluster = LocalCluster(grpc_address=f"127.0.0.1:{port}", state_dir=state, ray_temp_dir=temp_dir, apps=[])
+    try:
+        cluster.deploy(local_serve_config(serve_config, state_dir=state, grpc_port=port, overrides=overrides))
+    except BaseException:
+        cluster.shutdown()
+        raise
+    return cluster

@@ -1,0 +1,88 @@
+"""Denoiser deployment: one step loop per replica, driven by the StepScheduler.
+
+Each `denoise` call adds a request to the scheduler and streams one event per step; the loop
+asks the scheduler for a batch at every step boundary and runs one transformer forward for
+it. Closing a stream (the dispatcher cancels a job) removes the request before the next step.
+The finished latents go into Ray's object store; the stream's last event carries the reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, AsyncIterator
+
+import ray
+from ray import serve
+
+from engines.denoiser import Denoiser, DenoiseRequest, DenoiseState
+from engines.params import GenerationParams
+from engines.stage_io import PromptEmbedding
+from serving.config import load_config
+from serving.scheduler import StepScheduler
+
+log = logging.getLogger(__name__)
+
+
+@serve.deployment(name="Denoiser")
+class DenoiserDeployment:
+    def __init__(self, config: dict[str, Any]) -> None:
+        cfg = load_config(config)
+        self.engine = Denoiser(cfg.model)
+        self.scheduler = StepScheduler(cfg.batching.max_batch_size, cfg.batching.max_running)
+        self._states: dict[str, DenoiseState] = {}
+        self._inbox: dict[str, asyncio.Queue] = {}
+        self._wake = asyncio.Event()
+        self._loop: asyncio.Task | None = None
+
+    async def denoise(self, request_id: str, params: GenerationParams, embedding: PromptEmbedding,
+                      priority: int) -> AsyncIterator[dict[str, Any]]:
+        if self._loop is None or self._loop.done():
+            self._loop = asyncio.create_task(self._step_loop(), name="step-loop")
+        if request_id in self.scheduler:
+            raise ValueError(f"request {request_id} is already being denoised here")
+        state = self.engine.prepare(DenoiseRequest(request_id, params, embedding))
+        inbox: asyncio.Queue = asyncio.Queue()
+        self._states[request_id], self._inbox[request_id] = state, inbox
+        self.scheduler.add(request_id, state.shape, priority, state.num_steps)
+        self._wake.set()
+        try:
+            while True:
+                item = await inbox.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if "latents" in item:
+                    return
+        finally:  # finished, failed, or the caller went away: free the slot before the next step
+            self.scheduler.remove(request_id)
+            self._states.pop(request_id, None)
+            self._inbox.pop(request_id, None)
+
+    async def _step_loop(self) -> None:
+        while True:
+            batch = self.scheduler.next_batch()
+            if batch is None:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            states = [self._states[r] for r in batch.request_ids]
+            try:
+                await asyncio.to_thread(self.engine.step, states)
+            except Exception as e:  # noqa: BLE001 - fail these requests, keep serving the others
+                log.exception("denoising step failed for %s", batch.request_ids)
+                for rid in batch.request_ids:
+                    self.scheduler.remove(rid)
+                    if (q := self._inbox.get(rid)) is not None:
+                        q.put_nowait(e)
+                continue
+            finished = set(self.scheduler.complete(batch))
+            for rid, state in zip(batch.request_ids, states):
+                if (q := self._inbox.get(rid)) is None:
+                    continue  # cancelled while its step ran
+                q.put_nowait({"step": state.step_index, "total_steps": state.num_steps, "batch_size": len(batch)})
+                if rid in finished:
+                    q.put_nowait({"latents": [ray.put(self.engine.result(state))]})
+
+    def stats(self) -> dict[str, int]:
+        return {"running": self.scheduler.num_running, "waiting": self.scheduler.num_waiting}

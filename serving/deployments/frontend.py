@@ -1,0 +1,55 @@
+"""Frontend deployment: the gRPC server (and later REST) in front of the domain service."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serving.artifacts import LocalArtifactStore
+from serving.config import load_config
+from serving.frontend.grpc.server import start_grpc_server
+from serving.jobs import open_store
+from serving.videos import DispatcherLink, VideoService
+
+log = logging.getLogger(__name__)
+
+
+class _ServeDispatcherLink(DispatcherLink):
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self.handle = handle
+
+    async def wake(self) -> None:
+        self.handle.wake.remote()  # fire and forget: the dispatcher also polls the store
+
+    async def cancel(self, job_id: str) -> None:
+        try:
+            await self.handle.cancel.remote(job_id)
+        except Exception:  # noqa: BLE001 - the store flag still stops the job at its next step
+            log.warning("could not reach the dispatcher to cancel %s; the store flag will", job_id)
+
+
+@serve.deployment(name="Frontend", num_replicas=1)
+class FrontendDeployment:
+    async def __init__(self, config: dict[str, Any], dispatcher: DeploymentHandle) -> None:
+        cfg = load_config(config)
+        self.app_name = serve.get_replica_context().app_name
+        self.store = open_store(cfg.storage.database_url)
+        videos = VideoService(cfg, self.store, LocalArtifactStore(cfg.storage.artifacts_dir),
+                              _ServeDispatcherLink(dispatcher))
+        self.grpc = await start_grpc_server(videos, cfg.grpc, tenant_of=lambda _ctx: cfg.default_tenant,
+                                            health_probe=self._app_running)
+
+    async def _app_running(self) -> bool:
+        status = await asyncio.to_thread(serve.status)
+        app = status.applications.get(self.app_name)
+        return app is not None and app.status == "RUNNING"
+
+    async def grpc_port(self) -> int:
+        return self.grpc.port
+
+    async def __del__(self) -> None:
+        await self.grpc.stop(grace=2.0)

@@ -1,0 +1,64 @@
+"""The dispatcher's view of the stages, over Ray Serve handles."""
+
+from __future__ import annotations
+
+from typing import Any, AsyncIterator
+
+import ray.exceptions as rex
+import ray.serve.exceptions as sex
+from ray.serve.handle import DeploymentHandle
+
+from engines.params import GenerationParams
+from engines.stage_io import PromptPair
+from serving.dispatcher import DecodeResult, DenoiseEvent, StageClient, StageUnavailable
+
+# Failures of a replica or of the objects it owned: retrying the job on another replica helps.
+_UNAVAILABLE = (rex.RayActorError, rex.ActorUnavailableError, rex.ObjectLostError, rex.OwnerDiedError,
+                rex.WorkerCrashedError, rex.NodeDiedError, sex.DeploymentUnavailableError,
+                sex.ReplicaUnavailableError, sex.BackPressureError)
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, _UNAVAILABLE):
+            return True
+        exc = exc.cause if isinstance(exc, rex.RayTaskError) and hasattr(exc, "cause") else exc.__cause__
+        seen += 1
+    return False
+
+
+class ServeStages(StageClient):
+    def __init__(self, text_encoder: DeploymentHandle, denoiser: DeploymentHandle,
+                 decoder: DeploymentHandle) -> None:
+        self.text_encoder, self.denoiser, self.decoder = text_encoder, denoiser, decoder
+
+    def encode(self, job_id: str, params: GenerationParams) -> Any:
+        # Not awaited: the response is handed to the denoiser, which resolves it itself, so the
+        # embedding goes from the encoder replica to the denoiser replica without passing here.
+        return self.text_encoder.encode.remote(PromptPair(params.prompt, params.negative_prompt or ""))
+
+    async def denoise(self, job_id: str, params: GenerationParams, embedding: Any,
+                      priority: int) -> AsyncIterator[DenoiseEvent]:
+        stream = self.denoiser.options(stream=True).denoise.remote(job_id, params, embedding, priority)
+        try:
+            async for item in stream:
+                if "latents" in item:
+                    yield DenoiseEvent(step=params.steps, total_steps=params.steps, batch_size=0,
+                                       latents=item["latents"])
+                else:
+                    yield DenoiseEvent(**item)
+        except Exception as e:
+            if _is_unavailable(e):
+                raise StageUnavailable(f"denoiser: {type(e).__name__}") from e
+            raise
+        finally:
+            stream.cancel()  # the caller left early (cancel): stop the replica's generator too
+
+    async def decode(self, job_id: str, params: GenerationParams, latents: Any, artifact_key: str) -> DecodeResult:
+        try:
+            return await self.decoder.decode.remote(job_id, params, latents, artifact_key)
+        except Exception as e:
+            if _is_unavailable(e):
+                raise StageUnavailable(f"decoder: {type(e).__name__}") from e
+            raise

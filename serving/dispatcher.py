@@ -1,0 +1,230 @@
+"""The dispatcher: takes queued jobs and drives them through encode -> denoise -> decode.
+
+It owns in-progress jobs through a store epoch (see `serving.jobs.store`): on start it takes a
+new epoch, which puts every job left in progress by a dead dispatcher back in the queue, and
+then claims jobs in priority, then arrival order, up to `max_in_flight` at once. Every state
+change is written to the store before it is acted on.
+
+The stages are reached through a `StageClient` (Ray Serve handles in the cluster), so this
+module imports no Ray and no torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+from engines.params import GenerationParams, params_from_dict
+from serving.config import QueueConfig
+from serving.errors import KinoError, as_kino_error
+from serving.jobs import Artifact, Job, JobStatus, JobStore, Stage, StaleEpoch
+
+log = logging.getLogger(__name__)
+
+# Share of the progress bar each stage fills.
+_ENCODED, _DENOISE_SPAN, _DECODING = 0.03, 0.87, 0.92
+
+
+class StageUnavailable(Exception):
+    """A stage replica died or could not be reached; the job can be retried."""
+
+
+@dataclass(frozen=True)
+class DenoiseEvent:
+    step: int
+    total_steps: int
+    batch_size: int
+    latents: Any = None  # set on the last event: an opaque reference for the decoder
+
+
+@dataclass(frozen=True)
+class DecodeResult:
+    key: str
+    size_bytes: int
+    sha256: str
+    summary: str = ""
+
+
+class StageClient(ABC):
+    """How the dispatcher reaches the three stages."""
+
+    @abstractmethod
+    def encode(self, job_id: str, params: GenerationParams) -> Any:
+        """Start text encoding; returns an opaque reference the denoiser accepts."""
+
+    @abstractmethod
+    def denoise(self, job_id: str, params: GenerationParams, embedding: Any,
+                priority: int) -> AsyncIterator[DenoiseEvent]:
+        """One event per step; the last carries the latents. Closing the iterator cancels the job."""
+
+    @abstractmethod
+    async def decode(self, job_id: str, params: GenerationParams, latents: Any, artifact_key: str) -> DecodeResult:
+        """Decode, encode the MP4 and put it into the artifact store."""
+
+
+class _CancelRequested(Exception):
+    pass
+
+
+class Dispatcher:
+    def __init__(self, store: JobStore, stages: StageClient, config: QueueConfig) -> None:
+        self.store, self.stages, self.config = store, stages, config
+        self.epoch: int | None = None
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._cancelling: set[str] = set()
+        self._wake = asyncio.Event()
+        self._decode_seconds: float | None = None  # moving average, for ETAs
+
+    # -- control -------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Resume what a previous dispatcher left, then keep the stages fed until cancelled."""
+        self.epoch = await asyncio.to_thread(self.store.begin_epoch)
+        log.info("dispatcher epoch %d started", self.epoch)
+        last_reconcile = time.monotonic()
+        while True:
+            try:
+                await self._fill()
+                if time.monotonic() - last_reconcile > self.config.reconcile_seconds:
+                    await self._reconcile()
+                    last_reconcile = time.monotonic()
+            except Exception:  # noqa: BLE001 - a store hiccup must not stop the loop; retry next round
+                log.exception("dispatch round failed; retrying")
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.config.poll_seconds)
+            except asyncio.TimeoutError:
+                pass
+
+    def wake(self) -> None:
+        """A job was queued: look now instead of at the next poll."""
+        self._wake.set()
+
+    async def cancel(self, job_id: str) -> bool:
+        """Stop a running job within one denoising step (the store already holds the request)."""
+        task = self._tasks.get(job_id)
+        if task is None:
+            return False
+        self._cancelling.add(job_id)
+        task.cancel()
+        return True
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def _fill(self) -> None:
+        while len(self._tasks) < self.config.max_in_flight:
+            job = await asyncio.to_thread(self.store.claim_next, self.epoch)
+            if job is None:
+                return
+            task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+            self._tasks[job.id] = task
+            task.add_done_callback(lambda t, jid=job.id: self._done(jid, t))
+
+    async def _reconcile(self) -> None:
+        """Safety net: a job of this epoch in progress with no task here would wait forever; requeue it."""
+        for job_id in await asyncio.to_thread(self.store.in_progress, self.epoch):
+            if job_id not in self._tasks:
+                log.error("job %s was in progress with no task; requeueing it", job_id)
+                try:
+                    await asyncio.to_thread(self.store.requeue, job_id, self.epoch,
+                                            "requeued: its dispatcher task ended without recording a result")
+                except StaleEpoch:
+                    pass
+
+    def _done(self, job_id: str, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("job %s: task ended with %r; reconcile will requeue it", job_id, task.exception())
+        self._tasks.pop(job_id, None)
+        self._cancelling.discard(job_id)
+        self._wake.set()
+
+    # -- one job ---------------------------------------------------------------------------
+    async def _run(self, job: Job) -> None:
+        assert self.epoch is not None
+        epoch = self.epoch
+        try:
+            params = params_from_dict(job.params)
+            for attempt in range(1, self.config.max_attempts + 1):
+                try:
+                    result = await self._stages(job, params, epoch)
+                    break
+                except StageUnavailable as e:
+                    if attempt == self.config.max_attempts:
+                        raise
+                    log.warning("job %s: %s; retrying (attempt %d of %d)", job.id, e, attempt + 1,
+                                self.config.max_attempts)
+                    await self._progress(job, epoch, Stage.ENCODING, message=f"retrying after: {e}")
+                    await asyncio.sleep(min(2.0 * attempt, 5.0))
+            artifact = Artifact(key=result.key, size_bytes=result.size_bytes, sha256=result.sha256)
+            await asyncio.to_thread(self.store.finish, job.id, epoch, JobStatus.COMPLETED, artifact=artifact)
+            log.info("job %s completed: %s", job.id, result.summary)
+        except asyncio.CancelledError:
+            if job.id not in self._cancelling:
+                raise  # the dispatcher is stopping: the job stays in progress and is resumed later
+            await self._finish_cancelled(job, epoch)
+        except _CancelRequested:
+            await self._finish_cancelled(job, epoch)
+        except StaleEpoch:
+            log.warning("job %s now belongs to a newer dispatcher; dropping it here", job.id)
+        except StageUnavailable as e:
+            await self._fail(job, epoch, "unavailable", f"a stage stayed unavailable after "
+                                                        f"{self.config.max_attempts} attempts: {e}")
+        except Exception as e:  # noqa: BLE001 - every failure is recorded with a reason
+            err: KinoError = as_kino_error(e)
+            if err.code.value == "internal":
+                log.exception("job %s failed", job.id)
+                await self._fail(job, epoch, "internal", f"{type(e).__name__}: {e}")
+            else:
+                await self._fail(job, epoch, err.code.value, err.message)
+
+    async def _stages(self, job: Job, params: GenerationParams, epoch: int) -> DecodeResult:
+        await self._progress(job, epoch, Stage.ENCODING, progress=0.0, message="encoding prompt")
+        embedding = self.stages.encode(job.id, params)
+        started = time.monotonic()
+        latents = None
+        stream = self.stages.denoise(job.id, params, embedding, job.priority)
+        try:
+            async for ev in stream:
+                if ev.latents is not None:
+                    latents = ev.latents
+                    continue
+                elapsed = time.monotonic() - started
+                eta = elapsed / ev.step * (ev.total_steps - ev.step) + (self._decode_seconds or 0.0)
+                await self._progress(job, epoch, Stage.DENOISING, step=ev.step, total_steps=ev.total_steps,
+                                     progress=_ENCODED + _DENOISE_SPAN * ev.step / ev.total_steps,
+                                     eta_seconds=eta, batch_size=ev.batch_size)
+        finally:
+            await stream.aclose()
+        if latents is None:
+            raise StageUnavailable("the denoiser ended the stream without latents")
+        await self._progress(job, epoch, Stage.DECODING, step=params.steps, total_steps=params.steps,
+                             progress=_DECODING, eta_seconds=self._decode_seconds, message="decoding")
+        t = time.monotonic()
+        result = await self.stages.decode(job.id, params, latents, f"{job.tenant}/{job.id}.mp4")
+        took = time.monotonic() - t
+        self._decode_seconds = took if self._decode_seconds is None else 0.8 * self._decode_seconds + 0.2 * took
+        return result
+
+    async def _progress(self, job: Job, epoch: int, stage: Stage, **values: Any) -> None:
+        cancel = await asyncio.to_thread(self.store.record_progress, job.id, epoch, stage=stage, **values)
+        if cancel:
+            raise _CancelRequested()
+
+    async def _finish_cancelled(self, job: Job, epoch: int) -> None:
+        try:
+            await asyncio.to_thread(self.store.finish, job.id, epoch, JobStatus.CANCELLED, error_code="cancelled",
+                                    error_message="cancelled by the client")
+        except StaleEpoch:
+            pass
+
+    async def _fail(self, job: Job, epoch: int, code: str, message: str) -> None:
+        try:
+            await asyncio.to_thread(self.store.finish, job.id, epoch, JobStatus.FAILED, error_code=code,
+                                    error_message=message)
+        except StaleEpoch:
+            pass

@@ -1,0 +1,1 @@
+"""The gRPC front door: servicer (translation only), error map, server set-up."""

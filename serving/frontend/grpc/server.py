@@ -1,0 +1,82 @@
+"""The grpc.aio server: VideoService, standard health (grpc.health.v1), reflection, size limits."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from kino.v1 import video_service_pb2 as pb
+from kino.v1 import video_service_pb2_grpc as pb_grpc
+from serving.config import GrpcConfig
+from serving.frontend.grpc.servicer import TenantOf, VideoServicer
+from serving.videos import VideoService
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["VideoService"].full_name
+HealthProbe = Callable[[], Awaitable[bool]]
+
+
+@dataclass
+class GrpcServer:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    _tasks: list[asyncio.Task] = field(default_factory=list)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+async def start_grpc_server(videos: VideoService, config: GrpcConfig, tenant_of: TenantOf, *,
+                            health_probe: HealthProbe | None = None, health_poll_seconds: float = 1.0,
+                            interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> GrpcServer:
+    """Serve on config.host:config.port (0: a free port; `GrpcServer.port` says which)."""
+    options = [
+        ("grpc.so_reuseport", 0),  # a second server on the same port fails instead of sharing it
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.max_concurrent_streams", config.max_workers_streams),
+    ]
+    server = grpc.aio.server(interceptors=list(interceptors), options=options)
+    pb_grpc.add_VideoServiceServicer_to_server(VideoServicer(videos, tenant_of), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    if port == 0:
+        raise RuntimeError(f"cannot listen on {config.host}:{config.port} (in use?)")
+    await server.start()
+    out = GrpcServer(server=server, port=port, health=health_servicer)
+    initial = health_pb2.HealthCheckResponse.NOT_SERVING if health_probe else health_pb2.HealthCheckResponse.SERVING
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, initial)
+    if health_probe is not None:
+        out._tasks.append(asyncio.create_task(_watch_health(health_servicer, health_probe, health_poll_seconds)))
+    log.info("gRPC listening on %s:%d", config.host, port)
+    return out
+
+
+async def _watch_health(servicer: health.aio.HealthServicer, probe: HealthProbe, every: float) -> None:
+    """SERVING only while the probe (the Serve application's status) says healthy."""
+    last = None
+    while True:
+        try:
+            ok = await probe()
+        except Exception:  # noqa: BLE001 - an unreachable controller is unhealthy, not fatal
+            ok = False
+        status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+        if status != last:
+            for name in ("", SERVICE_NAME):
+                await servicer.set(name, status)
+            last = status
+        await asyncio.sleep(every)

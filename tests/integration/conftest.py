@@ -1,0 +1,57 @@
+"""A real local Ray cluster with the Kino app deployed from deploy/serve/kino.yaml, once per session.
+
+Everything here is real: Ray, Serve replicas, the gRPC server on loopback (a free port), the
+SQLite job store and the artifact directory. Clients use the generated kino.v1 stubs.
+"""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+
+from kino.v1 import video_service_pb2 as pb
+from kino.v1 import video_service_pb2_grpc as pb_grpc
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    from serving.cluster import start_local_cluster
+
+    c = start_local_cluster(state_dir=tmp_path_factory.mktemp("kino-state"))
+    yield c
+    c.shutdown()
+
+
+@pytest.fixture(scope="session")
+def channel(cluster):
+    ch = grpc.insecure_channel(cluster.grpc_address)
+    grpc.channel_ready_future(ch).result(timeout=30)
+    yield ch
+    ch.close()
+
+
+@pytest.fixture(scope="session")
+def stub(channel):
+    return pb_grpc.VideoServiceStub(channel)
+
+
+def wait_done(stub, video_id: str, timeout: float = 120.0) -> list[pb.VideoEvent]:
+    """Watch a video to its terminal event; returns every event seen."""
+    events = []
+    for ev in stub.WatchVideo(pb.WatchVideoRequest(id=video_id), timeout=timeout):
+        events.append(ev)
+        if ev.terminal:
+            break
+    return events
+
+
+def wait_for(predicate, timeout: float = 60.0, every: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise TimeoutError("condition not met in time")

@@ -1,0 +1,83 @@
+"""Nothing accepted is lost: a killed Denoiser replica, an overloaded queue, batching switched off."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+
+import grpc
+import pytest
+import ray
+
+from kino.v1 import video_service_pb2 as pb
+from kino.v1 import video_service_pb2_grpc as pb_grpc
+from serving.cluster import free_port, local_serve_config
+from tests.integration.conftest import wait_done
+
+
+def _replica_actors(deployment: str, app: str = "kino"):
+    return [a for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith(f"SERVE_REPLICA::{app}#{deployment}#")]
+
+
+def test_denoiser_replica_killed_mid_job_is_replaced_and_the_job_completes(stub):
+    video = stub.CreateVideo(pb.CreateVideoRequest(prompt="survive this", size="256x256", seconds=2.0, steps=60,
+                                                   seed=3))
+    events = stub.WatchVideo(pb.WatchVideoRequest(id=video.id), timeout=180)
+    for ev in events:
+        if ev.stage == pb.STAGE_DENOISING and ev.step >= 3:
+            break
+    [victim] = _replica_actors("Denoiser")
+    ray.kill(ray.get_actor(victim["name"], namespace=victim["namespace"]), no_restart=True)
+    final = None
+    for ev in events:
+        if ev.terminal:
+            final = ev
+            break
+    assert final is not None and final.status == pb.VIDEO_STATUS_COMPLETED, final
+    got = stub.GetVideo(pb.GetVideoRequest(id=video.id))
+    assert got.status == pb.VIDEO_STATUS_COMPLETED and got.size_bytes > 0
+    replicas = _replica_actors("Denoiser")
+    assert replicas and victim["name"] not in [r["name"] for r in replicas]  # Serve started a new one
+
+
+@pytest.fixture(scope="module")
+def small_queue_app(cluster, tmp_path_factory):
+    """A second Kino app on the same cluster: a queue of 4, one job in flight, batching off."""
+    port = free_port()
+    name = "kino-small-queue"
+    cfg = local_serve_config(state_dir=tmp_path_factory.mktemp("small-queue"), grpc_port=port, app_name=name,
+                             overrides={"queue": {"max_queued": 4, "max_in_flight": 1},
+                                        "batching": {"max_batch_size": 1, "max_running": 8}})
+    cluster.deploy(cfg)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    grpc.channel_ready_future(channel).result(timeout=30)
+    yield pb_grpc.VideoServiceStub(channel)
+    channel.close()
+    cluster.delete(name)
+
+
+def test_overload_refuses_the_excess_and_completes_every_accepted_job(small_queue_app):
+    stub = small_queue_app
+    reqs = [pb.CreateVideoRequest(prompt=f"overload {i}", seconds=1.0, seed=i, steps=8) for i in range(14)]
+
+    def create(req):
+        try:
+            return stub.CreateVideo(req, timeout=10)
+        except grpc.RpcError as e:
+            return e
+
+    with cf.ThreadPoolExecutor(14) as pool:
+        results = list(pool.map(create, reqs))
+    accepted = [r for r in results if isinstance(r, pb.Video)]
+    refused = [r for r in results if isinstance(r, grpc.RpcError)]
+    assert refused, "the queue bound was never hit"
+    for e in refused:
+        assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "queue" in e.details()
+    assert 4 <= len(accepted) < len(reqs)
+    histories = [wait_done(stub, v.id, timeout=300) for v in accepted]
+    assert all(h[-1].status == pb.VIDEO_STATUS_COMPLETED for h in histories)
+    listed = stub.ListVideos(pb.ListVideosRequest(page_size=100)).videos
+    assert sorted(v.id for v in listed) == sorted(v.id for v in accepted)  # refused ones left no trace
+    # max_batch_size: 1 switches batching off: no step ever carried more than one request.
+    steps = [e for h in histories for e in h if e.stage == pb.STAGE_DENOISING and e.message != "snapshot"]
+    assert steps and {e.batch_size for e in steps} == {1}

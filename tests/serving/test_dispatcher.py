@@ -1,0 +1,127 @@
+"""The dispatcher on its own, driving the real engines in this process (no Ray)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator
+
+import pytest
+
+from engines.params import GenerationParams, params_to_dict
+from engines.stage_io import PromptPair
+from serving.artifacts import LocalArtifactStore
+from serving.config import QueueConfig
+from serving.dispatcher import DecodeResult, DenoiseEvent, Dispatcher, StageClient, StageUnavailable
+from serving.jobs import JobStatus, NewJob, open_store
+
+
+class InProcessStages(StageClient):
+    """The StageClient contract over the engines in this process (what the Serve handles do remotely)."""
+
+    def __init__(self, staged, artifacts: LocalArtifactStore) -> None:
+        self.staged, self.artifacts = staged, artifacts
+
+    def encode(self, job_id: str, params: GenerationParams) -> Any:
+        [emb] = self.staged.text_encoder.encode([PromptPair(params.prompt, params.negative_prompt or "")])
+        return emb
+
+    async def denoise(self, job_id, params, embedding, priority) -> AsyncIterator[DenoiseEvent]:
+        from engines.denoiser import DenoiseRequest
+
+        state = self.staged.denoiser.prepare(DenoiseRequest(job_id, params, embedding))
+        while not state.done:
+            await asyncio.to_thread(self.staged.denoiser.step, [state])
+            yield DenoiseEvent(step=state.step_index, total_steps=state.num_steps, batch_size=1)
+        yield DenoiseEvent(step=state.num_steps, total_steps=state.num_steps, batch_size=0,
+                           latents=self.staged.denoiser.result(state))
+
+    async def decode(self, job_id, params, latents, artifact_key) -> DecodeResult:
+        path = self.artifacts.scratch_path(artifact_key)
+        await asyncio.to_thread(self.staged.decoder.render_mp4, latents, params, path)
+        stored = self.artifacts.put_file(artifact_key, path)
+        return DecodeResult(stored.key, stored.size_bytes, stored.sha256)
+
+
+class FlakyStages(InProcessStages):
+    """Fault injection: the first decode finds its replica gone (what a ray.kill causes)."""
+
+    failures = 1
+
+    async def decode(self, job_id, params, latents, artifact_key) -> DecodeResult:
+        if self.failures:
+            self.failures -= 1
+            raise StageUnavailable("decoder: ActorDiedError (injected)")
+        return await super().decode(job_id, params, latents, artifact_key)
+
+
+@pytest.fixture
+def setup(tmp_path, staged, tiny_config):
+    store = open_store(f"sqlite:///{tmp_path}/jobs.db")
+    artifacts = LocalArtifactStore(tmp_path / "artifacts")
+
+    def add(i: int, steps: int = 3) -> str:
+        p = GenerationParams(prompt=f"job {i}", seed=i, steps=steps).validated(tiny_config)
+        job, _ = store.create(NewJob(id=f"video_{i}", tenant="t", model="m", priority=5,
+                                     params=params_to_dict(p), request_hash=str(i)), max_queued=100)
+        return job.id
+
+    yield store, artifacts, add
+    store.close()
+
+
+async def _run_until(dispatcher: Dispatcher, store, ids, statuses=(JobStatus.COMPLETED,), timeout=60.0):
+    task = asyncio.create_task(dispatcher.run())
+    try:
+        async with asyncio.timeout(timeout):
+            while not all(store.get(i).status in statuses for i in ids):
+                await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+
+
+def test_jobs_complete_and_a_lost_replica_is_retried(setup, staged):
+    store, artifacts, add = setup
+    ids = [add(i) for i in range(3)]
+    d = Dispatcher(store, FlakyStages(staged, artifacts), QueueConfig(max_attempts=3, poll_seconds=0.05))
+    asyncio.run(_run_until(d, store, ids))
+    for i in ids:
+        job = store.get(i)
+        assert job.status == JobStatus.COMPLETED and job.artifact.size_bytes > 0
+    messages = [e.message for i in ids for e in store.events(i)]
+    assert any("retrying after: decoder: ActorDiedError" in m for m in messages)
+
+
+def test_cancel_mid_denoise(setup, staged):
+    store, artifacts, add = setup
+    jid = add(0, steps=60)
+    d = Dispatcher(store, InProcessStages(staged, artifacts), QueueConfig(poll_seconds=0.05))
+
+    async def scenario():
+        task = asyncio.create_task(d.run())
+        async with asyncio.timeout(60):
+            while store.get(jid).step < 2:
+                await asyncio.sleep(0.01)
+            store.request_cancel(jid)
+            assert await d.cancel(jid)
+            while store.get(jid).status != JobStatus.CANCELLED:
+                await asyncio.sleep(0.01)
+        task.cancel()
+
+    asyncio.run(scenario())
+    job = store.get(jid)
+    assert job.error_code == "cancelled" and job.step < 60 and job.artifact is None
+
+
+def test_reconcile_requeues_a_job_with_no_task(setup, staged):
+    store, artifacts, add = setup
+    jid = add(0)
+    d = Dispatcher(store, InProcessStages(staged, artifacts), QueueConfig(poll_seconds=0.05, reconcile_seconds=0.1))
+
+    async def scenario():
+        d.epoch = store.begin_epoch()
+        store.claim_next(d.epoch)  # claimed, but no task runs it (as if its task had died)
+        await d._reconcile()
+
+    asyncio.run(scenario())
+    assert store.get(jid).status == JobStatus.QUEUED
+    assert "requeued: its dispatcher task ended" in store.events(jid)[-1].message
