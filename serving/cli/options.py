@@ -31,7 +31,8 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--size", type=parse_size, metavar="WxH",
                    help="frame size, sides multiples of 32, e.g. 256x256 (at most 1080p)")
     g.add_argument("--fps", type=_fps, help="frame rate: 24000/1001, 24, 25, 30000/1001 or 30")
-    g.add_argument("--seed", type=int, help="random seed; the same seed and options give the same video")
+    g.add_argument("--seed", type=int, help="random seed; the same seed and options give the same video (up to "
+                   "float rounding, e.g. when batched with other requests)")
     g.add_argument("--steps", type=int, help="denoising steps (1-100)")
     g.add_argument("--negative-prompt", help="what to steer away from")
     g.add_argument("--guidance-scale", type=float, help="video classifier-free guidance (1 = off, up to 20)")
