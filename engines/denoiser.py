@@ -29,7 +29,7 @@ from engines.dit_backend import DiTInputs, create_backend
 from engines.model_loader import DENOISER_PARTS, ComponentSource, Components
 from engines.params import GenerationParams
 from engines.runtime import configure_threads
-from engines.stage_io import DenoisedLatents, LatentGeometry, LatentShape, PromptEmbedding
+from engines.stage_io import DenoisedLatents, LatentGeometry, LatentShape, PromptEmbedding, VideoConditioning
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class DenoiseRequest:
     request_id: str
     params: GenerationParams  # validated
     embedding: PromptEmbedding
+    conditioning: VideoConditioning | None = None
 
 
 @dataclass
@@ -55,12 +56,24 @@ class DenoiseState:
     context_mask: torch.Tensor
     video_coords: torch.Tensor  # [1, 3, video tokens, 2]
     audio_coords: torch.Tensor  # [1, 1, audio tokens, 2]
-    step_index: int = 0
+    step_index: int = 0  # position in the schedule
     cfg: bool = field(default=True)
+    mask: torch.Tensor | None = None  # [1, video tokens]: 1 = a clean conditioning token (first frame)
+    start_index: int = 0  # a remix enters the schedule part way
 
     @property
     def num_steps(self) -> int:
+        """Length of the whole sigma schedule."""
         return int(self.timesteps.shape[0])
+
+    @property
+    def steps_total(self) -> int:
+        """Steps this request runs (fewer than the schedule for a remix)."""
+        return self.num_steps - self.start_index
+
+    @property
+    def steps_done(self) -> int:
+        return self.step_index - self.start_index
 
     @property
     def done(self) -> bool:
@@ -90,17 +103,32 @@ class Denoiser:
 
     # -- prepare -------------------------------------------------------------------------
     def prepare(self, request: DenoiseRequest) -> DenoiseState:
-        p, g = request.params, self.geometry
+        p, g, cond = request.params, self.geometry, request.conditioning
         shape = LatentShape.for_params(p, g)
         generator = torch.Generator("cpu").manual_seed(p.seed)
-        # Same draws, in the same order, as LTX2Pipeline.prepare_latents / prepare_audio_latents.
-        video = randn_tensor((1, g.latent_channels, shape.frames, shape.height, shape.width),
-                             generator=generator, device=self.device, dtype=torch.float32)
-        video = LTX2Pipeline._pack_latents(video, g.patch_size, g.patch_size_t)
+        sigmas, timesteps = self._schedule(p.steps, shape.video_tokens)
+        mask, start = None, 0
+        # Same draws, in the same order, as the LTX-2 pipelines (video noise, then audio noise).
+        if cond is None or cond.kind == "first_frame":
+            video = randn_tensor((1, g.latent_channels, shape.frames, shape.height, shape.width),
+                                 generator=generator, device=self.device, dtype=torch.float32)
+            video = LTX2Pipeline._pack_latents(video, g.patch_size, g.patch_size_t)
+            if cond is not None:  # LTX2ImageToVideoPipeline: frame 0 clean, the rest noise
+                frame0 = torch.from_numpy(cond.latents).to(self.device)
+                init = frame0.repeat(shape.frames, 1)[None]
+                mask = torch.zeros(1, shape.video_tokens, 1, device=self.device)
+                mask[:, : frame0.shape[0]] = 1.0
+                video = init * mask + video * (1 - mask)
+                mask = mask[..., 0]
+        else:  # remix: LTX2Pipeline's noised state of given latents, entering the schedule at `strength`
+            later = torch.nonzero(sigmas[:-1] <= cond.strength + 1e-6)
+            start = int(later[0]) if len(later) else p.steps - 1
+            source = torch.from_numpy(cond.latents).to(self.device)[None]
+            noise = randn_tensor(source.shape, generator=generator, device=self.device, dtype=torch.float32)
+            video = sigmas[start] * noise + (1 - sigmas[start]) * source
         audio = randn_tensor((1, g.audio_latent_channels, shape.audio_frames, g.latent_mel_bins),
                              generator=generator, device=self.device, dtype=torch.float32)
         audio = LTX2Pipeline._pack_audio_latents(audio)
-        sigmas, timesteps = self._schedule(p.steps, video.shape[1])
         emb = request.embedding
         rows = [0, 1] if p.use_cfg else [1]
         video_coords, audio_coords = self._rope_coords(shape, float(p.fps))
@@ -110,7 +138,8 @@ class Denoiser:
             video_context=torch.from_numpy(emb.video[rows]).to(self.device),
             audio_context=torch.from_numpy(emb.audio[rows]).to(self.device),
             context_mask=torch.from_numpy(emb.mask[rows]).to(self.device),
-            video_coords=video_coords, audio_coords=audio_coords, cfg=p.use_cfg)
+            video_coords=video_coords, audio_coords=audio_coords, cfg=p.use_cfg, mask=mask,
+            step_index=start, start_index=start)
 
     def _schedule(self, steps: int, video_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The pipeline's shifted flow-matching schedule, from a private copy of the scheduler."""
@@ -157,13 +186,21 @@ class Denoiser:
         def rep(t: torch.Tensor, s: DenoiseState) -> torch.Tensor:
             return t.expand(s.rows, *t.shape[1:])
 
+        timestep = torch.cat([s.timesteps[s.step_index].expand(s.rows) for s in states])
+        video_timestep = None
+        if any(s.mask is not None for s in states):
+            # Per-token timesteps: conditioning tokens sit at t = 0 (LTX2ImageToVideoPipeline).
+            video_timestep = torch.cat([
+                s.timesteps[s.step_index] * (1 - rep(s.mask, s)) if s.mask is not None
+                else s.timesteps[s.step_index].expand(s.rows, s.shape.video_tokens) for s in states])
         return DiTInputs(
             video=torch.cat([rep(s.latents, s) for s in states]),
             audio=torch.cat([rep(s.audio_latents, s) for s in states]),
             video_context=torch.cat([s.video_context for s in states]),
             audio_context=torch.cat([s.audio_context for s in states]),
             context_mask=torch.cat([s.context_mask for s in states]),
-            timestep=torch.cat([s.timesteps[s.step_index].expand(s.rows) for s in states]),
+            timestep=timestep,
+            video_timestep=video_timestep,
             video_coords=torch.cat([rep(s.video_coords, s) for s in states]),
             audio_coords=torch.cat([rep(s.audio_coords, s) for s in states]),
         )
@@ -173,8 +210,10 @@ class Denoiser:
         """Guidance and the Euler update for one request (the pipeline's operations, in order)."""
         i, p = s.step_index, s.params
         sigma, sigma_next = s.sigmas[i], s.sigmas[i + 1]
-        s.latents = _euler(s.latents, _guided_velocity(s.latents, video_v, sigma, s.cfg, p.guidance_scale,
-                                                       p.guidance_rescale), sigma, sigma_next)
+        video_next = _euler(s.latents, _guided_velocity(s.latents, video_v, sigma, s.cfg, p.guidance_scale,
+                                                        p.guidance_rescale), sigma, sigma_next)
+        # Conditioning tokens stay clean; only the others move along the schedule.
+        s.latents = video_next if s.mask is None else torch.where(s.mask[..., None] > 0, s.latents, video_next)
         s.audio_latents = _euler(s.audio_latents, _guided_velocity(
             s.audio_latents, audio_v, sigma, s.cfg, p.audio_guidance_scale, p.audio_guidance_rescale),
             sigma, sigma_next)

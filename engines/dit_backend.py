@@ -23,10 +23,10 @@ class DiTInputs:
     video_context: torch.Tensor  # [B, text tokens, D]
     audio_context: torch.Tensor  # [B, text tokens, D_a]
     context_mask: torch.Tensor  # [B, text tokens]
-    timestep: torch.Tensor  # [B] (or [B, video tokens] for per-token conditioning)
+    timestep: torch.Tensor  # [B]: the audio stream's and the cross-modal sigma
     video_coords: torch.Tensor  # [B, 3, video tokens, 2] RoPE positions
     audio_coords: torch.Tensor  # [B, 1, audio tokens, 2]
-    audio_timestep: torch.Tensor | None = None  # [B]; None: same as timestep
+    video_timestep: torch.Tensor | None = None  # [B, video tokens] per-token; None: `timestep` for all
 
     @property
     def batch_size(self) -> int:
@@ -54,16 +54,17 @@ class EagerBackend(DiTBackend):
     @torch.inference_mode()
     def forward(self, inputs: DiTInputs) -> tuple[torch.Tensor, torch.Tensor]:
         dtype = self.transformer.dtype
-        audio_timestep = inputs.audio_timestep if inputs.audio_timestep is not None else inputs.timestep
-        # sigma = timestep and use_cross_timestep=True, exactly as LTX2Pipeline calls it.
+        t = inputs.timestep
+        # As the LTX-2 pipelines call it: sigma = timestep, use_cross_timestep=True, and for
+        # image-to-video a per-token video timestep with the audio on the plain one.
         video, audio = self.transformer(
             hidden_states=inputs.video.to(dtype),
             audio_hidden_states=inputs.audio.to(dtype),
             encoder_hidden_states=inputs.video_context.to(dtype),
             audio_encoder_hidden_states=inputs.audio_context.to(dtype),
-            timestep=inputs.timestep,
-            audio_timestep=audio_timestep,
-            sigma=inputs.timestep if inputs.timestep.ndim == 1 else audio_timestep,
+            timestep=t if inputs.video_timestep is None else inputs.video_timestep,
+            audio_timestep=t,
+            sigma=t,
             encoder_attention_mask=inputs.context_mask,
             audio_encoder_attention_mask=inputs.context_mask,
             video_coords=inputs.video_coords,

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 
 import torch
 from accelerate import init_empty_weights
+from diffusers.pipelines.ltx2.utils import DEFAULT_IMAGE_CRF, LTX2_5_IMAGE_CRF
 
 from engines.config import Architecture, ModelConfig
 from engines.errors import CheckpointError
@@ -250,7 +251,15 @@ class ComponentSource:
             audio_hop_length=audio_vae.config.mel_hop_length,
             audio_output_sample_rate=vocoder_rate,
             timestep_conditioned_vae=bool(vae.config.timestep_conditioning),
+            image_crf=LTX2_5_IMAGE_CRF if self._text_model_type() in ("gemma4", "gemma4_unified") else DEFAULT_IMAGE_CRF,
         )
+
+    def _text_model_type(self) -> str:
+        """The text encoder's family decides the image-conditioning CRF (as diffusers does)."""
+        if self.config.checkpoint_dir is None:
+            return "gemma3"
+        conf = self.config.checkpoint_dir / "text_encoder" / "config.json"
+        return json.loads(conf.read_text()).get("model_type", "") if conf.is_file() else ""
 
     def _vocoder_rate(self) -> int:
         if self.config.checkpoint_dir is not None:

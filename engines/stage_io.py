@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -27,6 +28,7 @@ class LatentGeometry:
     audio_output_sample_rate: int
     timestep_conditioned_vae: bool
     decode_timestep: float = 0.0
+    image_crf: int = 33  # H.264 CRF the model family's image conditioning was trained with
 
     @property
     def latent_mel_bins(self) -> int:
@@ -92,3 +94,18 @@ class DenoisedLatents:
     shape: LatentShape
     video: np.ndarray  # [video tokens, C]
     audio: np.ndarray  # [audio tokens, C_a]
+
+
+@dataclass(frozen=True)
+class VideoConditioning:
+    """Clean latents a request is conditioned on (normalized, packed token layout).
+
+    - ``first_frame``: the latents of latent frame 0 (image-to-video, cameo reference); those
+      tokens stay clean (timestep 0) while the rest is denoised, as in LTX2ImageToVideoPipeline.
+    - ``source_video``: a whole clip (remix); re-noised to `strength` and denoised with the new
+      prompt from the matching point of the schedule.
+    """
+
+    kind: Literal["first_frame", "source_video"]
+    latents: np.ndarray  # first_frame: [h*w, C]; source_video: [frames*h*w, C]
+    strength: float = 1.0

@@ -14,10 +14,11 @@ from typing import Callable, Sequence
 from engines.config import ModelConfig
 from engines.decoder import Decoder, FrameFilter
 from engines.denoiser import Denoiser, DenoiseRequest, DenoiseState
+from engines.media_encoder import MediaEncoder
 from engines.model_loader import ALL_PARTS, ComponentSource, Components
 from engines.mp4 import MediaInfo
 from engines.params import GenerationParams
-from engines.stage_io import DenoisedLatents, PromptPair
+from engines.stage_io import DenoisedLatents, PromptPair, VideoConditioning
 from engines.text_encoder import TextEncoder
 
 StepCallback = Callable[[int, int], None]  # (steps done, total steps)
@@ -42,15 +43,18 @@ class StagedPipeline:
         self.text_encoder = TextEncoder(config, self.components)
         self.denoiser = Denoiser(config, self.components, geometry)
         self.decoder = Decoder(config, self.components, geometry)
+        self.media = MediaEncoder(config, self.components, geometry)
 
-    def denoise(self, requests: Sequence[tuple[str, GenerationParams]],
-                on_step: StepCallback | None = None) -> list[DenoisedLatents]:
+    def denoise(self, requests: Sequence[tuple[str, GenerationParams]], on_step: StepCallback | None = None,
+                conditioning: Sequence[VideoConditioning | None] | None = None) -> list[DenoisedLatents]:
         """Encode and denoise validated requests, batching every step across all of them."""
         embeddings = self.text_encoder.encode(
             [PromptPair(p.prompt, p.negative_prompt or "") for _, p in requests])
+        conds = list(conditioning) if conditioning is not None else [None] * len(requests)
         states: list[DenoiseState] = [
-            self.denoiser.prepare(DenoiseRequest(rid, p, emb)) for (rid, p), emb in zip(requests, embeddings)]
-        total = max(s.num_steps for s in states)
+            self.denoiser.prepare(DenoiseRequest(rid, p, emb, cond))
+            for (rid, p), emb, cond in zip(requests, embeddings, conds)]
+        total = max(s.steps_total for s in states)
         done = 0
         while running := [s for s in states if not s.done]:
             # Step-level batching: every running request of the same shape shares one forward.
@@ -62,12 +66,13 @@ class StagedPipeline:
         return [self.denoiser.result(s) for s in states]
 
     def generate(self, params: GenerationParams, path: str | Path, *, on_step: StepCallback | None = None,
-                 frame_filter: FrameFilter | None = None) -> GenerationResult:
+                 frame_filter: FrameFilter | None = None,
+                 conditioning: VideoConditioning | None = None) -> GenerationResult:
         """One video with audio into `path` (params are validated here)."""
         params = params.validated(self.config)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        [latents] = self.denoise([("local", params)], on_step=on_step)
+        [latents] = self.denoise([("local", params)], on_step=on_step, conditioning=[conditioning])
         t1 = time.perf_counter()
         media = self.decoder.render_mp4(latents, params, path, frame_filter=frame_filter)
         timings["encode+denoise"] = t1 - t0

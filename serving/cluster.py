@@ -50,7 +50,8 @@ def local_serve_config(path: str | Path = DEFAULT_SERVE_CONFIG, *, state_dir: st
     app = copy.deepcopy(app)
     app["name"] = app_name
     local = {"grpc": {"host": "127.0.0.1", "port": grpc_port},
-             "storage": {"database_url": f"sqlite:///{state / 'jobs.db'}", "artifacts_dir": str(state / "artifacts")}}
+             "storage": {"database_url": f"sqlite:///{state / 'jobs.db'}", "artifacts_dir": str(state / "artifacts")},
+             "provenance": {"dev_chain_dir": str(state / "credentials")}}
     app["args"]["config"] = _deep_merge(_deep_merge(app["args"].get("config") or {}, local), overrides or {})
     for d in app.get("deployments", []):
         d.update((deployments or {}).get(d["name"], {}))

@@ -76,33 +76,87 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    """API keys. Not required on a local machine: calls without a key run as `local_tenant`."""
+
+    required: bool = False
+    local_tenant: str = "local"
+    local_priority: int = 5
+
+
+@dataclass(frozen=True)
+class ModerationConfig:
+    rules_file: str = ""  # empty: deploy/moderation/rules.yaml shipped with Kino
+
+
+@dataclass(frozen=True)
+class ProvenanceConfig:
+    """C2PA signing (a chain from configuration, or a local development chain) and the visible mark."""
+
+    cert_chain: str = ""  # PEM path; empty: a development chain is created in dev_chain_dir
+    private_key: str = ""
+    algorithm: str = "es256"
+    dev_chain_dir: str = "var/kino/credentials"
+    watermark: bool = True
+    watermark_position: str = "bottom-right"
+    watermark_size: float = 0.1
+    watermark_opacity: float = 0.9
+
+    def validate(self) -> None:
+        if bool(self.cert_chain) != bool(self.private_key):
+            raise ConfigError("provenance.private_key", "cert_chain and private_key go together")
+        if self.algorithm not in ("es256", "ed25519"):
+            raise ConfigError("provenance.algorithm", f"{self.algorithm!r} is not es256 or ed25519")
+        try:
+            self.watermark_config().validate()
+        except ValueError as e:
+            raise ConfigError("provenance.watermark", str(e)) from None
+
+    def watermark_config(self):
+        from engines.watermark import WatermarkConfig
+
+        return WatermarkConfig(enabled=self.watermark, position=self.watermark_position, size=self.watermark_size,
+                               opacity=self.watermark_opacity)
+
+
+@dataclass(frozen=True)
+class CameoConfig:
+    max_recording_bytes: int = 12 * 2**20
+    default_remix_strength: float = 0.6
+
+
+@dataclass(frozen=True)
 class KinoConfig:
     model: ModelConfig = field(default_factory=lambda: from_mapping({"preset": "tiny"}))
     grpc: GrpcConfig = field(default_factory=GrpcConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
-    default_tenant: str = "local"
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    moderation: ModerationConfig = field(default_factory=ModerationConfig)
+    provenance: ProvenanceConfig = field(default_factory=ProvenanceConfig)
+    cameos: CameoConfig = field(default_factory=CameoConfig)
 
     def __post_init__(self) -> None:
         self.grpc.validate()
         self.queue.validate()
         self.batching.validate()
+        self.provenance.validate()
 
     def to_mapping(self) -> dict[str, Any]:
         """The plain mapping `load_config` reads back (model as its preset mapping)."""
-        out: dict[str, Any] = {name: dataclasses.asdict(getattr(self, name))
-                               for name in ("grpc", "queue", "batching", "storage")}
+        out: dict[str, Any] = {name: dataclasses.asdict(getattr(self, name)) for name in _SECTIONS}
         m = self.model
         out["model"] = {"preset": m.name, "dtype": m.dtype, "device": m.device, "dit_backend": m.dit_backend,
                         "num_threads": m.num_threads}
         if m.checkpoint_dir is not None:
             out["model"]["checkpoint_dir"] = str(m.checkpoint_dir)
-        out["default_tenant"] = self.default_tenant
         return out
 
 
-_SECTIONS = {"grpc": GrpcConfig, "queue": QueueConfig, "batching": BatchingConfig, "storage": StorageConfig}
+_SECTIONS = {"grpc": GrpcConfig, "queue": QueueConfig, "batching": BatchingConfig, "storage": StorageConfig,
+             "auth": AuthConfig, "moderation": ModerationConfig, "provenance": ProvenanceConfig,
+             "cameos": CameoConfig}
 
 
 def _section(name: str, cls: type, data: Any) -> Any:
@@ -140,19 +194,15 @@ def load_config(data: Mapping[str, Any] | None = None, *, environ: Mapping[str, 
     """A validated config from a mapping, with environment overrides applied on top."""
     merged: dict[str, Any] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in (data or {}).items()}
     for section, values in env_overrides(environ).items():
-        if section == "default_tenant":
-            continue
         merged.setdefault(section, {})
         if not isinstance(merged[section], dict):
             raise ConfigError(section, "must be a mapping")
         merged[section].update(values)
-    unknown = sorted(set(merged) - set(_SECTIONS) - {"model", "default_tenant"})
+    unknown = sorted(set(merged) - set(_SECTIONS) - {"model"})
     if unknown:
-        raise ConfigError(unknown[0], f"unknown section (known: model, {', '.join(sorted(_SECTIONS))}, default_tenant)")
+        raise ConfigError(unknown[0], f"unknown section (known: model, {', '.join(sorted(_SECTIONS))})")
     kwargs: dict[str, Any] = {name: _section(name, cls, merged.get(name)) for name, cls in _SECTIONS.items()}
     kwargs["model"] = from_mapping(merged.get("model") or {"preset": "tiny"})
-    if "default_tenant" in merged:
-        kwargs["default_tenant"] = str(merged["default_tenant"])
     return KinoConfig(**kwargs)
 
 

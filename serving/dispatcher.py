@@ -16,12 +16,13 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from engines.params import GenerationParams, params_from_dict
 from serving.config import QueueConfig
 from serving.errors import KinoError, as_kino_error
-from serving.jobs import Artifact, Job, JobStatus, JobStore, Stage, StaleEpoch
+from serving.jobs import Artifact, Conditioning, Job, JobStatus, JobStore, Stage, StaleEpoch
+from serving.provenance.claim import Claim, prompt_sha256
 
 log = logging.getLogger(__name__)
 
@@ -50,20 +51,25 @@ class DecodeResult:
 
 
 class StageClient(ABC):
-    """How the dispatcher reaches the three stages."""
+    """How the dispatcher reaches the stages."""
 
     @abstractmethod
     def encode(self, job_id: str, params: GenerationParams) -> Any:
         """Start text encoding; returns an opaque reference the denoiser accepts."""
 
     @abstractmethod
-    def denoise(self, job_id: str, params: GenerationParams, embedding: Any,
-                priority: int) -> AsyncIterator[DenoiseEvent]:
+    def condition(self, job_id: str, params: GenerationParams, conditioning: Conditioning) -> Any:
+        """Start encoding a first frame or a remix source with the VAE; an opaque reference, or None."""
+
+    @abstractmethod
+    def denoise(self, job_id: str, params: GenerationParams, embedding: Any, priority: int,
+                conditioning: Any = None) -> AsyncIterator[DenoiseEvent]:
         """One event per step; the last carries the latents. Closing the iterator cancels the job."""
 
     @abstractmethod
-    async def decode(self, job_id: str, params: GenerationParams, latents: Any, artifact_key: str) -> DecodeResult:
-        """Decode, encode the MP4 and put it into the artifact store."""
+    async def decode(self, job_id: str, params: GenerationParams, latents: Any, artifact_key: str,
+                     claim: Claim, parent_key: str | None = None) -> DecodeResult:
+        """Decode, watermark, encode the MP4, sign its content credentials, put it in the artifact store."""
 
 
 class _CancelRequested(Exception):
@@ -71,8 +77,10 @@ class _CancelRequested(Exception):
 
 
 class Dispatcher:
-    def __init__(self, store: JobStore, stages: StageClient, config: QueueConfig) -> None:
+    def __init__(self, store: JobStore, stages: StageClient, config: QueueConfig,
+                 on_finished: Callable[[Job], None] | None = None) -> None:
         self.store, self.stages, self.config = store, stages, config
+        self.on_finished = on_finished  # e.g. tell a cameo's owner
         self.epoch: int | None = None
         self._tasks: dict[str, asyncio.Task] = {}
         self._cancelling: set[str] = set()
@@ -161,8 +169,9 @@ class Dispatcher:
                     await self._progress(job, epoch, Stage.ENCODING, message=f"retrying after: {e}")
                     await asyncio.sleep(min(2.0 * attempt, 5.0))
             artifact = Artifact(key=result.key, size_bytes=result.size_bytes, sha256=result.sha256)
-            await asyncio.to_thread(self.store.finish, job.id, epoch, JobStatus.COMPLETED, artifact=artifact)
+            done = await asyncio.to_thread(self.store.finish, job.id, epoch, JobStatus.COMPLETED, artifact=artifact)
             log.info("job %s completed: %s", job.id, result.summary)
+            await self._finished(done)
         except asyncio.CancelledError:
             if job.id not in self._cancelling:
                 raise  # the dispatcher is stopping: the job stays in progress and is resumed later
@@ -185,9 +194,10 @@ class Dispatcher:
     async def _stages(self, job: Job, params: GenerationParams, epoch: int) -> DecodeResult:
         await self._progress(job, epoch, Stage.ENCODING, progress=0.0, message="encoding prompt")
         embedding = self.stages.encode(job.id, params)
+        conditioning = self.stages.condition(job.id, params, job.conditioning)
         started = time.monotonic()
         latents = None
-        stream = self.stages.denoise(job.id, params, embedding, job.priority)
+        stream = self.stages.denoise(job.id, params, embedding, job.priority, conditioning)
         try:
             async for ev in stream:
                 if ev.latents is not None:
@@ -205,7 +215,10 @@ class Dispatcher:
         await self._progress(job, epoch, Stage.DECODING, step=params.steps, total_steps=params.steps,
                              progress=_DECODING, eta_seconds=self._decode_seconds, message="decoding")
         t = time.monotonic()
-        result = await self.stages.decode(job.id, params, latents, f"{job.tenant}/{job.id}.mp4")
+        claim = Claim(video_id=job.id, model=job.model, prompt_sha256=prompt_sha256(params.prompt),
+                      parent_video_id=job.conditioning.parent_id)
+        result = await self.stages.decode(job.id, params, latents, f"{job.tenant}/{job.id}.mp4", claim,
+                                          job.conditioning.parent_key)
         took = time.monotonic() - t
         self._decode_seconds = took if self._decode_seconds is None else 0.8 * self._decode_seconds + 0.2 * took
         return result
@@ -217,14 +230,25 @@ class Dispatcher:
 
     async def _finish_cancelled(self, job: Job, epoch: int) -> None:
         try:
-            await asyncio.to_thread(self.store.finish, job.id, epoch, JobStatus.CANCELLED, error_code="cancelled",
-                                    error_message="cancelled by the client")
+            current = await asyncio.to_thread(self.store.get, job.id)
+            done = await asyncio.to_thread(self.store.finish, job.id, epoch, JobStatus.CANCELLED,
+                                           error_code=current.cancel_reason or "cancelled",
+                                           error_message=current.error_message or "cancelled by the client")
+            await self._finished(done)
         except StaleEpoch:
             pass
 
     async def _fail(self, job: Job, epoch: int, code: str, message: str) -> None:
         try:
-            await asyncio.to_thread(self.store.finish, job.id, epoch, JobStatus.FAILED, error_code=code,
-                                    error_message=message)
+            done = await asyncio.to_thread(self.store.finish, job.id, epoch, JobStatus.FAILED, error_code=code,
+                                           error_message=message)
+            await self._finished(done)
         except StaleEpoch:
             pass
+
+    async def _finished(self, job: Job) -> None:
+        if self.on_finished is not None:
+            try:
+                await asyncio.to_thread(self.on_finished, job)
+            except Exception:  # noqa: BLE001 - a notification must not undo a finished job
+                log.exception("on_finished hook failed for %s", job.id)

@@ -69,6 +69,21 @@ class VideoServiceStub:
                 request_serializer=kino_dot_v1_dot_video__service__pb2.DownloadVideoRequest.SerializeToString,
                 response_deserializer=kino_dot_v1_dot_video__service__pb2.DownloadVideoResponse.FromString,
                 _registered_method=True)
+        self.RemixVideo = channel.unary_unary(
+                '/kino.v1.VideoService/RemixVideo',
+                request_serializer=kino_dot_v1_dot_video__service__pb2.RemixVideoRequest.SerializeToString,
+                response_deserializer=kino_dot_v1_dot_video__service__pb2.Video.FromString,
+                _registered_method=True)
+        self.SetVideoVisibility = channel.unary_unary(
+                '/kino.v1.VideoService/SetVideoVisibility',
+                request_serializer=kino_dot_v1_dot_video__service__pb2.SetVideoVisibilityRequest.SerializeToString,
+                response_deserializer=kino_dot_v1_dot_video__service__pb2.Video.FromString,
+                _registered_method=True)
+        self.ListPublicVideos = channel.unary_unary(
+                '/kino.v1.VideoService/ListPublicVideos',
+                request_serializer=kino_dot_v1_dot_video__service__pb2.ListPublicVideosRequest.SerializeToString,
+                response_deserializer=kino_dot_v1_dot_video__service__pb2.ListPublicVideosResponse.FromString,
+                _registered_method=True)
 
 
 class VideoServiceServicer:
@@ -122,6 +137,26 @@ class VideoServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemixVideo(self, request, context):
+        """A new video from an existing one (yours, or public) and a new prompt.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetVideoVisibility(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPublicVideos(self, request, context):
+        """Completed public videos of everyone, newest first; nothing about their owners.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VideoServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -159,6 +194,21 @@ def add_VideoServiceServicer_to_server(servicer, server):
                     servicer.DownloadVideo,
                     request_deserializer=kino_dot_v1_dot_video__service__pb2.DownloadVideoRequest.FromString,
                     response_serializer=kino_dot_v1_dot_video__service__pb2.DownloadVideoResponse.SerializeToString,
+            ),
+            'RemixVideo': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemixVideo,
+                    request_deserializer=kino_dot_v1_dot_video__service__pb2.RemixVideoRequest.FromString,
+                    response_serializer=kino_dot_v1_dot_video__service__pb2.Video.SerializeToString,
+            ),
+            'SetVideoVisibility': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetVideoVisibility,
+                    request_deserializer=kino_dot_v1_dot_video__service__pb2.SetVideoVisibilityRequest.FromString,
+                    response_serializer=kino_dot_v1_dot_video__service__pb2.Video.SerializeToString,
+            ),
+            'ListPublicVideos': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPublicVideos,
+                    request_deserializer=kino_dot_v1_dot_video__service__pb2.ListPublicVideosRequest.FromString,
+                    response_serializer=kino_dot_v1_dot_video__service__pb2.ListPublicVideosResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -350,6 +400,671 @@ class VideoService:
             '/kino.v1.VideoService/DownloadVideo',
             kino_dot_v1_dot_video__service__pb2.DownloadVideoRequest.SerializeToString,
             kino_dot_v1_dot_video__service__pb2.DownloadVideoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemixVideo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kino.v1.VideoService/RemixVideo',
+            kino_dot_v1_dot_video__service__pb2.RemixVideoRequest.SerializeToString,
+            kino_dot_v1_dot_video__service__pb2.Video.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetVideoVisibility(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kino.v1.VideoService/SetVideoVisibility',
+            kino_dot_v1_dot_video__service__pb2.SetVideoVisibilityRequest.SerializeToString,
+            kino_dot_v1_dot_video__service__pb2.Video.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPublicVideos(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kino.v1.VideoService/ListPublicVideos',
+            kino_dot_v1_dot_video__service__pb2.ListPublicVideosRequest.SerializeToString,
+            kino_dot_v1_dot_video__service__pb2.ListPublicVideosResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class CameoServiceStub:
+    """A person's registered likeness, used in videos only under their live consent.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateCameo = channel.unary_unary(
+                '/kino.v1.CameoService/CreateCameo',
+                request_serializer=kino_dot_v1_dot_video__service__pb2.CreateCameoRequest.SerializeToString,
+                response_deserializer=kino_dot_v1_dot_video__service__pb2.Cameo.FromString,
+                _registered_method=True)
+        self.GetCameo = channel.unary_unary(
+                '/kino.v1.CameoService/GetCameo',
+                request_serializer=kino_dot_v1_dot_video__service__pb2.GetCameoRequest.SerializeToString,
+                response_deserializer=kino_dot_v1_dot_video__service__pb2.Cameo.FromString,
+                _registered_method=True)
+        self.ListCameos = channel.unary_unary(
+                '/kino.v1.CameoService/ListCameos',
+                request_serializer=kino_dot_v1_dot_video__service__pb2.ListCameosRequest.SerializeToString,
+                response_deserializer=kino_dot_v1_dot_video__service__pb2.ListCameosResponse.FromString,
+                _registered_method=True)
+        self.DeleteCameo = channel.unary_unary(
+                '/kino.v1.CameoService/DeleteCameo',
+                request_serializer=kino_dot_v1_dot_video__service__pb2.DeleteCameoRequest.SerializeToString,
+                response_deserializer=kino_dot_v1_dot_video__service__pb2.DeleteCameoResponse.FromString,
+                _registered_method=True)
+        self.GrantCameo = channel.unary_unary(
+                '/kino.v1.CameoService/GrantCameo',
+                request_serializer=kino_dot_v1_dot_video__service__pb2.GrantCameoRequest.SerializeToString,
+                response_deserializer=kino_dot_v1_dot_video__service__pb2.Cameo.FromString,
+                _registered_method=True)
+        self.RevokeCameo = channel.unary_unary(
+                '/kino.v1.CameoService/RevokeCameo',
+                request_serializer=kino_dot_v1_dot_video__service__pb2.RevokeCameoRequest.SerializeToString,
+                response_deserializer=kino_dot_v1_dot_video__service__pb2.Cameo.FromString,
+                _registered_method=True)
+        self.ListCameoVideos = channel.unary_unary(
+                '/kino.v1.CameoService/ListCameoVideos',
+                request_serializer=kino_dot_v1_dot_video__service__pb2.ListCameoVideosRequest.SerializeToString,
+                response_deserializer=kino_dot_v1_dot_video__service__pb2.ListVideosResponse.FromString,
+                _registered_method=True)
+        self.DeleteCameoVideo = channel.unary_unary(
+                '/kino.v1.CameoService/DeleteCameoVideo',
+                request_serializer=kino_dot_v1_dot_video__service__pb2.DeleteCameoVideoRequest.SerializeToString,
+                response_deserializer=kino_dot_v1_dot_video__service__pb2.DeleteVideoResponse.FromString,
+                _registered_method=True)
+        self.ReviewCameoVideo = channel.unary_unary(
+                '/kino.v1.CameoService/ReviewCameoVideo',
+                request_serializer=kino_dot_v1_dot_video__service__pb2.ReviewCameoVideoRequest.SerializeToString,
+                response_deserializer=kino_dot_v1_dot_video__service__pb2.Video.FromString,
+                _registered_method=True)
+        self.ListCameoNotifications = channel.unary_unary(
+                '/kino.v1.CameoService/ListCameoNotifications',
+                request_serializer=kino_dot_v1_dot_video__service__pb2.ListCameoNotificationsRequest.SerializeToString,
+                response_deserializer=kino_dot_v1_dot_video__service__pb2.ListCameoNotificationsResponse.FromString,
+                _registered_method=True)
+        self.WatchCameoNotifications = channel.unary_stream(
+                '/kino.v1.CameoService/WatchCameoNotifications',
+                request_serializer=kino_dot_v1_dot_video__service__pb2.WatchCameoNotificationsRequest.SerializeToString,
+                response_deserializer=kino_dot_v1_dot_video__service__pb2.CameoNotification.FromString,
+                _registered_method=True)
+
+
+class CameoServiceServicer:
+    """A person's registered likeness, used in videos only under their live consent.
+    """
+
+    def CreateCameo(self, request, context):
+        """Register from a short recording of yourself (video with audio); consent is recorded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCameo(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCameos(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteCameo(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GrantCameo(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeCameo(self, request, context):
+        """Revoking stops queued and running videos of the grantee that use the cameo.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCameoVideos(self, request, context):
+        """Every video that uses your cameo, whoever made it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteCameoVideo(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReviewCameoVideo(self, request, context):
+        """Approve (release) or reject (delete) a video held for your approval.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCameoNotifications(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchCameoNotifications(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_CameoServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreateCameo': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCameo,
+                    request_deserializer=kino_dot_v1_dot_video__service__pb2.CreateCameoRequest.FromString,
+                    response_serializer=kino_dot_v1_dot_video__service__pb2.Cameo.SerializeToString,
+            ),
+            'GetCameo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCameo,
+                    request_deserializer=kino_dot_v1_dot_video__service__pb2.GetCameoRequest.FromString,
+                    response_serializer=kino_dot_v1_dot_video__service__pb2.Cameo.SerializeToString,
+            ),
+            'ListCameos': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCameos,
+                    request_deserializer=kino_dot_v1_dot_video__service__pb2.ListCameosRequest.FromString,
+                    response_serializer=kino_dot_v1_dot_video__service__pb2.ListCameosResponse.SerializeToString,
+            ),
+            'DeleteCameo': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCameo,
+                    request_deserializer=kino_dot_v1_dot_video__service__pb2.DeleteCameoRequest.FromString,
+                    response_serializer=kino_dot_v1_dot_video__service__pb2.DeleteCameoResponse.SerializeToString,
+            ),
+            'GrantCameo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantCameo,
+                    request_deserializer=kino_dot_v1_dot_video__service__pb2.GrantCameoRequest.FromString,
+                    response_serializer=kino_dot_v1_dot_video__service__pb2.Cameo.SerializeToString,
+            ),
+            'RevokeCameo': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeCameo,
+                    request_deserializer=kino_dot_v1_dot_video__service__pb2.RevokeCameoRequest.FromString,
+                    response_serializer=kino_dot_v1_dot_video__service__pb2.Cameo.SerializeToString,
+            ),
+            'ListCameoVideos': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCameoVideos,
+                    request_deserializer=kino_dot_v1_dot_video__service__pb2.ListCameoVideosRequest.FromString,
+                    response_serializer=kino_dot_v1_dot_video__service__pb2.ListVideosResponse.SerializeToString,
+            ),
+            'DeleteCameoVideo': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCameoVideo,
+                    request_deserializer=kino_dot_v1_dot_video__service__pb2.DeleteCameoVideoRequest.FromString,
+                    response_serializer=kino_dot_v1_dot_video__service__pb2.DeleteVideoResponse.SerializeToString,
+            ),
+            'ReviewCameoVideo': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReviewCameoVideo,
+                    request_deserializer=kino_dot_v1_dot_video__service__pb2.ReviewCameoVideoRequest.FromString,
+                    response_serializer=kino_dot_v1_dot_video__service__pb2.Video.SerializeToString,
+            ),
+            'ListCameoNotifications': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCameoNotifications,
+                    request_deserializer=kino_dot_v1_dot_video__service__pb2.ListCameoNotificationsRequest.FromString,
+                    response_serializer=kino_dot_v1_dot_video__service__pb2.ListCameoNotificationsResponse.SerializeToString,
+            ),
+            'WatchCameoNotifications': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchCameoNotifications,
+                    request_deserializer=kino_dot_v1_dot_video__service__pb2.WatchCameoNotificationsRequest.FromString,
+                    response_serializer=kino_dot_v1_dot_video__service__pb2.CameoNotification.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'kino.v1.CameoService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('kino.v1.CameoService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class CameoService:
+    """A person's registered likeness, used in videos only under their live consent.
+    """
+
+    @staticmethod
+    def CreateCameo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kino.v1.CameoService/CreateCameo',
+            kino_dot_v1_dot_video__service__pb2.CreateCameoRequest.SerializeToString,
+            kino_dot_v1_dot_video__service__pb2.Cameo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCameo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kino.v1.CameoService/GetCameo',
+            kino_dot_v1_dot_video__service__pb2.GetCameoRequest.SerializeToString,
+            kino_dot_v1_dot_video__service__pb2.Cameo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCameos(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kino.v1.CameoService/ListCameos',
+            kino_dot_v1_dot_video__service__pb2.ListCameosRequest.SerializeToString,
+            kino_dot_v1_dot_video__service__pb2.ListCameosResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteCameo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kino.v1.CameoService/DeleteCameo',
+            kino_dot_v1_dot_video__service__pb2.DeleteCameoRequest.SerializeToString,
+            kino_dot_v1_dot_video__service__pb2.DeleteCameoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantCameo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kino.v1.CameoService/GrantCameo',
+            kino_dot_v1_dot_video__service__pb2.GrantCameoRequest.SerializeToString,
+            kino_dot_v1_dot_video__service__pb2.Cameo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeCameo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kino.v1.CameoService/RevokeCameo',
+            kino_dot_v1_dot_video__service__pb2.RevokeCameoRequest.SerializeToString,
+            kino_dot_v1_dot_video__service__pb2.Cameo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCameoVideos(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kino.v1.CameoService/ListCameoVideos',
+            kino_dot_v1_dot_video__service__pb2.ListCameoVideosRequest.SerializeToString,
+            kino_dot_v1_dot_video__service__pb2.ListVideosResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteCameoVideo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kino.v1.CameoService/DeleteCameoVideo',
+            kino_dot_v1_dot_video__service__pb2.DeleteCameoVideoRequest.SerializeToString,
+            kino_dot_v1_dot_video__service__pb2.DeleteVideoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReviewCameoVideo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kino.v1.CameoService/ReviewCameoVideo',
+            kino_dot_v1_dot_video__service__pb2.ReviewCameoVideoRequest.SerializeToString,
+            kino_dot_v1_dot_video__service__pb2.Video.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCameoNotifications(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kino.v1.CameoService/ListCameoNotifications',
+            kino_dot_v1_dot_video__service__pb2.ListCameoNotificationsRequest.SerializeToString,
+            kino_dot_v1_dot_video__service__pb2.ListCameoNotificationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchCameoNotifications(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kino.v1.CameoService/WatchCameoNotifications',
+            kino_dot_v1_dot_video__service__pb2.WatchCameoNotificationsRequest.SerializeToString,
+            kino_dot_v1_dot_video__service__pb2.CameoNotification.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class AuditServiceStub:
+    """What happened on the caller's tenant that it should know (e.g. moderation rejections).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ListAuditEvents = channel.unary_unary(
+                '/kino.v1.AuditService/ListAuditEvents',
+                request_serializer=kino_dot_v1_dot_video__service__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=kino_dot_v1_dot_video__service__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
+
+
+class AuditServiceServicer:
+    """What happened on the caller's tenant that it should know (e.g. moderation rejections).
+    """
+
+    def ListAuditEvents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AuditServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=kino_dot_v1_dot_video__service__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=kino_dot_v1_dot_video__service__pb2.ListAuditEventsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'kino.v1.AuditService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('kino.v1.AuditService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class AuditService:
+    """What happened on the caller's tenant that it should know (e.g. moderation rejections).
+    """
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kino.v1.AuditService/ListAuditEvents',
+            kino_dot_v1_dot_video__service__pb2.ListAuditEventsRequest.SerializeToString,
+            kino_dot_v1_dot_video__service__pb2.ListAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,10 @@ class ArtifactStore(ABC):
         """Remove `key` if present."""
 
     @abstractmethod
+    def local_path(self, key: str) -> Path:
+        """A readable local file for `key` (stages read inputs such as first frames and remix sources)."""
+
+    @abstractmethod
     def scratch_path(self, key: str) -> Path:
         """A local path to write `key` to before `put_file` (same filesystem: the move is a rename)."""
 
@@ -51,8 +56,14 @@ class LocalArtifactStore(ArtifactStore):
             raise ValueError(f"artifact key {key!r} escapes the store")
         return path
 
+    def local_path(self, key: str) -> Path:
+        path = self._path(key)
+        if not path.is_file():
+            raise NotFound(f"artifact {key!r} is missing", field="id")
+        return path
+
     def scratch_path(self, key: str) -> Path:
-        return self.root / "tmp" / f"{os.getpid()}-{key.replace('/', '_')}"
+        return self.root / "tmp" / f"{os.getpid()}-{uuid.uuid4().hex[:8]}-{key.replace('/', '_')}"
 
     def put_file(self, key: str, source: Path) -> StoredArtifact:
         digest = hashlib.sha256()

@@ -86,7 +86,7 @@ def demo(args: argparse.Namespace) -> int:
         request = SimpleNamespace(prompt=args.prompt, negative_prompt=None, size=None, fps=None,
                                   seconds=args.seconds, seed=args.seed, steps=None, guidance_scale=None,
                                   audio_guidance_scale=None, priority=None, idempotency_key=None,
-                                  output=args.output, address=cluster.grpc_address)
+                                  output=args.output, address=cluster.grpc_address, api_key=None)
         return generate(request)
     finally:
         with console.status("shutting the cluster down"):

@@ -28,9 +28,15 @@ def stage_name(value: int) -> str:
     return pb.Stage.Name(value).removeprefix("STAGE_").lower()
 
 
-def _address(p: argparse.ArgumentParser) -> None:
+def client_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=os.environ.get("KINO_ADDRESS", DEFAULT_ADDRESS),
                    help=f"the Kino gRPC server (default: $KINO_ADDRESS or {DEFAULT_ADDRESS})")
+    p.add_argument("--api-key", default=os.environ.get("KINO_API_KEY"),
+                   help="your API key (default: $KINO_API_KEY; a local server needs none)")
+
+
+def connect(args: argparse.Namespace) -> KinoClient:
+    return KinoClient(args.address, api_key=args.api_key)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,33 +47,41 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("-o", "--output", type=Path, default=Path("kino.mp4"), help="where to write the MP4")
     g.add_argument("--priority", type=int, help="0 (lowest) to 9 (default 5)")
     g.add_argument("--idempotency-key", help="retrying with the same key returns the same video")
-    _address(g)
+    g.add_argument("--image", type=Path, help="start from this first frame (PNG or JPEG): image-to-video")
+    g.add_argument("--cameo", help="put a registered person in the video (you need their grant)")
+    g.add_argument("--public", action="store_true", help="publish it to the public feed when done")
+    client_options(g)
     g.set_defaults(func=generate)
 
     ls = sub.add_parser("list", help="list your videos, newest first")
     ls.add_argument("--status", choices=sorted(STATUS_NAMES), help="only videos in this status")
     ls.add_argument("--page-size", type=int, default=20, help="videos per page (1-100, default 20)")
     ls.add_argument("--page-token", default="", help="continue from a previous page")
-    _address(ls)
+    client_options(ls)
     ls.set_defaults(func=list_videos)
 
     for name, func, text in (("get", get, "show one video"), ("cancel", cancel, "cancel a queued or running video"),
                              ("delete", delete, "delete a finished video and its MP4")):
         p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         p.add_argument("id", help="the video id (video_...)")
-        _address(p)
+        client_options(p)
         p.set_defaults(func=func)
 
     d = sub.add_parser("download", help="download a completed video's MP4")
     d.add_argument("id", help="the video id (video_...)")
     d.add_argument("-o", "--output", type=Path, help="where to write it (default: ID.mp4)")
-    _address(d)
+    client_options(d)
     d.set_defaults(func=download)
 
 
 def create_request(args: argparse.Namespace) -> pb.CreateVideoRequest:
     req = pb.CreateVideoRequest(prompt=args.prompt, negative_prompt=args.negative_prompt or "",
-                                idempotency_key=getattr(args, "idempotency_key", None) or "")
+                                idempotency_key=getattr(args, "idempotency_key", None) or "",
+                                cameo_id=getattr(args, "cameo", None) or "",
+                                visibility=pb.VISIBILITY_PUBLIC if getattr(args, "public", False)
+                                else pb.VISIBILITY_PRIVATE)
+    if getattr(args, "image", None):
+        req.image = Path(args.image).read_bytes()
     if args.size:
         req.size = f"{args.size[0]}x{args.size[1]}"
     if args.fps is not None:
@@ -103,25 +117,32 @@ def follow(client: KinoClient, video: pb.Video, console: Console) -> pb.Video:
 
 
 def generate(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        video = client.create(create_request(args))
+        return follow_and_download(client, video, args.output, Console())
+
+
+def follow_and_download(client: KinoClient, video: pb.Video, output: Path, console: Console) -> int:
     from engines.mp4 import probe
 
-    console = Console()
-    with KinoClient(args.address) as client:
-        video = client.create(create_request(args))
-        console.print(f"queued [bold]{video.id}[/bold] ({video.size}, {video.seconds:g} s, seed {video.seed}) "
-                      f"on {args.address}")
-        final = follow(client, video, console)
-        if final.status != pb.VIDEO_STATUS_COMPLETED:
-            console.print(f"[red]{status_name(final.status)}[/red]: {final.error.code}: {final.error.message}")
-            return 1
-        got = client.download(final.id, args.output)
+    console.print(f"queued [bold]{video.id}[/bold] ({video.size}, {video.seconds:g} s, seed {video.seed}) "
+                  f"on {client.address}")
+    final = follow(client, video, console)
+    if final.status != pb.VIDEO_STATUS_COMPLETED:
+        console.print(f"[red]{status_name(final.status)}[/red]: {final.error.code}: {final.error.message}")
+        return 1
+    if final.review == pb.REVIEW_PENDING:
+        console.print(f"completed, and held until the cameo owner approves it: "
+                      f"`kino download {final.id}` once released")
+        return 0
+    got = client.download(final.id, output)
     console.print(f"wrote [bold]{got.path.resolve()}[/bold] ({got.size_bytes} bytes, sha256 {got.sha256[:16]}...)")
     console.print(f"  {probe(got.path).summary()}")
     return 0
 
 
 def list_videos(args: argparse.Namespace) -> int:
-    with KinoClient(args.address) as client:
+    with connect(args) as client:
         resp = client.list(status=STATUS_NAMES.get(args.status, 0), page_size=args.page_size,
                            page_token=args.page_token)
     rows = [(v.id, status_name(v.status), f"{v.progress:.0%}", v.size, f"{v.seconds:g}",
@@ -154,26 +175,26 @@ def _show(v: pb.Video) -> None:
 
 
 def get(args: argparse.Namespace) -> int:
-    with KinoClient(args.address) as client:
+    with connect(args) as client:
         _show(client.get(args.id))
     return 0
 
 
 def cancel(args: argparse.Namespace) -> int:
-    with KinoClient(args.address) as client:
+    with connect(args) as client:
         _show(client.cancel(args.id))
     return 0
 
 
 def delete(args: argparse.Namespace) -> int:
-    with KinoClient(args.address) as client:
+    with connect(args) as client:
         client.delete(args.id)
     print(f"deleted {args.id}")
     return 0
 
 
 def download(args: argparse.Namespace) -> int:
-    with KinoClient(args.address) as client:
+    with connect(args) as client:
         got = client.download(args.id, args.output or Path(f"{args.id}.mp4"))
     print(f"wrote {got.path} ({got.size_bytes} bytes, sha256 {got.sha256})")
     return 0

@@ -1,4 +1,8 @@
-"""Decoder deployment: latents -> MP4 in the artifact store."""
+"""Decoder deployment: one `Renderer` per replica (latents -> marked, signed MP4 in the artifact store).
+
+It also hosts the VAE *encoder* side (same weights): first frames and remix sources become
+conditioning latents here and go straight to the Denoiser through the object store.
+"""
 
 from __future__ import annotations
 
@@ -8,23 +12,34 @@ from typing import Any
 from ray import serve
 
 from engines.decoder import Decoder
+from engines.media_encoder import MediaEncoder
+from engines.model_loader import ComponentSource, Components
 from engines.params import GenerationParams
+from engines.stage_io import VideoConditioning
 from serving.artifacts import LocalArtifactStore
 from serving.config import load_config
 from serving.dispatcher import DecodeResult
+from serving.provenance.claim import Claim
+from serving.provenance.credentials import ContentCredentials
+from serving.rendering import Renderer
 
 
 @serve.deployment(name="Decoder")
 class DecoderDeployment:
     def __init__(self, config: dict[str, Any]) -> None:
         cfg = load_config(config)
-        self.engine = Decoder(cfg.model)
-        self.artifacts = LocalArtifactStore(cfg.storage.artifacts_dir)
+        geometry = ComponentSource(cfg.model).geometry()
+        decoder = Decoder(cfg.model, geometry=geometry)
+        # The encoder side of the same VAE module: no second copy of the weights.
+        media = MediaEncoder(cfg.model, components=Components(vae=decoder.vae), geometry=geometry)
+        self.renderer = Renderer(decoder, media, LocalArtifactStore(cfg.storage.artifacts_dir),
+                                 ContentCredentials(cfg.provenance), cfg.provenance.watermark_config())
 
-    async def decode(self, job_id: str, params: GenerationParams, latents: list, key: str) -> DecodeResult:
+    async def encode_condition(self, params: GenerationParams, image_key: str | None, parent_key: str | None,
+                               strength: float) -> VideoConditioning:
+        return await asyncio.to_thread(self.renderer.condition, params, image_key, parent_key, strength)
+
+    async def decode(self, job_id: str, params: GenerationParams, latents: list, key: str, claim: Claim,
+                     parent_key: str | None = None) -> DecodeResult:
         denoised = await latents[0]  # the Denoiser's object: fetched from the object store here
-        scratch = self.artifacts.scratch_path(key)
-        media = await asyncio.to_thread(self.engine.render_mp4, denoised, params, scratch)
-        stored = await asyncio.to_thread(self.artifacts.put_file, key, scratch)
-        return DecodeResult(key=stored.key, size_bytes=stored.size_bytes, sha256=stored.sha256,
-                            summary=media.summary())
+        return await asyncio.to_thread(self.renderer.render, denoised, params, key, claim, parent_key)

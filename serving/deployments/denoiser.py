@@ -17,7 +17,7 @@ from ray import serve
 
 from engines.denoiser import Denoiser, DenoiseRequest, DenoiseState
 from engines.params import GenerationParams
-from engines.stage_io import PromptEmbedding
+from engines.stage_io import PromptEmbedding, VideoConditioning
 from serving.config import load_config
 from serving.scheduler import StepScheduler
 
@@ -36,15 +36,15 @@ class DenoiserDeployment:
         self._loop: asyncio.Task | None = None
 
     async def denoise(self, request_id: str, params: GenerationParams, embedding: PromptEmbedding,
-                      priority: int) -> AsyncIterator[dict[str, Any]]:
+                      priority: int, conditioning: VideoConditioning | None = None) -> AsyncIterator[dict[str, Any]]:
         if self._loop is None or self._loop.done():
             self._loop = asyncio.create_task(self._step_loop(), name="step-loop")
         if request_id in self.scheduler:
             raise ValueError(f"request {request_id} is already being denoised here")
-        state = self.engine.prepare(DenoiseRequest(request_id, params, embedding))
+        state = self.engine.prepare(DenoiseRequest(request_id, params, embedding, conditioning))
         inbox: asyncio.Queue = asyncio.Queue()
         self._states[request_id], self._inbox[request_id] = state, inbox
-        self.scheduler.add(request_id, state.shape, priority, state.num_steps)
+        self.scheduler.add(request_id, state.shape, priority, state.steps_total)
         self._wake.set()
         try:
             while True:
@@ -80,7 +80,7 @@ class DenoiserDeployment:
             for rid, state in zip(batch.request_ids, states):
                 if (q := self._inbox.get(rid)) is None:
                     continue  # cancelled while its step ran
-                q.put_nowait({"step": state.step_index, "total_steps": state.num_steps, "batch_size": len(batch)})
+                q.put_nowait({"step": state.steps_done, "total_steps": state.steps_total, "batch_size": len(batch)})
                 if rid in finished:
                     q.put_nowait({"latents": [ray.put(self.engine.result(state))]})
 

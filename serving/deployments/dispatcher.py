@@ -9,10 +9,13 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from serving.cameos.service import notify_finished
+from serving.cameos.store import CameoStore
 from serving.config import load_config
+from serving.db import Database
 from serving.deployments.stage_client import ServeStages
 from serving.dispatcher import Dispatcher
-from serving.jobs import open_store
+from serving.jobs.sql_store import SqlJobStore
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +25,10 @@ class DispatcherDeployment:
     def __init__(self, config: dict[str, Any], text_encoder: DeploymentHandle, denoiser: DeploymentHandle,
                  decoder: DeploymentHandle) -> None:
         cfg = load_config(config)
-        self.store = open_store(cfg.storage.database_url)
-        self.dispatcher = Dispatcher(self.store, ServeStages(text_encoder, denoiser, decoder), cfg.queue)
+        db = Database(cfg.storage.database_url)
+        self.store, cameos = SqlJobStore(db), CameoStore(db)
+        self.dispatcher = Dispatcher(self.store, ServeStages(text_encoder, denoiser, decoder), cfg.queue,
+                                     on_finished=lambda job: notify_finished(cameos, job))
         self._task = asyncio.get_event_loop().create_task(self.dispatcher.run(), name="dispatch-loop")
 
     async def wake(self) -> None:

@@ -1,4 +1,4 @@
-"""Frontend deployment: the gRPC server (and later REST) in front of the domain service."""
+"""Frontend deployment: the gRPC server (and later REST) in front of the domain services."""
 
 from __future__ import annotations
 
@@ -9,10 +9,16 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from serving.accounts.service import AccountService
+from serving.accounts.store import AccountStore
 from serving.artifacts import LocalArtifactStore
+from serving.cameos.service import CameoService
+from serving.cameos.store import CameoStore
 from serving.config import load_config
+from serving.db import Database
 from serving.frontend.grpc.server import start_grpc_server
-from serving.jobs import open_store
+from serving.jobs.sql_store import SqlJobStore
+from serving.moderation import RuleModerator
 from serving.videos import DispatcherLink, VideoService
 
 log = logging.getLogger(__name__)
@@ -37,10 +43,14 @@ class FrontendDeployment:
     async def __init__(self, config: dict[str, Any], dispatcher: DeploymentHandle) -> None:
         cfg = load_config(config)
         self.app_name = serve.get_replica_context().app_name
-        self.store = open_store(cfg.storage.database_url)
-        videos = VideoService(cfg, self.store, LocalArtifactStore(cfg.storage.artifacts_dir),
-                              _ServeDispatcherLink(dispatcher))
-        self.grpc = await start_grpc_server(videos, cfg.grpc, tenant_of=lambda _ctx: cfg.default_tenant,
+        db = Database(cfg.storage.database_url)
+        jobs, accounts, cameo_store = SqlJobStore(db), AccountStore(db), CameoStore(db)
+        artifacts = LocalArtifactStore(cfg.storage.artifacts_dir)
+        link = _ServeDispatcherLink(dispatcher)
+        videos = VideoService(cfg, jobs, artifacts, link, moderator=RuleModerator.from_file(cfg.moderation.rules_file),
+                              accounts=accounts, cameos=cameo_store)
+        cameos = CameoService(cfg, cameo_store, jobs, artifacts, videos, link)
+        self.grpc = await start_grpc_server(videos, cameos, AccountService(accounts, cfg.auth), cfg.grpc,
                                             health_probe=self._app_running)
 
     async def _app_running(self) -> bool:

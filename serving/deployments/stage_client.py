@@ -11,6 +11,8 @@ from ray.serve.handle import DeploymentHandle
 from engines.params import GenerationParams
 from engines.stage_io import PromptPair
 from serving.dispatcher import DecodeResult, DenoiseEvent, StageClient, StageUnavailable
+from serving.jobs import Conditioning
+from serving.provenance.claim import Claim
 
 # Failures of a replica or of the objects it owned: retrying the job on another replica helps.
 _UNAVAILABLE = (rex.RayActorError, rex.ActorUnavailableError, rex.ObjectLostError, rex.OwnerDiedError,
@@ -38,9 +40,16 @@ class ServeStages(StageClient):
         # embedding goes from the encoder replica to the denoiser replica without passing here.
         return self.text_encoder.encode.remote(PromptPair(params.prompt, params.negative_prompt or ""))
 
-    async def denoise(self, job_id: str, params: GenerationParams, embedding: Any,
-                      priority: int) -> AsyncIterator[DenoiseEvent]:
-        stream = self.denoiser.options(stream=True).denoise.remote(job_id, params, embedding, priority)
+    def condition(self, job_id: str, params: GenerationParams, conditioning: Conditioning) -> Any:
+        # The VAE lives in the Decoder replicas; like the embedding, the result goes straight to the denoiser.
+        if not conditioning.image_key and not conditioning.parent_key:
+            return None
+        return self.decoder.encode_condition.remote(params, conditioning.image_key, conditioning.parent_key,
+                                                    conditioning.strength)
+
+    async def denoise(self, job_id: str, params: GenerationParams, embedding: Any, priority: int,
+                      conditioning: Any = None) -> AsyncIterator[DenoiseEvent]:
+        stream = self.denoiser.options(stream=True).denoise.remote(job_id, params, embedding, priority, conditioning)
         try:
             async for item in stream:
                 if "latents" in item:
@@ -55,9 +64,10 @@ class ServeStages(StageClient):
         finally:
             stream.cancel()  # the caller left early (cancel): stop the replica's generator too
 
-    async def decode(self, job_id: str, params: GenerationParams, latents: Any, artifact_key: str) -> DecodeResult:
+    async def decode(self, job_id: str, params: GenerationParams, latents: Any, artifact_key: str,
+                     claim: Claim, parent_key: str | None = None) -> DecodeResult:
         try:
-            return await self.decoder.decode.remote(job_id, params, latents, artifact_key)
+            return await self.decoder.decode.remote(job_id, params, latents, artifact_key, claim, parent_key)
         except Exception as e:
             if _is_unavailable(e):
                 raise StageUnavailable(f"decoder: {type(e).__name__}") from e

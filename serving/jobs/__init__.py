@@ -1,15 +1,16 @@
 """Durable jobs: the state machine, the records, the store interface and its SQL implementation."""
 
-from serving.jobs.models import Artifact, Job, JobEvent, NewJob, Stage
+from serving.jobs.models import Artifact, Conditioning, Job, JobEvent, NewJob, Quota, Review, Stage, Visibility
 from serving.jobs.states import IllegalTransition, JobStatus
 from serving.jobs.store import JobStore, StaleEpoch
 
-__all__ = ["Artifact", "IllegalTransition", "Job", "JobEvent", "JobStatus", "JobStore", "NewJob", "Stage",
-           "StaleEpoch", "open_store"]
+__all__ = ["Artifact", "Conditioning", "IllegalTransition", "Job", "JobEvent", "JobStatus", "JobStore", "NewJob",
+           "Quota", "Review", "Stage", "StaleEpoch", "Visibility", "open_store"]
 
 
 def open_store(url: str) -> JobStore:
-    """The store for a database URL (sqlite:///path or postgresql://...)."""
+    """A job store on its own database connection (sqlite:///path or postgresql://...)."""
+    from serving.db import Database
     from serving.jobs.sql_store import SqlJobStore
 
-    return SqlJobStore(url)
+    return SqlJobStore(Database(url))

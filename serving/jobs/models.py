@@ -29,6 +29,39 @@ class Artifact:
     content_type: str = "video/mp4"
 
 
+class Visibility(str, enum.Enum):
+    PRIVATE = "private"
+    PUBLIC = "public"
+
+
+class Review(str, enum.Enum):
+    """Approval of a video that uses a cameo whose owner asked to approve each use."""
+
+    NONE = "none"  # no approval needed
+    PENDING = "pending"  # held: its creator cannot download or publish it yet
+    APPROVED = "approved"
+
+
+@dataclass(frozen=True)
+class Quota:
+    """Per-tenant limits checked when a job is created (0 means unlimited)."""
+
+    max_queued: int = 0
+    seconds_per_day: float = 0.0
+    max_concurrent: int = 0  # enforced when jobs are claimed, not at creation
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What a job is conditioned on besides its prompt."""
+
+    image_key: str | None = None  # first-frame image in the artifact store (image-to-video, cameo)
+    parent_id: str | None = None  # remix: the source video
+    parent_key: str | None = None  # the source video's MP4
+    strength: float = 0.0  # remix: how much of the source is re-noised (0..1)
+    cameo_id: str | None = None
+
+
 @dataclass(frozen=True)
 class NewJob:
     """What CreateVideo asks the store to keep."""
@@ -40,6 +73,10 @@ class NewJob:
     params: dict[str, Any]  # GenerationParams as JSON-able values (validated)
     request_hash: str  # of the request, to spot an idempotency key reused for another request
     idempotency_key: str | None = None
+    user: str = "default"
+    visibility: Visibility = Visibility.PRIVATE
+    conditioning: Conditioning = field(default_factory=Conditioning)
+    review: Review = Review.NONE
 
 
 @dataclass(frozen=True)
@@ -67,6 +104,15 @@ class Job:
     attempts: int = 0
     epoch: int = 0  # the dispatcher epoch that owns it while in progress
     cancel_requested: bool = False
+    cancel_reason: str | None = None
+    user: str = "default"
+    visibility: Visibility = Visibility.PRIVATE
+    conditioning: Conditioning = field(default_factory=Conditioning)
+    review: Review = Review.NONE
+
+    @property
+    def seconds(self) -> float:
+        return float(self.params.get("seconds") or 0.0)
 
 
 @dataclass(frozen=True)

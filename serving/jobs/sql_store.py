@@ -1,8 +1,7 @@
-"""`JobStore` on SQLAlchemy Core: SQLite (WAL) by default, PostgreSQL by URL.
+"""`JobStore` on SQLAlchemy Core: SQLite (WAL) by default, PostgreSQL by URL (see serving.db).
 
-One implementation for both databases; the differences are small and local: SQLite takes its
-write lock up front (BEGIN IMMEDIATE), PostgreSQL locks the counter row and skips locked rows
-when claiming.
+One implementation for both databases; PostgreSQL locks the counter row to serialize admission
+and skips locked rows when claiming, SQLite's up-front write lock does both.
 """
 
 from __future__ import annotations
@@ -11,19 +10,16 @@ import base64
 import json
 import time
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Iterator
 
 import sqlalchemy as sa
-from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
+from serving.db import Database, metadata
 from serving.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-from serving.jobs.models import Artifact, Job, JobEvent, NewJob, Stage
+from serving.jobs.models import Artifact, Conditioning, Job, JobEvent, NewJob, Quota, Review, Stage, Visibility
 from serving.jobs.states import JobStatus, check_transition
 from serving.jobs.store import JobStore, StaleEpoch
-
-metadata = sa.MetaData()
 
 jobs = sa.Table(
     "jobs", metadata,
@@ -53,7 +49,19 @@ jobs = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("epoch", sa.Integer, nullable=False, server_default="0"),
     sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("cancel_reason", sa.String(64)),
+    sa.Column("user", sa.String(128), nullable=False, server_default="default"),
+    sa.Column("seconds", sa.Float, nullable=False, server_default="0"),
+    sa.Column("max_concurrent", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("visibility", sa.String(16), nullable=False, server_default=Visibility.PRIVATE.value),
+    sa.Column("review", sa.String(16), nullable=False, server_default=Review.NONE.value),
+    sa.Column("image_key", sa.String(512)),
+    sa.Column("parent_id", sa.String(64)),
+    sa.Column("parent_key", sa.String(512)),
+    sa.Column("strength", sa.Float, nullable=False, server_default="0"),
+    sa.Column("cameo_id", sa.String(64), index=True),
     sa.UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency"),
+    sa.Index("ix_jobs_public", "visibility", "seq"),
     sa.Index("ix_jobs_queue", "status", "priority", "seq"),
     sa.Index("ix_jobs_tenant_seq", "tenant", "seq"),
 )
@@ -83,24 +91,9 @@ meta = sa.Table(
 _COUNTERS = ("next_seq", "epoch")
 
 
-def sqlite_url(path: str | Path) -> str:
-    return f"sqlite:///{Path(path).expanduser().resolve()}"
-
-
 class SqlJobStore(JobStore):
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self._sqlite = url.startswith("sqlite")
-        if self._sqlite:
-            db = url.split("///", 1)[-1]
-            if db and db != ":memory:":
-                Path(db).parent.mkdir(parents=True, exist_ok=True)
-            self.engine: Engine = sa.create_engine(
-                url, connect_args={"check_same_thread": False, "timeout": 30})
-            _sqlite_setup(self.engine)
-        else:
-            self.engine = sa.create_engine(url, pool_pre_ping=True)
-        metadata.create_all(self.engine)
+    def __init__(self, db: Database) -> None:
+        self.db = db
         with self._write() as conn:
             have = {r.key for r in conn.execute(sa.select(meta.c.key))}
             for key in _COUNTERS:
@@ -110,12 +103,12 @@ class SqlJobStore(JobStore):
     # -- connections ---------------------------------------------------------------------
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        with self.engine.connect().execution_options(kino_write=True) as conn, conn.begin():
+        with self.db.write() as conn:
             yield conn
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn, conn.begin():
+        with self.db.read() as conn:
             yield conn
 
     def _bump(self, conn: Connection, key: str) -> int:
@@ -126,10 +119,10 @@ class SqlJobStore(JobStore):
         return value
 
     def close(self) -> None:
-        self.engine.dispose()
+        self.db.dispose()
 
     # -- front door ------------------------------------------------------------------------
-    def create(self, job: NewJob, *, max_queued: int) -> tuple[Job, bool]:
+    def create(self, job: NewJob, *, max_queued: int, quota: Quota = Quota()) -> tuple[Job, bool]:
         with self._write() as conn:
             seq = self._bump(conn, "next_seq")  # first: takes the admission lock
             if job.idempotency_key:
@@ -141,18 +134,43 @@ class SqlJobStore(JobStore):
                             f"idempotency_key {job.idempotency_key!r} was already used for a different request",
                             field="idempotency_key")
                     return _job(existing), False
-            queued = conn.execute(sa.select(sa.func.count()).select_from(jobs).where(
-                jobs.c.status == JobStatus.QUEUED.value)).scalar_one()
-            if queued >= max_queued:
-                raise ResourceExhausted(f"the queue is full ({queued} of {max_queued} jobs queued); "
+            queued = jobs.c.status == JobStatus.QUEUED.value
+            total = conn.execute(sa.select(sa.func.count()).select_from(jobs).where(queued)).scalar_one()
+            if total >= max_queued:
+                raise ResourceExhausted(f"the queue is full ({total} of {max_queued} jobs queued); "
                                         "retry later", field="queue")
+            self._check_quota(conn, job, quota)
             now = time.time()
+            c = job.conditioning
             conn.execute(jobs.insert().values(
                 id=job.id, tenant=job.tenant, model=job.model, priority=job.priority,
                 params=json.dumps(job.params), status=JobStatus.QUEUED.value, seq=seq, created_at=now,
-                request_hash=job.request_hash, idempotency_key=job.idempotency_key or None))
+                request_hash=job.request_hash, idempotency_key=job.idempotency_key or None, user=job.user,
+                seconds=float(job.params.get("seconds") or 0.0), max_concurrent=quota.max_concurrent,
+                visibility=job.visibility.value, review=job.review.value, image_key=c.image_key,
+                parent_id=c.parent_id, parent_key=c.parent_key, strength=c.strength, cameo_id=c.cameo_id))
             _insert_event(conn, job.id, JobStatus.QUEUED, Stage.QUEUED, message="queued", at=now)
             return _job(conn.execute(sa.select(jobs).where(jobs.c.id == job.id)).one()), True
+
+    def _check_quota(self, conn: Connection, job: NewJob, quota: Quota) -> None:
+        mine = jobs.c.tenant == job.tenant
+        if quota.max_queued:
+            n = conn.execute(sa.select(sa.func.count()).select_from(jobs).where(
+                mine, jobs.c.status == JobStatus.QUEUED.value)).scalar_one()
+            if n >= quota.max_queued:
+                raise ResourceExhausted(f"quota max_queued exceeded: {n} of {quota.max_queued} of your jobs are "
+                                        "queued; wait for some to start", field="quota.max_queued")
+        if quota.seconds_per_day:
+            day_start = time.time() - time.time() % 86400  # UTC midnight
+            used = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(jobs.c.seconds), 0.0)).where(
+                mine, jobs.c.created_at >= day_start,
+                jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.IN_PROGRESS.value, JobStatus.COMPLETED.value,
+                                   JobStatus.DELETED.value]))).scalar_one()
+            asked = float(job.params.get("seconds") or 0.0)
+            if used + asked > quota.seconds_per_day:
+                raise ResourceExhausted(
+                    f"quota seconds_per_day exceeded: {used:g} s used today + {asked:g} s asked > "
+                    f"{quota.seconds_per_day:g} s allowed per day (UTC)", field="quota.seconds_per_day")
 
     def get(self, job_id: str) -> Job:
         with self._read() as conn:
@@ -170,13 +188,46 @@ class SqlJobStore(JobStore):
         q = sa.select(jobs).where(jobs.c.tenant == tenant, jobs.c.status != JobStatus.DELETED.value)
         if status is not None:
             q = q.where(jobs.c.status == status.value)
+        return self._page(q, page_size, page_token)
+
+    def list_public(self, *, page_size: int = 20, page_token: str | None = None) -> tuple[list[Job], str | None]:
+        q = sa.select(jobs).where(jobs.c.visibility == Visibility.PUBLIC.value,
+                                  jobs.c.status == JobStatus.COMPLETED.value, jobs.c.review != Review.PENDING.value)
+        return self._page(q, page_size, page_token)
+
+    def list_by_cameo(self, cameo_id: str, *, page_size: int = 20,
+                      page_token: str | None = None) -> tuple[list[Job], str | None]:
+        q = sa.select(jobs).where(jobs.c.cameo_id == cameo_id, jobs.c.status != JobStatus.DELETED.value)
+        return self._page(q, page_size, page_token)
+
+    def active_with_cameo(self, cameo_id: str) -> list[Job]:
+        with self._read() as conn:
+            rows = conn.execute(sa.select(jobs).where(
+                jobs.c.cameo_id == cameo_id,
+                jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.IN_PROGRESS.value]))).all()
+        return [_job(r) for r in rows]
+
+    def _page(self, q: sa.Select, page_size: int, page_token: str | None) -> tuple[list[Job], str | None]:
         if page_token:
             q = q.where(jobs.c.seq < _decode_token(page_token))
-        q = q.order_by(jobs.c.seq.desc()).limit(page_size + 1)
         with self._read() as conn:
-            rows = conn.execute(q).all()
+            rows = conn.execute(q.order_by(jobs.c.seq.desc()).limit(page_size + 1)).all()
         page = [_job(r) for r in rows[:page_size]]
         return page, (_encode_token(page[-1].seq) if len(rows) > page_size else None)
+
+    def set_visibility(self, job_id: str, visibility: Visibility) -> Job:
+        with self._write() as conn:
+            self._get(conn, job_id, lock=True)
+            conn.execute(jobs.update().where(jobs.c.id == job_id).values(visibility=visibility.value))
+            return self._get(conn, job_id)
+
+    def set_review(self, job_id: str, review: Review) -> Job:
+        with self._write() as conn:
+            self._get(conn, job_id, lock=True)
+            conn.execute(jobs.update().where(jobs.c.id == job_id).values(review=review.value))
+            _insert_event(conn, job_id, JobStatus(self._get(conn, job_id).status), Stage.DONE,
+                          message=f"review: {review.value}")
+            return self._get(conn, job_id)
 
     def queue_position(self, job_id: str) -> int | None:
         with self._read() as conn:
@@ -195,15 +246,16 @@ class SqlJobStore(JobStore):
         counts.update({JobStatus(s): n for s, n in rows})
         return counts
 
-    def request_cancel(self, job_id: str) -> Job:
+    def request_cancel(self, job_id: str, *, reason: str = "cancelled",
+                       message: str = "cancelled by the client") -> Job:
         with self._write() as conn:
             job = self._get(conn, job_id, lock=True)
             if job.status == JobStatus.QUEUED:
-                return self._set_status(conn, job, JobStatus.CANCELLED, error_code="cancelled",
-                                        error_message="cancelled by the client", completed_at=time.time(),
-                                        message="cancelled while queued")
+                return self._set_status(conn, job, JobStatus.CANCELLED, error_code=reason, error_message=message,
+                                        completed_at=time.time(), message=f"{message} (while queued)")
             check_transition(job.id, job.status, JobStatus.CANCELLED)  # finished jobs: FailedPrecondition
-            conn.execute(jobs.update().where(jobs.c.id == job_id).values(cancel_requested=True))
+            conn.execute(jobs.update().where(jobs.c.id == job_id).values(
+                cancel_requested=True, cancel_reason=reason, error_message=message))
             return self._get(conn, job_id)
 
     def delete(self, job_id: str) -> Job:
@@ -225,9 +277,9 @@ class SqlJobStore(JobStore):
             for row in orphans:
                 job = _job(row)
                 if job.cancel_requested:
-                    self._set_status(conn, job, JobStatus.CANCELLED, error_code="cancelled",
-                                     error_message="cancelled by the client", completed_at=time.time(),
-                                     message="cancelled during a restart")
+                    self._set_status(conn, job, JobStatus.CANCELLED, error_code=job.cancel_reason or "cancelled",
+                                     error_message=job.error_message or "cancelled by the client",
+                                     completed_at=time.time(), message="cancelled during a restart")
                 else:
                     self._set_status(conn, job, JobStatus.QUEUED, message="requeued after a dispatcher restart",
                                      stage=Stage.QUEUED, step=0, progress=0.0)
@@ -235,15 +287,19 @@ class SqlJobStore(JobStore):
 
     def claim_next(self, epoch: int) -> Job | None:
         with self._write() as conn:
-            row = conn.execute(
+            running = dict(conn.execute(sa.select(jobs.c.tenant, sa.func.count()).where(
+                jobs.c.status == JobStatus.IN_PROGRESS.value).group_by(jobs.c.tenant)).all())
+            candidates = conn.execute(
                 sa.select(jobs).where(jobs.c.status == JobStatus.QUEUED.value)
-                .order_by(jobs.c.priority.desc(), jobs.c.seq.asc()).limit(1)
-                .with_for_update(skip_locked=True)).first()
-            if row is None:
-                return None
-            job = _job(row)
-            return self._set_status(conn, job, JobStatus.IN_PROGRESS, epoch=epoch, started_at=time.time(),
-                                    attempts=job.attempts + 1, stage=Stage.ENCODING, message="started")
+                .order_by(jobs.c.priority.desc(), jobs.c.seq.asc()).limit(256)
+                .with_for_update(skip_locked=True)).all()
+            for row in candidates:  # a tenant at its max_concurrent waits; others go ahead
+                if row.max_concurrent and running.get(row.tenant, 0) >= row.max_concurrent:
+                    continue
+                job = _job(row)
+                return self._set_status(conn, job, JobStatus.IN_PROGRESS, epoch=epoch, started_at=time.time(),
+                                        attempts=job.attempts + 1, stage=Stage.ENCODING, message="started")
+            return None
 
     def record_progress(self, job_id: str, epoch: int, *, stage: Stage, step: int = 0, total_steps: int = 0,
                         progress: float = 0.0, eta_seconds: float | None = None, batch_size: int = 0,
@@ -325,7 +381,11 @@ def _job(row: Any) -> Job:
                idempotency_key=row.idempotency_key, started_at=row.started_at, completed_at=row.completed_at,
                stage=Stage(row.stage), step=row.step, total_steps=row.total_steps, progress=row.progress,
                eta_seconds=row.eta_seconds, error_code=row.error_code, error_message=row.error_message,
-               artifact=artifact, attempts=row.attempts, epoch=row.epoch, cancel_requested=bool(row.cancel_requested))
+               artifact=artifact, attempts=row.attempts, epoch=row.epoch, cancel_requested=bool(row.cancel_requested),
+               cancel_reason=row.cancel_reason, user=row.user, visibility=Visibility(row.visibility),
+               review=Review(row.review),
+               conditioning=Conditioning(image_key=row.image_key, parent_id=row.parent_id, parent_key=row.parent_key,
+                                         strength=row.strength, cameo_id=row.cameo_id))
 
 
 def _encode_token(seq: int) -> str:
@@ -340,20 +400,3 @@ def _decode_token(token: str) -> int:
         return int(value)
     except (ValueError, UnicodeDecodeError):
         raise InvalidArgument(f"page_token {token!r} is not a token this server issued", field="page_token") from None
-
-
-def _sqlite_setup(engine: Engine) -> None:
-    """WAL for concurrent readers across processes; writes take the lock up front."""
-
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_conn, _record) -> None:  # noqa: ANN001
-        dbapi_conn.isolation_level = None  # let SQLAlchemy's begin event issue BEGIN
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA busy_timeout=30000")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("kino_write") else "BEGIN")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from serving.jobs.models import Artifact, Job, JobEvent, NewJob, Stage
+from serving.jobs.models import Artifact, Job, JobEvent, NewJob, Quota, Review, Stage, Visibility
 from serving.jobs.states import JobStatus
 
 
@@ -21,10 +21,11 @@ class StaleEpoch(Exception):
 class JobStore(ABC):
     # -- created by the front door ---------------------------------------------------------
     @abstractmethod
-    def create(self, job: NewJob, *, max_queued: int) -> tuple[Job, bool]:
+    def create(self, job: NewJob, *, max_queued: int, quota: Quota = Quota()) -> tuple[Job, bool]:
         """Insert a queued job; (job, created). A known idempotency key returns the existing job
-        (created=False). Raises ResourceExhausted when `max_queued` jobs are already queued, and
-        FailedPrecondition when the key was used for a different request; nothing is written then."""
+        (created=False). Raises ResourceExhausted when `max_queued` jobs are already queued or the
+        tenant's quota is used up (naming the quota), and FailedPrecondition when the key was used
+        for a different request; nothing is written then."""
 
     @abstractmethod
     def get(self, job_id: str) -> Job:
@@ -36,6 +37,25 @@ class JobStore(ABC):
         """A tenant's jobs, newest first, and the token of the next page (None at the end)."""
 
     @abstractmethod
+    def list_public(self, *, page_size: int = 20, page_token: str | None = None) -> tuple[list[Job], str | None]:
+        """Completed public videos of every tenant, newest first."""
+
+    @abstractmethod
+    def list_by_cameo(self, cameo_id: str, *, page_size: int = 20,
+                      page_token: str | None = None) -> tuple[list[Job], str | None]:
+        """Every video that uses a cameo, whoever made it."""
+
+    @abstractmethod
+    def active_with_cameo(self, cameo_id: str) -> list[Job]:
+        """Queued and in-progress jobs that use a cameo."""
+
+    @abstractmethod
+    def set_visibility(self, job_id: str, visibility: Visibility) -> Job: ...
+
+    @abstractmethod
+    def set_review(self, job_id: str, review: Review) -> Job: ...
+
+    @abstractmethod
     def queue_position(self, job_id: str) -> int | None:
         """0-based position among queued jobs (priority, then arrival); None if not queued."""
 
@@ -43,8 +63,10 @@ class JobStore(ABC):
     def count_by_status(self) -> dict[JobStatus, int]: ...
 
     @abstractmethod
-    def request_cancel(self, job_id: str) -> Job:
-        """Queued: cancelled at once. In progress: flagged for the dispatcher. Finished: FailedPrecondition."""
+    def request_cancel(self, job_id: str, *, reason: str = "cancelled",
+                       message: str = "cancelled by the client") -> Job:
+        """Queued: cancelled at once. In progress: flagged for the dispatcher. Finished: FailedPrecondition.
+        `reason` becomes the job's error code (e.g. "cancelled", "consent_revoked")."""
 
     @abstractmethod
     def delete(self, job_id: str) -> Job:
@@ -57,7 +79,8 @@ class JobStore(ABC):
 
     @abstractmethod
     def claim_next(self, epoch: int) -> Job | None:
-        """The next queued job (highest priority, then oldest), now in progress under `epoch`."""
+        """The next queued job (highest priority, then oldest) whose tenant is under its concurrency
+        limit, now in progress under `epoch`."""
 
     @abstractmethod
     def record_progress(self, job_id: str, epoch: int, *, stage: Stage, step: int = 0, total_steps: int = 0,

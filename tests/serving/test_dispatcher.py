@@ -9,37 +9,45 @@ import pytest
 
 from engines.params import GenerationParams, params_to_dict
 from engines.stage_io import PromptPair
+from engines.watermark import WatermarkConfig
 from serving.artifacts import LocalArtifactStore
-from serving.config import QueueConfig
+from serving.config import ProvenanceConfig, QueueConfig
 from serving.dispatcher import DecodeResult, DenoiseEvent, Dispatcher, StageClient, StageUnavailable
 from serving.jobs import JobStatus, NewJob, open_store
+from serving.provenance.credentials import ContentCredentials
+from serving.rendering import Renderer
 
 
 class InProcessStages(StageClient):
     """The StageClient contract over the engines in this process (what the Serve handles do remotely)."""
 
-    def __init__(self, staged, artifacts: LocalArtifactStore) -> None:
-        self.staged, self.artifacts = staged, artifacts
+    def __init__(self, staged, artifacts: LocalArtifactStore, tmp_path) -> None:
+        self.staged = staged
+        self.renderer = Renderer(staged.decoder, staged.media, artifacts,
+                                 ContentCredentials(ProvenanceConfig(dev_chain_dir=str(tmp_path / "creds"))),
+                                 WatermarkConfig())
 
     def encode(self, job_id: str, params: GenerationParams) -> Any:
         [emb] = self.staged.text_encoder.encode([PromptPair(params.prompt, params.negative_prompt or "")])
         return emb
 
-    async def denoise(self, job_id, params, embedding, priority) -> AsyncIterator[DenoiseEvent]:
+    def condition(self, job_id, params, conditioning) -> Any:
+        if not conditioning.image_key and not conditioning.parent_key:
+            return None
+        return self.renderer.condition(params, conditioning.image_key, conditioning.parent_key, conditioning.strength)
+
+    async def denoise(self, job_id, params, embedding, priority, conditioning=None) -> AsyncIterator[DenoiseEvent]:
         from engines.denoiser import DenoiseRequest
 
-        state = self.staged.denoiser.prepare(DenoiseRequest(job_id, params, embedding))
+        state = self.staged.denoiser.prepare(DenoiseRequest(job_id, params, embedding, conditioning))
         while not state.done:
             await asyncio.to_thread(self.staged.denoiser.step, [state])
-            yield DenoiseEvent(step=state.step_index, total_steps=state.num_steps, batch_size=1)
-        yield DenoiseEvent(step=state.num_steps, total_steps=state.num_steps, batch_size=0,
+            yield DenoiseEvent(step=state.steps_done, total_steps=state.steps_total, batch_size=1)
+        yield DenoiseEvent(step=state.steps_total, total_steps=state.steps_total, batch_size=0,
                            latents=self.staged.denoiser.result(state))
 
-    async def decode(self, job_id, params, latents, artifact_key) -> DecodeResult:
-        path = self.artifacts.scratch_path(artifact_key)
-        await asyncio.to_thread(self.staged.decoder.render_mp4, latents, params, path)
-        stored = self.artifacts.put_file(artifact_key, path)
-        return DecodeResult(stored.key, stored.size_bytes, stored.sha256)
+    async def decode(self, job_id, params, latents, artifact_key, claim, parent_key=None) -> DecodeResult:
+        return await asyncio.to_thread(self.renderer.render, latents, params, artifact_key, claim, parent_key)
 
 
 class FlakyStages(InProcessStages):
@@ -47,11 +55,11 @@ class FlakyStages(InProcessStages):
 
     failures = 1
 
-    async def decode(self, job_id, params, latents, artifact_key) -> DecodeResult:
+    async def decode(self, job_id, params, latents, artifact_key, claim, parent_key=None) -> DecodeResult:
         if self.failures:
             self.failures -= 1
             raise StageUnavailable("decoder: ActorDiedError (injected)")
-        return await super().decode(job_id, params, latents, artifact_key)
+        return await super().decode(job_id, params, latents, artifact_key, claim, parent_key)
 
 
 @pytest.fixture
@@ -79,10 +87,10 @@ async def _run_until(dispatcher: Dispatcher, store, ids, statuses=(JobStatus.COM
         task.cancel()
 
 
-def test_jobs_complete_and_a_lost_replica_is_retried(setup, staged):
+def test_jobs_complete_and_a_lost_replica_is_retried(setup, staged, tmp_path):
     store, artifacts, add = setup
     ids = [add(i) for i in range(3)]
-    d = Dispatcher(store, FlakyStages(staged, artifacts), QueueConfig(max_attempts=3, poll_seconds=0.05))
+    d = Dispatcher(store, FlakyStages(staged, artifacts, tmp_path), QueueConfig(max_attempts=3, poll_seconds=0.05))
     asyncio.run(_run_until(d, store, ids))
     for i in ids:
         job = store.get(i)
@@ -91,10 +99,10 @@ def test_jobs_complete_and_a_lost_replica_is_retried(setup, staged):
     assert any("retrying after: decoder: ActorDiedError" in m for m in messages)
 
 
-def test_cancel_mid_denoise(setup, staged):
+def test_cancel_mid_denoise(setup, staged, tmp_path):
     store, artifacts, add = setup
     jid = add(0, steps=60)
-    d = Dispatcher(store, InProcessStages(staged, artifacts), QueueConfig(poll_seconds=0.05))
+    d = Dispatcher(store, InProcessStages(staged, artifacts, tmp_path), QueueConfig(poll_seconds=0.05))
 
     async def scenario():
         task = asyncio.create_task(d.run())
@@ -112,10 +120,10 @@ def test_cancel_mid_denoise(setup, staged):
     assert job.error_code == "cancelled" and job.step < 60 and job.artifact is None
 
 
-def test_reconcile_requeues_a_job_with_no_task(setup, staged):
+def test_reconcile_requeues_a_job_with_no_task(setup, staged, tmp_path):
     store, artifacts, add = setup
     jid = add(0)
-    d = Dispatcher(store, InProcessStages(staged, artifacts), QueueConfig(poll_seconds=0.05, reconcile_seconds=0.1))
+    d = Dispatcher(store, InProcessStages(staged, artifacts, tmp_path), QueueConfig(poll_seconds=0.05, reconcile_seconds=0.1))
 
     async def scenario():
         d.epoch = store.begin_epoch()

@@ -30,12 +30,16 @@ class Downloaded:
 
 
 class KinoClient:
-    def __init__(self, address: str, *, metadata: tuple[tuple[str, str], ...] = (),
-                 timeout: float = 30.0) -> None:
+    def __init__(self, address: str, *, api_key: str | None = None, timeout: float = 30.0,
+                 max_message_bytes: int = 16 * 2**20) -> None:
         self.address = address
-        self.channel = grpc.insecure_channel(address)
+        self.channel = grpc.insecure_channel(address, options=[
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes)])
         self.stub = pb_grpc.VideoServiceStub(self.channel)
-        self.metadata = metadata
+        self.cameos = pb_grpc.CameoServiceStub(self.channel)
+        self.audit = pb_grpc.AuditServiceStub(self.channel)
+        self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self.timeout = timeout
 
     def close(self) -> None:
@@ -46,6 +50,10 @@ class KinoClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def call(self, method, request, **kw):
+        """Any unary RPC of the three services, e.g. client.call(client.cameos.GrantCameo, request)."""
+        return self._call(method, request, **kw)
 
     def _call(self, method, request, **kw):
         try:
@@ -70,9 +78,11 @@ class KinoClient:
         return self._call(self.stub.DeleteVideo, pb.DeleteVideoRequest(id=video_id))
 
     def watch(self, video_id: str, timeout: float | None = None) -> Iterator[pb.VideoEvent]:
+        yield from self.stream(self.stub.WatchVideo, pb.WatchVideoRequest(id=video_id), timeout=timeout)
+
+    def stream(self, method, request, timeout: float | None = None) -> Iterator:
         try:
-            yield from self.stub.WatchVideo(pb.WatchVideoRequest(id=video_id), metadata=self.metadata,
-                                            timeout=timeout)
+            yield from method(request, metadata=self.metadata, timeout=timeout)
         except grpc.RpcError as e:
             raise ClientError(e.code(), e.details() or "") from None
 

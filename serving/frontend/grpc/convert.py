@@ -5,8 +5,11 @@ from __future__ import annotations
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from kino.v1 import video_service_pb2 as pb
-from serving.jobs import Job, JobStatus, Stage
-from serving.videos import CreateVideo, Progress
+from serving.accounts import AuditEvent
+from serving.cameos.models import Cameo, Grant, Notification
+from serving.errors import InvalidArgument
+from serving.jobs import Job, JobStatus, Review, Stage, Visibility
+from serving.videos import CreateVideo, Progress, RemixVideo
 
 STATUS_TO_PB = {
     JobStatus.QUEUED: pb.VIDEO_STATUS_QUEUED,
@@ -23,6 +26,18 @@ STAGE_TO_PB = {
     Stage.DECODING: pb.STAGE_DECODING,
     Stage.DONE: pb.STAGE_DONE,
 }
+
+
+VISIBILITY_TO_PB = {Visibility.PRIVATE: pb.VISIBILITY_PRIVATE, Visibility.PUBLIC: pb.VISIBILITY_PUBLIC}
+REVIEW_TO_PB = {Review.NONE: pb.REVIEW_NONE, Review.PENDING: pb.REVIEW_PENDING, Review.APPROVED: pb.REVIEW_APPROVED}
+
+
+def visibility(value: int) -> Visibility:
+    if value in (pb.VISIBILITY_UNSPECIFIED, pb.VISIBILITY_PRIVATE):
+        return Visibility.PRIVATE
+    if value == pb.VISIBILITY_PUBLIC:
+        return Visibility.PUBLIC
+    raise InvalidArgument(f"visibility={value} is not allowed: PRIVATE or PUBLIC", field="visibility")
 
 
 def _ts(seconds: float | None) -> Timestamp | None:
@@ -48,7 +63,15 @@ def create_request(req: pb.CreateVideoRequest) -> CreateVideo:
         prompt=req.prompt, negative_prompt=req.negative_prompt or None, size=req.size or None,
         seconds=opt("seconds"), fps=req.fps or None, seed=opt("seed"), steps=opt("steps"),
         guidance_scale=opt("guidance_scale"), audio_guidance_scale=opt("audio_guidance_scale"),
-        priority=opt("priority"), idempotency_key=req.idempotency_key or None, model=req.model or None)
+        priority=opt("priority"), idempotency_key=req.idempotency_key or None, model=req.model or None,
+        image=req.image or None, cameo_id=req.cameo_id or None, visibility=visibility(req.visibility))
+
+
+def remix_request(req: pb.RemixVideoRequest) -> RemixVideo:
+    return RemixVideo(video_id=req.video_id, prompt=req.prompt,
+                      strength=req.strength if req.HasField("strength") else None,
+                      seed=req.seed if req.HasField("seed") else None,
+                      idempotency_key=req.idempotency_key or None, visibility=visibility(req.visibility))
 
 
 def video(job: Job) -> pb.Video:
@@ -59,7 +82,10 @@ def video(job: Job) -> pb.Video:
         seed=p["seed"], steps=p["steps"], prompt=p["prompt"], negative_prompt=p.get("negative_prompt") or "",
         priority=job.priority, created_at=_ts(job.created_at), started_at=_ts(job.started_at),
         completed_at=_ts(job.completed_at), stage=STAGE_TO_PB[job.stage], step=job.step,
-        total_steps=job.total_steps or p["steps"], attempts=job.attempts)
+        total_steps=job.total_steps or p["steps"], attempts=job.attempts,
+        visibility=VISIBILITY_TO_PB[job.visibility], parent_id=job.conditioning.parent_id or "",
+        cameo_id=job.conditioning.cameo_id or "", review=REVIEW_TO_PB[job.review],
+        image_conditioned=bool(job.conditioning.image_key and not job.conditioning.cameo_id))
     if job.error_code:
         msg.error.code, msg.error.message = job.error_code, job.error_message or ""
     if job.artifact is not None:
@@ -76,3 +102,32 @@ def event(p: Progress) -> pb.VideoEvent:
     if p.error_code:
         msg.error.code, msg.error.message = p.error_code, p.error_message or ""
     return msg
+
+
+def public_video(job: Job) -> pb.PublicVideo:
+    """What the public feed shows: the video, nothing of its owner (no tenant, user or seed)."""
+    p = job.params
+    return pb.PublicVideo(id=job.id, prompt=p["prompt"], size=f"{p['width']}x{p['height']}", seconds=p["seconds"],
+                          fps=_fps(p.get("fps")), created_at=_ts(job.created_at),
+                          parent_id=job.conditioning.parent_id or "",
+                          size_bytes=job.artifact.size_bytes if job.artifact else 0)
+
+
+def cameo(c: Cameo, grants: list[Grant] | None) -> pb.Cameo:
+    msg = pb.Cameo(id=c.id, name=c.name, require_approval=c.require_approval, consent_statement=c.consent_statement,
+                   consent_at=_ts(c.consent_at), consent_key_id=c.consent_key_id, has_voice=c.voice_key is not None,
+                   created_at=_ts(c.created_at))
+    for g in grants or []:
+        msg.grants.append(pb.CameoGrant(tenant=g.tenant, user=g.user, granted_at=_ts(g.granted_at),
+                                        revoked_at=_ts(g.revoked_at)))
+    return msg
+
+
+def notification(n: Notification) -> pb.CameoNotification:
+    return pb.CameoNotification(id=n.id, cameo_id=n.cameo_id, kind=n.kind, video_id=n.video_id,
+                                creator_tenant=n.creator_tenant, message=n.message, at=_ts(n.at))
+
+
+def audit_event(e: AuditEvent) -> pb.AuditEvent:
+    return pb.AuditEvent(id=e.id, kind=e.kind, category=e.category, reason=e.reason, at=_ts(e.at),
+                         field=str(e.detail.get("field", "")))

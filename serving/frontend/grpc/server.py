@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Sequence
+from typing import Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -13,13 +13,17 @@ from grpc_reflection.v1alpha import reflection
 
 from kino.v1 import video_service_pb2 as pb
 from kino.v1 import video_service_pb2_grpc as pb_grpc
+from serving.accounts.service import AccountService
+from serving.cameos.service import CameoService
 from serving.config import GrpcConfig
-from serving.frontend.grpc.servicer import TenantOf, VideoServicer
+from serving.frontend.grpc.auth import ApiKeyInterceptor, principal_of
+from serving.frontend.grpc.servicer import AuditServicer, CameoServicer, VideoServicer
 from serving.videos import VideoService
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["VideoService"].full_name
+SERVICES = tuple(pb.DESCRIPTOR.services_by_name[n].full_name for n in ("VideoService", "CameoService", "AuditService"))
 HealthProbe = Callable[[], Awaitable[bool]]
 
 
@@ -37,9 +41,9 @@ class GrpcServer:
         await self.server.stop(grace)
 
 
-async def start_grpc_server(videos: VideoService, config: GrpcConfig, tenant_of: TenantOf, *,
-                            health_probe: HealthProbe | None = None, health_poll_seconds: float = 1.0,
-                            interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> GrpcServer:
+async def start_grpc_server(videos: VideoService, cameos: CameoService, accounts: AccountService,
+                            config: GrpcConfig, *, health_probe: HealthProbe | None = None,
+                            health_poll_seconds: float = 1.0) -> GrpcServer:
     """Serve on config.host:config.port (0: a free port; `GrpcServer.port` says which)."""
     options = [
         ("grpc.so_reuseport", 0),  # a second server on the same port fails instead of sharing it
@@ -47,11 +51,13 @@ async def start_grpc_server(videos: VideoService, config: GrpcConfig, tenant_of:
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.max_concurrent_streams", config.max_workers_streams),
     ]
-    server = grpc.aio.server(interceptors=list(interceptors), options=options)
-    pb_grpc.add_VideoServiceServicer_to_server(VideoServicer(videos, tenant_of), server)
+    server = grpc.aio.server(interceptors=[ApiKeyInterceptor(accounts.authenticate)], options=options)
+    pb_grpc.add_VideoServiceServicer_to_server(VideoServicer(videos, principal_of), server)
+    pb_grpc.add_CameoServiceServicer_to_server(CameoServicer(cameos, principal_of), server)
+    pb_grpc.add_AuditServiceServicer_to_server(AuditServicer(accounts.store, principal_of), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     if port == 0:
         raise RuntimeError(f"cannot listen on {config.host}:{config.port} (in use?)")

@@ -1,101 +1,220 @@
-"""kino.v1.VideoService over the domain `VideoService`: translation and error mapping only."""
+"""kino.v1 services over the domain: translation and error mapping only, no decisions."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import grpc
 
 from kino.v1 import video_service_pb2 as pb
 from kino.v1 import video_service_pb2_grpc as pb_grpc
-from serving.errors import DeadlineExceeded
+from serving.accounts import Principal
+from serving.accounts.store import AccountStore
+from serving.cameos.service import CameoService
+from serving.errors import DeadlineExceeded, InvalidArgument
 from serving.frontend.grpc import convert
 from serving.frontend.grpc.errors import status_for
 from serving.jobs import JobStatus
 from serving.videos import VideoService
 
-TenantOf = Callable[[grpc.aio.ServicerContext], str]
+PrincipalOf = Callable[[grpc.aio.ServicerContext], Principal]
+
+
+async def unary(context: grpc.aio.ServicerContext, principal_of: PrincipalOf,
+                op: Callable[[Principal], Awaitable[Any]]) -> Any:
+    """Run a domain call within the caller's deadline; any error becomes one status code."""
+    try:
+        principal = principal_of(context)
+        remaining = context.time_remaining()
+        if remaining is None:
+            return await op(principal)
+        try:
+            return await asyncio.wait_for(op(principal), timeout=max(remaining, 0.0))
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded("the call's deadline passed before the server finished") from None
+    except Exception as e:  # noqa: BLE001 - mapped to a status in one place
+        code, message = status_for(e)
+    await context.abort(code, message)
+
+
+async def stream(context: grpc.aio.ServicerContext, principal_of: PrincipalOf,
+                 op: Callable[[Principal], AsyncIterator[Any]]) -> AsyncIterator[Any]:
+    try:
+        async for item in op(principal_of(context)):
+            yield item
+        return
+    except Exception as e:  # noqa: BLE001
+        code, message = status_for(e)
+    await context.abort(code, message)
 
 
 class VideoServicer(pb_grpc.VideoServiceServicer):
-    def __init__(self, videos: VideoService, tenant_of: TenantOf) -> None:
-        self.videos = videos
-        self.tenant_of = tenant_of
+    def __init__(self, videos: VideoService, principal_of: PrincipalOf) -> None:
+        self.videos, self.principal_of = videos, principal_of
 
-    async def _unary(self, context: grpc.aio.ServicerContext, op: Callable[[str], Awaitable[Any]]) -> Any:
-        """Run a domain call within the caller's deadline; any error becomes one status code."""
-        try:
-            tenant = self.tenant_of(context)
-            remaining = context.time_remaining()
-            if remaining is None:
-                return await op(tenant)
-            try:
-                return await asyncio.wait_for(op(tenant), timeout=max(remaining, 0.0))
-            except asyncio.TimeoutError:
-                raise DeadlineExceeded("the call's deadline passed before the server finished") from None
-        except Exception as e:  # noqa: BLE001 - mapped to a status in one place
-            code, message = status_for(e)
-        await context.abort(code, message)
+    def _run(self, context, op):
+        return unary(context, self.principal_of, op)
 
     async def CreateVideo(self, request: pb.CreateVideoRequest, context) -> pb.Video:
-        async def op(tenant: str) -> pb.Video:
-            job, _ = await self.videos.create(tenant, convert.create_request(request))
+        async def op(who: Principal) -> pb.Video:
+            job, _ = await self.videos.create(who, convert.create_request(request))
             return convert.video(job)
-        return await self._unary(context, op)
+        return await self._run(context, op)
+
+    async def RemixVideo(self, request: pb.RemixVideoRequest, context) -> pb.Video:
+        async def op(who: Principal) -> pb.Video:
+            job, _ = await self.videos.remix(who, convert.remix_request(request))
+            return convert.video(job)
+        return await self._run(context, op)
 
     async def GetVideo(self, request: pb.GetVideoRequest, context) -> pb.Video:
-        async def op(tenant: str) -> pb.Video:
-            return convert.video(await self.videos.get(tenant, request.id))
-        return await self._unary(context, op)
+        async def op(who: Principal) -> pb.Video:
+            return convert.video(await self.videos.get(who, request.id))
+        return await self._run(context, op)
 
     async def ListVideos(self, request: pb.ListVideosRequest, context) -> pb.ListVideosResponse:
-        async def op(tenant: str) -> pb.ListVideosResponse:
+        async def op(who: Principal) -> pb.ListVideosResponse:
             status: JobStatus | None = None
             if request.status != pb.VIDEO_STATUS_UNSPECIFIED:
                 if request.status not in convert.PB_TO_STATUS:
-                    from serving.errors import InvalidArgument
-
                     raise InvalidArgument(f"status={request.status} is not allowed: one of the VideoStatus values",
                                           field="status")
                 status = convert.PB_TO_STATUS[request.status]
-            jobs, token = await self.videos.list(tenant, status=status, page_size=request.page_size,
+            jobs, token = await self.videos.list(who, status=status, page_size=request.page_size,
                                                  page_token=request.page_token)
             return pb.ListVideosResponse(videos=[convert.video(j) for j in jobs], next_page_token=token or "")
-        return await self._unary(context, op)
+        return await self._run(context, op)
+
+    async def ListPublicVideos(self, request: pb.ListPublicVideosRequest, context) -> pb.ListPublicVideosResponse:
+        async def op(_who: Principal) -> pb.ListPublicVideosResponse:
+            jobs, token = await self.videos.list_public(request.page_size, request.page_token)
+            return pb.ListPublicVideosResponse(videos=[convert.public_video(j) for j in jobs],
+                                               next_page_token=token or "")
+        return await self._run(context, op)
+
+    async def SetVideoVisibility(self, request: pb.SetVideoVisibilityRequest, context) -> pb.Video:
+        async def op(who: Principal) -> pb.Video:
+            visibility = convert.visibility(request.visibility)
+            return convert.video(await self.videos.set_visibility(who, request.id, visibility))
+        return await self._run(context, op)
 
     async def CancelVideo(self, request: pb.CancelVideoRequest, context) -> pb.Video:
-        async def op(tenant: str) -> pb.Video:
-            return convert.video(await self.videos.cancel(tenant, request.id))
-        return await self._unary(context, op)
+        async def op(who: Principal) -> pb.Video:
+            return convert.video(await self.videos.cancel(who, request.id))
+        return await self._run(context, op)
 
     async def DeleteVideo(self, request: pb.DeleteVideoRequest, context) -> pb.DeleteVideoResponse:
-        async def op(tenant: str) -> pb.DeleteVideoResponse:
-            job = await self.videos.delete(tenant, request.id)
+        async def op(who: Principal) -> pb.DeleteVideoResponse:
+            job = await self.videos.delete(who, request.id)
             return pb.DeleteVideoResponse(id=job.id, deleted=True)
-        return await self._unary(context, op)
+        return await self._run(context, op)
 
     async def WatchVideo(self, request: pb.WatchVideoRequest, context):
-        try:
-            tenant = self.tenant_of(context)
-            async for progress in self.videos.watch(tenant, request.id):
+        async def op(who: Principal):
+            async for progress in self.videos.watch(who, request.id):
                 yield convert.event(progress)
-            return
-        except Exception as e:  # noqa: BLE001
-            code, message = status_for(e)
-        await context.abort(code, message)
+        async for item in stream(context, self.principal_of, op):
+            yield item
 
     async def DownloadVideo(self, request: pb.DownloadVideoRequest, context):
-        try:
-            tenant = self.tenant_of(context)
-            download = await self.videos.download(tenant, request.id)
+        async def op(who: Principal):
+            download = await self.videos.download(who, request.id)
             a = download.artifact
             yield pb.DownloadVideoResponse(header=pb.DownloadHeader(
                 video_id=request.id, size_bytes=a.size_bytes, content_type=a.content_type, sha256=a.sha256,
                 filename=download.filename))
             async for chunk in download.chunks:
                 yield pb.DownloadVideoResponse(chunk=chunk)
-            return
-        except Exception as e:  # noqa: BLE001
-            code, message = status_for(e)
-        await context.abort(code, message)
+        async for item in stream(context, self.principal_of, op):
+            yield item
+
+
+class CameoServicer(pb_grpc.CameoServiceServicer):
+    def __init__(self, cameos: CameoService, principal_of: PrincipalOf) -> None:
+        self.cameos, self.principal_of = cameos, principal_of
+
+    def _run(self, context, op):
+        return unary(context, self.principal_of, op)
+
+    async def CreateCameo(self, request: pb.CreateCameoRequest, context) -> pb.Cameo:
+        async def op(who: Principal) -> pb.Cameo:
+            cameo = await self.cameos.register(who, recording=request.recording, name=request.name,
+                                               consent_statement=request.consent_statement, consent=request.consent,
+                                               require_approval=request.require_approval)
+            return convert.cameo(cameo, [])
+        return await self._run(context, op)
+
+    async def GetCameo(self, request: pb.GetCameoRequest, context) -> pb.Cameo:
+        async def op(who: Principal) -> pb.Cameo:
+            return convert.cameo(*await self.cameos.get(who, request.cameo_id))
+        return await self._run(context, op)
+
+    async def ListCameos(self, request: pb.ListCameosRequest, context) -> pb.ListCameosResponse:
+        async def op(who: Principal) -> pb.ListCameosResponse:
+            return pb.ListCameosResponse(cameos=[convert.cameo(c, g) for c, g in await self.cameos.list(who)])
+        return await self._run(context, op)
+
+    async def DeleteCameo(self, request: pb.DeleteCameoRequest, context) -> pb.DeleteCameoResponse:
+        async def op(who: Principal) -> pb.DeleteCameoResponse:
+            await self.cameos.delete(who, request.cameo_id)
+            return pb.DeleteCameoResponse(cameo_id=request.cameo_id, deleted=True)
+        return await self._run(context, op)
+
+    async def GrantCameo(self, request: pb.GrantCameoRequest, context) -> pb.Cameo:
+        async def op(who: Principal) -> pb.Cameo:
+            await self.cameos.grant(who, request.cameo_id, request.tenant, request.user)
+            return convert.cameo(*await self.cameos.get(who, request.cameo_id))
+        return await self._run(context, op)
+
+    async def RevokeCameo(self, request: pb.RevokeCameoRequest, context) -> pb.Cameo:
+        async def op(who: Principal) -> pb.Cameo:
+            await self.cameos.revoke(who, request.cameo_id, request.tenant, request.user)
+            return convert.cameo(*await self.cameos.get(who, request.cameo_id))
+        return await self._run(context, op)
+
+    async def ListCameoVideos(self, request: pb.ListCameoVideosRequest, context) -> pb.ListVideosResponse:
+        async def op(who: Principal) -> pb.ListVideosResponse:
+            jobs, token = await self.cameos.videos_of(who, request.cameo_id, request.page_size, request.page_token)
+            return pb.ListVideosResponse(videos=[convert.video(j) for j in jobs], next_page_token=token or "")
+        return await self._run(context, op)
+
+    async def DeleteCameoVideo(self, request: pb.DeleteCameoVideoRequest, context) -> pb.DeleteVideoResponse:
+        async def op(who: Principal) -> pb.DeleteVideoResponse:
+            job = await self.cameos.delete_video(who, request.cameo_id, request.video_id)
+            return pb.DeleteVideoResponse(id=job.id, deleted=job.status == JobStatus.DELETED or job.status.terminal)
+        return await self._run(context, op)
+
+    async def ReviewCameoVideo(self, request: pb.ReviewCameoVideoRequest, context) -> pb.Video:
+        async def op(who: Principal) -> pb.Video:
+            job = await self.cameos.review(who, request.cameo_id, request.video_id, request.approve)
+            return convert.video(job)
+        return await self._run(context, op)
+
+    async def ListCameoNotifications(self, request: pb.ListCameoNotificationsRequest,
+                                     context) -> pb.ListCameoNotificationsResponse:
+        async def op(who: Principal) -> pb.ListCameoNotificationsResponse:
+            items = await self.cameos.notifications(who, request.after_id)
+            return pb.ListCameoNotificationsResponse(notifications=[convert.notification(n) for n in items])
+        return await self._run(context, op)
+
+    async def WatchCameoNotifications(self, request: pb.WatchCameoNotificationsRequest, context):
+        async def op(who: Principal):
+            async for n in self.cameos.watch(who, request.after_id):
+                yield convert.notification(n)
+        async for item in stream(context, self.principal_of, op):
+            yield item
+
+
+class AuditServicer(pb_grpc.AuditServiceServicer):
+    def __init__(self, accounts: AccountStore, principal_of: PrincipalOf) -> None:
+        self.accounts, self.principal_of = accounts, principal_of
+
+    async def ListAuditEvents(self, request: pb.ListAuditEventsRequest, context) -> pb.ListAuditEventsResponse:
+        async def op(who: Principal) -> pb.ListAuditEventsResponse:
+            limit = request.limit or 100
+            if not 1 <= limit <= 1000:
+                raise InvalidArgument(f"limit={limit} is not allowed: an integer in [1, 1000]", field="limit")
+            events = await asyncio.to_thread(self.accounts.audit_events, who.tenant_id, limit=limit)
+            return pb.ListAuditEventsResponse(events=[convert.audit_event(e) for e in events])
+        return await unary(context, self.principal_of, op)

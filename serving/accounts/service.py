@@ -1,0 +1,33 @@
+"""Who a call runs as: API keys to principals, and the local tenant when keys are not required."""
+
+from __future__ import annotations
+
+from serving.accounts.models import Principal, Tenant
+from serving.accounts.store import AccountStore
+from serving.config import AuthConfig
+from serving.errors import Unauthenticated
+
+
+class AccountService:
+    def __init__(self, store: AccountStore, auth: AuthConfig) -> None:
+        self.store, self.auth = store, auth
+        self._local: Tenant | None = None
+
+    def local_principal(self) -> Principal:
+        if self._local is None:
+            self._local = self.store.ensure_tenant(self.auth.local_tenant, name="local machine",
+                                                   priority=self.auth.local_priority)
+        return Principal(tenant=self._local, user="default", key_id=None)
+
+    def authenticate(self, secret: str | None) -> Principal:
+        """The principal of an API key; no key is the local tenant unless keys are required."""
+        if not secret:
+            if self.auth.required:
+                raise Unauthenticated("missing API key: send metadata 'authorization: Bearer kino_sk_...'",
+                                      field="authorization")
+            return self.local_principal()
+        found = self.store.lookup(secret)
+        if found is None:
+            raise Unauthenticated("invalid or revoked API key", field="authorization")
+        key, tenant = found
+        return Principal(tenant=tenant, user=key.user, key_id=key.id)

@@ -1,0 +1,1 @@
+"""Cameos: a person's registered likeness, usable only under their live consent."""

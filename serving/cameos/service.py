@@ -1,0 +1,199 @@
+"""Cameos: register with consent, grant and revoke use, review held videos, notify the owner.
+
+A cameo is owned by the (tenant, user) that registered it. Only the owner manages it; anyone
+else learns nothing about it beyond what a live grant lets them do (use it in a video).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import AsyncIterator
+
+from serving.accounts import Principal
+from serving.artifacts import ArtifactStore
+from serving.cameos.models import ANY_USER, Cameo, Grant, Notification
+from serving.cameos.recording import extract
+from serving.cameos.store import CameoStore
+from serving.config import KinoConfig
+from serving.errors import FailedPrecondition, InvalidArgument, NotFound
+from serving.jobs import Job, JobStatus, JobStore, Review
+from serving.videos import DispatcherLink, VideoService
+
+MAX_TEXT = 2000
+
+
+class CameoService:
+    def __init__(self, config: KinoConfig, cameos: CameoStore, jobs: JobStore, artifacts: ArtifactStore,
+                 videos: VideoService, dispatcher: DispatcherLink) -> None:
+        self.config, self.cameos, self.jobs, self.artifacts = config, cameos, jobs, artifacts
+        self.videos, self.dispatcher = videos, dispatcher
+
+    # -- the owner's cameo -------------------------------------------------------------------
+    async def register(self, principal: Principal, *, recording: bytes, name: str, consent_statement: str,
+                       consent: bool, require_approval: bool) -> Cameo:
+        if not consent:
+            raise InvalidArgument("consent is required: set consent=true to agree to the consent_statement",
+                                  field="consent")
+        if not consent_statement.strip() or len(consent_statement) > MAX_TEXT:
+            raise InvalidArgument(f"consent_statement is not allowed: the words you agree to, 1 to {MAX_TEXT} "
+                                  "characters", field="consent_statement")
+        if not name.strip() or len(name) > 100:
+            raise InvalidArgument("name is not allowed: 1 to 100 characters", field="name")
+        limit = self.config.cameos.max_recording_bytes
+        if not recording or len(recording) > limit:
+            raise InvalidArgument(f"recording is not allowed: 1 byte to {limit} bytes, got {len(recording)}",
+                                  field="recording")
+        media = await asyncio.to_thread(extract, recording)
+        cameo_id = f"cameo_{uuid.uuid4().hex}"
+        reference_key = f"cameos/{cameo_id}/reference.png"
+        await asyncio.to_thread(self.videos._put_png, reference_key, media.reference)
+        voice_key = None
+        if media.voice_wav is not None:
+            voice_key = f"cameos/{cameo_id}/voice.wav"
+            await asyncio.to_thread(self._put_bytes, voice_key, media.voice_wav)
+        now = time.time()
+        cameo = Cameo(id=cameo_id, owner_tenant=principal.tenant_id, owner_user=principal.user, name=name.strip(),
+                      require_approval=require_approval, consent_statement=consent_statement,
+                      consent_at=now, consent_key_id=principal.key_id or "local", reference_key=reference_key,
+                      voice_key=voice_key, created_at=now)
+        return await asyncio.to_thread(self.cameos.create, cameo)
+
+    def _put_bytes(self, key: str, data: bytes) -> None:
+        path = self.artifacts.scratch_path(key)
+        path.write_bytes(data)
+        self.artifacts.put_file(key, path)
+
+    async def owned(self, principal: Principal, cameo_id: str) -> Cameo:
+        """The cameo if the caller owns it; NOT_FOUND otherwise (its existence is not revealed)."""
+        if not cameo_id:
+            raise InvalidArgument("cameo_id is required", field="cameo_id")
+        try:
+            cameo = await asyncio.to_thread(self.cameos.get, cameo_id)
+        except NotFound:
+            cameo = None
+        if cameo is None or (cameo.owner_tenant, cameo.owner_user) != (principal.tenant_id, principal.user):
+            raise NotFound(f"cameo_id {cameo_id!r} not found", field="cameo_id")
+        return cameo
+
+    async def get(self, principal: Principal, cameo_id: str) -> tuple[Cameo, list[Grant] | None]:
+        """Owners see the grants; a grantee sees the cameo it may use, without them."""
+        try:
+            cameo = await self.owned(principal, cameo_id)
+            return cameo, await asyncio.to_thread(self.cameos.grants, cameo.id)
+        except NotFound:
+            cameo = await asyncio.to_thread(self.videos._cameo_for, principal, cameo_id)
+            return cameo, None
+
+    async def list(self, principal: Principal) -> list[tuple[Cameo, list[Grant]]]:
+        cameos = await asyncio.to_thread(self.cameos.owned, principal.tenant_id, principal.user)
+        return [(c, await asyncio.to_thread(self.cameos.grants, c.id)) for c in cameos]
+
+    async def delete(self, principal: Principal, cameo_id: str) -> None:
+        cameo = await self.owned(principal, cameo_id)
+        for job in await asyncio.to_thread(self.jobs.active_with_cameo, cameo.id):
+            await self._stop(cameo, job, "the cameo was deleted by its owner")
+        await asyncio.to_thread(self.cameos.delete, cameo.id)
+
+    # -- consent -------------------------------------------------------------------------------
+    async def grant(self, principal: Principal, cameo_id: str, tenant: str, user: str) -> Cameo:
+        cameo = await self.owned(principal, cameo_id)
+        if not tenant:
+            raise InvalidArgument("tenant is required: the tenant you grant use to", field="tenant")
+        await asyncio.to_thread(self.cameos.grant, cameo.id, tenant, user or ANY_USER)
+        return cameo
+
+    async def revoke(self, principal: Principal, cameo_id: str, tenant: str, user: str) -> Cameo:
+        """Revoke, then stop every queued or running video that no longer has consent."""
+        cameo = await self.owned(principal, cameo_id)
+        if not tenant:
+            raise InvalidArgument("tenant is required: the tenant whose grant you revoke", field="tenant")
+        await asyncio.to_thread(self.cameos.revoke, cameo.id, tenant, user or ANY_USER)
+        for job in await asyncio.to_thread(self.jobs.active_with_cameo, cameo.id):
+            if not await asyncio.to_thread(self.cameos.may_use, cameo, job.tenant, job.user):
+                await self._stop(cameo, job, "the cameo owner revoked consent")
+        return cameo
+
+    async def _stop(self, cameo: Cameo, job: Job, why: str) -> None:
+        stopped = await asyncio.to_thread(self.jobs.request_cancel, job.id, reason="consent_revoked", message=why)
+        if stopped.status == JobStatus.IN_PROGRESS:
+            await self.dispatcher.cancel(job.id)
+        await asyncio.to_thread(self.cameos.notify, cameo, "stopped", job.id, job.tenant, why)
+
+    # -- videos of the owner's likeness ------------------------------------------------------------
+    async def videos_of(self, principal: Principal, cameo_id: str, page_size: int = 0,
+                        page_token: str | None = None) -> tuple[list[Job], str | None]:
+        cameo = await self.owned(principal, cameo_id)
+        from serving.videos import _page_size
+
+        return await asyncio.to_thread(self.jobs.list_by_cameo, cameo.id, page_size=_page_size(page_size),
+                                       page_token=page_token or None)
+
+    async def _video_of(self, cameo: Cameo, video_id: str) -> Job:
+        try:
+            job = await asyncio.to_thread(self.jobs.get, video_id)
+        except NotFound:
+            job = None
+        if job is None or job.conditioning.cameo_id != cameo.id:
+            raise NotFound(f"video_id {video_id!r} not found among the videos of this cameo", field="video_id")
+        return job
+
+    async def delete_video(self, principal: Principal, cameo_id: str, video_id: str) -> Job:
+        """The owner removes any video of them, whoever made it (a running one is stopped first)."""
+        cameo = await self.owned(principal, cameo_id)
+        job = await self._video_of(cameo, video_id)
+        if not job.status.terminal:
+            await self._stop(cameo, job, "removed by the cameo owner")
+            return await asyncio.to_thread(self.jobs.get, video_id)
+        await self.videos.delete_job(video_id)
+        await asyncio.to_thread(self.cameos.notify, cameo, "deleted", video_id, job.tenant, "deleted by the owner")
+        return job
+
+    async def review(self, principal: Principal, cameo_id: str, video_id: str, approve: bool) -> Job:
+        cameo = await self.owned(principal, cameo_id)
+        job = await self._video_of(cameo, video_id)
+        if job.review != Review.PENDING:
+            raise FailedPrecondition(f"video_id {video_id} is not held for review (review: {job.review.value})",
+                                     field="video_id")
+        if approve:
+            if job.status != JobStatus.COMPLETED:
+                raise FailedPrecondition(f"video_id {video_id} is {job.status.value}; approve it once completed",
+                                         field="video_id")
+            job = await asyncio.to_thread(self.jobs.set_review, video_id, Review.APPROVED)
+            await asyncio.to_thread(self.cameos.notify, cameo, "approved", video_id, job.tenant, "approved")
+            return job
+        if not job.status.terminal:
+            await self._stop(cameo, job, "rejected by the cameo owner")
+            job = await asyncio.to_thread(self.jobs.get, video_id)
+            return job
+        deleted = await self.videos.delete_job(video_id)
+        await asyncio.to_thread(self.cameos.notify, cameo, "rejected", video_id, job.tenant,
+                                "rejected by the cameo owner: deleted")
+        return deleted
+
+    # -- notifications ---------------------------------------------------------------------------
+    async def notifications(self, principal: Principal, after_id: int = 0) -> list[Notification]:
+        mine = await asyncio.to_thread(self.cameos.owned, principal.tenant_id, principal.user)
+        return await asyncio.to_thread(self.cameos.notifications, [c.id for c in mine], after_id=after_id)
+
+    async def watch(self, principal: Principal, after_id: int = 0,
+                    poll_seconds: float = 0.2) -> AsyncIterator[Notification]:
+        while True:
+            for n in await self.notifications(principal, after_id):
+                after_id = n.id
+                yield n
+            await asyncio.sleep(poll_seconds)
+
+
+def notify_finished(cameos: CameoStore, job: Job) -> None:
+    """When a job using a cameo completes, its owner hears of it (held ones wait for approval)."""
+    if not job.conditioning.cameo_id or job.status != JobStatus.COMPLETED:
+        return
+    try:
+        cameo = cameos.get(job.conditioning.cameo_id)
+    except NotFound:
+        return
+    held = job.review == Review.PENDING
+    cameos.notify(cameo, "held" if held else "completed", job.id, job.tenant,
+                  "waiting for your approval" if held else "")

@@ -1,0 +1,80 @@
+"""API keys on gRPC: an interceptor turns the call's key into the principal the servicers run as."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from typing import Callable
+
+import grpc
+
+from serving.accounts import Principal
+from serving.errors import Unauthenticated
+
+_PRINCIPAL: contextvars.ContextVar[Principal] = contextvars.ContextVar("kino_principal")
+OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+def principal_of(_context: grpc.aio.ServicerContext) -> Principal:
+    """The principal the interceptor set for this call."""
+    return _PRINCIPAL.get()
+
+
+def _secret(metadata) -> str | None:
+    md = {k.lower(): v for k, v in (metadata or ())}
+    auth = md.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip() or None
+    return md.get("x-api-key") or None
+
+
+class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
+    """Resolves `authorization: Bearer <key>` (or `x-api-key`) for every call but health and reflection."""
+
+    def __init__(self, authenticate: Callable[[str | None], Principal]) -> None:
+        self.authenticate = authenticate
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(OPEN_PREFIXES):
+            return handler
+        try:
+            principal = await asyncio.to_thread(self.authenticate, _secret(details.invocation_metadata))
+        except Unauthenticated as e:
+            return _deny(handler, e.message)
+        return _with_principal(handler, principal)
+
+
+def _deny(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+    async def unary(_request, context):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    async def stream(_request, context):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        yield  # pragma: no cover - makes this an async generator
+
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(stream, handler.request_deserializer, handler.response_serializer)
+    return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
+
+
+def _with_principal(handler: grpc.RpcMethodHandler, principal: Principal) -> grpc.RpcMethodHandler:
+    """The same handler, run with the principal in its context."""
+    if handler.unary_unary:
+        inner = handler.unary_unary
+
+        async def unary(request, context):
+            _PRINCIPAL.set(principal)
+            return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
+    if handler.unary_stream:
+        inner_stream = handler.unary_stream
+
+        async def stream(request, context):
+            _PRINCIPAL.set(principal)
+            async for item in inner_stream(request, context):
+                yield item
+
+        return grpc.unary_stream_rpc_method_handler(stream, handler.request_deserializer, handler.response_serializer)
+    return handler

@@ -1,0 +1,1 @@
+"""Content credentials (C2PA) for every MP4 Kino writes."""

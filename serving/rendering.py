@@ -1,0 +1,55 @@
+"""The decode stage's work, independent of Ray: conditioning in, watermarked and signed MP4 out.
+
+The Decoder deployment wraps one `Renderer` per replica; anything else that runs the stages in
+one process uses the same object, so every MP4 Kino writes is marked and signed the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import PIL.Image
+
+from engines.decoder import Decoder
+from engines.media_encoder import MediaEncoder
+from engines.params import GenerationParams
+from engines.stage_io import DenoisedLatents, VideoConditioning
+from engines.watermark import WatermarkConfig, stamp
+from serving.artifacts import ArtifactStore
+from serving.dispatcher import DecodeResult
+from serving.provenance.claim import Claim
+from serving.provenance.credentials import ContentCredentials
+
+
+class Renderer:
+    def __init__(self, decoder: Decoder, media: MediaEncoder, artifacts: ArtifactStore,
+                 credentials: ContentCredentials, watermark: WatermarkConfig) -> None:
+        self.decoder, self.media, self.artifacts = decoder, media, artifacts
+        self.credentials, self.watermark = credentials, watermark
+
+    def condition(self, params: GenerationParams, image_key: str | None, parent_key: str | None,
+                  strength: float) -> VideoConditioning:
+        """A remix source or a first frame (image-to-video, cameo reference) as conditioning latents."""
+        if parent_key:
+            return self.media.encode_video(self.artifacts.local_path(parent_key), params, strength)
+        if not image_key:
+            raise ValueError("nothing to condition on")
+        with PIL.Image.open(self.artifacts.local_path(image_key)) as image:
+            return self.media.encode_image(image, params)
+
+    def render(self, latents: DenoisedLatents, params: GenerationParams, key: str, claim: Claim,
+               parent_key: str | None = None) -> DecodeResult:
+        """Decode with the visible mark burned into every frame, mux, sign once, store."""
+        muxed = self.artifacts.scratch_path(key)
+        signed = self.artifacts.scratch_path(key + ".signed")
+        try:
+            media = self.decoder.render_mp4(latents, params, muxed,
+                                            frame_filter=lambda frames, _first: stamp(frames, self.watermark))
+            parent: Path | None = self.artifacts.local_path(parent_key) if parent_key else None
+            self.credentials.sign(muxed, signed, claim, parent=parent)
+            stored = self.artifacts.put_file(key, signed)
+        finally:
+            muxed.unlink(missing_ok=True)
+            signed.unlink(missing_ok=True)
+        return DecodeResult(key=stored.key, size_bytes=stored.size_bytes, sha256=stored.sha256,
+                            summary=media.summary())
