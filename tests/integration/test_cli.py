@@ -20,7 +20,7 @@ def kino(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("command", ["serve", "demo", "generate", "list", "get", "cancel", "delete", "download",
-                                     "run"])
+                                     "run", "remix", "publish", "feed", "audit", "cameo", "admin"])
 def test_every_command_explains_itself(command):
     out = kino(command, "--help").stdout
     assert f"usage: kino {command}" in out and "--" in out
@@ -55,3 +55,18 @@ def test_bad_options_give_clear_errors(cluster):
     assert bad.returncode == 2 and "INVALID_ARGUMENT" in bad.stderr and "size" in bad.stderr
     malformed = kino("generate", "x", "--size", "big", check=False)
     assert malformed.returncode == 2 and "WIDTHxHEIGHT" in malformed.stderr
+
+
+def test_admin_tenants_keys_and_audit(tmp_path):
+    state = ["--state-dir", str(tmp_path)]
+    out = kino("admin", *state, "tenant", "create", "acme", "--priority", "7", "--max-queued", "4").stdout
+    assert "acme" in out and "priority 7" in out and "max_queued 4" in out
+    created = kino("admin", *state, "key", "create", "acme", "--user", "ann", "--label", "ci").stdout
+    key_id, secret = created.split()[0], created.splitlines()[1]
+    assert key_id.startswith("key_") and secret.startswith("kino_sk_")
+    listed = kino("admin", *state, "key", "list").stdout
+    assert key_id in listed and secret not in listed and "active" in listed
+    kino("admin", *state, "key", "revoke", key_id)
+    assert "revoked" in kino("admin", *state, "key", "list").stdout
+    dup = kino("admin", *state, "tenant", "create", "acme", check=False)
+    assert dup.returncode == 2 and "already exists" in dup.stderr
