@@ -40,7 +40,8 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def local_serve_config(path: str | Path = DEFAULT_SERVE_CONFIG, *, state_dir: str | Path, grpc_port: int,
-                       app_name: str = APP_NAME, overrides: dict[str, Any] | None = None,
+                       rest_port: int | None = None, app_name: str = APP_NAME,
+                       overrides: dict[str, Any] | None = None,
                        deployments: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The Serve config file with local settings applied (returns a plain mapping)."""
     with open(path) as f:
@@ -50,6 +51,7 @@ def local_serve_config(path: str | Path = DEFAULT_SERVE_CONFIG, *, state_dir: st
     app = copy.deepcopy(app)
     app["name"] = app_name
     local = {"grpc": {"host": "127.0.0.1", "port": grpc_port},
+             "rest": {"host": "127.0.0.1", "port": rest_port or free_port(), "enabled": True},
              "storage": {"database_url": f"sqlite:///{state / 'jobs.db'}", "artifacts_dir": str(state / "artifacts")},
              "provenance": {"dev_chain_dir": str(state / "credentials")}}
     app["args"]["config"] = _deep_merge(_deep_merge(app["args"].get("config") or {}, local), overrides or {})
@@ -65,6 +67,7 @@ class LocalCluster:
     """A running local cluster; `grpc_address` is where clients connect."""
 
     grpc_address: str
+    rest_url: str
     state_dir: Path
     ray_temp_dir: str
     apps: list[str]
@@ -80,6 +83,13 @@ class LocalCluster:
         names = [a.name for a in schema.applications]
         _wait_running(names, timeout_s)
         self.apps = sorted(set(self.apps) | set(names))
+
+    @property
+    def metrics_url(self) -> str:
+        """Prometheus endpoint of this node: Ray's own metrics and every Kino metric from the replicas."""
+        import ray
+
+        return f"http://127.0.0.1:{ray.nodes()[0]['MetricsExportPort']}/metrics"
 
     def delete(self, app_name: str) -> None:
         from ray import serve
@@ -114,7 +124,8 @@ def _wait_running(app_names: list[str], timeout_s: float) -> None:
 def start_local_cluster(*, state_dir: str | Path, grpc_port: int = 0, serve_config: str | Path = DEFAULT_SERVE_CONFIG,
                         overrides: dict[str, Any] | None = None, num_cpus: int | None = None,
                         object_store_mb: int = 512, log_to_driver: bool = False,
-                        ray_temp_dir: str | None = None) -> LocalCluster:
+                        ray_temp_dir: str | None = None, rest_port: int = 0,
+                        metrics_port: int = 0) -> LocalCluster:
     """Start Ray on this machine only, deploy Kino, and return once the gRPC front door serves.
 
     `grpc_port=0` picks a free port. Ray's session files go to a short temporary directory
@@ -127,17 +138,20 @@ def start_local_cluster(*, state_dir: str | Path, grpc_port: int = 0, serve_conf
     state = Path(state_dir).resolve()
     state.mkdir(parents=True, exist_ok=True)
     port = grpc_port or free_port()
+    rest = rest_port or free_port()
     temp_dir = ray_temp_dir or tempfile.mkdtemp(prefix="kino-ray-")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback only; token auth is on by default in 2.60
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 2, include_dashboard=False,
              object_store_memory=object_store_mb * 2**20, log_to_driver=log_to_driver, _temp_dir=temp_dir,
-             configure_logging=True, logging_level=logging.WARNING)
+             configure_logging=True, logging_level=logging.WARNING, _metrics_export_port=metrics_port or free_port())
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     serve.start(proxy_location=ProxyLocation.Disabled)
-    cluster = LocalCluster(grpc_address=f"127.0.0.1:{port}", state_dir=state, ray_temp_dir=temp_dir, apps=[])
+    cluster = LocalCluster(grpc_address=f"127.0.0.1:{port}", rest_url=f"http://127.0.0.1:{rest}/v1", state_dir=state,
+                           ray_temp_dir=temp_dir, apps=[])
     try:
-        cluster.deploy(local_serve_config(serve_config, state_dir=state, grpc_port=port, overrides=overrides))
+        cluster.deploy(local_serve_config(serve_config, state_dir=state, grpc_port=port, rest_port=rest,
+                                          overrides=overrides))
     except BaseException:
         cluster.shutdown()
         raise

@@ -39,6 +39,19 @@ class GrpcConfig:
 
 
 @dataclass(frozen=True)
+class RestConfig:
+    """The OpenAI-compatible Videos REST API, beside gRPC on the Frontend."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError("rest.port", f"{self.port} is not in [0, 65535]")
+
+
+@dataclass(frozen=True)
 class QueueConfig:
     max_queued: int = 256  # beyond it CreateVideo answers RESOURCE_EXHAUSTED
     max_in_flight: int = 32  # jobs inside the stages at once (the dispatcher's window)
@@ -129,6 +142,7 @@ class CameoConfig:
 class KinoConfig:
     model: ModelConfig = field(default_factory=lambda: from_mapping({"preset": "tiny"}))
     grpc: GrpcConfig = field(default_factory=GrpcConfig)
+    rest: RestConfig = field(default_factory=RestConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -139,6 +153,7 @@ class KinoConfig:
 
     def __post_init__(self) -> None:
         self.grpc.validate()
+        self.rest.validate()
         self.queue.validate()
         self.batching.validate()
         self.provenance.validate()
@@ -154,7 +169,7 @@ class KinoConfig:
         return out
 
 
-_SECTIONS = {"grpc": GrpcConfig, "queue": QueueConfig, "batching": BatchingConfig, "storage": StorageConfig,
+_SECTIONS = {"grpc": GrpcConfig, "rest": RestConfig, "queue": QueueConfig, "batching": BatchingConfig, "storage": StorageConfig,
              "auth": AuthConfig, "moderation": ModerationConfig, "provenance": ProvenanceConfig,
              "cameos": CameoConfig}
 

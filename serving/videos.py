@@ -285,10 +285,12 @@ class VideoService:
             raise NotFound(f"video id {video_id!r} not found", field="id") from e
 
     async def list(self, principal: Principal, *, status: JobStatus | None = None, page_size: int = 0,
-                   page_token: str | None = None) -> tuple[list[Job], str | None]:
+                   page_token: str | None = None, after_id: str | None = None,
+                   ascending: bool = False) -> tuple[list[Job], str | None]:
         page_size = _page_size(page_size)
         return await asyncio.to_thread(self.store.list, principal.tenant_id, status=status, page_size=page_size,
-                                       page_token=page_token or None)
+                                       page_token=page_token or None, after_id=after_id or None,
+                                       ascending=ascending)
 
     async def list_public(self, page_size: int = 0, page_token: str | None = None) -> tuple[list[Job], str | None]:
         return await asyncio.to_thread(self.store.list_public, page_size=_page_size(page_size),

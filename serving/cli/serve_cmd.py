@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import threading
 from pathlib import Path
@@ -29,6 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Start Ray on this machine, deploy Kino from the Serve config file and serve "
                                    "gRPC on loopback until interrupted (Ctrl-C). Jobs survive a restart.")
     s.add_argument("--grpc-port", type=int, default=50051, help="0 picks a free port (default 50051)")
+    s.add_argument("--rest-port", type=int, default=8080,
+                   help="the OpenAI-compatible REST API; 0 picks a free port (default 8080)")
+    s.add_argument("--metrics-port", type=int, default=0,
+                   help="Prometheus /metrics of the node (Ray's and Kino's); 0 picks a free port")
     s.add_argument("--address-file", type=Path, help="write host:port here once serving (for scripts)")
     _cluster_options(s)
     s.set_defaults(func=serve_forever)
@@ -45,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(func=demo)
 
 
-def _start(args: argparse.Namespace, grpc_port: int):
+def _start(args: argparse.Namespace, grpc_port: int, rest_port: int = 0, metrics_port: int = 0):
     from serving.cluster import start_local_cluster
 
     overrides: dict = {"model": model_mapping_from_args(args)}
@@ -53,18 +58,22 @@ def _start(args: argparse.Namespace, grpc_port: int):
         overrides["batching"] = {"max_batch_size": args.max_batch_size,
                                  "max_running": max(32, args.max_batch_size)}
     return start_local_cluster(state_dir=args.state_dir, grpc_port=grpc_port, serve_config=args.config,
-                               overrides=overrides, ray_temp_dir=args.ray_temp_dir)
+                               overrides=overrides, ray_temp_dir=args.ray_temp_dir, rest_port=rest_port,
+                               metrics_port=metrics_port)
 
 
 def serve_forever(args: argparse.Namespace) -> int:
     console = Console()
     with console.status("starting Ray and deploying Kino (first start takes ~20 s)"):
-        cluster = _start(args, args.grpc_port)
+        cluster = _start(args, args.grpc_port, args.rest_port, args.metrics_port)
     console.print(f"Kino serving gRPC on [bold]{cluster.grpc_address}[/bold] "
                   f"(state in {cluster.state_dir}); Ctrl-C stops it")
+    console.print(f"  REST (OpenAI-compatible): {cluster.rest_url}   metrics: {cluster.metrics_url}")
     console.print(f"  export KINO_ADDRESS={cluster.grpc_address}; kino generate \"a cat playing piano\" -o cat.mp4")
     if args.address_file:
         args.address_file.write_text(cluster.grpc_address)
+        args.address_file.with_suffix(".json").write_text(json.dumps(
+            {"grpc": cluster.grpc_address, "rest": cluster.rest_url, "metrics": cluster.metrics_url}))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -17,6 +17,8 @@ from serving.cameos.store import CameoStore
 from serving.config import load_config
 from serving.db import Database
 from serving.frontend.grpc.server import start_grpc_server
+from serving.frontend.rest.app import build_app
+from serving.frontend.rest.server import RestServer
 from serving.jobs.sql_store import SqlJobStore
 from serving.moderation import RuleModerator
 from serving.videos import DispatcherLink, VideoService
@@ -50,8 +52,12 @@ class FrontendDeployment:
         videos = VideoService(cfg, jobs, artifacts, link, moderator=RuleModerator.from_file(cfg.moderation.rules_file),
                               accounts=accounts, cameos=cameo_store)
         cameos = CameoService(cfg, cameo_store, jobs, artifacts, videos, link)
-        self.grpc = await start_grpc_server(videos, cameos, AccountService(accounts, cfg.auth), cfg.grpc,
-                                            health_probe=self._app_running)
+        account_service = AccountService(accounts, cfg.auth)
+        self.grpc = await start_grpc_server(videos, cameos, account_service, cfg.grpc, health_probe=self._app_running)
+        self.rest: RestServer | None = None
+        if cfg.rest.enabled:
+            self.rest = RestServer(build_app(videos, account_service.authenticate), cfg.rest.host, cfg.rest.port)
+            await self.rest.start()
 
     async def _app_running(self) -> bool:
         status = await asyncio.to_thread(serve.status)
@@ -63,3 +69,5 @@ class FrontendDeployment:
 
     async def __del__(self) -> None:
         await self.grpc.stop(grace=2.0)
+        if self.rest is not None:
+            await self.rest.stop()

@@ -184,11 +184,18 @@ class SqlJobStore(JobStore):
         return _job(row)
 
     def list(self, tenant: str, *, status: JobStatus | None = None, page_size: int = 20,
-             page_token: str | None = None) -> tuple[list[Job], str | None]:
+             page_token: str | None = None, after_id: str | None = None,
+             ascending: bool = False) -> tuple[list[Job], str | None]:
         q = sa.select(jobs).where(jobs.c.tenant == tenant, jobs.c.status != JobStatus.DELETED.value)
         if status is not None:
             q = q.where(jobs.c.status == status.value)
-        return self._page(q, page_size, page_token)
+        if after_id:  # an id cursor (the OpenAI-style `after`): continue past that video
+            with self._read() as conn:
+                seq = conn.execute(sa.select(jobs.c.seq).where(jobs.c.id == after_id, jobs.c.tenant == tenant)).scalar()
+            if seq is None:
+                raise InvalidArgument(f"after={after_id!r} is not one of your videos", field="after")
+            page_token = _encode_token(seq)
+        return self._page(q, page_size, page_token, ascending=ascending)
 
     def list_public(self, *, page_size: int = 20, page_token: str | None = None) -> tuple[list[Job], str | None]:
         q = sa.select(jobs).where(jobs.c.visibility == Visibility.PUBLIC.value,
@@ -207,11 +214,14 @@ class SqlJobStore(JobStore):
                 jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.IN_PROGRESS.value]))).all()
         return [_job(r) for r in rows]
 
-    def _page(self, q: sa.Select, page_size: int, page_token: str | None) -> tuple[list[Job], str | None]:
+    def _page(self, q: sa.Select, page_size: int, page_token: str | None,
+              ascending: bool = False) -> tuple[list[Job], str | None]:
         if page_token:
-            q = q.where(jobs.c.seq < _decode_token(page_token))
+            seq = _decode_token(page_token)
+            q = q.where(jobs.c.seq > seq if ascending else jobs.c.seq < seq)
+        order = jobs.c.seq.asc() if ascending else jobs.c.seq.desc()
         with self._read() as conn:
-            rows = conn.execute(q.order_by(jobs.c.seq.desc()).limit(page_size + 1)).all()
+            rows = conn.execute(q.order_by(order).limit(page_size + 1)).all()
         page = [_job(r) for r in rows[:page_size]]
         return page, (_encode_token(page[-1].seq) if len(rows) > page_size else None)
 

@@ -33,8 +33,10 @@ class JobStore(ABC):
 
     @abstractmethod
     def list(self, tenant: str, *, status: JobStatus | None = None, page_size: int = 20,
-             page_token: str | None = None) -> tuple[list[Job], str | None]:
-        """A tenant's jobs, newest first, and the token of the next page (None at the end)."""
+             page_token: str | None = None, after_id: str | None = None,
+             ascending: bool = False) -> tuple[list[Job], str | None]:
+        """A tenant's jobs, newest first (or oldest first), from a page token or past a video id,
+        and the token of the next page (None at the end)."""
 
     @abstractmethod
     def list_public(self, *, page_size: int = 20, page_token: str | None = None) -> tuple[list[Job], str | None]:

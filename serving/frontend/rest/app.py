@@ -1,0 +1,130 @@
+"""OpenAI-compatible routes over the domain services: parse, call, translate; no decisions here.
+
+    POST   /v1/videos                 create (multipart or JSON: prompt, model, seconds, size, input_reference)
+    GET    /v1/videos                 list (after, limit, order)
+    GET    /v1/videos/{id}            retrieve
+    DELETE /v1/videos/{id}            delete
+    GET    /v1/videos/{id}/content    download (variant=video)
+    POST   /v1/videos/{id}/remix      remix (prompt)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from engines.errors import EngineError
+from serving.accounts import Principal
+from serving.errors import InvalidArgument, KinoError
+from serving.frontend.rest import convert
+from serving.frontend.rest.errors import error_response
+from serving.videos import CreateVideo, RemixVideo, VideoService
+
+log = logging.getLogger(__name__)
+Authenticate = Callable[[str | None], Principal]
+
+
+def _secret(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip() or None
+    return request.headers.get("x-api-key") or None
+
+
+def _seconds(value: Any) -> float | None:
+    if value in (None, ""):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"seconds={value!r} is not allowed: a number of seconds, e.g. \"4\"",
+                              field="seconds") from None
+
+
+def build_app(videos: VideoService, authenticate: Authenticate) -> FastAPI:
+    app = FastAPI(title="Kino Videos API (OpenAI-compatible)", docs_url=None, redoc_url=None)
+
+    async def principal(request: Request) -> Principal:
+        return await asyncio.to_thread(authenticate, _secret(request))
+
+    # Domain and engine errors become their status; anything else a 500 in the same shape. (A
+    # handler for bare Exception would sit in Starlette's ServerErrorMiddleware, which re-raises.)
+    @app.exception_handler(KinoError)
+    @app.exception_handler(EngineError)
+    async def _known(_request: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc)
+
+    @app.middleware("http")
+    async def _unexpected(request: Request, call_next):
+        try:
+            return await call_next(request)
+        except Exception as exc:  # noqa: BLE001 - answered, logged, never a dropped connection
+            log.exception("REST %s %s failed", request.method, request.url.path)
+            return error_response(exc)
+
+    @app.post("/v1/videos")
+    async def create(request: Request) -> JSONResponse:
+        who = await principal(request)
+        image = None
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            form = await request.form()
+            fields = {k: v for k, v in form.items() if isinstance(v, str)}
+            ref = form.get("input_reference")
+            if ref is not None and not isinstance(ref, str):
+                image = await ref.read()
+        else:
+            fields = await request.json()
+        if not isinstance(fields.get("prompt"), str):
+            raise InvalidArgument("prompt is required: the text that describes the video", field="prompt")
+        req = CreateVideo(prompt=fields["prompt"], size=fields.get("size") or None,
+                          seconds=_seconds(fields.get("seconds")), model=fields.get("model") or None,
+                          image=image, idempotency_key=request.headers.get("idempotency-key") or None)
+        job, _ = await videos.create(who, req)
+        return JSONResponse(convert.video(job))
+
+    @app.get("/v1/videos")
+    async def list_videos(request: Request, after: str | None = None, limit: int = 20,
+                          order: str = "desc") -> JSONResponse:
+        who = await principal(request)
+        if order not in ("asc", "desc"):
+            raise InvalidArgument(f"order={order!r} is not allowed: asc or desc", field="order")
+        if not 1 <= limit <= 100:
+            raise InvalidArgument(f"limit={limit} is not allowed: an integer in [1, 100]", field="limit")
+        jobs, token = await videos.list(who, page_size=limit, after_id=after, ascending=order == "asc")
+        return JSONResponse(convert.page(jobs, has_more=token is not None))
+
+    @app.get("/v1/videos/{video_id}")
+    async def retrieve(video_id: str, request: Request) -> JSONResponse:
+        return JSONResponse(convert.video(await videos.get(await principal(request), video_id)))
+
+    @app.delete("/v1/videos/{video_id}")
+    async def delete(video_id: str, request: Request) -> JSONResponse:
+        job = await videos.delete(await principal(request), video_id)
+        return JSONResponse({"id": job.id, "object": "video.deleted", "deleted": True})
+
+    @app.get("/v1/videos/{video_id}/content")
+    async def content(video_id: str, request: Request, variant: str = "video") -> StreamingResponse:
+        who = await principal(request)
+        if variant != "video":
+            raise InvalidArgument(f"variant={variant!r} is not allowed: only 'video' is served", field="variant")
+        download = await videos.download(who, video_id)
+        a = download.artifact
+        return StreamingResponse(download.chunks, media_type=a.content_type, headers={
+            "content-length": str(a.size_bytes), "content-disposition": f'attachment; filename="{download.filename}"',
+            "x-content-sha256": a.sha256})
+
+    @app.post("/v1/videos/{video_id}/remix")
+    async def remix(video_id: str, request: Request) -> JSONResponse:
+        who = await principal(request)
+        body = await request.json()
+        if not isinstance(body.get("prompt"), str):
+            raise InvalidArgument("prompt is required: the new prompt for the remix", field="prompt")
+        job, _ = await videos.remix(who, RemixVideo(video_id=video_id, prompt=body["prompt"],
+                                                    idempotency_key=request.headers.get("idempotency-key")))
+        return JSONResponse(convert.video(job))
+
+    return app

@@ -1,0 +1,44 @@
+"""Domain objects -> the OpenAI Videos API JSON shapes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from serving.jobs import Job, JobStatus
+
+# OpenAI's statuses are queued | in_progress | completed | failed: a cancelled job is a failed one
+# whose error code says "cancelled".
+_STATUS = {JobStatus.QUEUED: "queued", JobStatus.IN_PROGRESS: "in_progress", JobStatus.COMPLETED: "completed",
+           JobStatus.FAILED: "failed", JobStatus.CANCELLED: "failed"}
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}"
+
+
+def video(job: Job) -> dict[str, Any]:
+    p = job.params
+    out: dict[str, Any] = {
+        "id": job.id,
+        "object": "video",
+        "created_at": int(job.created_at),
+        "completed_at": int(job.completed_at) if job.completed_at else None,
+        "expires_at": None,
+        "model": job.model,
+        "progress": int(round(job.progress * 100)),
+        "prompt": p["prompt"],
+        "remixed_from_video_id": job.conditioning.parent_id,
+        "seconds": _seconds(p["seconds"]),
+        "size": f"{p['width']}x{p['height']}",
+        "status": _STATUS.get(job.status, "failed"),
+        "error": None,
+    }
+    if job.error_code:
+        out["error"] = {"code": job.error_code, "message": job.error_message or ""}
+    return out
+
+
+def page(jobs: list[Job], has_more: bool) -> dict[str, Any]:
+    data = [video(j) for j in jobs]
+    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None, "has_more": has_more}

@@ -1,0 +1,96 @@
+"""The OpenAI-compatible Videos API, driven by the official `openai` package, unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+
+import av
+import numpy as np
+import openai
+import PIL.Image
+import pytest
+
+from serving.accounts.store import AccountStore
+from serving.db import Database
+
+
+@pytest.fixture(scope="module")
+def client(cluster):
+    accounts = AccountStore(Database(f"sqlite:///{cluster.state_dir / 'jobs.db'}"))
+    accounts.ensure_tenant("local")
+    _, key = accounts.create_key("local", label="openai sdk")
+    return openai.OpenAI(base_url=cluster.rest_url, api_key=key, max_retries=0, timeout=60)
+
+
+def _wait(client, video_id: str, timeout: float = 120):
+    deadline = time.monotonic() + timeout
+    while True:
+        video = client.videos.retrieve(video_id)
+        if video.status in ("completed", "failed") or time.monotonic() > deadline:
+            return video
+        time.sleep(0.1)
+
+
+def test_create_retrieve_list_download_remix_delete(client):
+    video = client.videos.create(prompt="a paper boat on a river", seconds="1", size="96x64")
+    assert video.object == "video" and video.status == "queued" and video.size == "96x64" and video.seconds == "1"
+    done = _wait(client, video.id)
+    assert done.status == "completed" and done.progress == 100 and done.completed_at >= done.created_at
+    data = client.videos.download_content(video.id).read()
+    with av.open(io.BytesIO(data)) as c:
+        assert {s.type for s in c.streams} == {"video", "audio"}
+    ids = [v.id for v in client.videos.list(limit=100)]
+    assert video.id in ids
+
+    remix = client.videos.remix(video.id, prompt="the paper boat at night")
+    assert remix.remixed_from_video_id == video.id
+    assert _wait(client, remix.id).status == "completed"
+
+    first_page = client.videos.list(limit=1)
+    assert len(first_page.data) == 1 and first_page.has_more
+    second = client.videos.list(limit=1, after=first_page.data[0].id)
+    assert second.data[0].id != first_page.data[0].id
+    oldest_first = [v.id for v in client.videos.list(limit=100, order="asc").data]
+    assert oldest_first.index(video.id) < oldest_first.index(remix.id)
+
+    deleted = client.videos.delete(remix.id)
+    assert deleted.deleted and deleted.id == remix.id
+    with pytest.raises(openai.NotFoundError) as err:
+        client.videos.retrieve(remix.id)
+    assert err.value.body["param"] == "id" and "not found" in err.value.body["message"]
+
+
+def test_image_reference_and_download_integrity(client, cluster):
+    buf = io.BytesIO()
+    PIL.Image.fromarray(np.random.default_rng(3).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "PNG")
+    video = client.videos.create(prompt="the picture moves", seconds="1", size="64x64",
+                                 input_reference=("first.png", buf.getvalue(), "image/png"))
+    assert _wait(client, video.id).status == "completed"
+    response = client.videos.with_raw_response.download_content(video.id)
+    body = response.content
+    assert response.headers["content-type"] == "video/mp4"
+    assert hashlib.sha256(body).hexdigest() == response.headers["x-content-sha256"]
+
+
+def test_errors_follow_the_openai_shape(client, cluster):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.videos.create(prompt="x", size="100x64")
+    assert err.value.status_code == 400 and err.value.body["param"] == "size"
+    assert err.value.body["type"] == "invalid_request_error" and "multiple of 32" in err.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.videos.create(prompt="x", seconds="forever")
+    assert err.value.body["param"] == "seconds"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.videos.create(prompt="x", model="sora-2")
+    assert err.value.body["param"] == "model"
+    with pytest.raises(openai.APIStatusError) as err:
+        client.videos.create(prompt="a gory decapitation")
+    assert err.value.status_code == 409 and "graphic_violence" in err.value.body["message"]
+    bad = openai.OpenAI(base_url=cluster.rest_url, api_key="kino_sk_not_a_key", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as err:
+        bad.videos.list()
+    assert err.value.status_code == 401
+    with pytest.raises(openai.NotFoundError):
+        client.videos.download_content("video_missing")
