@@ -16,10 +16,11 @@ Presets:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from engines.errors import ConfigError
 
@@ -292,7 +293,7 @@ class ModelConfig:
         _require(1 <= d.steps <= lim.max_steps, "model.defaults.steps", f"must be in [1, {lim.max_steps}]")
         _require(d.fps in lim.allowed_fps, "model.defaults.fps", "must be one of limits.allowed_fps")
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 

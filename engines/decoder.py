@@ -10,8 +10,8 @@ Frames stream out chunk by chunk, so a caller can encode them without holding th
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -19,12 +19,11 @@ from diffusers import LTX2Pipeline
 from diffusers.image_processor import VaeImageProcessor
 
 from engines.config import DecodeConfig, ModelConfig
-from engines.model_loader import DECODER_PARTS, ComponentSource, Components
+from engines.model_loader import DECODER_PARTS, Components, ComponentSource
 from engines.mp4 import EncodeSettings, MediaInfo, Mp4Writer, Waveform, probe
 from engines.params import GenerationParams
 from engines.runtime import configure_threads
 from engines.stage_io import DenoisedLatents, LatentGeometry, LatentShape
-
 
 FrameFilter = Callable[[np.ndarray, int], np.ndarray]
 """(uint8 frames [f, H, W, 3], index of the first) -> frames: applied before encoding."""

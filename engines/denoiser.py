@@ -15,8 +15,8 @@ velocity, x + (sigma_next - sigma) * v), so a request denoised here equals the p
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from engines.config import ModelConfig
 from engines.dit_backend import DiTInputs, create_backend
-from engines.model_loader import DENOISER_PARTS, ComponentSource, Components
+from engines.model_loader import DENOISER_PARTS, Components, ComponentSource
 from engines.params import GenerationParams
 from engines.runtime import configure_threads
 from engines.stage_io import DenoisedLatents, LatentGeometry, LatentShape, PromptEmbedding, VideoConditioning

@@ -19,7 +19,7 @@ from diffusers.pipelines.ltx2.utils import apply_image_conditioning_crf
 from diffusers.video_processor import VideoProcessor
 
 from engines.config import ModelConfig
-from engines.model_loader import VIDEO_ENCODER_PARTS, ComponentSource, Components
+from engines.model_loader import VIDEO_ENCODER_PARTS, Components, ComponentSource
 from engines.params import GenerationParams
 from engines.runtime import configure_threads
 from engines.stage_io import LatentGeometry, LatentShape, VideoConditioning

@@ -11,9 +11,10 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from accelerate import init_empty_weights
@@ -251,7 +252,8 @@ class ComponentSource:
             audio_hop_length=audio_vae.config.mel_hop_length,
             audio_output_sample_rate=vocoder_rate,
             timestep_conditioned_vae=bool(vae.config.timestep_conditioning),
-            image_crf=LTX2_5_IMAGE_CRF if self._text_model_type() in ("gemma4", "gemma4_unified") else DEFAULT_IMAGE_CRF,
+            image_crf=(LTX2_5_IMAGE_CRF if self._text_model_type() in ("gemma4", "gemma4_unified")
+                       else DEFAULT_IMAGE_CRF),
         )
 
     def _text_model_type(self) -> str:

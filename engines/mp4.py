@@ -7,14 +7,13 @@ video's duration so both streams end together.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable
 
 import av
 import numpy as np
-
 
 
 @dataclass(frozen=True)
@@ -125,7 +124,7 @@ class Mp4Writer:
             self._container.mux(self._audio_stream.encode(None))
         self._container.close()
 
-    def __enter__(self) -> "Mp4Writer":
+    def __enter__(self) -> Mp4Writer:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

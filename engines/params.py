@@ -76,7 +76,7 @@ class GenerationParams:
         assert self.guidance_scale is not None and self.audio_guidance_scale is not None
         return self.guidance_scale > 1.0 or self.audio_guidance_scale > 1.0
 
-    def validated(self, config: ModelConfig) -> "GenerationParams":
+    def validated(self, config: ModelConfig) -> GenerationParams:
         """Fill defaults from `config`, then check every field; raises `InvalidParameter`."""
         d, lim = config.defaults, config.limits
         p = dataclasses.replace(

@@ -76,7 +76,7 @@ class LatentShape:
         return self.frames * self.height * self.width
 
     @classmethod
-    def for_params(cls, params: GenerationParams, geometry: LatentGeometry) -> "LatentShape":
+    def for_params(cls, params: GenerationParams, geometry: LatentGeometry) -> LatentShape:
         fps = float(params.fps)
         return cls(
             frames=(params.num_frames - 1) // geometry.temporal_compression + 1,

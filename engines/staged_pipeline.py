@@ -7,15 +7,15 @@ serves the `kino run` command, the correctness tests and the engine benchmarks.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 from engines.config import ModelConfig
 from engines.decoder import Decoder, FrameFilter
 from engines.denoiser import Denoiser, DenoiseRequest, DenoiseState
 from engines.media_encoder import MediaEncoder
-from engines.model_loader import ALL_PARTS, ComponentSource, Components
+from engines.model_loader import ALL_PARTS, Components, ComponentSource
 from engines.mp4 import MediaInfo
 from engines.params import GenerationParams
 from engines.stage_io import DenoisedLatents, PromptPair, VideoConditioning
@@ -53,7 +53,7 @@ class StagedPipeline:
         conds = list(conditioning) if conditioning is not None else [None] * len(requests)
         states: list[DenoiseState] = [
             self.denoiser.prepare(DenoiseRequest(rid, p, emb, cond))
-            for (rid, p), emb, cond in zip(requests, embeddings, conds)]
+            for (rid, p), emb, cond in zip(requests, embeddings, conds, strict=True)]
         total = max(s.steps_total for s in states)
         done = 0
         while running := [s for s in states if not s.done]:

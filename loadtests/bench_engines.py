@@ -15,9 +15,9 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -49,7 +49,7 @@ class PeakRSS:
         while not self._stop.wait(0.005):
             self.peak = max(self.peak, _rss())
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self._thread.start()
         return self
 

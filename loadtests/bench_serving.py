@@ -141,7 +141,7 @@ def main() -> None:
             print("| clients | batching on: videos/min | p50 / p95 s | batching off: videos/min | p50 / p95 s "
                   "| on / off |")
             print("| ---: | ---: | ---: | ---: | ---: | ---: |")
-            for on, off in zip(results["batching on"], results["batching off"]):
+            for on, off in zip(results["batching on"], results["batching off"], strict=True):
                 print(f"| {on.clients} | {on.per_minute:.1f} | {on.p50:.2f} / {on.p95:.2f} | {off.per_minute:.1f} "
                       f"| {off.p50:.2f} / {off.p95:.2f} | {on.per_minute / off.per_minute:.2f}x |")
             print(flush=True)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -169,7 +170,8 @@ class KinoConfig:
         return out
 
 
-_SECTIONS = {"grpc": GrpcConfig, "rest": RestConfig, "queue": QueueConfig, "batching": BatchingConfig, "storage": StorageConfig,
+_SECTIONS = {"grpc": GrpcConfig, "rest": RestConfig, "queue": QueueConfig, "batching": BatchingConfig,
+             "storage": StorageConfig,
              "auth": AuthConfig, "moderation": ModerationConfig, "provenance": ProvenanceConfig,
              "cameos": CameoConfig}
 

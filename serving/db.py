@@ -7,9 +7,9 @@ transactions never fail halfway; PostgreSQL serializes through row locks.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import sqlalchemy as sa
 from sqlalchemy import event

@@ -15,13 +15,15 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from engines.params import GenerationParams, params_from_dict
 from serving.config import QueueConfig
 from serving.errors import KinoError, as_kino_error
 from serving.jobs import Artifact, Conditioning, Job, JobStatus, JobStore, Stage, StaleEpoch
+from serving.metrics import Metrics, NoMetrics
 from serving.provenance.claim import Claim, prompt_sha256
 
 log = logging.getLogger(__name__)
@@ -78,9 +80,10 @@ class _CancelRequested(Exception):
 
 class Dispatcher:
     def __init__(self, store: JobStore, stages: StageClient, config: QueueConfig,
-                 on_finished: Callable[[Job], None] | None = None) -> None:
+                 on_finished: Callable[[Job], None] | None = None, metrics: Metrics | None = None) -> None:
         self.store, self.stages, self.config = store, stages, config
         self.on_finished = on_finished  # e.g. tell a cameo's owner
+        self.metrics = metrics or NoMetrics()
         self.epoch: int | None = None
         self._tasks: dict[str, asyncio.Task] = {}
         self._cancelling: set[str] = set()
@@ -92,10 +95,14 @@ class Dispatcher:
         """Resume what a previous dispatcher left, then keep the stages fed until cancelled."""
         self.epoch = await asyncio.to_thread(self.store.begin_epoch)
         log.info("dispatcher epoch %d started", self.epoch)
-        last_reconcile = time.monotonic()
+        last_reconcile = last_counts = time.monotonic()
         while True:
             try:
                 await self._fill()
+                if time.monotonic() - last_counts > 1.0:
+                    counts = await asyncio.to_thread(self.store.count_by_status)
+                    self.metrics.job_counts(counts[JobStatus.QUEUED], counts[JobStatus.IN_PROGRESS])
+                    last_counts = time.monotonic()
                 if time.monotonic() - last_reconcile > self.config.reconcile_seconds:
                     await self._reconcile()
                     last_reconcile = time.monotonic()
@@ -104,7 +111,7 @@ class Dispatcher:
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.config.poll_seconds)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def wake(self) -> None:
@@ -129,6 +136,8 @@ class Dispatcher:
             job = await asyncio.to_thread(self.store.claim_next, self.epoch)
             if job is None:
                 return
+            if job.started_at is not None:
+                self.metrics.queue_wait(max(0.0, job.started_at - job.created_at))
             task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
             self._tasks[job.id] = task
             task.add_done_callback(lambda t, jid=job.id: self._done(jid, t))
@@ -196,6 +205,7 @@ class Dispatcher:
         embedding = self.stages.encode(job.id, params)
         conditioning = self.stages.condition(job.id, params, job.conditioning)
         started = time.monotonic()
+        first_step: float | None = None
         latents = None
         stream = self.stages.denoise(job.id, params, embedding, job.priority, conditioning)
         try:
@@ -203,6 +213,9 @@ class Dispatcher:
                 if ev.latents is not None:
                     latents = ev.latents
                     continue
+                if first_step is None:
+                    first_step = time.monotonic()
+                    self.metrics.stage_seconds("encode", first_step - started)  # encode + wait for a slot
                 elapsed = time.monotonic() - started
                 eta = elapsed / ev.step * (ev.total_steps - ev.step) + (self._decode_seconds or 0.0)
                 await self._progress(job, epoch, Stage.DENOISING, step=ev.step, total_steps=ev.total_steps,
@@ -212,6 +225,7 @@ class Dispatcher:
             await stream.aclose()
         if latents is None:
             raise StageUnavailable("the denoiser ended the stream without latents")
+        self.metrics.stage_seconds("denoise", time.monotonic() - (first_step or started))
         await self._progress(job, epoch, Stage.DECODING, step=params.steps, total_steps=params.steps,
                              progress=_DECODING, eta_seconds=self._decode_seconds, message="decoding")
         t = time.monotonic()
@@ -220,6 +234,7 @@ class Dispatcher:
         result = await self.stages.decode(job.id, params, latents, f"{job.tenant}/{job.id}.mp4", claim,
                                           job.conditioning.parent_key)
         took = time.monotonic() - t
+        self.metrics.stage_seconds("decode", took)
         self._decode_seconds = took if self._decode_seconds is None else 0.8 * self._decode_seconds + 0.2 * took
         return result
 
@@ -247,6 +262,8 @@ class Dispatcher:
             pass
 
     async def _finished(self, job: Job) -> None:
+        self.metrics.job_finished(job.tenant, job.status.value, max(0.0, (job.completed_at or time.time())
+                                                                    - job.created_at))
         if self.on_finished is not None:
             try:
                 await asyncio.to_thread(self.on_finished, job)

@@ -11,7 +11,7 @@ import enum
 from engines.errors import InvalidParameter
 
 
-class ErrorCode(str, enum.Enum):
+class ErrorCode(enum.StrEnum):
     INVALID_ARGUMENT = "invalid_argument"
     NOT_FOUND = "not_found"
     FAILED_PRECONDITION = "failed_precondition"

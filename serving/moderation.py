@@ -57,7 +57,7 @@ class RuleModerator(Moderator):
         self.rules = rules
 
     @classmethod
-    def from_file(cls, path: str | Path | None = None) -> "RuleModerator":
+    def from_file(cls, path: str | Path | None = None) -> RuleModerator:
         path = Path(path) if path else DEFAULT_RULES
         try:
             doc = yaml.safe_load(path.read_text())

@@ -17,8 +17,8 @@ import json
 import time
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, replace
-from typing import AsyncIterator
 
 import PIL.Image
 
@@ -33,6 +33,7 @@ from serving.cameos.store import CameoStore
 from serving.config import KinoConfig
 from serving.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from serving.jobs import Artifact, Conditioning, Job, JobStatus, JobStore, NewJob, Review, Stage, Visibility
+from serving.metrics import Metrics, NoMetrics
 from serving.moderation import Moderator
 from serving.provenance.claim import prompt_sha256
 
@@ -114,9 +115,11 @@ class DispatcherLink(ABC):
 
 class VideoService:
     def __init__(self, config: KinoConfig, store: JobStore, artifacts: ArtifactStore, dispatcher: DispatcherLink,
-                 *, moderator: Moderator, accounts: AccountStore, cameos: CameoStore) -> None:
+                 *, moderator: Moderator, accounts: AccountStore, cameos: CameoStore,
+                 metrics: Metrics | None = None) -> None:
         self.config, self.store, self.artifacts, self.dispatcher = config, store, artifacts, dispatcher
         self.moderator, self.accounts, self.cameos = moderator, accounts, cameos
+        self.metrics = metrics or NoMetrics()
         self.model: ModelConfig = config.model
 
     # -- validation ------------------------------------------------------------------------
@@ -242,6 +245,7 @@ class VideoService:
                 await asyncio.to_thread(self.artifacts.delete, cleanup)
             raise
         if created:
+            self.metrics.job_created(principal.tenant_id)
             if cameo is not None:
                 await asyncio.to_thread(self.cameos.notify, cameo, "used", job.id, principal.tenant_id,
                                         "held for your approval" if held else "")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from serving.accounts import Principal
 from serving.artifacts import ArtifactStore

@@ -13,11 +13,12 @@ from ray import serve
 
 from engines.decoder import Decoder
 from engines.media_encoder import MediaEncoder
-from engines.model_loader import ComponentSource, Components
+from engines.model_loader import Components, ComponentSource
 from engines.params import GenerationParams
 from engines.stage_io import VideoConditioning
 from serving.artifacts import LocalArtifactStore
 from serving.config import load_config
+from serving.deployments.ray_metrics import RayMetrics
 from serving.dispatcher import DecodeResult
 from serving.provenance.claim import Claim
 from serving.provenance.credentials import ContentCredentials
@@ -34,6 +35,7 @@ class DecoderDeployment:
         media = MediaEncoder(cfg.model, components=Components(vae=decoder.vae), geometry=geometry)
         self.renderer = Renderer(decoder, media, LocalArtifactStore(cfg.storage.artifacts_dir),
                                  ContentCredentials(cfg.provenance), cfg.provenance.watermark_config())
+        self.metrics = RayMetrics()
 
     async def encode_condition(self, params: GenerationParams, image_key: str | None, parent_key: str | None,
                                strength: float) -> VideoConditioning:
@@ -42,4 +44,6 @@ class DecoderDeployment:
     async def decode(self, job_id: str, params: GenerationParams, latents: list, key: str, claim: Claim,
                      parent_key: str | None = None) -> DecodeResult:
         denoised = await latents[0]  # the Denoiser's object: fetched from the object store here
-        return await asyncio.to_thread(self.renderer.render, denoised, params, key, claim, parent_key)
+        result = await asyncio.to_thread(self.renderer.render, denoised, params, key, claim, parent_key)
+        self.metrics.artifact_written(result.size_bytes)
+        return result

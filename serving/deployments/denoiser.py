@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, AsyncIterator
+import time
+from collections.abc import AsyncIterator
+from typing import Any
 
 import ray
 from ray import serve
@@ -19,6 +21,7 @@ from engines.denoiser import Denoiser, DenoiseRequest, DenoiseState
 from engines.params import GenerationParams
 from engines.stage_io import PromptEmbedding, VideoConditioning
 from serving.config import load_config
+from serving.deployments.ray_metrics import RayMetrics
 from serving.scheduler import StepScheduler
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,7 @@ class DenoiserDeployment:
         self._inbox: dict[str, asyncio.Queue] = {}
         self._wake = asyncio.Event()
         self._loop: asyncio.Task | None = None
+        self.metrics = RayMetrics()
 
     async def denoise(self, request_id: str, params: GenerationParams, embedding: PromptEmbedding,
                       priority: int, conditioning: VideoConditioning | None = None) -> AsyncIterator[dict[str, Any]]:
@@ -67,6 +71,7 @@ class DenoiserDeployment:
                 await self._wake.wait()
                 continue
             states = [self._states[r] for r in batch.request_ids]
+            t = time.perf_counter()
             try:
                 await asyncio.to_thread(self.engine.step, states)
             except Exception as e:  # noqa: BLE001 - fail these requests, keep serving the others
@@ -76,8 +81,10 @@ class DenoiserDeployment:
                     if (q := self._inbox.get(rid)) is not None:
                         q.put_nowait(e)
                 continue
+            tokens = sum(s.rows * (s.shape.video_tokens + s.shape.audio_frames) for s in states)
+            self.metrics.denoise_step(time.perf_counter() - t, len(batch), tokens)
             finished = set(self.scheduler.complete(batch))
-            for rid, state in zip(batch.request_ids, states):
+            for rid, state in zip(batch.request_ids, states, strict=True):
                 if (q := self._inbox.get(rid)) is None:
                     continue  # cancelled while its step ran
                 q.put_nowait({"step": state.steps_done, "total_steps": state.steps_total, "batch_size": len(batch)})

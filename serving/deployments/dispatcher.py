@@ -13,6 +13,7 @@ from serving.cameos.service import notify_finished
 from serving.cameos.store import CameoStore
 from serving.config import load_config
 from serving.db import Database
+from serving.deployments.ray_metrics import RayMetrics
 from serving.deployments.stage_client import ServeStages
 from serving.dispatcher import Dispatcher
 from serving.jobs.sql_store import SqlJobStore
@@ -28,7 +29,7 @@ class DispatcherDeployment:
         db = Database(cfg.storage.database_url)
         self.store, cameos = SqlJobStore(db), CameoStore(db)
         self.dispatcher = Dispatcher(self.store, ServeStages(text_encoder, denoiser, decoder), cfg.queue,
-                                     on_finished=lambda job: notify_finished(cameos, job))
+                                     on_finished=lambda job: notify_finished(cameos, job), metrics=RayMetrics())
         self._task = asyncio.get_event_loop().create_task(self.dispatcher.run(), name="dispatch-loop")
 
     async def wake(self) -> None:

@@ -16,6 +16,7 @@ from serving.cameos.service import CameoService
 from serving.cameos.store import CameoStore
 from serving.config import load_config
 from serving.db import Database
+from serving.deployments.ray_metrics import RayMetrics
 from serving.frontend.grpc.server import start_grpc_server
 from serving.frontend.rest.app import build_app
 from serving.frontend.rest.server import RestServer
@@ -49,14 +50,17 @@ class FrontendDeployment:
         jobs, accounts, cameo_store = SqlJobStore(db), AccountStore(db), CameoStore(db)
         artifacts = LocalArtifactStore(cfg.storage.artifacts_dir)
         link = _ServeDispatcherLink(dispatcher)
+        metrics = RayMetrics()
         videos = VideoService(cfg, jobs, artifacts, link, moderator=RuleModerator.from_file(cfg.moderation.rules_file),
-                              accounts=accounts, cameos=cameo_store)
+                              accounts=accounts, cameos=cameo_store, metrics=metrics)
         cameos = CameoService(cfg, cameo_store, jobs, artifacts, videos, link)
         account_service = AccountService(accounts, cfg.auth)
-        self.grpc = await start_grpc_server(videos, cameos, account_service, cfg.grpc, health_probe=self._app_running)
+        self.grpc = await start_grpc_server(videos, cameos, account_service, cfg.grpc, health_probe=self._app_running,
+                                            metrics=metrics)
         self.rest: RestServer | None = None
         if cfg.rest.enabled:
-            self.rest = RestServer(build_app(videos, account_service.authenticate), cfg.rest.host, cfg.rest.port)
+            self.rest = RestServer(build_app(videos, account_service.authenticate, metrics), cfg.rest.host,
+                                   cfg.rest.port)
             await self.rest.start()
 
     async def _app_running(self) -> bool:

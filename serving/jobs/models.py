@@ -9,7 +9,7 @@ from typing import Any
 from serving.jobs.states import JobStatus
 
 
-class Stage(str, enum.Enum):
+class Stage(enum.StrEnum):
     """Where an in-progress job is."""
 
     QUEUED = "queued"
@@ -29,12 +29,12 @@ class Artifact:
     content_type: str = "video/mp4"
 
 
-class Visibility(str, enum.Enum):
+class Visibility(enum.StrEnum):
     PRIVATE = "private"
     PUBLIC = "public"
 
 
-class Review(str, enum.Enum):
+class Review(enum.StrEnum):
     """Approval of a video that uses a cameo whose owner asked to approve each use."""
 
     NONE = "none"  # no approval needed

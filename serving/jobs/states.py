@@ -7,7 +7,7 @@ import enum
 from serving.errors import FailedPrecondition
 
 
-class JobStatus(str, enum.Enum):
+class JobStatus(enum.StrEnum):
     QUEUED = "queued"
     IN_PROGRESS = "in_progress"
     COMPLETED = "completed"

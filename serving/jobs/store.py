@@ -108,5 +108,6 @@ class JobStore(ABC):
     def events(self, job_id: str, after_id: int = 0) -> list[JobEvent]:
         """Events of a job with id > after_id, oldest first."""
 
+    @abstractmethod
     def close(self) -> None:
         """Release connections."""

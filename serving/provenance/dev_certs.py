@@ -41,7 +41,7 @@ def _key_usage(*, ca: bool) -> x509.KeyUsage:
 
 
 def _cert(subject: str, key, issuer: str, issuer_key, *, ca: bool, path_len: int | None, days: int):
-    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     b = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
          .public_key(key.public_key()).serial_number(x509.random_serial_number())
          .not_valid_before(now).not_valid_after(now + dt.timedelta(days=days))

@@ -26,7 +26,8 @@ def test_batch_of_requests_at_different_steps_equals_solo_runs(staged, tiny_conf
     ]
     ids = [f"r{i}" for i in range(len(params))]
     embeddings = staged.text_encoder.encode([PromptPair(p.prompt, p.negative_prompt) for p in params])
-    states = [staged.denoiser.prepare(DenoiseRequest(i, p, e)) for i, p, e in zip(ids, params, embeddings)]
+    states = [staged.denoiser.prepare(DenoiseRequest(i, p, e))
+              for i, p, e in zip(ids, params, embeddings, strict=True)]
     # Stagger arrivals: r0 runs alone for 2 steps, r1 joins for 1, then all four together.
     staged.denoiser.step(states[:1])
     staged.denoiser.step(states[:1])
@@ -38,7 +39,7 @@ def test_batch_of_requests_at_different_steps_equals_solo_runs(staged, tiny_conf
         forwards += 1
     assert [s.step_index for s in states] == [6, 4, 5, 3]
     assert forwards == 3 + 5  # r2 (5 steps from step 0) finishes last
-    for rid, p, s in zip(ids, params, states):
+    for rid, p, s in zip(ids, params, states, strict=True):
         solo = _solo(staged, rid, p)
         batched = staged.denoiser.result(s)
         assert np.abs(batched.video - solo.video).max() <= TOL

@@ -38,7 +38,8 @@ def test_image_to_video_reproduces_ltx2_image_to_video_pipeline(staged, tiny_con
     pipe.set_progress_bar_config(disable=True)
     rng = np.random.default_rng(0)
     image = PIL.Image.fromarray(rng.integers(0, 255, (80, 112, 3), dtype=np.uint8))  # resized to the request
-    p = GenerationParams(prompt="the photo comes alive", seed=4, width=96, height=64, seconds=1.5).validated(tiny_config)
+    p = GenerationParams(prompt="the photo comes alive", seed=4, width=96, height=64,
+                         seconds=1.5).validated(tiny_config)
     ref = pipe(image=image, num_inference_steps=p.steps, **_pipe_kwargs(p, tiny_config))
     cond = staged.media.encode_image(image, p)
     [latents] = staged.denoise([("i2v", p)], conditioning=[cond])
@@ -61,7 +62,7 @@ def test_conditioned_and_plain_requests_share_a_batch(staged, tiny_config):
     while not all(s.done for s in states):
         staged.denoiser.step(states)
     solo = staged.denoise([("a", p1), ("b", p2)], conditioning=[cond, None])
-    for s, alone in zip(states, solo):
+    for s, alone in zip(states, solo, strict=True):
         assert np.abs(staged.denoiser.result(s).video - alone.video).max() <= TOL
 
 

@@ -4,8 +4,7 @@ import dataclasses
 
 import pytest
 
-from engines.config import (Architecture, ConnectorConfig, ModelConfig, VocoderConfig, checkpoint, from_mapping,
-                            preset)
+from engines.config import Architecture, ConnectorConfig, ModelConfig, VocoderConfig, checkpoint, from_mapping, preset
 from engines.errors import ConfigError
 
 

@@ -237,7 +237,7 @@ def test_another_tenants_video_does_not_exist(outputs, trust):
         assert "alice" not in err.details() and "not found" in err.details()
     for method, req in ((b.videos.WatchVideo, pb.WatchVideoRequest(id=video.id)),
                         (b.videos.DownloadVideo, pb.DownloadVideoRequest(id=video.id))):
-        err = _expect(grpc.StatusCode.NOT_FOUND, lambda: list(b.stream(method, req)))
+        err = _expect(grpc.StatusCode.NOT_FOUND, lambda m=method, r=req: list(b.stream(m, r)))
         assert "alice" not in err.details()
     assert video.id not in [v.id for v in b(b.videos.ListVideos, pb.ListVideosRequest(page_size=100)).videos]
     assert video.id in [v.id for v in a(a.videos.ListVideos, pb.ListVideosRequest(page_size=100)).videos]

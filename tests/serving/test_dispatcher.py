@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -123,7 +124,8 @@ def test_cancel_mid_denoise(setup, staged, tmp_path):
 def test_reconcile_requeues_a_job_with_no_task(setup, staged, tmp_path):
     store, artifacts, add = setup
     jid = add(0)
-    d = Dispatcher(store, InProcessStages(staged, artifacts, tmp_path), QueueConfig(poll_seconds=0.05, reconcile_seconds=0.1))
+    d = Dispatcher(store, InProcessStages(staged, artifacts, tmp_path),
+                   QueueConfig(poll_seconds=0.05, reconcile_seconds=0.1))
 
     async def scenario():
         d.epoch = store.begin_epoch()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from typing import Callable
+from collections.abc import Callable
 
 import grpc
 
@@ -28,21 +28,28 @@ def _secret(metadata) -> str | None:
     return md.get("x-api-key") or None
 
 
-class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
-    """Resolves `authorization: Bearer <key>` (or `x-api-key`) for every call but health and reflection."""
+OnCall = Callable[[str, str], None]  # (method, status code name) after each call
 
-    def __init__(self, authenticate: Callable[[str | None], Principal]) -> None:
+
+class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
+    """Resolves `authorization: Bearer <key>` (or `x-api-key`) for every call but health and reflection,
+    and reports each call's method and final status code."""
+
+    def __init__(self, authenticate: Callable[[str | None], Principal], on_call: OnCall | None = None) -> None:
         self.authenticate = authenticate
+        self.on_call = on_call or (lambda _m, _c: None)
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
         handler = await continuation(details)
         if handler is None or details.method.startswith(OPEN_PREFIXES):
             return handler
+        method = details.method.rsplit("/", 1)[-1]
         try:
             principal = await asyncio.to_thread(self.authenticate, _secret(details.invocation_metadata))
         except Unauthenticated as e:
+            self.on_call(method, grpc.StatusCode.UNAUTHENTICATED.name)
             return _deny(handler, e.message)
-        return _with_principal(handler, principal)
+        return _with_principal(handler, principal, lambda code: self.on_call(method, code))
 
 
 def _deny(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
@@ -58,14 +65,23 @@ def _deny(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler
     return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
 
 
-def _with_principal(handler: grpc.RpcMethodHandler, principal: Principal) -> grpc.RpcMethodHandler:
-    """The same handler, run with the principal in its context."""
+def _code(context: grpc.aio.ServicerContext) -> str:
+    code = context.code()
+    return (code or grpc.StatusCode.OK).name
+
+
+def _with_principal(handler: grpc.RpcMethodHandler, principal: Principal,
+                    done: Callable[[str], None]) -> grpc.RpcMethodHandler:
+    """The same handler, run with the principal in its context; `done` gets the final status code."""
     if handler.unary_unary:
         inner = handler.unary_unary
 
         async def unary(request, context):
             _PRINCIPAL.set(principal)
-            return await inner(request, context)
+            try:
+                return await inner(request, context)
+            finally:
+                done(_code(context))
 
         return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
     if handler.unary_stream:
@@ -73,8 +89,11 @@ def _with_principal(handler: grpc.RpcMethodHandler, principal: Principal) -> grp
 
         async def stream(request, context):
             _PRINCIPAL.set(principal)
-            async for item in inner_stream(request, context):
-                yield item
+            try:
+                async for item in inner_stream(request, context):
+                    yield item
+            finally:
+                done(_code(context))
 
         return grpc.unary_stream_rpc_method_handler(stream, handler.request_deserializer, handler.response_serializer)
     return handler

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 
@@ -45,7 +45,7 @@ class KinoClient:
     def close(self) -> None:
         self.channel.close()
 
-    def __enter__(self) -> "KinoClient":
+    def __enter__(self) -> KinoClient:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -18,6 +18,7 @@ from serving.cameos.service import CameoService
 from serving.config import GrpcConfig
 from serving.frontend.grpc.auth import ApiKeyInterceptor, principal_of
 from serving.frontend.grpc.servicer import AuditServicer, CameoServicer, VideoServicer
+from serving.metrics import Metrics, NoMetrics
 from serving.videos import VideoService
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class GrpcServer:
 
 async def start_grpc_server(videos: VideoService, cameos: CameoService, accounts: AccountService,
                             config: GrpcConfig, *, health_probe: HealthProbe | None = None,
-                            health_poll_seconds: float = 1.0) -> GrpcServer:
+                            health_poll_seconds: float = 1.0, metrics: Metrics | None = None) -> GrpcServer:
     """Serve on config.host:config.port (0: a free port; `GrpcServer.port` says which)."""
     options = [
         ("grpc.so_reuseport", 0),  # a second server on the same port fails instead of sharing it
@@ -51,7 +52,9 @@ async def start_grpc_server(videos: VideoService, cameos: CameoService, accounts
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.max_concurrent_streams", config.max_workers_streams),
     ]
-    server = grpc.aio.server(interceptors=[ApiKeyInterceptor(accounts.authenticate)], options=options)
+    sink = metrics or NoMetrics()
+    interceptor = ApiKeyInterceptor(accounts.authenticate, on_call=lambda m, code: sink.api_call("grpc", m, code))
+    server = grpc.aio.server(interceptors=[interceptor], options=options)
     pb_grpc.add_VideoServiceServicer_to_server(VideoServicer(videos, principal_of), server)
     pb_grpc.add_CameoServiceServicer_to_server(CameoServicer(cameos, principal_of), server)
     pb_grpc.add_AuditServiceServicer_to_server(AuditServicer(accounts.store, principal_of), server)

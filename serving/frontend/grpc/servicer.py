@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 
@@ -31,7 +32,7 @@ async def unary(context: grpc.aio.ServicerContext, principal_of: PrincipalOf,
             return await op(principal)
         try:
             return await asyncio.wait_for(op(principal), timeout=max(remaining, 0.0))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise DeadlineExceeded("the call's deadline passed before the server finished") from None
     except Exception as e:  # noqa: BLE001 - mapped to a status in one place
         code, message = status_for(e)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -22,6 +23,7 @@ from serving.accounts import Principal
 from serving.errors import InvalidArgument, KinoError
 from serving.frontend.rest import convert
 from serving.frontend.rest.errors import error_response
+from serving.metrics import Metrics, NoMetrics
 from serving.videos import CreateVideo, RemixVideo, VideoService
 
 log = logging.getLogger(__name__)
@@ -45,8 +47,9 @@ def _seconds(value: Any) -> float | None:
                               field="seconds") from None
 
 
-def build_app(videos: VideoService, authenticate: Authenticate) -> FastAPI:
+def build_app(videos: VideoService, authenticate: Authenticate, metrics: Metrics | None = None) -> FastAPI:
     app = FastAPI(title="Kino Videos API (OpenAI-compatible)", docs_url=None, redoc_url=None)
+    sink = metrics or NoMetrics()
 
     async def principal(request: Request) -> Principal:
         return await asyncio.to_thread(authenticate, _secret(request))
@@ -61,10 +64,13 @@ def build_app(videos: VideoService, authenticate: Authenticate) -> FastAPI:
     @app.middleware("http")
     async def _unexpected(request: Request, call_next):
         try:
-            return await call_next(request)
+            response = await call_next(request)
         except Exception as exc:  # noqa: BLE001 - answered, logged, never a dropped connection
             log.exception("REST %s %s failed", request.method, request.url.path)
-            return error_response(exc)
+            response = error_response(exc)
+        route = request.scope.get("route")
+        sink.api_call("rest", f"{request.method} {getattr(route, 'path', 'unknown')}", str(response.status_code))
+        return response
 
     @app.post("/v1/videos")
     async def create(request: Request) -> JSONResponse:
