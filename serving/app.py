@@ -20,8 +20,11 @@ from serving.deployments.text_encoder import TextEncoderDeployment
 
 def build_app(args: dict[str, Any]) -> Application:
     """Build from the app's `args`: {"config": <Kino config mapping>} (see serving.config)."""
-    # Resolve once (environment overrides included) so every replica runs the same config.
-    config = load_config(args.get("config") or {}).to_mapping()
+    config = dict(args.get("config") or {})
+    # Fail the deploy here, with the key named, if the config is wrong. Replicas get the mapping as
+    # written and apply their own KINO_* environment (where secrets such as the database URL live),
+    # so no secret ever sits in the Serve config or the deployments' arguments.
+    load_config(config)
     text_encoder = TextEncoderDeployment.bind(config)
     denoiser = DenoiserDeployment.bind(config)
     decoder = DecoderDeployment.bind(config)

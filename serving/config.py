@@ -96,6 +96,7 @@ class AuthConfig:
     required: bool = False
     local_tenant: str = "local"
     local_priority: int = 5
+    bootstrap_keys_file: str = ""  # lines "tenant:user:kino_sk_..." registered at start (a mounted Secret)
 
 
 @dataclass(frozen=True)

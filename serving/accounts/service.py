@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from engines.errors import ConfigError
 from serving.accounts.models import Principal, Tenant
 from serving.accounts.store import AccountStore
 from serving.config import AuthConfig
@@ -18,6 +21,23 @@ class AccountService:
             self._local = self.store.ensure_tenant(self.auth.local_tenant, name="local machine",
                                                    priority=self.auth.local_priority)
         return Principal(tenant=self._local, user="default", key_id=None)
+
+    def bootstrap(self, path: str | Path) -> int:
+        """Register the keys listed in `path` ("tenant:user:key" per line; # comments), idempotently."""
+        added = 0
+        for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            try:
+                tenant, user, secret = line.split(":", 2)
+            except ValueError:
+                raise ConfigError("auth.bootstrap_keys_file", f"line {n} is not tenant:user:key") from None
+            self.store.ensure_tenant(tenant)
+            if self.store.lookup(secret) is None:
+                self.store.add_key(tenant, secret, user=user, label="bootstrap")
+                added += 1
+        return added
 
     def authenticate(self, secret: str | None) -> Principal:
         """The principal of an API key; no key is the local tenant unless keys are required."""

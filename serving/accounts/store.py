@@ -113,15 +113,21 @@ class AccountStore:
     # -- keys --------------------------------------------------------------------------------
     def create_key(self, tenant_id: str, *, user: str = "default", label: str = "") -> tuple[ApiKey, str]:
         """A new key for a tenant: (record, the key itself). The key is shown once and not stored."""
-        self.tenant(tenant_id)
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        return self.add_key(tenant_id, secret, user=user, label=label), secret
+
+    def add_key(self, tenant_id: str, secret: str, *, user: str = "default", label: str = "") -> ApiKey:
+        """Register a key made elsewhere (e.g. provisioned as a Kubernetes Secret); only its hash is kept."""
+        self.tenant(tenant_id)
+        if len(secret) < 24:
+            raise InvalidArgument("key is not allowed: at least 24 characters", field="key")
         key = ApiKey(id=f"key_{secrets.token_hex(6)}", tenant_id=tenant_id, user=user, label=label,
                      prefix=secret[: len(KEY_PREFIX) + 4], created_at=time.time())
         with self.db.write() as conn:
             conn.execute(api_keys.insert().values(id=key.id, tenant_id=tenant_id, user=user, label=label,
                                                   key_hash=hash_key(secret), prefix=key.prefix,
                                                   created_at=key.created_at))
-        return key, secret
+        return key
 
     def revoke_key(self, key_id: str) -> ApiKey:
         with self.db.write() as conn:

@@ -55,6 +55,9 @@ class FrontendDeployment:
                               accounts=accounts, cameos=cameo_store, metrics=metrics)
         cameos = CameoService(cfg, cameo_store, jobs, artifacts, videos, link)
         account_service = AccountService(accounts, cfg.auth)
+        if cfg.auth.bootstrap_keys_file:
+            added = await asyncio.to_thread(account_service.bootstrap, cfg.auth.bootstrap_keys_file)
+            log.info("registered %d bootstrap API keys", added)
         self.grpc = await start_grpc_server(videos, cameos, account_service, cfg.grpc, health_probe=self._app_running,
                                             metrics=metrics)
         self.rest: RestServer | None = None

@@ -55,3 +55,18 @@ def test_authentication_modes(store):
     strict = AccountService(store, AuthConfig(required=True))
     with pytest.raises(Unauthenticated, match="missing API key"):
         strict.authenticate(None)
+
+
+def test_bootstrap_keys_from_a_file(store, tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("# tenant:user:key\nacme:ann:kino_sk_provisioned_aaaaaaaaaaaaaaaaaaaa\n\n")
+    service = AccountService(store, AuthConfig(required=True))
+    assert service.bootstrap(keys) == 1
+    assert service.bootstrap(keys) == 0  # idempotent: a restart registers nothing twice
+    principal = service.authenticate("kino_sk_provisioned_aaaaaaaaaaaaaaaaaaaa")
+    assert (principal.tenant_id, principal.user) == ("acme", "ann")
+    keys.write_text("not a line\n")
+    from engines.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="line 1"):
+        service.bootstrap(keys)

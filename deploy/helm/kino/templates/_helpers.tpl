@@ -1,0 +1,173 @@
+{{- define "kino.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}{{ .Release.Name | trunc 50 | trimSuffix "-" }}
+{{- else -}}{{ printf "%s-%s" .Release.Name .Chart.Name | trunc 50 | trimSuffix "-" }}{{- end -}}
+{{- end -}}
+
+{{- define "kino.labels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "kino.selector" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "kino.stateClaim" -}}
+{{- .Values.storage.existingClaim | default (printf "%s-state" (include "kino.fullname" .)) -}}
+{{- end -}}
+
+{{/* The Serve config file, with this release's settings: one source for local and Kubernetes. */}}
+{{- define "kino.serveConfig" -}}
+{{- $doc := .Files.Get "files/serve-config.yaml" | fromYaml -}}
+{{- $app := index $doc.applications 0 -}}
+{{- $cfg := $app.args.config -}}
+{{- $model := dict "preset" .Values.model.preset "dtype" .Values.model.dtype "device" .Values.model.device -}}
+{{- if .Values.model.checkpointDir }}{{- $_ := set $model "checkpoint_dir" .Values.model.checkpointDir -}}{{- end -}}
+{{- $_ := set $cfg "model" $model -}}
+{{- $_ := set $cfg "grpc" (dict "host" "0.0.0.0" "port" (int .Values.ports.grpc)) -}}
+{{- $_ := set $cfg "rest" (dict "host" "0.0.0.0" "port" (int .Values.ports.rest) "enabled" true) -}}
+{{- $auth := dict "required" .Values.auth.required -}}
+{{- if .Values.auth.bootstrapKeysSecret }}{{- $_ := set $auth "bootstrap_keys_file" "/etc/kino/keys/keys" -}}{{- end -}}
+{{- $_ := set $cfg "auth" $auth -}}
+{{- $_ := set $cfg "storage" (dict "database_url" "sqlite:////var/kino/state/jobs.db" "artifacts_dir" "/var/kino/artifacts") -}}
+{{- $prov := dict "dev_chain_dir" "/var/kino/state/credentials" -}}
+{{- if .Values.signing.existingSecret -}}
+{{- $_ := set $prov "cert_chain" (printf "/etc/kino/signing/%s" .Values.signing.certChainKey) -}}
+{{- $_ := set $prov "private_key" (printf "/etc/kino/signing/%s" .Values.signing.privateKeyKey) -}}
+{{- end -}}
+{{- $_ := set $cfg "provenance" $prov -}}
+{{- $_ := mergeOverwrite $cfg .Values.serve.config -}}
+{{- $groups := dict "Frontend" "kino_head" "Dispatcher" "kino_head" "TextEncoder" "kino_text_encoder" "Denoiser" "kino_dit" "Decoder" "kino_decoder" -}}
+{{- $workers := dict "TextEncoder" .Values.workerGroups.textEncoder "Denoiser" .Values.workerGroups.dit "Decoder" .Values.workerGroups.decoder -}}
+{{- range $d := $app.deployments -}}
+{{- $opts := $d.ray_actor_options | default dict -}}
+{{- $_ := set $opts "resources" (dict (get $groups $d.name) 1) -}}
+{{- with (get $workers $d.name) -}}
+{{- if gt (int .gpus) 0 -}}{{- $_ := set $opts "num_gpus" (int .gpus) -}}{{- end -}}
+{{- /* One replica per pod of its group: Serve's autoscaling range follows the group's. */ -}}
+{{- if $d.autoscaling_config -}}
+{{- $_ := set $d.autoscaling_config "min_replicas" (int .minReplicas) -}}
+{{- $_ := set $d.autoscaling_config "max_replicas" (int .maxReplicas) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $d "ray_actor_options" $opts -}}
+{{- with (get $.Values.serve.deployments $d.name) -}}{{- $_ := mergeOverwrite $d . -}}{{- end -}}
+{{- end -}}
+{{- $_ := set $doc "http_options" (dict "host" "0.0.0.0" "port" 8000) -}}
+{{- toYaml $doc -}}
+{{- end -}}
+
+{{/* Environment every Ray container gets: secrets reach Kino as KINO_* overrides, never in the Serve config. */}}
+{{- define "kino.env" -}}
+- name: RAY_USAGE_STATS_ENABLED
+  value: "0"
+{{- if .Values.database.existingSecret }}
+- name: KINO_STORAGE__DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.database.existingSecret }}
+      key: {{ .Values.database.secretKey }}
+{{- end }}
+{{- end -}}
+
+{{- define "kino.volumeMounts" -}}
+- name: state
+  mountPath: /var/kino
+{{- if .Values.modelVolume.existingClaim }}
+- name: models
+  mountPath: /models
+  readOnly: true
+{{- end }}
+{{- if .Values.signing.existingSecret }}
+- name: signing
+  mountPath: /etc/kino/signing
+  readOnly: true
+{{- end }}
+{{- if .Values.auth.bootstrapKeysSecret }}
+- name: bootstrap-keys
+  mountPath: /etc/kino/keys
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "kino.volumes" -}}
+- name: state
+  persistentVolumeClaim:
+    claimName: {{ include "kino.stateClaim" . }}
+{{- if .Values.modelVolume.existingClaim }}
+- name: models
+  persistentVolumeClaim:
+    claimName: {{ .Values.modelVolume.existingClaim }}
+    readOnly: true
+{{- end }}
+{{- if .Values.signing.existingSecret }}
+- name: signing
+  secret:
+    secretName: {{ .Values.signing.existingSecret }}
+    defaultMode: 0400
+{{- end }}
+{{- if .Values.auth.bootstrapKeysSecret }}
+- name: bootstrap-keys
+  secret:
+    secretName: {{ .Values.auth.bootstrapKeysSecret }}
+    defaultMode: 0400
+{{- end }}
+{{- end -}}
+
+{{/* A Ray container for a group: (dict "root" $ "group" <values> "component" <name>) */}}
+{{- define "kino.container" -}}
+- name: ray-{{ .component }}
+  image: "{{ .root.Values.image.repository }}:{{ .root.Values.image.tag }}"
+  imagePullPolicy: {{ .root.Values.image.pullPolicy }}
+  env:
+{{ include "kino.env" .root | indent 4 }}
+  resources:
+{{ toYaml .group.resources | indent 4 }}
+  volumeMounts:
+{{ include "kino.volumeMounts" .root | indent 4 }}
+  ports:
+    - name: metrics
+      containerPort: {{ .root.Values.ports.metrics }}
+{{- if eq .component "head" }}
+    - name: grpc
+      containerPort: {{ .root.Values.ports.grpc }}
+    - name: rest
+      containerPort: {{ .root.Values.ports.rest }}
+    - name: dashboard
+      containerPort: 8265
+    - name: gcs
+      containerPort: 6379
+    - name: serve
+      containerPort: 8000
+  # Ready only while the Serve application runs (grpc.health.v1 reports SERVING).
+  readinessProbe:
+    grpc:
+      port: {{ .root.Values.ports.grpc }}
+    initialDelaySeconds: 10
+    periodSeconds: 5
+    failureThreshold: 3
+{{- end }}
+{{- end -}}
+
+{{- define "kino.podSpec" -}}
+{{- with .root.Values.imagePullSecrets }}
+imagePullSecrets:
+{{ toYaml . | indent 2 }}
+{{- end }}
+{{- with .group.nodeSelector }}
+nodeSelector:
+{{ toYaml . | indent 2 }}
+{{- end }}
+{{- with .group.tolerations }}
+tolerations:
+{{ toYaml . | indent 2 }}
+{{- end }}
+containers:
+{{ include "kino.container" . }}
+volumes:
+{{ include "kino.volumes" .root | indent 2 }}
+{{- end -}}

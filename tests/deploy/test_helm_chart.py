@@ -1,0 +1,161 @@
+"""The Helm chart: lint, render the default and GPU profiles, validate every object offline.
+
+Core objects against the bundled Kubernetes schemas (kubernetes-validate, strict), the RayService
+against KubeRay's CRD schema (shared/k8s-schemas), ServiceMonitor/PrometheusRule against the
+prometheus-operator models, serveConfigV2 against Ray Serve's own ServeDeploySchema.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+from openapi_schema_validator import OAS30Validator
+
+from tests.tools import ROOT, helm
+
+CHART = ROOT / "deploy" / "helm" / "kino"
+KUBERAY = ROOT.parent / "shared" / "k8s-schemas" / "kuberay"
+K8S_VERSION = kubernetes_validate.latest_version()
+PROFILES = {"default": [], "gpu": ["-f", str(CHART / "values-gpu.yaml")]}
+
+
+def render(*args: str) -> list[dict]:
+    out = subprocess.run([helm(), "template", "kino", str(CHART), *args], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def crd_schemas() -> dict[tuple[str, str], dict]:
+    schemas = {}
+    for path in sorted(KUBERAY.glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        for v in crd["spec"]["versions"]:
+            schemas[(f"{crd['spec']['group']}/{v['name']}", crd["spec"]["names"]["kind"])] = \
+                v["schema"]["openAPIV3Schema"]
+    return schemas
+
+
+def _keys(value, prefix=""):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield f"{prefix}.{k}"
+            yield from _keys(v, f"{prefix}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _keys(v, f"{prefix}[{i}]")
+
+
+def validate_monitoring(doc: dict) -> None:
+    """prometheus-operator objects through its models; a field the model drops is an unknown field."""
+    from cloudcoil.models.prometheus_operator import v1
+
+    model = getattr(v1, doc["kind"]).model_validate(doc)
+    dumped = model.model_dump(by_alias=True, exclude_none=True, mode="json")
+    unknown = set(_keys(doc["spec"], "spec")) - set(_keys(dumped["spec"], "spec"))
+    assert not unknown, f"{doc['kind']}: unknown fields {sorted(unknown)}"
+
+
+@pytest.mark.parametrize("profile", list(PROFILES))
+def test_lint(profile):
+    out = subprocess.run([helm(), "lint", str(CHART), *PROFILES[profile]], capture_output=True, text=True)
+    assert out.returncode == 0 and "0 chart(s) failed" in out.stdout, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("profile", list(PROFILES))
+def test_every_rendered_object_validates(profile):
+    docs = render(*PROFILES[profile])
+    crds = crd_schemas()
+    kinds = sorted(d["kind"] for d in docs)
+    assert {"RayService", "Service", "ServiceMonitor", "PrometheusRule", "ConfigMap"} <= set(kinds)
+    for doc in docs:
+        key = (doc["apiVersion"], doc["kind"])
+        if key in crds:
+            errors = [f"{'.'.join(map(str, e.path))}: {e.message}" for e in OAS30Validator(crds[key]).iter_errors(doc)]
+            assert not errors, errors
+        elif doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            validate_monitoring(doc)
+        else:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def _serve_config(docs: list[dict]) -> dict:
+    [rs] = [d for d in docs if d["kind"] == "RayService"]
+    return yaml.safe_load(rs["spec"]["serveConfigV2"])
+
+
+@pytest.mark.parametrize("profile", list(PROFILES))
+def test_serve_config_is_the_local_one_with_release_settings(profile):
+    from ray.serve.schema import ServeDeploySchema
+
+    docs = render(*PROFILES[profile])
+    serve = _serve_config(docs)
+    ServeDeploySchema.parse_obj(serve)  # what the Serve controller accepts
+    local = yaml.safe_load((ROOT / "deploy" / "serve" / "kino.yaml").read_text())
+    [app], [local_app] = serve["applications"], local["applications"]
+    assert app["import_path"] == local_app["import_path"] and app["runtime_env"] == local_app["runtime_env"]
+    assert [d["name"] for d in app["deployments"]] == [d["name"] for d in local_app["deployments"]]
+    cfg = app["args"]["config"]
+    assert cfg["auth"]["required"] is True and cfg["grpc"]["port"] == 50051 and cfg["rest"]["port"] == 8100
+    assert cfg["batching"] == local_app["args"]["config"]["batching"]
+    from serving.config import load_config
+
+    if cfg["model"]["preset"] != "checkpoint":  # (a checkpoint directory exists only in the cluster)
+        load_config(cfg)  # Kino accepts it too
+
+
+def test_stages_land_on_their_own_worker_groups_and_gpu_profile():
+    default, gpu = render(), render(*PROFILES["gpu"])
+    for docs, gpus in ((default, 0), (gpu, 1)):
+        [rs] = [d for d in docs if d["kind"] == "RayService"]
+        groups = {g["groupName"]: g for g in rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
+        assert set(groups) == {"text-encoder", "dit", "decoder"}
+        head = rs["spec"]["rayClusterConfig"]["headGroupSpec"]
+        advertised = {"head": set(head["resources"])} | {n: set(g["resources"]) for n, g in groups.items()}
+        assert len(set().union(*advertised.values())) == 4  # one custom resource per group
+        deployments = {d["name"]: d for d in _serve_config(docs)["applications"][0]["deployments"]}
+        wanted = {"Frontend": "head", "Dispatcher": "head", "TextEncoder": "text-encoder", "Denoiser": "dit",
+                  "Decoder": "decoder"}
+        for name, group in wanted.items():
+            asks = set(deployments[name]["ray_actor_options"]["resources"])
+            assert asks <= advertised[group] and len(asks) == 1, (name, asks)
+        dit = groups["dit"]
+        assert deployments["Denoiser"]["autoscaling_config"]["max_replicas"] == dit["maxReplicas"]
+        assert deployments["Denoiser"]["ray_actor_options"].get("num_gpus", 0) == gpus
+        container = dit["template"]["spec"]["containers"][0]
+        if gpus:
+            assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+            assert dit["template"]["spec"]["nodeSelector"] and dit["template"]["spec"]["tolerations"]
+            env = {e["name"] for e in container["env"]}
+            assert "KINO_STORAGE__DATABASE_URL" in env  # from the PostgreSQL secret, not the Serve config
+            assert "postgresql" not in rs["spec"]["serveConfigV2"]
+        probe = head["template"]["spec"]["containers"][0]["readinessProbe"]
+        assert probe["grpc"]["port"] == 50051
+
+
+def test_services_rules_and_dashboard_come_from_the_repository_files():
+    docs = render()
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    assert services["kino-grpc"]["spec"]["ports"][0]["appProtocol"] == "grpc"
+    assert services["kino-rest"]["spec"]["ports"][0]["targetPort"] == "rest"
+    [rule] = [d for d in docs if d["kind"] == "PrometheusRule"]
+    assert rule["spec"] == yaml.safe_load((ROOT / "deploy" / "prometheus" / "kino-rules.yml").read_text())
+    [board] = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert json.loads(board["data"]["kino-dashboard.json"]) == json.loads(
+        (ROOT / "deploy" / "grafana" / "kino-dashboard.json").read_text())
+    assert board["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--set", "workerGroups.dit.gpu=1"], "additional properties 'gpu' not allowed"),
+    (["--set", "model.preset=checkpoint"], "checkpointDir"),
+    (["--set", "ports.grpc=0"], "ports/grpc"),
+    (["--set", "model.dtype=float64"], "model/dtype"),
+])
+def test_values_schema_rejects_mistakes(bad, message):
+    out = subprocess.run([helm(), "template", "kino", str(CHART), *bad], capture_output=True, text=True)
+    assert out.returncode != 0 and message in out.stderr, out.stderr
