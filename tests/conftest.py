@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -30,3 +33,21 @@ def staged(tiny_config):
 def reference_pipeline(staged):
     """diffusers' own LTX2Pipeline over the very same modules."""
     return staged.components.pipeline()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    """A real PostgreSQL server, installed (Debian package) and started by the test set-up."""
+    import socket
+
+    from tests.tools import PostgresServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # Not under pytest's tmp dir: that is private to root, and the server runs as `postgres`.
+    base = Path(tempfile.mkdtemp(prefix="kino-pg-"))
+    server = PostgresServer(base, port).start()
+    yield server
+    server.stop()
+    shutil.rmtree(base, ignore_errors=True)

@@ -39,7 +39,8 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
         (f"p{q}", f"histogram_quantile(0.{q}, sum by (le) (rate(ray_kino_denoise_step_seconds_bucket[5m])))")
         for q in (50, 95, 99)]),
     ("Denoise batch size", "short", [
-        ("mean", "sum(rate(ray_kino_denoise_batch_size_sum[5m])) / sum(rate(ray_kino_denoise_batch_size_count[5m]))"),
+        ("mean", "sum(rate(ray_kino_denoise_request_steps_total[5m]))"
+                 " / sum(rate(ray_kino_denoise_step_seconds_count[5m]))"),
         ("p95", "histogram_quantile(0.95, sum by (le) (rate(ray_kino_denoise_batch_size_bucket[5m])))")]),
     ("Latent tokens per second", "short", [("tokens/s", "sum(rate(ray_kino_denoise_tokens_total[5m]))")]),
     ("API errors by code", "reqps", [

@@ -26,6 +26,8 @@ class RayMetrics(Metrics):
         self._batch = m.Histogram("kino_denoise_batch_size", "Requests in one denoising step",
                                   boundaries=list(BATCH_BUCKETS))
         self._tokens = m.Counter("kino_denoise_tokens_total", "Latent tokens (video + audio) processed by steps")
+        # Exact, unlike a histogram's _sum (Ray derives that one from bucket boundaries).
+        self._request_steps = m.Counter("kino_denoise_request_steps_total", "Requests advanced by one step, summed")
         self._artifact = m.Counter("kino_artifact_bytes_total", "Bytes of MP4 written to the artifact store")
         self._api = m.Counter("kino_api_requests_total", "API calls by protocol, method and result code",
                               tag_keys=("protocol", "method", "code"))
@@ -50,6 +52,7 @@ class RayMetrics(Metrics):
     def denoise_step(self, seconds: float, batch_size: int, tokens: int) -> None:
         self._step.observe(seconds)
         self._batch.observe(batch_size)
+        self._request_steps.inc(batch_size)
         self._tokens.inc(tokens)
 
     def artifact_written(self, size_bytes: int) -> None:

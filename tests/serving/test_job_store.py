@@ -12,8 +12,11 @@ from serving.jobs import Artifact, IllegalTransition, JobStatus, NewJob, Stage, 
 from serving.jobs.states import ALLOWED, check_transition
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgresql"])
 def store_url(request, tmp_path):
+    """The same contract against each store: SQLite (the embedded default) and a real PostgreSQL."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("postgres").new_database()
     return f"sqlite:///{tmp_path}/jobs.db"
 
 
