@@ -13,7 +13,7 @@ import os
 import socket
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,19 +70,32 @@ class LocalCluster:
     rest_url: str
     state_dir: Path
     ray_temp_dir: str
-    apps: list[str]
+    _configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # app name -> its config entry
+    _base: dict[str, Any] = field(default_factory=dict)  # the config's non-application settings
+
+    @property
+    def apps(self) -> list[str]:
+        return sorted(self._configs)
 
     def deploy(self, serve_config: dict[str, Any], timeout_s: float = 180.0) -> None:
-        """Deploy (or update) applications from a Serve config mapping and wait until they run."""
+        """Deploy (or update) applications from a Serve config mapping and wait until they run.
+
+        A Serve config is declarative: applying one removes the applications it does not list. So
+        every apply here carries all the applications deployed so far (unchanged ones are left alone).
+        """
+        for app in serve_config["applications"]:
+            self._configs[app["name"]] = app
+        self._base = {k: v for k, v in serve_config.items() if k != "applications"}
+        self._apply()
+        _wait_running([a["name"] for a in serve_config["applications"]], timeout_s)
+
+    def _apply(self) -> None:
         from ray.serve._private.api import serve_start
         from ray.serve.schema import ServeDeploySchema
 
-        schema = ServeDeploySchema.parse_obj(serve_config)
+        schema = ServeDeploySchema.parse_obj({**self._base, "applications": list(self._configs.values())})
         # The same controller call that KubeRay's serveConfigV2 goes through.
         serve_start().deploy_apps(schema)
-        names = [a.name for a in schema.applications]
-        _wait_running(names, timeout_s)
-        self.apps = sorted(set(self.apps) | set(names))
 
     @property
     def metrics_url(self) -> str:
@@ -91,11 +104,15 @@ class LocalCluster:
 
         return f"http://127.0.0.1:{ray.nodes()[0]['MetricsExportPort']}/metrics"
 
-    def delete(self, app_name: str) -> None:
+    def delete(self, app_name: str, timeout_s: float = 60.0) -> None:
+        """Remove one application, keeping the others."""
         from ray import serve
 
-        serve.delete(app_name)
-        self.apps = [a for a in self.apps if a != app_name]
+        self._configs.pop(app_name, None)
+        self._apply()
+        deadline = time.monotonic() + timeout_s
+        while app_name in serve.status().applications and time.monotonic() < deadline:
+            time.sleep(0.3)
 
     def shutdown(self) -> None:
         """Stop the whole local cluster (Serve's replicas end with it; jobs stay in the store)."""
@@ -148,7 +165,7 @@ def start_local_cluster(*, state_dir: str | Path, grpc_port: int = 0, serve_conf
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     serve.start(proxy_location=ProxyLocation.Disabled)
     cluster = LocalCluster(grpc_address=f"127.0.0.1:{port}", rest_url=f"http://127.0.0.1:{rest}/v1", state_dir=state,
-                           ray_temp_dir=temp_dir, apps=[])
+                           ray_temp_dir=temp_dir)
     try:
         cluster.deploy(local_serve_config(serve_config, state_dir=state, grpc_port=port, rest_port=rest,
                                           overrides=overrides))

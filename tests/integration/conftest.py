@@ -19,7 +19,8 @@ from kino.v1 import video_service_pb2_grpc as pb_grpc
 def cluster(tmp_path_factory):
     from serving.cluster import start_local_cluster
 
-    c = start_local_cluster(state_dir=tmp_path_factory.mktemp("kino-state"))
+    # Logical CPUs, not cores: some modules deploy a second Kino app beside the main one.
+    c = start_local_cluster(state_dir=tmp_path_factory.mktemp("kino-state"), num_cpus=8)
     yield c
     c.shutdown()
 

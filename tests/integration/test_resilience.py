@@ -81,3 +81,9 @@ def test_overload_refuses_the_excess_and_completes_every_accepted_job(small_queu
     # max_batch_size: 1 switches batching off: no step ever carried more than one request.
     steps = [e for h in histories for e in h if e.stage == pb.STAGE_DENOISING and e.message != "snapshot"]
     assert steps and {e.batch_size for e in steps} == {1}
+
+
+def test_a_second_app_leaves_the_first_running(small_queue_app, stub):
+    """Serve configs are declarative; deploying another app must not take the main one away."""
+    video = stub.CreateVideo(pb.CreateVideoRequest(prompt="still here", seconds=1.0, seed=1))
+    assert wait_done(stub, video.id)[-1].status == pb.VIDEO_STATUS_COMPLETED

@@ -1,0 +1,76 @@
+"""The naive baseline, as users build it: diffusers' LTX2Pipeline called once per request inside
+one Ray Serve deployment, given the whole machine, one request at a time (a pipeline object is
+not safe to call from two threads). Same model classes and the same seeded weights as Kino's
+preset, the same defaults (steps, guidance), MP4 with audio written by diffusers' own muxer.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from typing import Any
+
+import torch
+from ray import serve
+
+from loadtests.harness import JobRecord, Target
+from loadtests.workload import RequestClass
+
+APP_NAME = "naive-baseline"
+
+
+@serve.deployment(name="NaiveLTX2", max_ongoing_requests=1)
+class NaiveLTX2:
+    def __init__(self, preset_name: str) -> None:
+        from engines.config import preset
+        from engines.model_loader import load_components
+
+        self.config = preset(preset_name, num_threads=None)  # torch's default threads, as a user would
+        self.pipe = load_components(self.config).pipeline()
+        self.sample_rate = self.pipe.vocoder.config.output_sampling_rate
+
+    def generate(self, request: dict[str, Any]) -> bytes:
+        from diffusers.pipelines.ltx2.export_utils import encode_video
+
+        from engines.params import GenerationParams
+
+        p = GenerationParams(prompt=request["prompt"], width=request["width"], height=request["height"],
+                             seconds=request["seconds"], seed=request["seed"],
+                             steps=request.get("steps")).validated(self.config)
+        out = self.pipe(prompt=p.prompt, negative_prompt=p.negative_prompt, height=p.height, width=p.width,
+                        num_frames=p.num_frames, frame_rate=float(p.fps), num_inference_steps=p.steps,
+                        guidance_scale=p.guidance_scale, audio_guidance_scale=p.audio_guidance_scale,
+                        guidance_rescale=p.guidance_rescale, audio_guidance_rescale=p.audio_guidance_rescale,
+                        stg_scale=0.0, audio_stg_scale=0.0, modality_scale=1.0, audio_modality_scale=1.0,
+                        max_sequence_length=self.config.tokenizer_max_length,
+                        generator=torch.Generator().manual_seed(p.seed), output_type="np")
+        fd, path = tempfile.mkstemp(suffix=".mp4")
+        os.close(fd)
+        try:
+            encode_video(out.frames[0], fps=float(p.fps), audio=out.audio[0].float().cpu(),
+                         audio_sample_rate=self.sample_rate, output_path=path)
+            with open(path, "rb") as f:
+                return f.read()
+        finally:
+            os.unlink(path)
+
+
+def deploy(preset_name: str, num_cpus: float = 2.0):
+    """Deploy the baseline on the running local cluster; returns its handle."""
+    app = NaiveLTX2.options(ray_actor_options={"num_cpus": num_cpus}).bind(preset_name)
+    return serve.run(app, name=APP_NAME, route_prefix=None)
+
+
+class BaselineTarget(Target):
+    def __init__(self, handle, name: str = "naive baseline") -> None:
+        self.handle, self.name = handle, name
+
+    def run_one(self, cls: RequestClass, prompt: str, seed: int, record: JobRecord) -> None:
+        w, h = (int(x) for x in cls.size.split("x"))
+        try:
+            data = self.handle.generate.remote({"prompt": prompt, "width": w, "height": h, "seconds": cls.seconds,
+                                                "seed": seed, "steps": cls.steps}).result(timeout_s=3600)
+            record.done, record.status = time.time(), "completed" if data else "failed"
+        except Exception as e:  # noqa: BLE001 - a failed request is a result, not a crash
+            record.done, record.status, record.error = time.time(), "failed", type(e).__name__
