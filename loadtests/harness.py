@@ -13,10 +13,10 @@ import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from loadtests.workload import RequestClass, Workload
 
@@ -53,8 +53,8 @@ class Target(ABC):
     def run_one(self, cls: RequestClass, prompt: str, seed: int, record: JobRecord) -> None:
         """Run one request to its end, filling `record` (never raises for a failed request)."""
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 - most targets hold nothing to release
+        """Release the target's connections."""
 
 
 class KinoTarget(Target):

@@ -95,7 +95,7 @@ class PostgresServer:
         full = list(cmd) if self.user is None else ["runuser", "-u", self.user, "--", *cmd]
         return subprocess.run(full, check=True, capture_output=True, text=True, timeout=120)
 
-    def start(self) -> "PostgresServer":
+    def start(self) -> PostgresServer:
         self.socket_dir.mkdir(parents=True, exist_ok=True)
         if self.user:
             shutil.chown(self.base, self.user)
