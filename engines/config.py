@@ -235,12 +235,16 @@ class DecodeConfig:
     context_latent_frames: int = 2
     tile_latent_size: int = 24
     tile_halo_latents: int = 2
+    # Latent volumes up to this (frames x height x width, e.g. 8 x 16 x 16 = 57 frames of 512x512)
+    # decode whole: exact and with no context/halo to recompute. Larger ones are chunked.
+    whole_max_latents: int = 2048
 
     def validate(self, key: str) -> None:
         _require(self.chunk_latent_frames >= 1, f"{key}.chunk_latent_frames", "must be >= 1")
         _require(self.context_latent_frames >= 0, f"{key}.context_latent_frames", "must be >= 0")
         _require(self.tile_latent_size >= 1, f"{key}.tile_latent_size", "must be >= 1")
         _require(self.tile_halo_latents >= 0, f"{key}.tile_halo_latents", "must be >= 0")
+        _require(self.whole_max_latents >= 0, f"{key}.whole_max_latents", "must be >= 0")
 
 
 @dataclass(frozen=True)

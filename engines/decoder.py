@@ -88,6 +88,9 @@ class Decoder:
         z = self._latents_5d(latents)
         t = self.geometry.temporal_compression
         frames = z.shape[2]
+        if frames * z.shape[3] * z.shape[4] <= d.whole_max_latents:  # small: one pass, nothing recomputed
+            yield _to_frames(self.vae.decode(z, self._temb(), return_dict=False)[0])
+            return
         for start in range(0, frames, d.chunk_latent_frames):
             end = min(frames, start + d.chunk_latent_frames) - 1
             first = max(0, start - d.context_latent_frames)

@@ -31,7 +31,7 @@ class NaiveLTX2:
         self.sample_rate = self.pipe.vocoder.config.output_sampling_rate
 
     def generate(self, request: dict[str, Any]) -> bytes:
-        from diffusers.pipelines.ltx2.export_utils import encode_video
+        from diffusers.utils import encode_video
 
         from engines.params import GenerationParams
 
@@ -48,7 +48,7 @@ class NaiveLTX2:
         fd, path = tempfile.mkstemp(suffix=".mp4")
         os.close(fd)
         try:
-            encode_video(out.frames[0], fps=float(p.fps), audio=out.audio[0].float().cpu(),
+            encode_video(out.frames[0], fps=round(float(p.fps)), audio=out.audio[0].float().cpu(),
                          audio_sample_rate=self.sample_rate, output_path=path)
             with open(path, "rb") as f:
                 return f.read()
@@ -56,10 +56,17 @@ class NaiveLTX2:
             os.unlink(path)
 
 
-def deploy(preset_name: str, num_cpus: float = 2.0):
-    """Deploy the baseline on the running local cluster; returns its handle."""
-    app = NaiveLTX2.options(ray_actor_options={"num_cpus": num_cpus}).bind(preset_name)
-    return serve.run(app, name=APP_NAME, route_prefix=None)
+def build_app(args: dict[str, Any]):
+    return NaiveLTX2.bind(args.get("preset", "tiny"))
+
+
+def app_config(preset_name: str, num_cpus: float) -> dict[str, Any]:
+    """The baseline as a Serve config application (deployed beside Kino on the same cluster)."""
+    return {"name": APP_NAME, "route_prefix": None, "import_path": "loadtests.baseline:build_app",
+            "args": {"preset": preset_name},
+            "runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}},
+            "deployments": [{"name": "NaiveLTX2", "num_replicas": 1,
+                             "ray_actor_options": {"num_cpus": num_cpus}}]}
 
 
 class BaselineTarget(Target):

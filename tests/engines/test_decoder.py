@@ -8,7 +8,8 @@ from engines.stage_io import DenoisedLatents, LatentShape
 
 # The tiny video decoder is causal in time with a receptive field of ~14 latent frames and
 # ~8 latent pixels (measured by perturbing one latent voxel); context/halo cover it.
-EXACT = DecodeConfig(chunk_latent_frames=3, context_latent_frames=14, tile_latent_size=2, tile_halo_latents=8)
+EXACT = DecodeConfig(chunk_latent_frames=3, context_latent_frames=14, tile_latent_size=2, tile_halo_latents=8,
+                     whole_max_latents=0)
 
 
 def _random_latents(staged, frames=9, height=3, width=5, seed=0):
@@ -36,6 +37,14 @@ def test_short_context_is_an_approximation(staged):
     """Cutting the context below the receptive field changes frames: the test above is not vacuous."""
     lat = _random_latents(staged)
     whole = staged.decoder.decode_video(lat, chunked=False)
-    short = DecodeConfig(chunk_latent_frames=3, context_latent_frames=1, tile_latent_size=2, tile_halo_latents=1)
+    short = DecodeConfig(chunk_latent_frames=3, context_latent_frames=1, tile_latent_size=2, tile_halo_latents=1,
+                         whole_max_latents=0)
     chunked = torch.cat(list(staged.decoder.iter_video(lat, short)))
     assert (chunked - whole).abs().max().item() > 1e-2
+
+
+def test_small_clips_decode_whole_in_one_chunk(staged):
+    lat = _random_latents(staged, frames=5, height=2, width=2)
+    chunks = list(staged.decoder.iter_video(lat))  # default config: 20 latents <= whole_max_latents
+    assert len(chunks) == 1
+    assert (chunks[0] - staged.decoder.decode_video(lat, chunked=False)).abs().max().item() == 0.0
