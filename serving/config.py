@@ -75,8 +75,12 @@ class BatchingConfig:
 
     max_batch_size: int = 8  # requests per transformer forward
     max_running: int = 32  # requests holding state in one replica (others wait to be admitted)
+    policy: str = "priority"  # priority: higher priority first, preempting between steps; fifo: arrival only
+    rotate_buckets: bool = False  # let latent shapes take turns instead of following the oldest request
 
     def validate(self) -> None:
+        if self.policy not in ("priority", "fifo"):
+            raise ConfigError("batching.policy", f"{self.policy!r} is not priority or fifo")
         if self.max_batch_size < 1:
             raise ConfigError("batching.max_batch_size", "must be >= 1")
         if self.max_running < self.max_batch_size:

@@ -5,13 +5,21 @@ torch and no Ray. A Denoiser replica asks `next_batch()` at every step boundary,
 transformer forward for the returned requests, then reports back with `complete()`.
 
 At each boundary the scheduler
-1. admits waiting requests (priority, then arrival) while fewer than `max_running` run;
-2. picks the bucket of the most urgent running request (priority, then arrival): requests of
-   one bucket share a latent shape, so they can share a forward;
+1. admits waiting requests (most urgent first) while fewer than `max_running` run;
+2. picks a bucket: requests of one bucket share a latent shape, so they can share a forward.
+   By default the bucket of the most urgent running request; with `rotate_buckets`, the buckets
+   holding requests of the top priority take turns, so a shape nobody else asks for still gets
+   its share of steps while a popular one keeps arriving;
 3. takes up to `max_batch_size` running requests of that bucket, most urgent first;
-and `complete()` retires requests whose last step is done. A request not chosen keeps its
-state and simply waits for a later step: a higher-priority arrival overtakes it at the very
-next boundary.
+and `complete()` retires requests whose last step is done.
+
+Urgency is priority, then arrival (`policy: priority`): a request not chosen keeps its state and
+waits, so a higher-priority arrival overtakes lower ones at the very next step boundary
+(preemption between steps). `policy: fifo` ignores priority (arrival only), for comparison.
+
+The transformer cannot mix shapes in one forward: its video self-attention takes a mask, but the
+audio stream and the audio<->video cross-attention do not, so padding one request's tokens would
+leak into another's audio. Buckets are therefore exact shapes.
 """
 
 from __future__ import annotations
@@ -29,10 +37,7 @@ class StepRequest:
     total_steps: int
     arrival: int = 0
     steps_done: int = 0
-
-    @property
-    def urgency(self) -> tuple[int, int]:
-        return (-self.priority, self.arrival)
+    urgency: tuple[int, int] = (0, 0)  # set by the scheduler's policy: smaller runs first
 
     @property
     def finished(self) -> bool:
@@ -48,17 +53,26 @@ class Batch:
         return len(self.request_ids)
 
 
+POLICIES = ("priority", "fifo")
+
+
 @dataclass
 class StepScheduler:
     max_batch_size: int
     max_running: int
+    policy: str = "priority"
+    rotate_buckets: bool = False
     _waiting: dict[str, StepRequest] = field(default_factory=dict)
     _running: dict[str, StepRequest] = field(default_factory=dict)
     _arrivals: itertools.count = field(default_factory=itertools.count)
+    _turns: dict[Hashable, int] = field(default_factory=dict)  # bucket -> step boundary it last ran
+    _boundary: int = 0
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_running < self.max_batch_size:
             raise ValueError("need 1 <= max_batch_size <= max_running")
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy {self.policy!r} is not one of {POLICIES}")
 
     # -- requests come and go ---------------------------------------------------------------
     def add(self, request_id: str, bucket: Hashable, priority: int, total_steps: int) -> None:
@@ -66,7 +80,9 @@ class StepScheduler:
             raise ValueError(f"request {request_id} is already scheduled")
         if total_steps < 1:
             raise ValueError("total_steps must be >= 1")
-        self._waiting[request_id] = StepRequest(request_id, bucket, priority, total_steps, next(self._arrivals))
+        arrival = next(self._arrivals)
+        urgency = (-priority, arrival) if self.policy == "priority" else (0, arrival)
+        self._waiting[request_id] = StepRequest(request_id, bucket, priority, total_steps, arrival, urgency=urgency)
 
     def remove(self, request_id: str) -> bool:
         """Drop a request (cancelled or failed); True if it was scheduled."""
@@ -78,8 +94,15 @@ class StepScheduler:
         if not self._running:
             return None
         lead = min(self._running.values(), key=lambda r: r.urgency)
-        same = sorted((r for r in self._running.values() if r.bucket == lead.bucket), key=lambda r: r.urgency)
-        return Batch(lead.bucket, tuple(r.request_id for r in same[: self.max_batch_size]))
+        bucket = lead.bucket
+        if self.rotate_buckets:  # among the top-priority requests' buckets, the one that waited longest
+            top = [r for r in self._running.values() if r.urgency[0] == lead.urgency[0]]
+            bucket = min(dict.fromkeys(r.bucket for r in top), key=lambda b: (self._turns.get(b, -1),
+                         min(r.urgency for r in top if r.bucket == b)))
+        self._boundary += 1
+        self._turns[bucket] = self._boundary
+        same = sorted((r for r in self._running.values() if r.bucket == bucket), key=lambda r: r.urgency)
+        return Batch(bucket, tuple(r.request_id for r in same[: self.max_batch_size]))
 
     def complete(self, batch: Batch) -> list[str]:
         """Count one step for each request of `batch` still scheduled; return those now finished."""

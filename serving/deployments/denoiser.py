@@ -32,7 +32,9 @@ class DenoiserDeployment:
     def __init__(self, config: dict[str, Any]) -> None:
         cfg = load_config(config)
         self.engine = Denoiser(cfg.model)
-        self.scheduler = StepScheduler(cfg.batching.max_batch_size, cfg.batching.max_running)
+        b = cfg.batching
+        self.scheduler = StepScheduler(b.max_batch_size, b.max_running, policy=b.policy,
+                                       rotate_buckets=b.rotate_buckets)
         self._states: dict[str, DenoiseState] = {}
         self._inbox: dict[str, asyncio.Queue] = {}
         self._wake = asyncio.Event()

@@ -88,3 +88,40 @@ def test_remove_while_stepping_and_validation():
 def test_scheduler_module_imports_no_torch_and_no_ray():
     code = "import sys, serving.scheduler; bad = {'torch', 'ray'} & set(sys.modules); assert not bad, bad"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_fifo_policy_ignores_priority():
+    s = StepScheduler(max_batch_size=1, max_running=4, policy="fifo")
+    s.add("low", "x", priority=1, total_steps=1)
+    s.add("high", "x", priority=9, total_steps=1)
+    assert drain(s) == [("low",), ("high",)]
+    with pytest.raises(ValueError):
+        StepScheduler(max_batch_size=1, max_running=1, policy="lottery")
+
+
+def test_rotation_gives_a_lone_shape_its_turns():
+    def run(rotate: bool) -> list[str]:
+        s = StepScheduler(max_batch_size=2, max_running=16, rotate_buckets=rotate)
+        for i in range(4):
+            s.add(f"big{i}", "512", priority=5, total_steps=3)
+        s.add("small", "64", priority=5, total_steps=3)
+        order = []
+        while (b := s.next_batch()) is not None:
+            order.append(b.bucket)
+            s.complete(b)
+        return order
+
+    oldest_first = run(False)
+    rotated = run(True)
+    assert oldest_first.index("64") == 6  # waits until every older "512" request is done
+    assert rotated[:4] == ["512", "64", "512", "64"]  # takes turns from the start
+    assert sorted(oldest_first) == sorted(rotated)  # the same work, in another order
+
+
+def test_priority_preempts_between_steps():
+    s = StepScheduler(max_batch_size=1, max_running=8)
+    s.add("low", "x", priority=1, total_steps=4)
+    b = s.next_batch()
+    s.complete(b)  # low has run one step
+    s.add("high", "x", priority=9, total_steps=2)
+    assert drain(s) == [("high",), ("high",), ("low",), ("low",), ("low",)]  # low paused, then resumed

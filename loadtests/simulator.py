@@ -1,0 +1,289 @@
+"""A discrete-event simulator of a Kino cluster, fed with measured stage and step times.
+
+It predicts throughput, p95 latency and replica counts under queue-depth autoscaling for
+clusters far bigger than this machine (10 to 1000 GPUs). The model, and its assumptions:
+
+- Jobs arrive as a Poisson process at `rate` per second (open loop) and go encode -> denoise
+  -> decode. Encoders and decoders are FCFS servers, one job at a time per replica.
+- A denoiser replica runs all its admitted jobs in step-level batches: with b jobs admitted
+  (b <= max_batch), one step takes step_time(b) = step_1 * (1 + alpha * (b - 1)), so each job
+  advances one step per step_time(b) (processor sharing). alpha is the marginal cost of a row:
+  ~1 on a CPU whose forward is already saturated at batch 1, ~0.1-0.3 on a GPU (measured, or an
+  assumption: say which). Jobs route to the denoiser replica with the fewest jobs.
+- Every `autoscale_period` seconds each stage wants ceil(jobs in the stage / target per replica)
+  replicas, within [1, its max]; an added replica serves after `cold_start` seconds (loading
+  weights); an idle surplus replica is removed at once.
+- A GPU budget is split between the stages by their share of the work per job; each replica is
+  one GPU. Networking, the job store and the front door are assumed never to be the bottleneck.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import itertools
+import math
+import random
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Per-job service times in seconds (measured on the target hardware, or stated assumptions)."""
+
+    encode: float
+    step_1: float  # one denoising step of one request at batch 1
+    steps: int
+    decode: float
+    alpha: float  # marginal cost of one more request in a step, relative to step_1
+    max_batch: int = 8
+
+    def step_time(self, b: int) -> float:
+        return self.step_1 * (1 + self.alpha * (max(b, 1) - 1))
+
+    def work_share(self) -> dict[str, float]:
+        den = self.steps * self.step_time(self.max_batch) / self.max_batch
+        w = {"encode": self.encode, "denoise": den, "decode": self.decode}
+        total = sum(w.values())
+        return {k: v / total for k, v in w.items()}
+
+    def capacity(self, gpus: int) -> float:
+        """Jobs per second a budget sustains at full batches, when split by work share."""
+        share = self.work_share()
+        per_job = {"encode": self.encode, "denoise": self.steps * self.step_time(self.max_batch) / self.max_batch,
+                   "decode": self.decode}
+        return min(max(1, math.floor(gpus * share[s])) / per_job[s] for s in per_job)
+
+
+@dataclass
+class Scenario:
+    gpus: int
+    rate: float
+    timings: Timings
+    duration: float = 1800.0
+    warmup: float = 300.0
+    cold_start: float = 60.0
+    autoscale_period: float = 10.0
+    targets: dict[str, float] = field(default_factory=lambda: {"encode": 2.0, "denoise": 8.0, "decode": 2.0})
+    seed: int = 0
+
+    def max_replicas(self) -> dict[str, int]:
+        share = self.timings.work_share()
+        return {s: max(1, math.floor(self.gpus * share[s])) for s in share}
+
+
+@dataclass
+class Result:
+    gpus: int
+    rate: float
+    completed: int
+    throughput: float
+    p50: float
+    p95: float
+    replicas: dict[str, float]  # time-averaged
+    max_replicas: dict[str, int]
+
+
+class _Sim:
+    def __init__(self, sc: Scenario) -> None:
+        self.sc, self.t = sc, 0.0
+        self.events: list = []
+        self.seq = itertools.count()
+        self.rng = random.Random(sc.seed)
+        self.max = sc.max_replicas()
+        # Live replicas per stage (start with one each, warm), plus ones starting up.
+        self.fcfs = {s: {"busy": 0, "replicas": 1, "queue": []} for s in ("encode", "decode")}
+        self.denoisers: list[dict] = [self._new_denoiser()]
+        self.pending = {"encode": 0, "denoise": 0, "decode": 0}
+        self.latencies: list[float] = []
+        self.replica_time = {"encode": 0.0, "denoise": 0.0, "decode": 0.0}
+        self.last_t = 0.0
+
+    def _new_denoiser(self) -> dict:
+        return {"jobs": {}, "waiting": [], "last": 0.0, "version": 0}
+
+    def push(self, t: float, kind: str, data=None) -> None:
+        heapq.heappush(self.events, (t, next(self.seq), kind, data))
+
+    def account(self) -> None:
+        dt = self.t - self.last_t
+        if self.t > self.sc.warmup:
+            for s in ("encode", "decode"):
+                self.replica_time[s] += dt * self.fcfs[s]["replicas"]
+            self.replica_time["denoise"] += dt * len(self.denoisers)
+        self.last_t = self.t
+
+    # -- FCFS stages ----------------------------------------------------------------------
+    def fcfs_arrive(self, stage: str, job: dict) -> None:
+        st = self.fcfs[stage]
+        if st["busy"] < st["replicas"]:
+            st["busy"] += 1
+            self.push(self.t + getattr(self.sc.timings, stage), f"{stage}_done", job)
+        else:
+            st["queue"].append(job)
+
+    def fcfs_done(self, stage: str, job: dict) -> None:
+        st = self.fcfs[stage]
+        st["busy"] -= 1
+        if st["queue"] and st["busy"] < st["replicas"]:
+            st["busy"] += 1
+            self.push(self.t + getattr(self.sc.timings, stage), f"{stage}_done", st["queue"].pop(0))
+
+    # -- denoisers: processor sharing over step-level batches ----------------------------------
+    def _advance(self, d: dict) -> None:
+        b = len(d["jobs"])
+        if b:
+            per_job_rate = 1.0 / self.sc.timings.step_time(b)  # steps per second each job makes
+            for job in d["jobs"]:
+                d["jobs"][job] -= (self.t - d["last"]) * per_job_rate
+        d["last"] = self.t
+
+    def _schedule_next(self, d: dict) -> None:
+        d["version"] += 1
+        if d["jobs"]:
+            b = len(d["jobs"])
+            job, left = min(d["jobs"].items(), key=lambda kv: kv[1])
+            self.push(self.t + max(left, 0.0) * self.sc.timings.step_time(b), "denoise_done",
+                      (id(d), d["version"], job))
+
+    def denoise_arrive(self, job: dict) -> None:
+        d = min(self.denoisers, key=lambda x: len(x["jobs"]) + len(x["waiting"]))
+        self._advance(d)
+        if len(d["jobs"]) < self.sc.timings.max_batch:
+            d["jobs"][job["id"]] = float(self.sc.timings.steps)
+            job["denoiser"] = d
+        else:
+            d["waiting"].append(job)
+        self._schedule_next(d)
+
+    def denoise_done(self, data) -> dict | None:
+        did, version, job_id = data
+        d = next((x for x in self.denoisers if id(x) == did), None)
+        if d is None or version != d["version"]:
+            return None  # stale event
+        self._advance(d)
+        d["jobs"].pop(job_id, None)
+        if d["waiting"]:
+            nxt = d["waiting"].pop(0)
+            d["jobs"][nxt["id"]] = float(self.sc.timings.steps)
+        self._schedule_next(d)
+        return self.jobs.pop(job_id)
+
+    # -- autoscaling ---------------------------------------------------------------------------
+    def autoscale(self) -> None:
+        sc = self.sc
+        in_stage = {s: self.fcfs[s]["busy"] + len(self.fcfs[s]["queue"]) for s in ("encode", "decode")}
+        in_stage["denoise"] = sum(len(d["jobs"]) + len(d["waiting"]) for d in self.denoisers)
+        current = {"encode": self.fcfs["encode"]["replicas"], "decode": self.fcfs["decode"]["replicas"],
+                   "denoise": len(self.denoisers)}
+        for s, load in in_stage.items():
+            want = min(self.max[s], max(1, math.ceil(load / sc.targets[s])))
+            have = current[s] + self.pending[s]
+            if want > have:
+                self.pending[s] += want - have
+                for _ in range(want - have):
+                    self.push(self.t + sc.cold_start, "replica_up", s)
+            elif want < current[s]:
+                self._scale_down(s, current[s] - want)
+        self.push(self.t + sc.autoscale_period, "autoscale")
+
+    def _scale_down(self, stage: str, n: int) -> None:
+        if stage == "denoise":
+            idle = [d for d in self.denoisers if not d["jobs"] and not d["waiting"]]
+            for d in idle[: min(n, len(self.denoisers) - 1)]:
+                self.denoisers.remove(d)
+        else:
+            st = self.fcfs[stage]
+            st["replicas"] = max(1, st["replicas"] - min(n, st["replicas"] - st["busy"]))
+
+    def replica_up(self, stage: str) -> None:
+        self.pending[stage] -= 1
+        if stage == "denoise":
+            d = self._new_denoiser()
+            d["last"] = self.t
+            self.denoisers.append(d)
+            # Rebalance: waiting jobs of other replicas move to the new one.
+            for other in self.denoisers:
+                while other["waiting"] and len(d["jobs"]) < self.sc.timings.max_batch:
+                    job = other["waiting"].pop(0)
+                    d["jobs"][job["id"]] = float(self.sc.timings.steps)
+            self._schedule_next(d)
+        else:
+            st = self.fcfs[stage]
+            st["replicas"] += 1
+            if st["queue"]:
+                st["busy"] += 1
+                self.push(self.t + getattr(self.sc.timings, stage), f"{stage}_done", st["queue"].pop(0))
+
+    def run(self) -> Result:
+        sc = self.sc
+        self.jobs: dict[int, dict] = {}
+        ids = itertools.count()
+        self.push(self.rng.expovariate(sc.rate), "arrive")
+        self.push(sc.autoscale_period, "autoscale")
+        while self.events:
+            t, _, kind, data = heapq.heappop(self.events)
+            if t > sc.duration:
+                break
+            self.t = t
+            self.account()
+            if kind == "arrive":
+                job = {"id": next(ids), "start": t}
+                self.jobs[job["id"]] = job
+                self.fcfs_arrive("encode", job)
+                self.push(t + self.rng.expovariate(sc.rate), "arrive")
+            elif kind == "encode_done":
+                self.fcfs_done("encode", data)
+                self.denoise_arrive(data)
+            elif kind == "denoise_done":
+                job = self.denoise_done(data)
+                if job is not None:
+                    self.fcfs_arrive("decode", job)
+            elif kind == "decode_done":
+                self.fcfs_done("decode", data)
+                if data["start"] >= sc.warmup:
+                    self.latencies.append(self.t - data["start"])
+            elif kind == "autoscale":
+                self.autoscale()
+            elif kind == "replica_up":
+                self.replica_up(data)
+        span = sc.duration - sc.warmup
+        lat = sorted(self.latencies)
+        pick = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]) if lat else (lambda q: float("nan"))
+        return Result(gpus=sc.gpus, rate=sc.rate, completed=len(lat), throughput=len(lat) / span, p50=pick(0.5),
+                      p95=pick(0.95), replicas={s: v / span for s, v in self.replica_time.items()},
+                      max_replicas=self.max)
+
+
+def simulate(scenario: Scenario) -> Result:
+    return _Sim(scenario).run()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--encode", type=float, required=True, help="seconds to encode one prompt")
+    ap.add_argument("--step", type=float, required=True, help="seconds of one denoising step at batch 1")
+    ap.add_argument("--steps", type=int, required=True)
+    ap.add_argument("--decode", type=float, required=True, help="seconds to decode and mux one video")
+    ap.add_argument("--alpha", type=float, required=True, help="marginal cost of one more request in a step")
+    ap.add_argument("--max-batch", type=int, default=8)
+    ap.add_argument("--gpus", default="10,100,1000")
+    ap.add_argument("--load", type=float, default=0.8, help="arrival rate as a fraction of the budget's capacity")
+    ap.add_argument("--cold-start", type=float, default=60.0)
+    ap.add_argument("--duration", type=float, default=1800.0)
+    args = ap.parse_args()
+    timings = Timings(args.encode, args.step, args.steps, args.decode, args.alpha, args.max_batch)
+    print("| GPUs | arrivals/s | throughput/s | p50 s | p95 s | encoders | denoisers | decoders |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for g in (int(x) for x in args.gpus.split(",")):
+        rate = args.load * timings.capacity(g)
+        r = simulate(Scenario(gpus=g, rate=rate, timings=timings, cold_start=args.cold_start,
+                              duration=args.duration))
+        print(f"| {g} | {rate:.2f} | {r.throughput:.2f} | {r.p50:.1f} | {r.p95:.1f} | "
+              f"{r.replicas['encode']:.1f} / {r.max_replicas['encode']} | "
+              f"{r.replicas['denoise']:.1f} / {r.max_replicas['denoise']} | "
+              f"{r.replicas['decode']:.1f} / {r.max_replicas['decode']} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
