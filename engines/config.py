@@ -25,9 +25,9 @@ from typing import Any, Literal
 from engines.errors import ConfigError
 
 Dtype = Literal["float32", "bfloat16", "float16"]
-DiTBackendName = Literal["eager"]
+DiTBackendName = Literal["auto", "eager", "compile", "tensorrt"]
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
-DIT_BACKENDS: tuple[str, ...] = ("eager",)
+DIT_BACKENDS: tuple[str, ...] = ("auto", "eager", "compile", "tensorrt")
 
 # Frame rates a request may ask for. NTSC rates are exact fractions, never truncated floats.
 STANDARD_FPS: tuple[Fraction, ...] = (
@@ -248,6 +248,51 @@ class DecodeConfig:
 
 
 @dataclass(frozen=True)
+class EnhancerConfig:
+    """The optional prompt enhancer: an LLM rewrites a short request into a detailed prompt before
+    text encoding (LTX-2's enhancement slot). Off by default; a request opts in per job.
+
+    backend ``transformers`` runs a causal LM in process (``model``: a local directory; empty: the
+    model's own Gemma text encoder, as ``LTX2Pipeline.enhance_prompt`` does for LTX-2). Backend
+    ``vllm`` calls a vLLM server's OpenAI-compatible API at ``url`` serving ``model`` (the GPU
+    deployment). ``system_prompt`` empty: LTX-2's own text-to-video enhancement prompt.
+    """
+
+    enabled: bool = False
+    backend: str = "transformers"
+    model: str = ""
+    url: str = ""
+    max_new_tokens: int = 512  # LTX-2's default for Gemma 3
+    temperature: float = 0.7
+    system_prompt: str = ""
+    timeout_seconds: float = 60.0
+
+    def validate(self, key: str) -> None:
+        _require(self.backend in ("transformers", "vllm"), f"{key}.backend", "must be transformers or vllm")
+        _require(not (self.backend == "vllm" and self.enabled and not (self.url and self.model)),
+                 f"{key}.url", "and model are required for the vllm backend (its OpenAI-compatible base URL "
+                 "and the served model name)")
+        _require(1 <= self.max_new_tokens <= 4096, f"{key}.max_new_tokens", "must be in [1, 4096]")
+        _require(0.0 <= self.temperature <= 2.0, f"{key}.temperature", "must be in [0, 2]")
+        _require(self.timeout_seconds > 0, f"{key}.timeout_seconds", "must be > 0")
+
+
+@dataclass(frozen=True)
+class TensorRTConfig:
+    """TensorRT engines: where they are cached and which shape buckets get a profile.
+
+    Precision follows the model's ``dtype`` (the exported graph is strongly typed)."""
+
+    engine_cache_dir: Path = Path("var/kino/engines")
+    profiles: tuple[tuple[int, int, float], ...] = ((768, 512, 5.0),)  # (width, height, seconds) buckets
+    max_rows: int = 16  # transformer rows per forward (a CFG request takes 2)
+
+    def validate(self, key: str) -> None:
+        _require(self.max_rows >= 1, f"{key}.max_rows", "must be >= 1")
+        _require(len(self.profiles) >= 1, f"{key}.profiles", "needs at least one (width, height, seconds)")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Which model to run and how. Build one with `preset()` or `checkpoint()`."""
 
@@ -258,11 +303,13 @@ class ModelConfig:
     tokenizer_max_length: int = 64  # prompt tokens (padded/truncated to this)
     dtype: Dtype = "float32"
     device: str = "cpu"
-    dit_backend: DiTBackendName = "eager"
+    dit_backend: DiTBackendName = "auto"  # auto: TensorRT, then torch.compile on GPUs; eager on CPUs
     num_threads: int | None = 1  # CPU intra-op threads per engine; None: torch's default
     limits: ModelLimits = field(default_factory=ModelLimits)
     defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
+    enhancer: EnhancerConfig = field(default_factory=lambda: EnhancerConfig())
 
     def __post_init__(self) -> None:
         if isinstance(self.checkpoint_dir, str):
@@ -293,6 +340,8 @@ class ModelConfig:
                  "must be in [8, 4096]")
         self.limits.validate("model.limits")
         self.decode.validate("model.decode")
+        self.tensorrt.validate("model.tensorrt")
+        self.enhancer.validate("model.enhancer")
         d, lim = self.defaults, self.limits
         _require(1 <= d.steps <= lim.max_steps, "model.defaults.steps", f"must be in [1, {lim.max_steps}]")
         _require(d.fps in lim.allowed_fps, "model.defaults.fps", "must be one of limits.allowed_fps")
@@ -351,14 +400,18 @@ def from_mapping(data: Mapping[str, Any]) -> ModelConfig:
     """Build a config from a plain mapping (a YAML ``model:`` section).
 
     ``preset`` picks ``tiny``, ``small`` or ``checkpoint`` (with ``checkpoint_dir``); the
-    runtime keys ``dtype``, ``device``, ``dit_backend``, ``num_threads`` override it.
+    runtime keys ``dtype``, ``device``, ``dit_backend``, ``num_threads`` override it, and the
+    ``enhancer`` and ``tensorrt`` sections set those features (see their dataclasses).
     """
     data = dict(data)
     name = data.pop("preset", "tiny")
-    allowed = {"dtype", "device", "dit_backend", "num_threads", "checkpoint_dir", "seed"}
+    allowed = {"dtype", "device", "dit_backend", "num_threads", "checkpoint_dir", "seed", "enhancer", "tensorrt"}
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise ConfigError(f"model.{unknown[0]}", f"unknown key (allowed: preset, {', '.join(sorted(allowed))})")
+    for key, cls in (("enhancer", EnhancerConfig), ("tensorrt", TensorRTConfig)):
+        if key in data:
+            data[key] = _section(f"model.{key}", cls, data[key])
     if name == "checkpoint":
         if "checkpoint_dir" not in data:
             raise ConfigError("model.checkpoint_dir", "is required when preset is 'checkpoint'")
@@ -366,3 +419,18 @@ def from_mapping(data: Mapping[str, Any]) -> ModelConfig:
     if "checkpoint_dir" in data:
         raise ConfigError("model.checkpoint_dir", "is only valid with preset 'checkpoint'")
     return preset(name, **data)
+
+
+def _section(key: str, cls: type, value: Any) -> Any:
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, f"must be a mapping, got {type(value).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - names)
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}", f"unknown key (allowed: {', '.join(sorted(names))})")
+    fields = dict(value)
+    if "profiles" in fields:  # YAML lists -> the tuple of (width, height, seconds) tuples
+        fields["profiles"] = tuple(tuple(p) for p in fields["profiles"])
+    if "engine_cache_dir" in fields:
+        fields["engine_cache_dir"] = Path(fields["engine_cache_dir"])
+    return cls(**fields)

@@ -25,7 +25,7 @@ from diffusers.pipelines.ltx2.pipeline_ltx2 import calculate_shift, rescale_nois
 from diffusers.utils.torch_utils import randn_tensor
 
 from engines.config import ModelConfig
-from engines.dit_backend import DiTInputs, create_backend
+from engines.dit_backend import DiTBackend, DiTInputs, create_backend
 from engines.model_loader import DENOISER_PARTS, Components, ComponentSource
 from engines.params import GenerationParams
 from engines.runtime import configure_threads
@@ -89,7 +89,8 @@ class Denoiser:
     """LTX-2 DiT sampler with step-level batching across requests."""
 
     def __init__(self, config: ModelConfig, components: Components | None = None,
-                 geometry: LatentGeometry | None = None) -> None:
+                 geometry: LatentGeometry | None = None, backend: DiTBackend | None = None) -> None:
+        """`backend` overrides the one `config.dit_backend` chooses (e.g. a prebuilt engine)."""
         configure_threads(config)
         self.config = config
         source = ComponentSource(config)
@@ -97,7 +98,7 @@ class Denoiser:
         self.geometry = geometry or source.geometry()
         self.transformer = comps.transformer
         self.scheduler = comps.scheduler
-        self.backend = create_backend(config.dit_backend, comps.transformer)
+        self.backend = backend or create_backend(config.dit_backend, comps.transformer, config)
         self.device = torch.device(config.device)
         self._coords: dict[tuple[LatentShape, float], tuple[torch.Tensor, torch.Tensor]] = {}
 

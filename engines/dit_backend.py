@@ -7,11 +7,19 @@ touching batching, guidance or the sampler.
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
+
+log = logging.getLogger(__name__)
+
+
+class BackendUnavailable(Exception):
+    """This backend cannot run here (no GPU, a missing package, no compiler); the reason says which."""
 
 
 @dataclass
@@ -57,7 +65,7 @@ class EagerBackend(DiTBackend):
         t = inputs.timestep
         # As the LTX-2 pipelines call it: sigma = timestep, use_cross_timestep=True, and for
         # image-to-video a per-token video timestep with the audio on the plain one.
-        video, audio = self.transformer(
+        video, audio = self._call(
             hidden_states=inputs.video.to(dtype),
             audio_hidden_states=inputs.audio.to(dtype),
             encoder_hidden_states=inputs.video_context.to(dtype),
@@ -74,14 +82,51 @@ class EagerBackend(DiTBackend):
         )
         return video.float(), audio.float()
 
+    def _call(self, **kwargs: Any):
+        return self.transformer(**kwargs)
 
-_BACKENDS: dict[str, type[DiTBackend]] = {EagerBackend.name: EagerBackend}
+
+def _compiled(transformer: torch.nn.Module, _config: Any) -> DiTBackend:
+    from engines.backends.compiled import CompiledBackend
+
+    return CompiledBackend(transformer)
 
 
-def create_backend(name: str, transformer: torch.nn.Module) -> DiTBackend:
-    """The backend registered under `name` (see `ModelConfig.dit_backend`)."""
-    try:
-        cls = _BACKENDS[name]
-    except KeyError:
-        raise ValueError(f"unknown DiT backend {name!r}; known: {sorted(_BACKENDS)}") from None
-    return cls(transformer)
+def _tensorrt(transformer: torch.nn.Module, config: Any) -> DiTBackend:
+    from engines.backends.tensorrt import TensorRTBackend, TensorRTSettings
+
+    if config is None:
+        raise BackendUnavailable("TensorRT needs a model config (engine cache directory and shape profiles)")
+    return TensorRTBackend(transformer, TensorRTSettings.from_config(config))
+
+
+_BACKENDS: dict[str, Callable[[torch.nn.Module, Any], DiTBackend]] = {
+    "eager": lambda transformer, _config: EagerBackend(transformer),
+    "compile": _compiled,
+    "tensorrt": _tensorrt,
+}
+
+
+def fallback_chain(name: str, device: str) -> list[str]:
+    """Backends to try, best first: TensorRT, then torch.compile, then eager."""
+    if name == "auto":
+        return ["tensorrt", "compile", "eager"] if device.startswith("cuda") else ["eager"]
+    order = ["tensorrt", "compile", "eager"]
+    if name not in order:
+        raise ValueError(f"unknown DiT backend {name!r}; known: auto, {', '.join(order)}")
+    return order[order.index(name):]
+
+
+def create_backend(name: str, transformer: torch.nn.Module, config: Any = None,
+                   registry: dict[str, Callable[[torch.nn.Module, Any], DiTBackend]] | None = None) -> DiTBackend:
+    """The best available backend starting at `name`; each step down logs one line saying why."""
+    registry = registry or _BACKENDS
+    chain = fallback_chain(name, str(transformer.device))
+    for i, candidate in enumerate(chain):
+        try:
+            return registry[candidate](transformer, config)
+        except BackendUnavailable as e:
+            if i + 1 == len(chain):
+                raise
+            log.warning("DiT backend %s unavailable (%s); falling back to %s", candidate, e, chain[i + 1])
+    raise AssertionError("unreachable")

@@ -58,6 +58,7 @@ class GenerationParams:
     audio_guidance_scale: float | None = None
     guidance_rescale: float | None = None
     audio_guidance_rescale: float | None = None
+    enhance_prompt: bool = False  # rewrite the prompt with the model's prompt enhancer first
 
     @property
     def output_frames(self) -> int:
@@ -119,6 +120,10 @@ class GenerationParams:
             _check_float(name, getattr(p, name), *lim.guidance_range)
         for name in ("guidance_rescale", "audio_guidance_rescale"):
             _check_float(name, getattr(p, name), *lim.rescale_range)
+        if p.enhance_prompt is not False and not (p.enhance_prompt is True and config.enhancer.enabled):
+            raise InvalidParameter("enhance_prompt", p.enhance_prompt,
+                                   "false: this model has no prompt enhancer (model.enhancer.enabled is false)"
+                                   if p.enhance_prompt is True else "true or false")
         return p
 
 

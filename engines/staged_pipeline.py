@@ -14,6 +14,7 @@ from pathlib import Path
 from engines.config import ModelConfig
 from engines.decoder import Decoder, FrameFilter
 from engines.denoiser import Denoiser, DenoiseRequest, DenoiseState
+from engines.dit_backend import DiTBackend
 from engines.media_encoder import MediaEncoder
 from engines.model_loader import ALL_PARTS, Components, ComponentSource
 from engines.mp4 import MediaInfo
@@ -35,13 +36,14 @@ class GenerationResult:
 class StagedPipeline:
     """Text encoder -> denoiser -> decoder, sharing one set of loaded components."""
 
-    def __init__(self, config: ModelConfig, components: Components | None = None) -> None:
+    def __init__(self, config: ModelConfig, components: Components | None = None,
+                 backend: DiTBackend | None = None) -> None:
         source = ComponentSource(config)
         self.config = config
         self.components = components or source.load(ALL_PARTS)
         geometry = source.geometry()
         self.text_encoder = TextEncoder(config, self.components)
-        self.denoiser = Denoiser(config, self.components, geometry)
+        self.denoiser = Denoiser(config, self.components, geometry, backend=backend)
         self.decoder = Decoder(config, self.components, geometry)
         self.media = MediaEncoder(config, self.components, geometry)
 

@@ -1,13 +1,19 @@
 """The naive baseline, as users build it: diffusers' LTX2Pipeline called once per request inside
 one Ray Serve deployment, given the whole machine, one request at a time (a pipeline object is
-not safe to call from two threads). Same model classes and the same seeded weights as Kino's
-preset, the same defaults (steps, guidance), MP4 with audio written by diffusers' own muxer.
+not safe to call from two threads, so calls take a lock). Same model classes and the same seeded
+weights as Kino's preset, the same defaults (steps, guidance), MP4 with audio written by
+diffusers' own muxer.
+
+Made fair on purpose: requests wait inside the replica (a lock, max_ongoing_requests high), not
+in Serve's router, whose retry back-off would leave the replica idle between requests; and the
+torch thread count is a parameter (default: torch's own, as a user gets it).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -20,17 +26,24 @@ from loadtests.workload import RequestClass
 APP_NAME = "naive-baseline"
 
 
-@serve.deployment(name="NaiveLTX2", max_ongoing_requests=1)
+@serve.deployment(name="NaiveLTX2", max_ongoing_requests=256)
 class NaiveLTX2:
-    def __init__(self, preset_name: str) -> None:
+    def __init__(self, preset_name: str, threads: int | None = None) -> None:
         from engines.config import preset
         from engines.model_loader import load_components
+        from engines.runtime import configure_threads
 
-        self.config = preset(preset_name, num_threads=None)  # torch's default threads, as a user would
+        self.config = preset(preset_name, num_threads=threads)  # None: torch's default threads
+        configure_threads(self.config)
         self.pipe = load_components(self.config).pipeline()
         self.sample_rate = self.pipe.vocoder.config.output_sampling_rate
+        self._lock = threading.Lock()
 
     def generate(self, request: dict[str, Any]) -> bytes:
+        with self._lock:
+            return self._generate(request)
+
+    def _generate(self, request: dict[str, Any]) -> bytes:
         from diffusers.utils import encode_video
 
         from engines.params import GenerationParams
@@ -57,13 +70,13 @@ class NaiveLTX2:
 
 
 def build_app(args: dict[str, Any]):
-    return NaiveLTX2.bind(args.get("preset", "tiny"))
+    return NaiveLTX2.bind(args.get("preset", "tiny"), args.get("threads"))
 
 
-def app_config(preset_name: str, num_cpus: float) -> dict[str, Any]:
+def app_config(preset_name: str, num_cpus: float, threads: int | None = None) -> dict[str, Any]:
     """The baseline as a Serve config application (deployed beside Kino on the same cluster)."""
     return {"name": APP_NAME, "route_prefix": None, "import_path": "loadtests.baseline:build_app",
-            "args": {"preset": preset_name},
+            "args": {"preset": preset_name, "threads": threads},
             "runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}},
             "deployments": [{"name": "NaiveLTX2", "num_replicas": 1,
                              "ray_actor_options": {"num_cpus": num_cpus}}]}

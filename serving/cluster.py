@@ -56,7 +56,10 @@ def local_serve_config(path: str | Path = DEFAULT_SERVE_CONFIG, *, state_dir: st
              "provenance": {"dev_chain_dir": str(state / "credentials")}}
     app["args"]["config"] = _deep_merge(_deep_merge(app["args"].get("config") or {}, local), overrides or {})
     for d in app.get("deployments", []):
-        d.update((deployments or {}).get(d["name"], {}))
+        change = (deployments or {}).get(d["name"], {})
+        if "num_replicas" in change:  # a fixed count replaces autoscaling
+            d.pop("autoscaling_config", None)
+        d.update(change)
     doc["applications"] = [app]
     doc["proxy_location"] = "Disabled"  # clients speak gRPC to the Frontend; Serve's HTTP proxy is unused here
     return doc
@@ -142,7 +145,7 @@ def start_local_cluster(*, state_dir: str | Path, grpc_port: int = 0, serve_conf
                         overrides: dict[str, Any] | None = None, num_cpus: int | None = None,
                         object_store_mb: int = 512, log_to_driver: bool = False,
                         ray_temp_dir: str | None = None, rest_port: int = 0,
-                        metrics_port: int = 0) -> LocalCluster:
+                        metrics_port: int = 0, deployments: dict[str, dict[str, Any]] | None = None) -> LocalCluster:
     """Start Ray on this machine only, deploy Kino, and return once the gRPC front door serves.
 
     `grpc_port=0` picks a free port. Ray's session files go to a short temporary directory
@@ -168,7 +171,7 @@ def start_local_cluster(*, state_dir: str | Path, grpc_port: int = 0, serve_conf
                            ray_temp_dir=temp_dir)
     try:
         cluster.deploy(local_serve_config(serve_config, state_dir=state, grpc_port=port, rest_port=rest,
-                                          overrides=overrides))
+                                          overrides=overrides, deployments=deployments))
     except BaseException:
         cluster.shutdown()
         raise

@@ -26,7 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--api-key", help="API key for --address")
     p.add_argument("--preset", default="tiny", choices=["tiny", "small"], help="model of the local cluster")
     p.add_argument("--max-batch-size", type=int, help="Kino's denoising batch size (local cluster)")
+    p.add_argument("--denoiser-replicas", type=int, metavar="N",
+                   help="a fixed number of Denoiser replicas instead of autoscaling (local cluster)")
     p.add_argument("--baseline", action="store_true", help="also run the naive baseline (local cluster only)")
+    p.add_argument("--baseline-threads", type=int, metavar="N",
+                   help="torch threads of the baseline replica (default: torch's own choice, as a user gets it)")
     p.set_defaults(func=loadtest)
 
 
@@ -51,8 +55,9 @@ def loadtest(args: argparse.Namespace) -> int:
             overrides["batching"] = {"max_batch_size": args.max_batch_size, "max_running": 32}
         with console.status(f"starting a local cluster ({args.preset} model)"):
             # Logical CPUs: Kino's replicas and the baseline's stay deployed side by side (idle ones cost no CPU).
+            deployments = {"Denoiser": {"num_replicas": args.denoiser_replicas}} if args.denoiser_replicas else None
             cluster = start_local_cluster(state_dir=tempfile.mkdtemp(prefix="kino-loadtest-"), overrides=overrides,
-                                          num_cpus=4)
+                                          num_cpus=6, deployments=deployments)
         address = cluster.grpc_address
     targets = [harness.KinoTarget(address, api_key=args.api_key)]
     try:
@@ -62,7 +67,8 @@ def loadtest(args: argparse.Namespace) -> int:
             from loadtests.baseline import APP_NAME, BaselineTarget, app_config
 
             with console.status("deploying the naive baseline"):
-                cluster.deploy({"proxy_location": "Disabled", "applications": [app_config(args.preset, 2.0)]})
+                app = app_config(args.preset, 2.0, args.baseline_threads)
+                cluster.deploy({"proxy_location": "Disabled", "applications": [app]})
             targets.append(BaselineTarget(serve.get_app_handle(APP_NAME)))
         results: dict[str, list] = {t.name: [] for t in targets}
         for target in targets:  # one warm-up request each: first calls pay one-off costs

@@ -54,3 +54,31 @@ def test_from_mapping_overrides_runtime_keys():
     cfg = from_mapping({"preset": "small", "dtype": "bfloat16", "num_threads": 2})
     assert cfg.name == "small" and cfg.dtype == "bfloat16" and cfg.num_threads == 2
     assert isinstance(cfg, ModelConfig)
+
+
+def test_from_mapping_reads_the_enhancer_and_tensorrt_sections():
+    cfg = from_mapping({"preset": "tiny", "dit_backend": "tensorrt",
+                        "enhancer": {"enabled": True, "backend": "vllm", "url": "http://vllm:8000/v1",
+                                     "model": "google/gemma-3-4b-it", "max_new_tokens": 256},
+                        "tensorrt": {"engine_cache_dir": "/cache/engines", "profiles": [[768, 512, 5], [1280, 704, 5]],
+                                     "max_rows": 8}})
+    assert cfg.dit_backend == "tensorrt"
+    assert cfg.enhancer.enabled and cfg.enhancer.backend == "vllm" and cfg.enhancer.max_new_tokens == 256
+    assert cfg.tensorrt.profiles == ((768, 512, 5), (1280, 704, 5))
+    assert str(cfg.tensorrt.engine_cache_dir) == "/cache/engines"
+    assert preset("tiny").enhancer.enabled is False  # off by default
+
+
+@pytest.mark.parametrize("section, match", [
+    ({"enhancer": {"enabled": True, "backend": "vllm"}}, "model.enhancer.url"),
+    ({"enhancer": {"backend": "openai"}}, "model.enhancer.backend"),
+    ({"enhancer": {"max_new_tokens": 0}}, "model.enhancer.max_new_tokens"),
+    ({"enhancer": {"colour": 1}}, "model.enhancer.colour"),
+    ({"enhancer": "on"}, "model.enhancer: must be a mapping"),
+    ({"tensorrt": {"profiles": []}}, "model.tensorrt.profiles"),
+    ({"tensorrt": {"max_rows": 0}}, "model.tensorrt.max_rows"),
+    ({"dit_backend": "onnx"}, "model.dit_backend"),
+])
+def test_bad_enhancer_and_tensorrt_sections_name_the_key(section, match):
+    with pytest.raises(ConfigError, match=match):
+        from_mapping({"preset": "tiny", **section})

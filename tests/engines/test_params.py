@@ -43,6 +43,8 @@ def _params(**kw):
         (dict(prompt="x" * 2001), "prompt", "at most 2000 characters"),
         (dict(prompt=123), "prompt", "a string"),
         (dict(negative_prompt="y" * 2001), "negative_prompt", "at most 2000 characters"),
+        (dict(enhance_prompt=True), "enhance_prompt", "this model has no prompt enhancer"),
+        (dict(enhance_prompt="yes"), "enhance_prompt", "true or false"),
     ],
 )
 def test_each_rule_names_field_value_and_range(tiny_config, kw, field, allowed):
@@ -105,3 +107,11 @@ def test_params_round_trip_through_json(tiny_config):
 
     p = _params(fps=Fraction(30000, 1001), seed=3).validated(tiny_config)
     assert params_from_dict(json.loads(json.dumps(params_to_dict(p)))) == p
+
+
+def test_enhance_prompt_is_allowed_when_the_model_has_an_enhancer(tiny_config):
+    from engines.config import EnhancerConfig
+
+    cfg = tiny_config.replace(enhancer=EnhancerConfig(enabled=True))
+    assert _params(enhance_prompt=True).validated(cfg).enhance_prompt is True
+    assert _params().validated(cfg).enhance_prompt is False  # opt-in per request

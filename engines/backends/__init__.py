@@ -1,0 +1,1 @@
+"""Optimised DiT backends behind `engines.dit_backend.DiTBackend`: torch.compile, ONNX export, TensorRT."""
