@@ -16,6 +16,7 @@ Presets:
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -391,9 +392,19 @@ def checkpoint(path: str | Path, **overrides: Any) -> ModelConfig:
         raise ConfigError("model.checkpoint_dir", f"{str(path)!r} holds no model_index.json "
                           "(expected a diffusers LTX-2 checkpoint directory)")
     kwargs: dict[str, Any] = dict(name="checkpoint", checkpoint_dir=path, defaults=CHECKPOINT_DEFAULTS,
-                                  num_threads=None)
+                                  num_threads=None, tokenizer_max_length=_prompt_tokens(path))
     kwargs.update(overrides)
     return ModelConfig(**kwargs)
+
+
+def _prompt_tokens(path: Path) -> int:
+    """The checkpoint's prompt length: its tokenizer's, unless that is the "unbounded" sentinel
+    Gemma tokenizers ship with; then LTX2Pipeline's default of 1024."""
+    try:
+        n = int(json.loads((path / "tokenizer" / "tokenizer_config.json").read_text()).get("model_max_length", 0))
+    except (OSError, ValueError):
+        n = 0
+    return n if 8 <= n <= 4096 else 1024
 
 
 def from_mapping(data: Mapping[str, Any]) -> ModelConfig:

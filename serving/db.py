@@ -35,6 +35,7 @@ class Database:
         import serving.jobs.sql_store  # noqa: F401
 
         metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
@@ -48,6 +49,24 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Additive schema upgrades: a column declared here but missing from an existing table (a
+    database made by an older Kino) is added. New columns are nullable or have a server default,
+    so old rows stay valid; anything beyond adding columns needs a real migration."""
+    inspector = sa.inspect(engine)
+    with engine.connect().execution_options(kino_write=True) as conn, conn.begin():
+        for table in metadata.sorted_tables:
+            have = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in have:
+                    continue
+                if not column.nullable and column.server_default is None:
+                    raise RuntimeError(f"{table.name}.{column.name} is new, NOT NULL and has no default; "
+                                       "it needs a migration")
+                ddl = sa.schema.CreateColumn(column).compile(dialect=engine.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
 
 
 def _sqlite_setup(engine: Engine) -> None:

@@ -12,6 +12,7 @@ module imports no Ray and no torch.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -24,6 +25,7 @@ from serving.config import QueueConfig
 from serving.errors import KinoError, as_kino_error
 from serving.jobs import Artifact, Conditioning, Job, JobStatus, JobStore, Stage, StaleEpoch
 from serving.metrics import Metrics, NoMetrics
+from serving.moderation import Moderator
 from serving.provenance.claim import Claim, prompt_sha256
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,10 @@ class StageClient(ABC):
     """How the dispatcher reaches the stages."""
 
     @abstractmethod
+    async def enhance(self, job_id: str, params: GenerationParams) -> str:
+        """The prompt rewritten by the prompt enhancer (asked only when the request opted in)."""
+
+    @abstractmethod
     def encode(self, job_id: str, params: GenerationParams) -> Any:
         """Start text encoding; returns an opaque reference the denoiser accepts."""
 
@@ -80,8 +86,10 @@ class _CancelRequested(Exception):
 
 class Dispatcher:
     def __init__(self, store: JobStore, stages: StageClient, config: QueueConfig,
-                 on_finished: Callable[[Job], None] | None = None, metrics: Metrics | None = None) -> None:
+                 on_finished: Callable[[Job], None] | None = None, metrics: Metrics | None = None,
+                 moderator: Moderator | None = None) -> None:
         self.store, self.stages, self.config = store, stages, config
+        self.moderator = moderator  # checks what the prompt enhancer writes, as the front door checked the prompt
         self.on_finished = on_finished  # e.g. tell a cameo's owner
         self.metrics = metrics or NoMetrics()
         self.epoch: int | None = None
@@ -201,6 +209,7 @@ class Dispatcher:
                 await self._fail(job, epoch, err.code.value, err.message)
 
     async def _stages(self, job: Job, params: GenerationParams, epoch: int) -> DecodeResult:
+        params = await self._enhance(job, params, epoch)
         await self._progress(job, epoch, Stage.ENCODING, progress=0.0, message="encoding prompt")
         embedding = self.stages.encode(job.id, params)
         conditioning = self.stages.condition(job.id, params, job.conditioning)
@@ -237,6 +246,25 @@ class Dispatcher:
         self.metrics.stage_seconds("decode", took)
         self._decode_seconds = took if self._decode_seconds is None else 0.8 * self._decode_seconds + 0.2 * took
         return result
+
+    async def _enhance(self, job: Job, params: GenerationParams, epoch: int) -> GenerationParams:
+        """The params with the enhanced prompt, when the request asked for one. A rewrite is
+        stored before it is used, so a resumed job encodes the same text again."""
+        if not params.enhance_prompt:
+            return params
+        text = job.enhanced_prompt
+        if text is None:
+            await self._progress(job, epoch, Stage.ENCODING, progress=0.0, message="enhancing prompt")
+            text = await self.stages.enhance(job.id, params)
+            message = "prompt enhanced"
+            verdict = self.moderator.check(text, uses_cameo=job.conditioning.cameo_id is not None) \
+                if self.moderator is not None else None
+            if verdict is not None and not verdict.allowed:
+                text = params.prompt
+                message = (f"enhanced prompt rejected by moderation (category {verdict.category}); "
+                           "using the prompt as written")
+            await asyncio.to_thread(self.store.set_enhanced_prompt, job.id, epoch, text, message)
+        return dataclasses.replace(params, prompt=text)
 
     async def _progress(self, job: Job, epoch: int, stage: Stage, **values: Any) -> None:
         cancel = await asyncio.to_thread(self.store.record_progress, job.id, epoch, stage=stage, **values)

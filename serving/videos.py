@@ -63,6 +63,7 @@ class CreateVideo:
     image: bytes | None = None  # first frame (PNG/JPEG)
     cameo_id: str | None = None
     visibility: Visibility = Visibility.PRIVATE
+    enhance_prompt: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class RemixVideo:
     seed: int | None = None
     idempotency_key: str | None = None
     visibility: Visibility = Visibility.PRIVATE
+    enhance_prompt: bool = False
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,7 @@ class VideoService:
         return self._validated(GenerationParams(
             prompt=req.prompt, negative_prompt=req.negative_prompt, width=width, height=height,
             seconds=req.seconds, fps=fps, seed=req.seed, steps=req.steps, guidance_scale=req.guidance_scale,
-            audio_guidance_scale=req.audio_guidance_scale))
+            audio_guidance_scale=req.audio_guidance_scale, enhance_prompt=req.enhance_prompt))
 
     def _validated(self, params: GenerationParams) -> GenerationParams:
         try:
@@ -218,7 +220,8 @@ class VideoService:
         if not 0.1 <= strength <= 1.0:
             raise InvalidArgument(f"strength={strength} is not allowed: a number in [0.1, 1]", field="strength")
         base = params_from_dict(parent.params)
-        params = self._validated(replace(base, prompt=req.prompt, negative_prompt=None, seed=req.seed))
+        params = self._validated(replace(base, prompt=req.prompt, negative_prompt=None, seed=req.seed,
+                                         enhance_prompt=req.enhance_prompt))
         cameo = None
         if parent.conditioning.cameo_id:  # the person in the source is in the remix too: same consent rule
             cameo = await asyncio.to_thread(self._cameo_for, principal, parent.conditioning.cameo_id)

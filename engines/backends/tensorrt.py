@@ -63,6 +63,12 @@ def engine_key(transformer: torch.nn.Module, settings: TensorRTSettings) -> Engi
                      profiles=settings.profiles)
 
 
+def onnx_directory(transformer: torch.nn.Module, settings: TensorRTSettings, weights: str | None = None) -> Path:
+    """Where the transformer's ONNX export lives in the cache (per weights and dtype)."""
+    weights = weights or weights_hash(transformer)
+    return settings.cache_dir / f"onnx-{weights[:16]}-{str(transformer.dtype).removeprefix('torch.')}"
+
+
 def build_engine(transformer: torch.nn.Module, settings: TensorRTSettings) -> tuple[Path, bool]:
     """Build (or find) the engine for `transformer`; (path, built now)."""
     trt = _require_tensorrt()
@@ -71,7 +77,7 @@ def build_engine(transformer: torch.nn.Module, settings: TensorRTSettings) -> tu
 
     def build() -> bytes:
         # Resumable: a previous run's complete export is reused (export_onnx returns it).
-        onnx_path = export_onnx(transformer, settings.cache_dir / f"onnx-{key.weights[:16]}-{key.precision}",
+        onnx_path = export_onnx(transformer, onnx_directory(transformer, settings, key.weights),
                                 text_tokens=settings.text_tokens)
         logger = trt.Logger(trt.Logger.WARNING)
         builder = trt.Builder(logger)

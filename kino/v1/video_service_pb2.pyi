@@ -69,7 +69,7 @@ class VideoError(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Video(_message.Message):
-    __slots__ = ("id", "status", "progress", "model", "size", "seconds", "fps", "seed", "steps", "prompt", "negative_prompt", "priority", "created_at", "started_at", "completed_at", "error", "stage", "step", "total_steps", "size_bytes", "sha256", "attempts", "visibility", "parent_id", "cameo_id", "review", "image_conditioned")
+    __slots__ = ("id", "status", "progress", "model", "size", "seconds", "fps", "seed", "steps", "prompt", "negative_prompt", "priority", "created_at", "started_at", "completed_at", "error", "stage", "step", "total_steps", "size_bytes", "sha256", "attempts", "visibility", "parent_id", "cameo_id", "review", "image_conditioned", "enhanced_prompt")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +97,7 @@ class Video(_message.Message):
     CAMEO_ID_FIELD_NUMBER: _ClassVar[int]
     REVIEW_FIELD_NUMBER: _ClassVar[int]
     IMAGE_CONDITIONED_FIELD_NUMBER: _ClassVar[int]
+    ENHANCED_PROMPT_FIELD_NUMBER: _ClassVar[int]
     id: str
     status: VideoStatus
     progress: float
@@ -124,10 +125,11 @@ class Video(_message.Message):
     cameo_id: str
     review: Review
     image_conditioned: bool
-    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[VideoStatus, str]] = ..., progress: _Optional[float] = ..., model: _Optional[str] = ..., size: _Optional[str] = ..., seconds: _Optional[float] = ..., fps: _Optional[str] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., priority: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[_Union[VideoError, _Mapping]] = ..., stage: _Optional[_Union[Stage, str]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., attempts: _Optional[int] = ..., visibility: _Optional[_Union[Visibility, str]] = ..., parent_id: _Optional[str] = ..., cameo_id: _Optional[str] = ..., review: _Optional[_Union[Review, str]] = ..., image_conditioned: _Optional[bool] = ...) -> None: ...
+    enhanced_prompt: str
+    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[VideoStatus, str]] = ..., progress: _Optional[float] = ..., model: _Optional[str] = ..., size: _Optional[str] = ..., seconds: _Optional[float] = ..., fps: _Optional[str] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., priority: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[_Union[VideoError, _Mapping]] = ..., stage: _Optional[_Union[Stage, str]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., attempts: _Optional[int] = ..., visibility: _Optional[_Union[Visibility, str]] = ..., parent_id: _Optional[str] = ..., cameo_id: _Optional[str] = ..., review: _Optional[_Union[Review, str]] = ..., image_conditioned: _Optional[bool] = ..., enhanced_prompt: _Optional[str] = ...) -> None: ...
 
 class CreateVideoRequest(_message.Message):
-    __slots__ = ("prompt", "negative_prompt", "size", "seconds", "fps", "seed", "steps", "guidance_scale", "audio_guidance_scale", "priority", "idempotency_key", "model", "image", "cameo_id", "visibility")
+    __slots__ = ("prompt", "negative_prompt", "size", "seconds", "fps", "seed", "steps", "guidance_scale", "audio_guidance_scale", "priority", "idempotency_key", "model", "image", "cameo_id", "visibility", "enhance_prompt")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -143,6 +145,7 @@ class CreateVideoRequest(_message.Message):
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     CAMEO_ID_FIELD_NUMBER: _ClassVar[int]
     VISIBILITY_FIELD_NUMBER: _ClassVar[int]
+    ENHANCE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     negative_prompt: str
     size: str
@@ -158,23 +161,26 @@ class CreateVideoRequest(_message.Message):
     image: bytes
     cameo_id: str
     visibility: Visibility
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., size: _Optional[str] = ..., seconds: _Optional[float] = ..., fps: _Optional[str] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., audio_guidance_scale: _Optional[float] = ..., priority: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., model: _Optional[str] = ..., image: _Optional[bytes] = ..., cameo_id: _Optional[str] = ..., visibility: _Optional[_Union[Visibility, str]] = ...) -> None: ...
+    enhance_prompt: bool
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., size: _Optional[str] = ..., seconds: _Optional[float] = ..., fps: _Optional[str] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., audio_guidance_scale: _Optional[float] = ..., priority: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., model: _Optional[str] = ..., image: _Optional[bytes] = ..., cameo_id: _Optional[str] = ..., visibility: _Optional[_Union[Visibility, str]] = ..., enhance_prompt: _Optional[bool] = ...) -> None: ...
 
 class RemixVideoRequest(_message.Message):
-    __slots__ = ("video_id", "prompt", "strength", "seed", "idempotency_key", "visibility")
+    __slots__ = ("video_id", "prompt", "strength", "seed", "idempotency_key", "visibility", "enhance_prompt")
     VIDEO_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     STRENGTH_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     VISIBILITY_FIELD_NUMBER: _ClassVar[int]
+    ENHANCE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     video_id: str
     prompt: str
     strength: float
     seed: int
     idempotency_key: str
     visibility: Visibility
-    def __init__(self, video_id: _Optional[str] = ..., prompt: _Optional[str] = ..., strength: _Optional[float] = ..., seed: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., visibility: _Optional[_Union[Visibility, str]] = ...) -> None: ...
+    enhance_prompt: bool
+    def __init__(self, video_id: _Optional[str] = ..., prompt: _Optional[str] = ..., strength: _Optional[float] = ..., seed: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., visibility: _Optional[_Union[Visibility, str]] = ..., enhance_prompt: _Optional[bool] = ...) -> None: ...
 
 class SetVideoVisibilityRequest(_message.Message):
     __slots__ = ("id", "visibility")

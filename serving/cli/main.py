@@ -7,7 +7,7 @@ import logging
 import sys
 
 from engines.errors import EngineError
-from serving.cli import admin_cmd, loadtest_cmd, run_local, serve_cmd, trust_cmd, videos_cmd
+from serving.cli import admin_cmd, engines_cmd, loadtest_cmd, run_local, serve_cmd, trust_cmd, videos_cmd
 from serving.errors import KinoError
 from serving.frontend.grpc.client import ClientError
 
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     trust_cmd.register(sub)
     loadtest_cmd.register(sub)
     admin_cmd.register(sub)
+    engines_cmd.register(sub)
     run_local.register(sub)
     return parser
 

@@ -55,12 +55,15 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint-dir", metavar="DIR", help="the checkpoint directory, with --preset checkpoint")
     g.add_argument("--device", help="cpu or cuda[:N] (default: the preset's)")
     g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype (default: the preset's)")
+    g.add_argument("--dit-backend", choices=["auto", "eager", "compile", "tensorrt"],
+                   help="how the DiT runs: auto (GPUs: TensorRT, then torch.compile; CPUs: eager), or one of them "
+                        "(falling back down that chain with a log line saying why)")
 
 
 def model_mapping_from_args(args: argparse.Namespace) -> dict:
     """The ``model:`` mapping these options describe (see engines.config.from_mapping)."""
     m: dict = {"preset": args.preset}
-    for key in ("checkpoint_dir", "device", "dtype"):
+    for key in ("checkpoint_dir", "device", "dtype", "dit_backend"):
         if getattr(args, key, None) is not None:
             m[key] = getattr(args, key)
     return m

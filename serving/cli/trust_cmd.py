@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--strength", type=float, help="0.1 (close to the source) to 1 (new); default 0.6")
     r.add_argument("--seed", type=int)
     r.add_argument("--public", action="store_true", help="publish it when done")
+    r.add_argument("--enhance-prompt", action="store_true", help="let the server's prompt enhancer rewrite the prompt")
     r.add_argument("-o", "--output", type=Path, default=Path("remix.mp4"))
     client_options(r)
     r.set_defaults(func=remix)
@@ -83,7 +84,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def remix(args: argparse.Namespace) -> int:
     req = pb.RemixVideoRequest(video_id=args.video_id, prompt=args.prompt,
-                               visibility=pb.VISIBILITY_PUBLIC if args.public else pb.VISIBILITY_PRIVATE)
+                               visibility=pb.VISIBILITY_PUBLIC if args.public else pb.VISIBILITY_PRIVATE,
+                               enhance_prompt=args.enhance_prompt)
     if args.strength is not None:
         req.strength = args.strength
     if args.seed is not None:

@@ -50,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--image", type=Path, help="start from this first frame (PNG or JPEG): image-to-video")
     g.add_argument("--cameo", help="put a registered person in the video (you need their grant)")
     g.add_argument("--public", action="store_true", help="publish it to the public feed when done")
+    g.add_argument("--enhance-prompt", action="store_true",
+                   help="let the server's prompt enhancer (an LLM) rewrite the prompt first; `kino get` shows the "
+                        "rewrite")
     client_options(g)
     g.set_defaults(func=generate)
 
@@ -79,7 +82,7 @@ def create_request(args: argparse.Namespace) -> pb.CreateVideoRequest:
                                 idempotency_key=getattr(args, "idempotency_key", None) or "",
                                 cameo_id=getattr(args, "cameo", None) or "",
                                 visibility=pb.VISIBILITY_PUBLIC if getattr(args, "public", False)
-                                else pb.VISIBILITY_PRIVATE)
+                                else pb.VISIBILITY_PRIVATE, enhance_prompt=getattr(args, "enhance_prompt", False))
     if getattr(args, "image", None):
         req.image = Path(args.image).read_bytes()
     if args.size:
@@ -168,6 +171,8 @@ def _show(v: pb.Video) -> None:
     print(f"  model {v.model}, {v.size}, {v.seconds:g} s at {v.fps} fps, seed {v.seed}, {v.steps} steps, "
           f"priority {v.priority}")
     print(f"  prompt: {v.prompt}")
+    if v.enhanced_prompt:
+        print(f"  enhanced prompt: {v.enhanced_prompt}")
     if v.size_bytes:
         print(f"  mp4: {v.size_bytes} bytes, sha256 {v.sha256}")
     if v.error.code:

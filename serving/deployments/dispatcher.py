@@ -17,6 +17,7 @@ from serving.deployments.ray_metrics import RayMetrics
 from serving.deployments.stage_client import ServeStages
 from serving.dispatcher import Dispatcher
 from serving.jobs.sql_store import SqlJobStore
+from serving.moderation import RuleModerator
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,8 @@ class DispatcherDeployment:
         db = Database(cfg.storage.database_url)
         self.store, cameos = SqlJobStore(db), CameoStore(db)
         self.dispatcher = Dispatcher(self.store, ServeStages(text_encoder, denoiser, decoder), cfg.queue,
-                                     on_finished=lambda job: notify_finished(cameos, job), metrics=RayMetrics())
+                                     on_finished=lambda job: notify_finished(cameos, job), metrics=RayMetrics(),
+                                     moderator=RuleModerator.from_file(cfg.moderation.rules_file))
         self._task = asyncio.get_event_loop().create_task(self.dispatcher.run(), name="dispatch-loop")
 
     async def wake(self) -> None:

@@ -36,6 +36,15 @@ class ServeStages(StageClient):
                  decoder: DeploymentHandle) -> None:
         self.text_encoder, self.denoiser, self.decoder = text_encoder, denoiser, decoder
 
+    async def enhance(self, job_id: str, params: GenerationParams) -> str:
+        # The enhancer lives in the TextEncoder replicas (on CPU it is the same Gemma model).
+        try:
+            return await self.text_encoder.enhance.remote(params.prompt, params.seed)
+        except Exception as e:
+            if _is_unavailable(e):
+                raise StageUnavailable(f"prompt enhancer: {type(e).__name__}") from e
+            raise
+
     def encode(self, job_id: str, params: GenerationParams) -> Any:
         # Not awaited: the response is handed to the denoiser, which resolves it itself, so the
         # embedding goes from the encoder replica to the denoiser replica without passing here.

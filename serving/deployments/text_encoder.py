@@ -1,4 +1,5 @@
-"""TextEncoder deployment: batches concurrent prompts into one encoder pass (serve.batch)."""
+"""TextEncoder deployment: batches concurrent prompts into one encoder pass (serve.batch), and
+hosts the optional prompt enhancer (by default the same Gemma model; or a vLLM client)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Any
 
 from ray import serve
 
+from engines.model_loader import TEXT_ENCODER_PARTS, load_components
+from engines.prompt_enhancer import PromptEnhancer, create_enhancer
 from engines.stage_io import PromptEmbedding, PromptPair
 from engines.text_encoder import TextEncoder
 from serving.config import load_config
@@ -15,7 +18,10 @@ from serving.config import load_config
 @serve.deployment(name="TextEncoder")
 class TextEncoderDeployment:
     def __init__(self, config: dict[str, Any]) -> None:
-        self.engine = TextEncoder(load_config(config).model)
+        model = load_config(config).model
+        components = load_components(model, TEXT_ENCODER_PARTS)
+        self.engine = TextEncoder(model, components)
+        self.enhancer: PromptEnhancer | None = create_enhancer(model, components) if model.enhancer.enabled else None
 
     async def encode(self, prompt: PromptPair) -> PromptEmbedding:
         return await self._encode_batch(prompt)
@@ -23,3 +29,14 @@ class TextEncoderDeployment:
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def _encode_batch(self, prompts: list[PromptPair]) -> list[PromptEmbedding]:
         return await asyncio.to_thread(self.engine.encode, prompts)
+
+    async def enhance(self, prompt: str, seed: int) -> str:
+        if self.enhancer is None:  # the front door refuses such requests; this is a config mismatch
+            raise RuntimeError("this TextEncoder has no prompt enhancer (model.enhancer.enabled is false)")
+        return await self._enhance_batch((prompt, seed))
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _enhance_batch(self, requests: list[tuple[str, int]]) -> list[str]:
+        assert self.enhancer is not None
+        prompts, seeds = zip(*requests, strict=True)
+        return await asyncio.to_thread(self.enhancer.enhance, prompts, seeds)

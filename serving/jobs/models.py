@@ -109,6 +109,7 @@ class Job:
     visibility: Visibility = Visibility.PRIVATE
     conditioning: Conditioning = field(default_factory=Conditioning)
     review: Review = Review.NONE
+    enhanced_prompt: str | None = None  # what the prompt enhancer wrote (only when the request asked)
 
     @property
     def seconds(self) -> float:

@@ -61,6 +61,7 @@ jobs = sa.Table(
     sa.Column("parent_key", sa.String(512)),
     sa.Column("strength", sa.Float, nullable=False, server_default="0"),
     sa.Column("cameo_id", sa.String(64), index=True),
+    sa.Column("enhanced_prompt", sa.Text),
     sa.UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency"),
     sa.Index("ix_jobs_public", "visibility", "seq"),
     sa.Index("ix_jobs_queue", "status", "priority", "seq"),
@@ -323,6 +324,14 @@ class SqlJobStore(JobStore):
                           eta_seconds=eta_seconds, batch_size=batch_size, message=message)
             return job.cancel_requested
 
+    def set_enhanced_prompt(self, job_id: str, epoch: int, prompt: str, message: str) -> Job:
+        with self._write() as conn:
+            job = self._owned(conn, job_id, epoch)
+            conn.execute(jobs.update().where(jobs.c.id == job_id).values(enhanced_prompt=prompt))
+            _insert_event(conn, job_id, job.status, job.stage, step=job.step, total_steps=job.total_steps,
+                          progress=job.progress, message=message)
+            return self._get(conn, job_id)
+
     def finish(self, job_id: str, epoch: int, status: JobStatus, *, artifact: Artifact | None = None,
                error_code: str | None = None, error_message: str | None = None) -> Job:
         if not status.terminal or status == JobStatus.DELETED:
@@ -394,7 +403,7 @@ def _job(row: Any) -> Job:
                eta_seconds=row.eta_seconds, error_code=row.error_code, error_message=row.error_message,
                artifact=artifact, attempts=row.attempts, epoch=row.epoch, cancel_requested=bool(row.cancel_requested),
                cancel_reason=row.cancel_reason, user=row.user, visibility=Visibility(row.visibility),
-               review=Review(row.review),
+               review=Review(row.review), enhanced_prompt=row.enhanced_prompt,
                conditioning=Conditioning(image_key=row.image_key, parent_id=row.parent_id, parent_key=row.parent_key,
                                          strength=row.strength, cameo_id=row.cameo_id))
 

@@ -91,6 +91,10 @@ class JobStore(ABC):
         """Store a progress event; returns whether a cancel was requested. Raises StaleEpoch."""
 
     @abstractmethod
+    def set_enhanced_prompt(self, job_id: str, epoch: int, prompt: str, message: str) -> Job:
+        """Keep the prompt the enhancer wrote (a resumed job reuses it). Raises StaleEpoch."""
+
+    @abstractmethod
     def finish(self, job_id: str, epoch: int, status: JobStatus, *, artifact: Artifact | None = None,
                error_code: str | None = None, error_message: str | None = None) -> Job:
         """Move an in-progress job to completed, failed or cancelled. Raises StaleEpoch."""

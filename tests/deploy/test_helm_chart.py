@@ -136,6 +136,27 @@ def test_stages_land_on_their_own_worker_groups_and_gpu_profile():
         assert probe["grpc"]["port"] == 50051
 
 
+def test_prompt_enhancer_on_vllm_and_tensorrt_settings_reach_kino():
+    from serving.config import load_config
+
+    default, gpu = render(), render(*PROFILES["gpu"])
+    assert not [d for d in default if d["kind"] == "Deployment"]  # no vLLM unless asked for
+    model = _serve_config(default)["applications"][0]["args"]["config"]["model"]
+    assert model["enhancer"]["enabled"] is False and model["dit_backend"] == "auto"
+    load_config({"model": model})
+    [vllm] = [d for d in gpu if d["kind"] == "Deployment"]
+    [service] = [d for d in gpu if d["kind"] == "Service" and d["metadata"]["name"] == vllm["metadata"]["name"]]
+    container = vllm["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert "--served-model-name=prompt-enhancer" in container["args"]
+    model = _serve_config(gpu)["applications"][0]["args"]["config"]["model"]
+    enhancer = model["enhancer"]
+    assert enhancer["backend"] == "vllm" and enhancer["model"] == "prompt-enhancer"
+    assert enhancer["url"] == f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}/v1"
+    assert model["tensorrt"]["engine_cache_dir"].startswith("/var/kino/state")  # survives pod restarts
+    assert model["tensorrt"]["profiles"] == [[768, 512, 5]]
+
+
 def test_services_rules_and_dashboard_come_from_the_repository_files():
     docs = render()
     services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
@@ -154,6 +175,8 @@ def test_services_rules_and_dashboard_come_from_the_repository_files():
     (["--set", "model.preset=checkpoint"], "checkpointDir"),
     (["--set", "ports.grpc=0"], "ports/grpc"),
     (["--set", "model.dtype=float64"], "model/dtype"),
+    (["--set", "model.ditBackend=onnx"], "model/ditBackend"),
+    (["--set", "promptEnhancer.backend=openai"], "promptEnhancer/backend"),
 ])
 def test_values_schema_rejects_mistakes(bad, message):
     out = subprocess.run([helm(), "template", "kino", str(CHART), *bad], capture_output=True, text=True)

@@ -46,3 +46,17 @@ def test_checkpoint_missing_a_component_is_named(ckpt_dir, tmp_path):
     shutil.rmtree(broken / "vocoder")
     with pytest.raises(CheckpointError, match="no vocoder/ component directory"):
         load_components(checkpoint(broken), ["vocoder"])
+
+
+def test_prompt_length_comes_from_the_checkpoint_tokenizer(ckpt_dir, tmp_path, tiny_config):
+    import json
+    import shutil
+
+    assert checkpoint(ckpt_dir).tokenizer_max_length == tiny_config.tokenizer_max_length  # as saved
+    real = tmp_path / "real"
+    shutil.copytree(ckpt_dir, real)
+    conf = real / "tokenizer" / "tokenizer_config.json"
+    data = json.loads(conf.read_text())
+    data["model_max_length"] = 1000000000000000019884624838656  # what Gemma's tokenizer ships with
+    conf.write_text(json.dumps(data))
+    assert checkpoint(real).tokenizer_max_length == 1024  # LTX2Pipeline's max_sequence_length

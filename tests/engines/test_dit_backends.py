@@ -223,3 +223,15 @@ def test_compiled_backend_reproduces_ltx2_pipeline(compiled, reference_pipeline,
     wave = compiled.decoder.decode_audio(latents)
     assert (frames - ref_frames).abs().max().item() <= TOL
     assert (torch.from_numpy(wave.samples) - ref_audio).abs().max().item() <= TOL
+
+
+# -- kino engines build ----------------------------------------------------------------------
+def test_engines_build_says_why_it_cannot_build_here(tmp_path, capsys):
+    from serving.cli.main import main
+
+    assert main(["engines", "build", "--preset", "tiny", "--profile", "64x64x1",
+                 "--engine-cache-dir", str(tmp_path)]) == 2
+    assert "cannot build a TensorRT engine here: TensorRT needs an NVIDIA GPU" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["engines", "build", "--profile", "64x64"])  # not WIDTHxHEIGHTxSECONDS
+    assert "WIDTHxHEIGHTxSECONDS" in capsys.readouterr().err

@@ -19,8 +19,10 @@ from kino.v1 import video_service_pb2_grpc as pb_grpc
 def cluster(tmp_path_factory):
     from serving.cluster import start_local_cluster
 
-    # Logical CPUs, not cores: some modules deploy a second Kino app beside the main one.
-    c = start_local_cluster(state_dir=tmp_path_factory.mktemp("kino-state"), num_cpus=8)
+    # Logical CPUs, not cores: some modules deploy a second Kino app beside the main one. The prompt
+    # enhancer is on (requests opt in; the tiny preset's own Gemma writes the rewrite).
+    c = start_local_cluster(state_dir=tmp_path_factory.mktemp("kino-state"), num_cpus=8,
+                            overrides={"model": {"enhancer": {"enabled": True, "max_new_tokens": 24}}})
     yield c
     c.shutdown()
 

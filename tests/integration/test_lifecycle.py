@@ -106,3 +106,20 @@ def test_health_and_reflection(channel):
     [resp] = list(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
     names = {s.name for s in resp.list_services_response.service}
     assert {"kino.v1.VideoService", "grpc.health.v1.Health"} <= names
+
+
+def test_enhanced_prompt_is_generated_stored_and_shown_to_its_owner(stub, tmp_path):
+    req = pb.CreateVideoRequest(prompt="a fox in the snow", seed=21, size="64x64", seconds=1.0, enhance_prompt=True)
+    video = stub.CreateVideo(req)
+    events = wait_done(stub, video.id)
+    assert events[-1].status == pb.VIDEO_STATUS_COMPLETED
+    messages = [e.message for e in events]
+    assert "enhancing prompt" in messages and "prompt enhanced" in messages
+    done = stub.GetVideo(pb.GetVideoRequest(id=video.id))
+    assert done.prompt == "a fox in the snow"  # as written
+    assert done.enhanced_prompt and done.enhanced_prompt != done.prompt  # the tiny Gemma's (random-weight) rewrite
+    plain = stub.CreateVideo(pb.CreateVideoRequest(prompt="a fox in the snow", seed=21, size="64x64", seconds=1.0))
+    wait_done(stub, plain.id)
+    assert stub.GetVideo(pb.GetVideoRequest(id=plain.id)).enhanced_prompt == ""  # opt-in only
+    # Same seed, different conditioning text: a visibly different video.
+    assert abs(_frames(stub, video.id, tmp_path) - _frames(stub, plain.id, tmp_path)).mean() > 1.0

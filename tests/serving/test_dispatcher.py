@@ -22,13 +22,19 @@ from serving.rendering import Renderer
 class InProcessStages(StageClient):
     """The StageClient contract over the engines in this process (what the Serve handles do remotely)."""
 
-    def __init__(self, staged, artifacts: LocalArtifactStore, tmp_path) -> None:
-        self.staged = staged
+    def __init__(self, staged, artifacts: LocalArtifactStore, tmp_path, enhancer=None) -> None:
+        self.staged, self.enhancer = staged, enhancer
         self.renderer = Renderer(staged.decoder, staged.media, artifacts,
                                  ContentCredentials(ProvenanceConfig(dev_chain_dir=str(tmp_path / "creds"))),
                                  WatermarkConfig())
+        self.encoded: list[str] = []
+
+    async def enhance(self, job_id: str, params: GenerationParams) -> str:
+        [text] = await asyncio.to_thread(self.enhancer.enhance, [params.prompt], [params.seed])
+        return text
 
     def encode(self, job_id: str, params: GenerationParams) -> Any:
+        self.encoded.append(params.prompt)
         [emb] = self.staged.text_encoder.encode([PromptPair(params.prompt, params.negative_prompt or "")])
         return emb
 
@@ -135,3 +141,70 @@ def test_reconcile_requeues_a_job_with_no_task(setup, staged, tmp_path):
     asyncio.run(scenario())
     assert store.get(jid).status == JobStatus.QUEUED
     assert "requeued: its dispatcher task ended" in store.events(jid)[-1].message
+
+
+# -- prompt enhancement ----------------------------------------------------------------------
+class ScriptedEnhancer:
+    """Returns fixed rewrites (a stand-in for an LLM's choice of words; the real enhancer has its own tests)."""
+
+    def __init__(self, rewrite: str) -> None:
+        self.rewrite, self.calls = rewrite, 0
+
+    def enhance(self, prompts, seeds):
+        self.calls += 1
+        return [self.rewrite for _ in prompts]
+
+
+def _add_enhanced(store, tiny_config, prompt="a cat"):
+    from engines.config import EnhancerConfig
+
+    cfg = tiny_config.replace(enhancer=EnhancerConfig(enabled=True))
+    p = GenerationParams(prompt=prompt, seed=1, steps=2, enhance_prompt=True).validated(cfg)
+    job, _ = store.create(NewJob(id="video_enh", tenant="t", model="m", priority=5, params=params_to_dict(p),
+                                 request_hash="e"), max_queued=10)
+    return job.id
+
+
+def test_the_enhanced_prompt_is_stored_shown_and_encoded(setup, staged, tiny_config, tmp_path):
+    from engines.config import EnhancerConfig
+    from engines.prompt_enhancer import TransformersEnhancer
+
+    store, artifacts, _ = setup
+    jid = _add_enhanced(store, tiny_config)
+    enhancer = TransformersEnhancer(tiny_config.replace(enhancer=EnhancerConfig(enabled=True, max_new_tokens=24)),
+                                    staged.components)
+    stages = InProcessStages(staged, artifacts, tmp_path, enhancer)
+    asyncio.run(_run_until(Dispatcher(store, stages, QueueConfig(poll_seconds=0.05)), store, [jid]))
+    job = store.get(jid)
+    assert job.status == JobStatus.COMPLETED
+    assert job.enhanced_prompt and job.enhanced_prompt != "a cat"
+    assert stages.encoded == [job.enhanced_prompt]  # the encoder saw the rewrite, not the request
+    assert job.params["prompt"] == "a cat"  # what the user wrote is kept as written
+    assert [e.message for e in store.events(jid)][2:4] == ["enhancing prompt", "prompt enhanced"]
+
+
+def test_a_rewrite_moderation_rejects_falls_back_to_the_prompt(setup, staged, tiny_config, tmp_path):
+    from serving.moderation import RuleModerator
+
+    store, artifacts, _ = setup
+    jid = _add_enhanced(store, tiny_config)
+    stages = InProcessStages(staged, artifacts, tmp_path, ScriptedEnhancer("a cat, then gore everywhere"))
+    d = Dispatcher(store, stages, QueueConfig(poll_seconds=0.05), moderator=RuleModerator.from_file())
+    asyncio.run(_run_until(d, store, [jid]))
+    job = store.get(jid)
+    assert job.status == JobStatus.COMPLETED and job.enhanced_prompt == "a cat"
+    assert stages.encoded == ["a cat"]
+    assert any("rejected by moderation (category graphic_violence)" in e.message for e in store.events(jid))
+
+
+def test_a_resumed_job_reuses_its_stored_rewrite(setup, staged, tiny_config, tmp_path):
+    store, artifacts, _ = setup
+    jid = _add_enhanced(store, tiny_config)
+    old = store.begin_epoch()
+    store.claim_next(old)
+    store.set_enhanced_prompt(jid, old, "a ginger cat on a windowsill", "prompt enhanced")  # then the dispatcher died
+    enhancer = ScriptedEnhancer("a different rewrite")
+    stages = InProcessStages(staged, artifacts, tmp_path, enhancer)
+    asyncio.run(_run_until(Dispatcher(store, stages, QueueConfig(poll_seconds=0.05)), store, [jid]))
+    assert store.get(jid).status == JobStatus.COMPLETED
+    assert enhancer.calls == 0 and stages.encoded == ["a ginger cat on a windowsill"]

@@ -195,3 +195,32 @@ def test_data_survives_reopening(store_url):
     s2 = open_store(store_url)
     assert s2.get(job.id).params == {"prompt": "a cat"}
     s2.close()
+
+
+def test_enhanced_prompt_is_kept_across_a_restart_and_fenced_by_epoch(store):
+    job, _ = store.create(new_job(), max_queued=10)
+    old = store.begin_epoch()
+    store.claim_next(old)
+    updated = store.set_enhanced_prompt(job.id, old, "a tabby cat naps on a velvet sofa", "prompt enhanced")
+    assert updated.enhanced_prompt == "a tabby cat naps on a velvet sofa"
+    assert store.events(job.id)[-1].message == "prompt enhanced"
+    new = store.begin_epoch()  # the dispatcher died: the job is queued again with its rewrite
+    assert store.get(job.id).enhanced_prompt == "a tabby cat naps on a velvet sofa"
+    with pytest.raises(StaleEpoch):
+        store.set_enhanced_prompt(job.id, old, "late write", "x")
+    assert store.claim_next(new).enhanced_prompt == "a tabby cat naps on a velvet sofa"
+
+
+def test_an_older_database_gains_new_columns(tmp_path):
+    """A database made before a column existed (here: enhanced_prompt) is upgraded in place."""
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path}/old.db"
+    s = open_store(url)
+    job, _ = s.create(new_job(), max_queued=10)
+    s.close()
+    with sqlite3.connect(tmp_path / "old.db") as conn:
+        conn.execute("ALTER TABLE jobs DROP COLUMN enhanced_prompt")
+    s = open_store(url)
+    assert s.get(job.id).enhanced_prompt is None and s.get(job.id).params == {"prompt": "a cat"}
+    s.close()

@@ -64,14 +64,16 @@ def create_request(req: pb.CreateVideoRequest) -> CreateVideo:
         seconds=opt("seconds"), fps=req.fps or None, seed=opt("seed"), steps=opt("steps"),
         guidance_scale=opt("guidance_scale"), audio_guidance_scale=opt("audio_guidance_scale"),
         priority=opt("priority"), idempotency_key=req.idempotency_key or None, model=req.model or None,
-        image=req.image or None, cameo_id=req.cameo_id or None, visibility=visibility(req.visibility))
+        image=req.image or None, cameo_id=req.cameo_id or None, visibility=visibility(req.visibility),
+        enhance_prompt=req.enhance_prompt)
 
 
 def remix_request(req: pb.RemixVideoRequest) -> RemixVideo:
     return RemixVideo(video_id=req.video_id, prompt=req.prompt,
                       strength=req.strength if req.HasField("strength") else None,
                       seed=req.seed if req.HasField("seed") else None,
-                      idempotency_key=req.idempotency_key or None, visibility=visibility(req.visibility))
+                      idempotency_key=req.idempotency_key or None, visibility=visibility(req.visibility),
+                      enhance_prompt=req.enhance_prompt)
 
 
 def video(job: Job) -> pb.Video:
@@ -85,7 +87,8 @@ def video(job: Job) -> pb.Video:
         total_steps=job.total_steps or p["steps"], attempts=job.attempts,
         visibility=VISIBILITY_TO_PB[job.visibility], parent_id=job.conditioning.parent_id or "",
         cameo_id=job.conditioning.cameo_id or "", review=REVIEW_TO_PB[job.review],
-        image_conditioned=bool(job.conditioning.image_key and not job.conditioning.cameo_id))
+        image_conditioned=bool(job.conditioning.image_key and not job.conditioning.cameo_id),
+        enhanced_prompt=job.enhanced_prompt or "")
     if job.error_code:
         msg.error.code, msg.error.message = job.error_code, job.error_message or ""
     if job.artifact is not None:

@@ -27,6 +27,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $cfg := $app.args.config -}}
 {{- $model := dict "preset" .Values.model.preset "dtype" .Values.model.dtype "device" .Values.model.device -}}
 {{- if .Values.model.checkpointDir }}{{- $_ := set $model "checkpoint_dir" .Values.model.checkpointDir -}}{{- end -}}
+{{- $_ := set $model "dit_backend" (.Values.model.ditBackend | default "auto") -}}
+{{- $trt := dict "engine_cache_dir" "/var/kino/state/engines" -}}
+{{- with .Values.model.tensorrt }}{{- if .profiles }}{{- $_ := set $trt "profiles" .profiles -}}{{- end -}}{{- end -}}
+{{- $_ := set $model "tensorrt" $trt -}}
+{{- with .Values.promptEnhancer -}}
+{{- $enh := dict "enabled" .enabled "backend" .backend "max_new_tokens" (int .maxNewTokens) -}}
+{{- if eq .backend "vllm" -}}
+{{- $_ := set $enh "url" (printf "http://%s-vllm:8000/v1" (include "kino.fullname" $)) -}}
+{{- $_ := set $enh "model" .vllm.servedModelName -}}
+{{- end -}}
+{{- $_ := set $model "enhancer" $enh -}}
+{{- end -}}
 {{- $_ := set $cfg "model" $model -}}
 {{- $_ := set $cfg "grpc" (dict "host" "0.0.0.0" "port" (int .Values.ports.grpc)) -}}
 {{- $_ := set $cfg "rest" (dict "host" "0.0.0.0" "port" (int .Values.ports.rest) "enabled" true) -}}
