@@ -23,6 +23,7 @@ demo: $(STAMP)
 	$(VENV)/bin/kino demo -o out/demo.mp4
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -m "not gpu" -q
 
 bench-engines: $(STAMP)

@@ -202,24 +202,36 @@ def _section(name: str, cls: type, data: Any) -> Any:
 
 
 def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
-    """KINO_SECTION__KEY=value -> {section: {key: value}} (values parsed as YAML scalars)."""
+    """KINO_SECTION__KEY=value -> {section: {key: value}} (values parsed as YAML scalars); deeper
+    keys nest: KINO_MODEL__ENHANCER__ENABLED=true -> {model: {enhancer: {enabled: true}}}."""
     out: dict[str, dict[str, Any]] = {}
     for name, raw in (environ if environ is not None else os.environ).items():
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
-        section, key = name[len(ENV_PREFIX):].lower().split("__", 1)
-        out.setdefault(section, {})[key] = yaml.safe_load(raw) if raw != "" else ""
+        *path, key = name[len(ENV_PREFIX):].lower().split("__")
+        node: dict[str, Any] = out
+        for part in path:
+            node = node.setdefault(part, {})
+        node[key] = yaml.safe_load(raw) if raw != "" else ""
+    return out
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any], where: str) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping):
+            current = out.get(key) or {}
+            if not isinstance(current, Mapping):
+                raise ConfigError(f"{where}{key}", "must be a mapping")
+            out[key] = _merge(dict(current), value, f"{where}{key}.")
+        else:
+            out[key] = value
     return out
 
 
 def load_config(data: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None) -> KinoConfig:
     """A validated config from a mapping, with environment overrides applied on top."""
-    merged: dict[str, Any] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in (data or {}).items()}
-    for section, values in env_overrides(environ).items():
-        merged.setdefault(section, {})
-        if not isinstance(merged[section], dict):
-            raise ConfigError(section, "must be a mapping")
-        merged[section].update(values)
+    merged = _merge(dict(data or {}), env_overrides(environ), "")
     unknown = sorted(set(merged) - set(_SECTIONS) - {"model"})
     if unknown:
         raise ConfigError(unknown[0], f"unknown section (known: model, {', '.join(sorted(_SECTIONS))})")

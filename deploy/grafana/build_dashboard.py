@@ -24,7 +24,8 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("Jobs accepted per minute by tenant", "short", [
         ("{{tenant}}", 'sum by (tenant) (rate(ray_kino_jobs_created_total[5m])) * 60')]),
     ("End-to-end latency (completed jobs)", "s", [
-        (f"p{q}", f'histogram_quantile(0.{q}, sum by (le) (rate(ray_kino_job_seconds_bucket{{status="completed"}}[5m])))')
+        (f"p{q}",
+         f'histogram_quantile(0.{q}, sum by (le) (rate(ray_kino_job_seconds_bucket{{status="completed"}}[5m])))')
         for q in (50, 95, 99)]),
     ("Stage latency p95", "s", [
         ("{{stage}}", 'histogram_quantile(0.95, sum by (le, stage) (rate(ray_kino_stage_seconds_bucket[5m])))')]),

@@ -26,12 +26,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--api-key", help="API key for --address")
     p.add_argument("--preset", default="tiny", choices=["tiny", "small"], help="model of the local cluster")
     p.add_argument("--max-batch-size", type=int, help="Kino's denoising batch size (local cluster)")
-    p.add_argument("--denoiser-replicas", type=int, metavar="N",
-                   help="a fixed number of Denoiser replicas instead of autoscaling (local cluster)")
+    p.add_argument("--max-running", type=int,
+                   help="requests denoising at once per replica (local cluster; default: --max-batch-size)")
+    p.add_argument("--replicas", action="append", default=[], metavar="STAGE=N", type=_replicas,
+                   help="a fixed replica count for a stage instead of autoscaling, e.g. Denoiser=2 (repeatable; "
+                        "local cluster)")
     p.add_argument("--baseline", action="store_true", help="also run the naive baseline (local cluster only)")
     p.add_argument("--baseline-threads", type=int, metavar="N",
                    help="torch threads of the baseline replica (default: torch's own choice, as a user gets it)")
     p.set_defaults(func=loadtest)
+
+
+def _replicas(text: str) -> tuple[str, int]:
+    stage, _, n = text.partition("=")
+    if stage not in ("Frontend", "TextEncoder", "Denoiser", "Decoder") or not n.isdigit() or int(n) < 1:
+        raise argparse.ArgumentTypeError(f"expected STAGE=N with STAGE one of TextEncoder, Denoiser, Decoder and "
+                                         f"N >= 1, got {text!r}")
+    return stage, int(n)
 
 
 def loadtest(args: argparse.Namespace) -> int:
@@ -52,10 +63,11 @@ def loadtest(args: argparse.Namespace) -> int:
 
         overrides = {"model": {"preset": args.preset}, "queue": {"max_queued": 1024}}
         if args.max_batch_size:
-            overrides["batching"] = {"max_batch_size": args.max_batch_size, "max_running": 32}
+            overrides["batching"] = {"max_batch_size": args.max_batch_size,
+                                     "max_running": args.max_running or args.max_batch_size}
         with console.status(f"starting a local cluster ({args.preset} model)"):
             # Logical CPUs: Kino's replicas and the baseline's stay deployed side by side (idle ones cost no CPU).
-            deployments = {"Denoiser": {"num_replicas": args.denoiser_replicas}} if args.denoiser_replicas else None
+            deployments = {stage: {"num_replicas": n} for stage, n in args.replicas} or None
             cluster = start_local_cluster(state_dir=tempfile.mkdtemp(prefix="kino-loadtest-"), overrides=overrides,
                                           num_cpus=6, deployments=deployments)
         address = cluster.grpc_address
