@@ -61,7 +61,10 @@ class NaiveLTX2:
         fd, path = tempfile.mkstemp(suffix=".mp4")
         os.close(fd)
         try:
-            encode_video(out.frames[0], fps=round(float(p.fps)), audio=out.audio[0].float().cpu(),
+            # The model makes 8k+1 frames; deliver what was asked for, as Kino does.
+            frames = out.frames[0][:p.output_frames]
+            audio = out.audio[0].float().cpu()[..., :round(p.output_frames / p.fps * self.sample_rate)]
+            encode_video(frames, fps=round(float(p.fps)), audio=audio,
                          audio_sample_rate=self.sample_rate, output_path=path)
             with open(path, "rb") as f:
                 return f.read()
