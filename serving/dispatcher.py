@@ -95,6 +95,7 @@ class Dispatcher:
         self.epoch: int | None = None
         self._tasks: dict[str, asyncio.Task] = {}
         self._cancelling: set[str] = set()
+        self._settling: set[str] = set()  # jobs whose end (completed, failed, cancelled) is being recorded
         self._wake = asyncio.Event()
         self._decode_seconds: float | None = None  # moving average, for ETAs
 
@@ -131,8 +132,11 @@ class Dispatcher:
         task = self._tasks.get(job_id)
         if task is None:
             return False
-        self._cancelling.add(job_id)
-        task.cancel()
+        if job_id not in self._cancelling and job_id not in self._settling:
+            # Once, and never while the job's end is being recorded: that would interrupt the
+            # recording and leave the job in progress until reconcile requeued it.
+            self._cancelling.add(job_id)
+            task.cancel()
         return True
 
     @property
@@ -166,6 +170,7 @@ class Dispatcher:
             log.error("job %s: task ended with %r; reconcile will requeue it", job_id, task.exception())
         self._tasks.pop(job_id, None)
         self._cancelling.discard(job_id)
+        self._settling.discard(job_id)
         self._wake.set()
 
     # -- one job ---------------------------------------------------------------------------
@@ -186,6 +191,7 @@ class Dispatcher:
                     await self._progress(job, epoch, Stage.ENCODING, message=f"retrying after: {e}")
                     await asyncio.sleep(min(2.0 * attempt, 5.0))
             artifact = Artifact(key=result.key, size_bytes=result.size_bytes, sha256=result.sha256)
+            self._settling.add(job.id)
             done = await asyncio.to_thread(self.store.finish, job.id, epoch, JobStatus.COMPLETED, artifact=artifact)
             log.info("job %s completed: %s", job.id, result.summary)
             await self._finished(done)
@@ -194,13 +200,16 @@ class Dispatcher:
                 raise  # the dispatcher is stopping: the job stays in progress and is resumed later
             await self._finish_cancelled(job, epoch)
         except _CancelRequested:
+            self._settling.add(job.id)
             await self._finish_cancelled(job, epoch)
         except StaleEpoch:
             log.warning("job %s now belongs to a newer dispatcher; dropping it here", job.id)
         except StageUnavailable as e:
+            self._settling.add(job.id)
             await self._fail(job, epoch, "unavailable", f"a stage stayed unavailable after "
                                                         f"{self.config.max_attempts} attempts: {e}")
         except Exception as e:  # noqa: BLE001 - every failure is recorded with a reason
+            self._settling.add(job.id)
             err: KinoError = as_kino_error(e)
             if err.code.value == "internal":
                 log.exception("job %s failed", job.id)

@@ -343,8 +343,11 @@ class VideoService:
     # -- follow ------------------------------------------------------------------------------
     async def watch(self, principal: Principal, video_id: str, poll_seconds: float = 0.1) -> AsyncIterator[Progress]:
         """A snapshot now, then every stored event, until a terminal one."""
-        job = await self._own(principal, video_id)
+        await self._own(principal, video_id)
+        # Events first, then the job: a finish landing between the two reads shows in the snapshot,
+        # or after it; read the other way round, its event would be skipped and the watch never end.
         seen = max((e.id for e in await asyncio.to_thread(self.store.events, video_id)), default=0)
+        job = await self._own(principal, video_id)
         snapshot = Progress(video_id=job.id, status=job.status, stage=job.stage, at=time.time(),
                             step=job.step, total_steps=job.total_steps, progress=job.progress,
                             queue_position=await self.queue_position(job), eta_seconds=job.eta_seconds,

@@ -127,6 +127,31 @@ def test_cancel_mid_denoise(setup, staged, tmp_path):
     assert job.error_code == "cancelled" and job.step < 60 and job.artifact is None
 
 
+def test_a_cancel_arriving_while_the_job_is_being_stopped_still_records_it(setup, staged, tmp_path):
+    """Revocation and CancelVideo both flag the store and cancel the task; whichever lands while
+    the dispatcher is already recording the stop must not leave the job in progress forever."""
+    store, artifacts, add = setup
+    jid = add(0, steps=60)
+    # Reconcile (which would requeue an orphaned job) is kept out of the test's time.
+    d = Dispatcher(store, InProcessStages(staged, artifacts, tmp_path),
+                   QueueConfig(poll_seconds=0.05, reconcile_seconds=600))
+
+    async def scenario():
+        task = asyncio.create_task(d.run())
+        async with asyncio.timeout(60):
+            while store.get(jid).step < 2:
+                await asyncio.sleep(0.01)
+            store.request_cancel(jid)
+            while await d.cancel(jid):  # keep cancelling until the task is gone, as repeated requests do
+                await asyncio.sleep(0)
+            while store.get(jid).status != JobStatus.CANCELLED:
+                await asyncio.sleep(0.01)
+        task.cancel()
+
+    asyncio.run(scenario())
+    assert store.get(jid).error_code == "cancelled"
+
+
 def test_reconcile_requeues_a_job_with_no_task(setup, staged, tmp_path):
     store, artifacts, add = setup
     jid = add(0)

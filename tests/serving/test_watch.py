@@ -1,0 +1,68 @@
+"""WatchVideo's generator on its own (VideoService over a real SQLite store, no Ray)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from engines.params import GenerationParams, params_to_dict
+from serving.accounts import AccountStore
+from serving.accounts.models import Principal, Tenant
+from serving.artifacts import LocalArtifactStore
+from serving.cameos.store import CameoStore
+from serving.config import load_config
+from serving.db import Database
+from serving.jobs import JobStatus, NewJob
+from serving.jobs.sql_store import SqlJobStore
+from serving.moderation import RuleModerator
+from serving.videos import VideoService
+
+
+class FinishingStore(SqlJobStore):
+    """Timing injection: the job is cancelled by its dispatcher right after the watcher's first
+    read, the window in which a revocation or a cancel can land."""
+
+    def __init__(self, db: Database, epoch: int) -> None:
+        super().__init__(db)
+        self.epoch, self.armed = epoch, False
+
+    def _after_read(self, job_id: str) -> None:
+        if self.armed:
+            self.armed = False
+            self.request_cancel(job_id)
+            self.finish(job_id, self.epoch, JobStatus.CANCELLED, error_code="cancelled", error_message="stopped")
+
+    def get(self, job_id: str):
+        job = super().get(job_id)
+        self._after_read(job_id)
+        return job
+
+    def events(self, job_id: str, after_id: int = 0):
+        events = super().events(job_id, after_id)
+        self._after_read(job_id)
+        return events
+
+
+class NoDispatcher:
+    async def wake(self) -> None: ...
+
+    async def cancel(self, job_id: str) -> None: ...
+
+
+def test_a_job_finishing_as_the_watch_starts_still_ends_the_watch(tmp_path, tiny_config):
+    db = Database(f"sqlite:///{tmp_path}/jobs.db")
+    epoch = SqlJobStore(db).begin_epoch()
+    store = FinishingStore(db, epoch)
+    params = GenerationParams(prompt="a cat", seed=1, steps=3).validated(tiny_config)
+    store.create(NewJob(id="video_1", tenant="t", model="m", priority=5, params=params_to_dict(params),
+                        request_hash="1"), max_queued=10)
+    assert store.claim_next(epoch).id == "video_1"
+    videos = VideoService(load_config({}), store, LocalArtifactStore(tmp_path / "artifacts"), NoDispatcher(),
+                          moderator=RuleModerator([]), accounts=AccountStore(db), cameos=CameoStore(db))
+
+    async def watch() -> list:
+        store.armed = True
+        async with asyncio.timeout(10):
+            return [p async for p in videos.watch(Principal(Tenant("t", "t")), "video_1", poll_seconds=0.01)]
+
+    seen = asyncio.run(watch())
+    assert seen[-1].status == JobStatus.CANCELLED and seen[-1].error_code == "cancelled"
