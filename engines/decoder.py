@@ -103,8 +103,11 @@ class Decoder:
 
     def render_mp4(self, latents: DenoisedLatents, params: GenerationParams, path: str | Path, *,
                    frame_filter: FrameFilter | None = None,
-                   settings: EncodeSettings = EncodeSettings()) -> MediaInfo:
-        """Decode and encode straight into an MP4, chunk by chunk; returns what was written."""
+                   settings: EncodeSettings | None = None) -> MediaInfo:
+        """Decode and encode straight into an MP4, chunk by chunk; returns what was written.
+        The encoder keeps to the engine's thread budget: left to itself x264 starts 1.5 threads
+        per core and takes the cores the Denoiser beside it is stepping on."""
+        settings = settings or EncodeSettings(threads=self.config.num_threads or 0)
         audio = self.decode_audio(latents)
         with Mp4Writer(path, width=params.width, height=params.height, fps=params.fps,
                        num_frames=params.output_frames, audio=audio, settings=settings) as writer:

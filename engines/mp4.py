@@ -33,6 +33,7 @@ class EncodeSettings:
     crf: int = 20
     preset: str = "veryfast"
     audio_bitrate: int = 128_000
+    threads: int = 0  # x264 worker threads; 0: x264's own choice (1.5 per core, whatever else runs)
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ class Mp4Writer:
         self._video = self._container.add_stream("libx264", rate=self.fps)
         self._video.width, self._video.height, self._video.pix_fmt = width, height, "yuv420p"
         self._video.codec_context.time_base = 1 / self.fps
-        self._video.options = {"crf": str(settings.crf), "preset": settings.preset}
+        self._video.options = {"crf": str(settings.crf), "preset": settings.preset, "threads": str(settings.threads)}
         self._written = 0
         self._audio_stream = None
         self._audio_sent = 0

@@ -36,6 +36,10 @@ class DecoderDeployment:
         self.renderer = Renderer(decoder, media, LocalArtifactStore(cfg.storage.artifacts_dir),
                                  ContentCredentials(cfg.provenance), cfg.provenance.watermark_config())
         self.metrics = RayMetrics()
+        # One video at a time: the replica's thread budget is its engine's. Decoding several at once
+        # only splits the same cores (and, on a shared node, starves the Denoiser mid-step); the
+        # others wait here in arrival order, and still count towards autoscaling.
+        self._one_at_a_time = asyncio.Lock()
 
     async def encode_condition(self, params: GenerationParams, image_key: str | None, parent_key: str | None,
                                strength: float) -> VideoConditioning:
@@ -44,6 +48,7 @@ class DecoderDeployment:
     async def decode(self, job_id: str, params: GenerationParams, latents: list, key: str, claim: Claim,
                      parent_key: str | None = None) -> DecodeResult:
         denoised = await latents[0]  # the Denoiser's object: fetched from the object store here
-        result = await asyncio.to_thread(self.renderer.render, denoised, params, key, claim, parent_key)
+        async with self._one_at_a_time:
+            result = await asyncio.to_thread(self.renderer.render, denoised, params, key, claim, parent_key)
         self.metrics.artifact_written(result.size_bytes)
         return result
