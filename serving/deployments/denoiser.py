@@ -3,7 +3,10 @@
 Each `denoise` call adds a request to the scheduler and streams one event per step; the loop
 asks the scheduler for a batch at every step boundary and runs one transformer forward for
 it. Closing a stream (the dispatcher cancels a job) removes the request before the next step.
-The finished latents go into Ray's object store; the stream's last event carries the reference.
+The finished latents are the stream's last item, announced by a `LATENTS_FOLLOW` event, so the
+caller can hand that item's object reference to the Decoder without fetching it. (Yielding a
+`ray.put` reference inside an item instead loses the reference count under load: Ray bug
+ray-project/ray#58080; we measured decodes failing with ReferenceCountingAssertionError.)
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import ray
 from ray import serve
 
 from engines.denoiser import Denoiser, DenoiseRequest, DenoiseState
@@ -22,6 +24,7 @@ from engines.params import GenerationParams
 from engines.stage_io import PromptEmbedding, VideoConditioning
 from serving.config import load_config
 from serving.deployments.ray_metrics import RayMetrics
+from serving.deployments.stage_client import LATENTS_FOLLOW
 from serving.scheduler import StepScheduler
 
 log = logging.getLogger(__name__)
@@ -58,7 +61,7 @@ class DenoiserDeployment:
                 if isinstance(item, BaseException):
                     raise item
                 yield item
-                if "latents" in item:
+                if not isinstance(item, dict):  # the latents: always the last item
                     return
         finally:  # finished, failed, or the caller went away: free the slot before the next step
             self.scheduler.remove(request_id)
@@ -91,7 +94,8 @@ class DenoiserDeployment:
                     continue  # cancelled while its step ran
                 q.put_nowait({"step": state.steps_done, "total_steps": state.steps_total, "batch_size": len(batch)})
                 if rid in finished:
-                    q.put_nowait({"latents": [ray.put(self.engine.result(state))]})
+                    q.put_nowait(LATENTS_FOLLOW)
+                    q.put_nowait(self.engine.result(state))
 
     def stats(self) -> dict[str, int]:
         return {"running": self.scheduler.num_running, "waiting": self.scheduler.num_waiting}

@@ -21,6 +21,10 @@ _UNAVAILABLE = (rex.RayActorError, rex.ActorUnavailableError, rex.ObjectLostErro
                 sex.ReplicaUnavailableError, sex.BackPressureError)
 
 
+# The Denoiser's stream: one event dict per step, then this marker, then the latents as the last item.
+LATENTS_FOLLOW = {"latents_follow": True}
+
+
 def _is_unavailable(exc: BaseException) -> bool:
     seen = 0
     while exc is not None and seen < 8:
@@ -61,12 +65,16 @@ class ServeStages(StageClient):
                       conditioning: Any = None) -> AsyncIterator[DenoiseEvent]:
         stream = self.denoiser.options(stream=True).denoise.remote(job_id, params, embedding, priority, conditioning)
         try:
-            async for item in stream:
-                if "latents" in item:
-                    yield DenoiseEvent(step=params.steps, total_steps=params.steps, batch_size=0,
-                                       latents=item["latents"])
-                else:
-                    yield DenoiseEvent(**item)
+            items = await stream._to_object_ref_gen()  # references: the latents item is never fetched here
+            async for ref in items:
+                item = await ref
+                if item == LATENTS_FOLLOW:
+                    # Owned by this process (a top-level stream object, not a reference nested in one),
+                    # kept alive by the job until the Decoder has read it.
+                    latents = await items.__anext__()
+                    yield DenoiseEvent(step=params.steps, total_steps=params.steps, batch_size=0, latents=[latents])
+                    return
+                yield DenoiseEvent(**item)
         except Exception as e:
             if _is_unavailable(e):
                 raise StageUnavailable(f"denoiser: {type(e).__name__}") from e
