@@ -30,6 +30,8 @@ def render(*args: str) -> list[dict]:
 
 
 def crd_schemas() -> dict[tuple[str, str], dict]:
+    # shared/ lies beside the checkout (as in CI); without it a RayService cannot be checked at all.
+    assert (KUBERAY / "ray.io_rayservices.yaml").is_file(), f"KubeRay CRDs not found in {KUBERAY}"
     schemas = {}
     for path in sorted(KUBERAY.glob("*.yaml")):
         crd = yaml.safe_load(path.read_text())
