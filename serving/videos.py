@@ -249,6 +249,13 @@ class VideoService:
             raise
         if created:
             self.metrics.job_created(principal.tenant_id)
+            if cameo is not None and not await asyncio.to_thread(self.cameos.may_use, cameo, principal.tenant_id,
+                                                                 principal.user):
+                # Revoked between the check above and the insert: the revocation did not see this job.
+                await asyncio.to_thread(self.store.request_cancel, job.id, reason="consent_revoked",
+                                        message="the cameo owner revoked consent")
+                raise PermissionDenied(f"cameo_id {cameo.id!r}: consent was revoked while the video was created",
+                                       field="cameo_id")
             if cameo is not None:
                 await asyncio.to_thread(self.cameos.notify, cameo, "used", job.id, principal.tenant_id,
                                         "held for your approval" if held else "")
@@ -271,7 +278,7 @@ class VideoService:
         except NotFound:
             job = None
         if job is None or job.tenant != principal.tenant_id:  # another tenant's video does not exist here
-            raise NotFound(f"video {field} {video_id!r} not found", field=field)
+            raise NotFound(f"{field} {video_id!r} not found: no such video", field=field)
         return job
 
     async def _readable(self, principal: Principal, video_id: str, field: str = "id") -> Job:
@@ -283,13 +290,15 @@ class VideoService:
             if job.visibility == Visibility.PUBLIC and job.status == JobStatus.COMPLETED \
                     and job.review != Review.PENDING:
                 return job
-            raise NotFound(f"video {field} {video_id!r} not found", field=field) from None
+            raise NotFound(f"{field} {video_id!r} not found: no such video", field=field) from None
 
     async def get(self, principal: Principal, video_id: str) -> Job:
+        """The caller's own video, or another tenant's public one as the public sees it."""
         try:
-            return await self._readable(principal, video_id)
+            job = await self._readable(principal, video_id)
         except NotFound as e:
-            raise NotFound(f"video id {video_id!r} not found", field="id") from e
+            raise NotFound(f"id {video_id!r} not found: no such video", field="id") from e
+        return job if job.tenant == principal.tenant_id else _public_view(job)
 
     async def list(self, principal: Principal, *, status: JobStatus | None = None, page_size: int = 0,
                    page_token: str | None = None, after_id: str | None = None,
@@ -333,11 +342,11 @@ class VideoService:
         job = await self._own(principal, video_id)
         if visibility == Visibility.PUBLIC:
             if job.review == Review.PENDING:
-                raise FailedPrecondition(f"video {video_id} is held for the cameo owner's approval; it cannot be "
-                                         "published yet", field="visibility")
+                raise FailedPrecondition(f"visibility: video {video_id} is held for the cameo owner's approval; it "
+                                         "cannot be published yet", field="visibility")
             if job.status != JobStatus.COMPLETED:
-                raise FailedPrecondition(f"video {video_id} is {job.status.value}; only a completed video can be "
-                                         "public", field="visibility")
+                raise FailedPrecondition(f"visibility: video {video_id} is {job.status.value}; only a completed "
+                                         "video can be public", field="visibility")
         return await asyncio.to_thread(self.store.set_visibility, video_id, visibility)
 
     # -- follow ------------------------------------------------------------------------------
@@ -380,9 +389,9 @@ class VideoService:
     async def download(self, principal: Principal, video_id: str) -> Download:
         job = await self.get(principal, video_id)
         if job.review == Review.PENDING:
-            raise FailedPrecondition(f"video {video_id} is held until the cameo owner approves it", field="id")
+            raise FailedPrecondition(f"id {video_id} is held until the cameo owner approves it", field="id")
         if job.status != JobStatus.COMPLETED or job.artifact is None:
-            raise FailedPrecondition(f"video {video_id} is {job.status.value}; it can be downloaded once completed",
+            raise FailedPrecondition(f"id {video_id} is {job.status.value}; it can be downloaded once completed",
                                      field="id")
         chunk = self.config.grpc.download_chunk_bytes
         artifact = job.artifact
@@ -401,6 +410,15 @@ def _owns(principal: Principal, cameo: Cameo) -> bool:
 
 def _hash(data: dict) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _public_view(job: Job) -> Job:
+    """Another tenant's public video: the video itself, nothing of how or by whom it was made (no user,
+    priority, seed, negative or enhanced prompt, cameo, attempts or errors), as the public feed shows it."""
+    params = {**job.params, "seed": 0, "negative_prompt": None}
+    return replace(job, user="", priority=0, params=params, attempts=0, error_code=None, error_message=None,
+                   enhanced_prompt=None, idempotency_key=None, request_hash="",
+                   conditioning=Conditioning(parent_id=job.conditioning.parent_id))
 
 
 def _page_size(page_size: int) -> int:

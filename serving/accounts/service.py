@@ -43,11 +43,11 @@ class AccountService:
         """The principal of an API key; no key is the local tenant unless keys are required."""
         if not secret:
             if self.auth.required:
-                raise Unauthenticated("missing API key: send metadata 'authorization: Bearer kino_sk_...'",
-                                      field="authorization")
+                raise Unauthenticated("authorization: missing API key: send metadata "
+                                      "'authorization: Bearer kino_sk_...'", field="authorization")
             return self.local_principal()
         found = self.store.lookup(secret)
         if found is None:
-            raise Unauthenticated("invalid or revoked API key", field="authorization")
+            raise Unauthenticated("authorization: invalid or revoked API key", field="authorization")
         key, tenant = found
         return Principal(tenant=tenant, user=key.user, key_id=key.id)

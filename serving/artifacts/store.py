@@ -59,7 +59,7 @@ class LocalArtifactStore(ArtifactStore):
     def local_path(self, key: str) -> Path:
         path = self._path(key)
         if not path.is_file():
-            raise NotFound(f"artifact {key!r} is missing", field="id")
+            raise NotFound(f"id: the artifact {key!r} of this video is missing", field="id")
         return path
 
     def scratch_path(self, key: str) -> Path:
@@ -78,7 +78,7 @@ class LocalArtifactStore(ArtifactStore):
     def read_chunks(self, key: str, chunk_bytes: int) -> Iterator[bytes]:
         path = self._path(key)
         if not path.is_file():
-            raise NotFound(f"artifact {key!r} is missing", field="id")
+            raise NotFound(f"id: the artifact {key!r} of this video is missing", field="id")
         with open(path, "rb") as f:
             yield from iter(lambda: f.read(chunk_bytes), b"")
 

@@ -17,7 +17,7 @@ from serving.cameos.models import ANY_USER, Cameo, Grant, Notification
 from serving.cameos.recording import extract
 from serving.cameos.store import CameoStore
 from serving.config import KinoConfig
-from serving.errors import FailedPrecondition, InvalidArgument, NotFound
+from serving.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from serving.jobs import Job, JobStatus, JobStore, Review
 from serving.videos import DispatcherLink, VideoService
 
@@ -143,12 +143,21 @@ class CameoService:
         """The owner removes any video of them, whoever made it (a running one is stopped first)."""
         cameo = await self.owned(principal, cameo_id)
         job = await self._video_of(cameo, video_id)
-        if not job.status.terminal:
-            await self._stop(cameo, job, "removed by the cameo owner")
-            return await asyncio.to_thread(self.jobs.get, video_id)
-        await self.videos.delete_job(video_id)
+        await self._stop_and_delete(cameo, job, "removed by the cameo owner")
         await asyncio.to_thread(self.cameos.notify, cameo, "deleted", video_id, job.tenant, "deleted by the owner")
         return job
+
+    async def _stop_and_delete(self, cameo: Cameo, job: Job, why: str, wait_seconds: float = 60.0) -> Job:
+        """Delete a video of the owner; one still queued or running is stopped first (within a step)."""
+        if not job.status.terminal:
+            await self._stop(cameo, job, why)
+            deadline = asyncio.get_running_loop().time() + wait_seconds
+            while not (job := await asyncio.to_thread(self.jobs.get, job.id)).status.terminal:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise Unavailable(f"video_id {job.id} is still stopping; delete it again in a moment",
+                                      field="video_id")
+                await asyncio.sleep(0.1)
+        return await self.videos.delete_job(job.id)
 
     async def review(self, principal: Principal, cameo_id: str, video_id: str, approve: bool) -> Job:
         cameo = await self.owned(principal, cameo_id)
@@ -163,11 +172,7 @@ class CameoService:
             job = await asyncio.to_thread(self.jobs.set_review, video_id, Review.APPROVED)
             await asyncio.to_thread(self.cameos.notify, cameo, "approved", video_id, job.tenant, "approved")
             return job
-        if not job.status.terminal:
-            await self._stop(cameo, job, "rejected by the cameo owner")
-            job = await asyncio.to_thread(self.jobs.get, video_id)
-            return job
-        deleted = await self.videos.delete_job(video_id)
+        deleted = await self._stop_and_delete(cameo, job, "rejected by the cameo owner")
         await asyncio.to_thread(self.cameos.notify, cameo, "rejected", video_id, job.tenant,
                                 "rejected by the cameo owner: deleted")
         return deleted

@@ -63,7 +63,7 @@ class CameoStore:
         with self.db.read() as conn:
             row = conn.execute(sa.select(cameos).where(cameos.c.id == cameo_id, cameos.c.deleted_at.is_(None))).first()
         if row is None:
-            raise NotFound(f"cameo id {cameo_id!r} not found", field="cameo_id")
+            raise NotFound(f"cameo_id {cameo_id!r} not found: no such cameo", field="cameo_id")
         return _cameo(row)
 
     def owned(self, tenant: str, user: str) -> list[Cameo]:

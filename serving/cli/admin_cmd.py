@@ -41,20 +41,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     k = groups.add_parser("key", help="create, revoke or list API keys").add_subparsers(
         dest="key_command", required=True, metavar="ACTION")
     kc = k.add_parser("create", help="issue a key (shown once)")
-    kc.add_argument("tenant")
+    kc.add_argument("tenant", help="the tenant the key acts for")
     kc.add_argument("--user", default="default", help="the user the key belongs to (default: default)")
     kc.add_argument("--label", default="", help="a note to recognise the key by")
     kc.set_defaults(func=key_create)
     kr = k.add_parser("revoke", help="revoke a key by its id (key_...)")
-    kr.add_argument("key_id")
+    kr.add_argument("key_id", help="the key to revoke (key_...; `kino admin key list` shows them)")
     kr.set_defaults(func=key_revoke)
     kl = k.add_parser("list", help="list keys (never the secrets)")
-    kl.add_argument("--tenant")
+    kl.add_argument("--tenant", help="only this tenant's keys")
     kl.set_defaults(func=key_list)
 
     a = groups.add_parser("audit", help="a tenant's audit events (moderation rejections, ...)")
-    a.add_argument("tenant")
-    a.add_argument("--limit", type=int, default=50)
+    a.add_argument("tenant", help="the tenant id")
+    a.add_argument("--limit", type=int, default=50, help="events to show, newest first (default 50)")
     a.set_defaults(func=audit_list)
 
 

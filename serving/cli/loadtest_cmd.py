@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", action="store_true", help="also run the naive baseline (local cluster only)")
     p.add_argument("--baseline-threads", type=int, metavar="N",
                    help="torch threads of the baseline replica (default: torch's own choice, as a user gets it)")
+    p.add_argument("--baseline-replicas", type=int, default=1, metavar="N",
+                   help="replicas of the baseline deployment (default 1, as a user starts it)")
     p.set_defaults(func=loadtest)
 
 
@@ -79,7 +81,7 @@ def loadtest(args: argparse.Namespace) -> int:
             from loadtests.baseline import APP_NAME, BaselineTarget, app_config
 
             with console.status("deploying the naive baseline"):
-                app = app_config(args.preset, 2.0, args.baseline_threads)
+                app = app_config(args.preset, 2.0, args.baseline_threads, args.baseline_replicas)
                 cluster.deploy({"proxy_location": "Disabled", "applications": [app]})
             targets.append(BaselineTarget(serve.get_app_handle(APP_NAME)))
         results: dict[str, list] = {t.name: [] for t in targets}

@@ -1,4 +1,8 @@
-"""`kino run`: one generation in this process, no cluster (quick checks and debugging)."""
+"""`kino run`: one generation in this process, no cluster (quick checks and debugging).
+
+It keeps the product's promises as the cluster does: the prompt is moderated, every frame carries
+the visible mark, and the MP4 is signed with the configured (or local development) C2PA chain.
+"""
 
 from __future__ import annotations
 
@@ -23,19 +27,42 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import uuid
+
     from engines.config import from_mapping
     from engines.staged_pipeline import StagedPipeline
+    from engines.watermark import stamp
+    from serving.config import load_config
+    from serving.moderation import RuleModerator
+    from serving.provenance.claim import Claim, prompt_sha256
+    from serving.provenance.credentials import ContentCredentials
 
     console = Console()
+    settings = load_config()  # provenance and moderation settings, with KINO_* overrides
     config = from_mapping(model_mapping_from_args(args))
     params = params_from_args(args).validated(config)
+    moderator = RuleModerator.from_file(settings.moderation.rules_file or None)
+    verdict = moderator.check(params.prompt)  # (a negative prompt steers away from what it names)
+    if not verdict.allowed:
+        console.print(f"[red]prompt rejected by moderation: category {verdict.category}: {verdict.reason}")
+        return 2
+    credentials = ContentCredentials(settings.provenance)
+    mark = settings.provenance.watermark_config()
     with console.status(f"loading model {config.model_id}"):
         pipeline = StagedPipeline(config)
     with Progress(TextColumn("[bold]denoising"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task("denoise", total=params.steps)
-        result = pipeline.generate(params, args.output, on_step=lambda done, total: bar.update(task, completed=done))
-    console.print(f"wrote [bold]{result.path.resolve()}[/bold]")
+        muxed = args.output.with_name(f".{args.output.name}.unsigned")
+        result = pipeline.generate(params, muxed, on_step=lambda done, total: bar.update(task, completed=done),
+                                   frame_filter=lambda frames, _first: stamp(frames, mark))
+    try:
+        claim = Claim(video_id=f"run_{uuid.uuid4().hex}", model=config.model_id,
+                      prompt_sha256=prompt_sha256(params.prompt))
+        credentials.sign(muxed, args.output, claim)
+    finally:
+        muxed.unlink(missing_ok=True)
+    console.print(f"wrote [bold]{args.output.resolve()}[/bold] (watermarked, C2PA-signed)")
     console.print(f"  {result.media.summary()}")
     console.print(f"  seed {params.seed}, {params.steps} steps, model {config.model_id}")
     return 0

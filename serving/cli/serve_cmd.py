@@ -42,10 +42,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="The main job in one command: a local cluster on the chosen model, one video "
                                    "with audio generated through the gRPC API with a progress bar, then a clean "
                                    "shutdown.")
-    d.add_argument("prompt", nargs="?", default="a robot dancing on the beach, waves and a steel drum")
+    d.add_argument("prompt", nargs="?", default="a robot dancing on the beach, waves and a steel drum",
+                   help="what the video shows and sounds like (default: a robot dancing on the beach, ...)")
     d.add_argument("-o", "--output", type=Path, default=Path("out/demo.mp4"), help="default: out/demo.mp4")
-    d.add_argument("--seconds", type=float, default=2.0)
-    d.add_argument("--seed", type=int, default=7)
+    d.add_argument("--seconds", type=float, default=2.0, help="duration in seconds (default 2)")
+    d.add_argument("--seed", type=int, default=7, help="noise seed: the same seed gives the same video (default 7)")
     _cluster_options(d)
     d.set_defaults(func=demo)
 

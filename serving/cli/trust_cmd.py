@@ -19,37 +19,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("remix", help="make a new video from one of yours (or a public one) and a new prompt",
                        description="Video-to-video: the source is encoded with the video VAE, re-noised to "
                                    "--strength and denoised with the new prompt. The new video records its parent.")
-    r.add_argument("video_id")
-    r.add_argument("prompt")
+    r.add_argument("video_id", help="the source video (video_...): yours, or a public one")
+    r.add_argument("prompt", help="the new prompt")
     r.add_argument("--strength", type=float, help="0.1 (close to the source) to 1 (new); default 0.6")
-    r.add_argument("--seed", type=int)
+    r.add_argument("--seed", type=int, help="noise seed (default: random)")
     r.add_argument("--public", action="store_true", help="publish it when done")
     r.add_argument("--enhance-prompt", action="store_true", help="let the server's prompt enhancer rewrite the prompt")
-    r.add_argument("-o", "--output", type=Path, default=Path("remix.mp4"))
+    r.add_argument("-o", "--output", type=Path, default=Path("remix.mp4"),
+                   help="where to write the MP4 (default remix.mp4)")
     client_options(r)
     r.set_defaults(func=remix)
 
     p = sub.add_parser("publish", help="make a completed video public (or private again with --private)")
-    p.add_argument("video_id")
-    p.add_argument("--private", action="store_true")
+    p.add_argument("video_id", help="one of your completed videos (video_...)")
+    p.add_argument("--private", action="store_true", help="make it private again (gone from the feed)")
     client_options(p)
     p.set_defaults(func=publish)
 
     f = sub.add_parser("feed", help="public videos of everyone, newest first")
-    f.add_argument("--page-size", type=int, default=20)
+    f.add_argument("--page-size", type=int, default=20, help="videos to show, 1-100 (default 20)")
     client_options(f)
     f.set_defaults(func=feed)
 
     a = sub.add_parser("audit", help="your tenant's audit events (e.g. moderation rejections)")
-    a.add_argument("--limit", type=int, default=50)
+    a.add_argument("--limit", type=int, default=50, help="events to show, newest first, 1-1000 (default 50)")
     client_options(a)
     a.set_defaults(func=audit)
 
     c = sub.add_parser("cameo", help="register yourself as a cameo and control who may use it").add_subparsers(
         dest="cameo_command", required=True, metavar="ACTION")
     create = c.add_parser("create", help="register from a short recording of yourself (video with audio)")
-    create.add_argument("recording", type=Path)
-    create.add_argument("--name", required=True)
+    create.add_argument("recording", type=Path,
+                        help="an MP4 of you with sound: its first frame and voice become the cameo")
+    create.add_argument("--name", required=True, help="the name the cameo is shown under")
     create.add_argument("--consent", required=True, metavar="STATEMENT",
                         help="the consent you give, in your words; stored with the time and your key")
     create.add_argument("--require-approval", action="store_true",
@@ -57,23 +59,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     grant = c.add_parser("grant", help="let a tenant (or one of its users) use your cameo")
     revoke = c.add_parser("revoke", help="withdraw a grant; their queued and running videos stop")
     for p_ in (grant, revoke):
-        p_.add_argument("cameo_id")
-        p_.add_argument("tenant")
+        p_.add_argument("cameo_id", help="your cameo (cameo_...)")
+        p_.add_argument("tenant", help="the tenant id")
         p_.add_argument("--user", default="*", help="one user of the tenant (default: all of them)")
     ls = c.add_parser("list", help="your cameos and their grants")
     vids = c.add_parser("videos", help="every video that uses your cameo, whoever made it")
-    vids.add_argument("cameo_id")
+    vids.add_argument("cameo_id", help="your cameo (cameo_...)")
     for verb in ("approve", "reject", "remove"):
         v = c.add_parser(verb, help={"approve": "release a video held for your approval",
                                      "reject": "reject a held video (it is deleted)",
                                      "remove": "delete any video of you (a running one is stopped)"}[verb])
-        v.add_argument("cameo_id")
-        v.add_argument("video_id")
+        v.add_argument("cameo_id", help="your cameo (cameo_...)")
+        v.add_argument("video_id", help="a video that uses it (video_...)")
         v.set_defaults(func=lambda a, verb=verb: cameo_review(a, verb))
     notes = c.add_parser("notifications", help="what happened with your cameos")
     notes.add_argument("--follow", action="store_true", help="keep streaming new ones")
     delete = c.add_parser("delete", help="delete your cameo (its videos in progress stop)")
-    delete.add_argument("cameo_id")
+    delete.add_argument("cameo_id", help="your cameo (cameo_...)")
     for p_, fn in ((create, cameo_create), (grant, cameo_grant), (revoke, cameo_revoke), (ls, cameo_list),
                    (vids, cameo_videos), (notes, cameo_notifications), (delete, cameo_delete)):
         p_.set_defaults(func=fn)

@@ -139,7 +139,7 @@ class SqlJobStore(JobStore):
             queued = jobs.c.status == JobStatus.QUEUED.value
             total = conn.execute(sa.select(sa.func.count()).select_from(jobs).where(queued)).scalar_one()
             if total >= max_queued:
-                raise ResourceExhausted(f"the queue is full ({total} of {max_queued} jobs queued); "
+                raise ResourceExhausted(f"queue: the queue is full ({total} of {max_queued} jobs queued); "
                                         "retry later", field="queue")
             self._check_quota(conn, job, quota)
             now = time.time()
@@ -182,7 +182,7 @@ class SqlJobStore(JobStore):
         q = sa.select(jobs).where(jobs.c.id == job_id)
         row = conn.execute(q.with_for_update() if lock else q).first()
         if row is None or row.status == JobStatus.DELETED.value:
-            raise NotFound(f"video id {job_id!r} not found", field="id")
+            raise NotFound(f"id {job_id!r} not found: no such video", field="id")
         return _job(row)
 
     def list(self, tenant: str, *, status: JobStatus | None = None, page_size: int = 20,
@@ -274,7 +274,7 @@ class SqlJobStore(JobStore):
         with self._write() as conn:
             job = self._get(conn, job_id, lock=True)
             if not job.status.terminal:
-                raise FailedPrecondition(f"video {job_id} is {job.status.value}; cancel it before deleting it",
+                raise FailedPrecondition(f"id {job_id} is {job.status.value}; cancel it before deleting it",
                                          field="id")
             # The tombstone frees its idempotency key: a later request with that key is a new request.
             conn.execute(jobs.update().where(jobs.c.id == job_id).values(idempotency_key=None))
@@ -301,17 +301,19 @@ class SqlJobStore(JobStore):
         with self._write() as conn:
             running = dict(conn.execute(sa.select(jobs.c.tenant, sa.func.count()).where(
                 jobs.c.status == JobStatus.IN_PROGRESS.value).group_by(jobs.c.tenant)).all())
-            candidates = conn.execute(
-                sa.select(jobs).where(jobs.c.status == JobStatus.QUEUED.value)
-                .order_by(jobs.c.priority.desc(), jobs.c.seq.asc()).limit(256)
-                .with_for_update(skip_locked=True)).all()
-            for row in candidates:  # a tenant at its max_concurrent waits; others go ahead
-                if row.max_concurrent and running.get(row.tenant, 0) >= row.max_concurrent:
-                    continue
-                job = _job(row)
-                return self._set_status(conn, job, JobStatus.IN_PROGRESS, epoch=epoch, started_at=time.time(),
-                                        attempts=job.attempts + 1, stage=Stage.ENCODING, message="started")
-            return None
+            # A tenant at its max_concurrent waits; others go ahead (filtered in SQL, so however long a
+            # capped tenant's backlog, it never hides the others' jobs).
+            at_cap = [sa.and_(jobs.c.tenant == tenant, jobs.c.max_concurrent > 0, jobs.c.max_concurrent <= n)
+                      for tenant, n in running.items()]
+            row = conn.execute(
+                sa.select(jobs).where(jobs.c.status == JobStatus.QUEUED.value, sa.not_(sa.or_(sa.false(), *at_cap)))
+                .order_by(jobs.c.priority.desc(), jobs.c.seq.asc()).limit(1)
+                .with_for_update(skip_locked=True)).first()
+            if row is None:
+                return None
+            job = _job(row)
+            return self._set_status(conn, job, JobStatus.IN_PROGRESS, epoch=epoch, started_at=time.time(),
+                                    attempts=job.attempts + 1, stage=Stage.ENCODING, message="started")
 
     def record_progress(self, job_id: str, epoch: int, *, stage: Stage, step: int = 0, total_steps: int = 0,
                         progress: float = 0.0, eta_seconds: float | None = None, batch_size: int = 0,

@@ -38,7 +38,7 @@ ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
 class IllegalTransition(FailedPrecondition):
     def __init__(self, job_id: str, current: JobStatus, target: JobStatus) -> None:
         self.job_id, self.current, self.target = job_id, current, target
-        super().__init__(f"video {job_id} is {current.value}; it cannot become {target.value}", field="status")
+        super().__init__(f"status: video {job_id} is {current.value}; it cannot become {target.value}", field="status")
 
 
 def check_transition(job_id: str, current: JobStatus, target: JobStatus) -> None:

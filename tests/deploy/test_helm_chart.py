@@ -23,8 +23,12 @@ K8S_VERSION = kubernetes_validate.latest_version()
 PROFILES = {"default": [], "gpu": ["-f", str(CHART / "values-gpu.yaml")]}
 
 
-def render(*args: str) -> list[dict]:
-    out = subprocess.run([helm(), "template", "kino", str(CHART), *args], capture_output=True, text=True)
+OPERATOR = ["--api-versions", "monitoring.coreos.com/v1"]  # a cluster with prometheus-operator
+
+
+def render(*args: str, operator: bool = True) -> list[dict]:
+    extra = OPERATOR if operator else []
+    out = subprocess.run([helm(), "template", "kino", str(CHART), *extra, *args], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
@@ -82,6 +86,11 @@ def test_every_rendered_object_validates(profile):
             validate_monitoring(doc)
         else:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_monitoring_objects_only_where_prometheus_operator_is_installed():
+    kinds = {d["kind"] for d in render(operator=False)}
+    assert "RayService" in kinds and not kinds & {"ServiceMonitor", "PrometheusRule"}
 
 
 def _serve_config(docs: list[dict]) -> dict:

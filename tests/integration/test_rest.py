@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import time
+import urllib.error
+import urllib.request
 
 import av
 import numpy as np
@@ -94,3 +97,22 @@ def test_errors_follow_the_openai_shape(client, cluster):
     assert err.value.status_code == 401
     with pytest.raises(openai.NotFoundError):
         client.videos.download_content("video_missing")
+
+
+@pytest.mark.parametrize("method, path, body, status, param", [
+    ("GET", "/videos?limit=abc", None, 400, "limit"),          # FastAPI's own parameter check
+    ("POST", "/videos", b"{not json", 400, "body"),
+    ("POST", "/videos", b"[1, 2]", 400, "body"),
+    ("POST", "/videos/video_missing/remix", b"\"a string\"", 400, "body"),
+    ("GET", "/no/such/route", None, 404, None),
+    ("PUT", "/videos", b"{}", 405, None),
+])
+def test_every_error_has_the_openai_shape(client, cluster, method, path, body, status, param):
+    """Raw HTTP, as any client may send it: the answer is still {"error": {...}}, never a bare 500 or 422."""
+    req = urllib.request.Request(cluster.rest_url + path, data=body, method=method,
+                                 headers={"authorization": f"Bearer {client.api_key}",
+                                          "content-type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=10)
+    error = json.loads(err.value.read())["error"]
+    assert err.value.code == status and error["param"] == param and error["message"], error

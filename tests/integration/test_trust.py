@@ -322,6 +322,15 @@ def test_held_video_until_the_owner_approves_and_rejection_deletes(trust, carol_
     b(b.cameos.ReviewCameoVideo, pb.ReviewCameoVideoRequest(cameo_id=carol_cameo.id, video_id=rejected.id,
                                                             approve=False))
     _expect(grpc.StatusCode.NOT_FOUND, a, a.videos.GetVideo, pb.GetVideoRequest(id=rejected.id))
+    # Rejected before it finished: stopped within a step, then deleted all the same.
+    running = a(a.videos.CreateVideo, pb.CreateVideoRequest(prompt="bob sings on", cameo_id=carol_cameo.id,
+                                                            size="256x256", seconds=2.0, steps=80))
+    for ev in a.stream(a.videos.WatchVideo, pb.WatchVideoRequest(id=running.id)):
+        if ev.stage == pb.STAGE_DENOISING and ev.step >= 1:
+            break
+    b(b.cameos.ReviewCameoVideo, pb.ReviewCameoVideoRequest(cameo_id=carol_cameo.id, video_id=running.id,
+                                                            approve=False))
+    _expect(grpc.StatusCode.NOT_FOUND, a, a.videos.GetVideo, pb.GetVideoRequest(id=running.id))
 
 
 def test_owner_lists_and_deletes_another_tenants_video_of_them(trust, carol_cameo):

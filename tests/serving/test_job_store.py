@@ -9,6 +9,7 @@ import pytest
 
 from serving.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from serving.jobs import Artifact, IllegalTransition, JobStatus, NewJob, Stage, StaleEpoch, open_store
+from serving.jobs.models import Quota
 from serving.jobs.states import ALLOWED, check_transition
 
 
@@ -76,6 +77,19 @@ def test_claim_order_is_priority_then_arrival(store):
     assert order == [high.id, low1.id, low2.id]
     assert store.claim_next(epoch) is None
     assert store.queue_position(high.id) is None
+
+
+def test_a_tenant_at_max_concurrent_waits_and_never_hides_the_others(store):
+    capped = Quota(max_concurrent=1)
+    backlog = [store.create(new_job("capped", priority=9, prompt=f"c{i}"), max_queued=1000, quota=capped)[0]
+               for i in range(300)]  # more than one page of candidates
+    other, _ = store.create(new_job("other", priority=1), max_queued=1000)
+    epoch = store.begin_epoch()
+    assert store.claim_next(epoch).id == backlog[0].id
+    assert store.claim_next(epoch).id == other.id  # capped's 299 higher-priority jobs wait
+    assert store.claim_next(epoch) is None
+    store.finish(backlog[0].id, epoch, JobStatus.COMPLETED)
+    assert store.claim_next(epoch).id == backlog[1].id
 
 
 def test_state_machine_table():

@@ -10,6 +10,7 @@ import grpc
 
 from serving.accounts import Principal
 from serving.errors import Unauthenticated
+from serving.frontend.grpc.errors import status_for
 
 _PRINCIPAL: contextvars.ContextVar[Principal] = contextvars.ContextVar("kino_principal")
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -47,17 +48,18 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         try:
             principal = await asyncio.to_thread(self.authenticate, _secret(details.invocation_metadata))
         except Unauthenticated as e:
-            self.on_call(method, grpc.StatusCode.UNAUTHENTICATED.name)
-            return _deny(handler, e.message)
+            code, message = status_for(e)
+            self.on_call(method, code.name)
+            return _deny(handler, code, message)
         return _with_principal(handler, principal, lambda code: self.on_call(method, code))
 
 
-def _deny(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
     async def unary(_request, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await context.abort(code, message)
 
     async def stream(_request, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await context.abort(code, message)
         yield  # pragma: no cover - makes this an async generator
 
     if handler.unary_stream:

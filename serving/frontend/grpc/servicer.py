@@ -30,6 +30,10 @@ async def unary(context: grpc.aio.ServicerContext, principal_of: PrincipalOf,
         remaining = context.time_remaining()
         if remaining is None:
             return await op(principal)
+        if remaining <= 0:  # nothing is started for a caller that has already given up
+            raise DeadlineExceeded("the call's deadline passed before the server started it")
+        # A create that outlives the deadline may still be stored (its thread runs on): a retry
+        # with the same idempotency_key then returns that video instead of making a second one.
         try:
             return await asyncio.wait_for(op(principal), timeout=max(remaining, 0.0))
         except TimeoutError:

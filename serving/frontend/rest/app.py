@@ -16,13 +16,15 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engines.errors import EngineError
 from serving.accounts import Principal
 from serving.errors import InvalidArgument, KinoError
 from serving.frontend.rest import convert
-from serving.frontend.rest.errors import error_response
+from serving.frontend.rest.errors import error_response, http_response, validation_response
 from serving.metrics import Metrics, NoMetrics
 from serving.videos import CreateVideo, RemixVideo, VideoService
 
@@ -47,6 +49,17 @@ def _seconds(value: Any) -> float | None:
                               field="seconds") from None
 
 
+async def _json_object(request: Request) -> dict[str, Any]:
+    try:
+        body = await _json_object(request)
+    except ValueError:
+        raise InvalidArgument("body is not allowed: it must be a JSON object (or multipart form data)",
+                              field="body") from None
+    if not isinstance(body, dict):
+        raise InvalidArgument(f"body is not allowed: a JSON object, not {type(body).__name__}", field="body")
+    return body
+
+
 def build_app(videos: VideoService, authenticate: Authenticate, metrics: Metrics | None = None) -> FastAPI:
     app = FastAPI(title="Kino Videos API (OpenAI-compatible)", docs_url=None, redoc_url=None)
     sink = metrics or NoMetrics()
@@ -60,6 +73,14 @@ def build_app(videos: VideoService, authenticate: Authenticate, metrics: Metrics
     @app.exception_handler(EngineError)
     async def _known(_request: Request, exc: Exception) -> JSONResponse:
         return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _routing(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return http_response(exc)
 
     @app.middleware("http")
     async def _unexpected(request: Request, call_next):
@@ -83,7 +104,7 @@ def build_app(videos: VideoService, authenticate: Authenticate, metrics: Metrics
             if ref is not None and not isinstance(ref, str):
                 image = await ref.read()
         else:
-            fields = await request.json()
+            fields = await _json_object(request)
         if not isinstance(fields.get("prompt"), str):
             raise InvalidArgument("prompt is required: the text that describes the video", field="prompt")
         req = CreateVideo(prompt=fields["prompt"], size=fields.get("size") or None,
@@ -126,7 +147,7 @@ def build_app(videos: VideoService, authenticate: Authenticate, metrics: Metrics
     @app.post("/v1/videos/{video_id}/remix")
     async def remix(video_id: str, request: Request) -> JSONResponse:
         who = await principal(request)
-        body = await request.json()
+        body = await _json_object(request)
         if not isinstance(body.get("prompt"), str):
             raise InvalidArgument("prompt is required: the new prompt for the remix", field="prompt")
         job, _ = await videos.remix(who, RemixVideo(video_id=video_id, prompt=body["prompt"],

@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving.errors import ErrorCode, as_kino_error
+from serving.errors import ErrorCode, InvalidArgument, as_kino_error
 
 HTTP: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.INVALID_ARGUMENT: (400, "invalid_request_error"),
@@ -25,5 +27,23 @@ HTTP: dict[ErrorCode, tuple[int, str]] = {
 def error_response(exc: BaseException) -> JSONResponse:
     err = as_kino_error(exc)
     status, kind = HTTP[err.code]
+    return _shape(status, kind, err.message, err.field, err.code.value)
+
+
+def validation_response(exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's own parameter checks (e.g. `limit=abc`) answered like ours: 400, naming the field."""
+    first = exc.errors()[0] if exc.errors() else {}
+    field = str(first.get("loc", ("", "request"))[-1])
+    return error_response(InvalidArgument(f"{field}: {first.get('msg', 'invalid value')}", field=field))
+
+
+def http_response(exc: StarletteHTTPException) -> JSONResponse:
+    """Routing errors (unknown path, wrong method) in the same shape."""
+    kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    return _shape(exc.status_code, kind, f"{exc.detail}", None, "not_found" if exc.status_code == 404 else
+                  "invalid_request")
+
+
+def _shape(status: int, kind: str, message: str, param: str | None, code: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": {
-        "message": err.message, "type": kind, "param": err.field, "code": err.code.value}})
+        "message": message, "type": kind, "param": param, "code": code}})

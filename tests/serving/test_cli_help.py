@@ -1,0 +1,23 @@
+"""Every command, sub-command, argument and option of `kino` says what it is in --help."""
+
+from __future__ import annotations
+
+import argparse
+
+from serving.cli.main import build_parser
+
+
+def _walk(parser: argparse.ArgumentParser, path: str):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helped = {a.dest for a in action._choices_actions if a.help}
+            for name, child in action.choices.items():
+                yield f"{path} {name}", "the command itself", name in helped
+                yield from _walk(child, f"{path} {name}")
+        elif not isinstance(action, argparse._HelpAction):
+            yield path, "/".join(action.option_strings) or action.dest, bool(action.help)
+
+
+def test_every_argument_has_help():
+    missing = [f"{path}: {what}" for path, what, ok in _walk(build_parser(), "kino") if not ok]
+    assert not missing, "no help text:\n" + "\n".join(missing)
