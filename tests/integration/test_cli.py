@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
+import av
 import pytest
 
 from engines.mp4 import probe
+from engines.watermark import detect
+from serving.provenance.credentials import verify
 
 KINO = [sys.executable, "-m", "serving.cli.main"]
 
@@ -70,3 +74,20 @@ def test_admin_tenants_keys_and_audit(tmp_path):
     assert "revoked" in kino("admin", *state, "key", "list").stdout
     dup = kino("admin", *state, "tenant", "create", "acme", check=False)
     assert dup.returncode == 2 and "already exists" in dup.stderr
+
+
+def test_run_in_process_moderates_marks_and_signs(tmp_path):
+    """`kino run` (no cluster) keeps the cluster's promises: moderated, watermarked, signed."""
+    env = {**os.environ, "KINO_PROVENANCE__DEV_CHAIN_DIR": str(tmp_path / "credentials")}
+    out = tmp_path / "run.mp4"
+    ran = subprocess.run(KINO + ["run", "a kite over dunes", "--seconds", "1", "--size", "64x64", "--steps", "2",
+                                 "-o", str(out)], capture_output=True, text=True, timeout=300, env=env)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    with av.open(str(out)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert frames and all(detect(f)[0] for f in frames)
+    root = (tmp_path / "credentials" / "root.pem").read_bytes()
+    assert verify(out, root).state == "Trusted"
+    refused = subprocess.run(KINO + ["run", "a gory decapitation scene", "-o", str(tmp_path / "no.mp4")],
+                             capture_output=True, text=True, timeout=300, env=env)
+    assert refused.returncode == 2 and "graphic_violence" in refused.stdout and not (tmp_path / "no.mp4").exists()
