@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     with Progress(TextColumn("[bold]denoising"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task("denoise", total=params.steps)
-        muxed = args.output.with_name(f".{args.output.name}.unsigned")
+        muxed = args.output.with_name(f".{args.output.stem}.unsigned.mp4")  # PyAV picks the format by suffix
         result = pipeline.generate(params, muxed, on_step=lambda done, total: bar.update(task, completed=done),
                                    frame_filter=lambda frames, _first: stamp(frames, mark))
     try:

@@ -51,7 +51,7 @@ def _seconds(value: Any) -> float | None:
 
 async def _json_object(request: Request) -> dict[str, Any]:
     try:
-        body = await _json_object(request)
+        body = await request.json()
     except ValueError:
         raise InvalidArgument("body is not allowed: it must be a JSON object (or multipart form data)",
                               field="body") from None
