@@ -147,8 +147,12 @@ class CameoService:
         await asyncio.to_thread(self.cameos.notify, cameo, "deleted", video_id, job.tenant, "deleted by the owner")
         return job
 
-    async def _stop_and_delete(self, cameo: Cameo, job: Job, why: str, wait_seconds: float = 60.0) -> Job:
-        """Delete a video of the owner; one still queued or running is stopped first (within a step)."""
+    async def _stop_and_delete(self, cameo: Cameo, job: Job, why: str) -> Job:
+        """Delete a video of the owner; one still queued or running is stopped first (within a step).
+        Shielded: a caller whose deadline passes while the job stops does not leave it undeleted."""
+        return await asyncio.shield(self._stop_then_delete(cameo, job, why))
+
+    async def _stop_then_delete(self, cameo: Cameo, job: Job, why: str, wait_seconds: float = 60.0) -> Job:
         if not job.status.terminal:
             await self._stop(cameo, job, why)
             deadline = asyncio.get_running_loop().time() + wait_seconds

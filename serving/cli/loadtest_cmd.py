@@ -34,9 +34,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", action="store_true", help="also run the naive baseline (local cluster only)")
     p.add_argument("--baseline-threads", type=int, metavar="N",
                    help="torch threads of the baseline replica (default: torch's own choice, as a user gets it)")
-    p.add_argument("--baseline-replicas", type=int, default=1, metavar="N",
+    p.add_argument("--baseline-replicas", type=_at_least_one, default=1, metavar="N",
                    help="replicas of the baseline deployment (default 1, as a user starts it)")
     p.set_defaults(func=loadtest)
+
+
+def _at_least_one(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return int(text)
 
 
 def _replicas(text: str) -> tuple[str, int]:

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     settings = load_config()  # provenance and moderation settings, with KINO_* overrides
     config = from_mapping(model_mapping_from_args(args))
     params = params_from_args(args).validated(config)
-    moderator = RuleModerator.from_file(settings.moderation.rules_file or None)
+    moderator = RuleModerator.from_file(settings.moderation.rules_file)
     verdict = moderator.check(params.prompt)  # (a negative prompt steers away from what it names)
     if not verdict.allowed:
         console.print(f"[red]prompt rejected by moderation: category {verdict.category}: {verdict.reason}")
@@ -50,17 +50,17 @@ def run(args: argparse.Namespace) -> int:
     mark = settings.provenance.watermark_config()
     with console.status(f"loading model {config.model_id}"):
         pipeline = StagedPipeline(config)
-    with Progress(TextColumn("[bold]denoising"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=console) as bar:
-        task = bar.add_task("denoise", total=params.steps)
-        muxed = args.output.with_name(f".{args.output.stem}.unsigned.mp4")  # PyAV picks the format by suffix
-        result = pipeline.generate(params, muxed, on_step=lambda done, total: bar.update(task, completed=done),
-                                   frame_filter=lambda frames, _first: stamp(frames, mark))
+    muxed = args.output.with_name(f".{args.output.stem}.unsigned.mp4")  # PyAV picks the format by suffix
     try:
+        with Progress(TextColumn("[bold]denoising"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
+                      TimeElapsedColumn(), console=console) as bar:
+            task = bar.add_task("denoise", total=params.steps)
+            result = pipeline.generate(params, muxed, on_step=lambda done, total: bar.update(task, completed=done),
+                                       frame_filter=lambda frames, _first: stamp(frames, mark))
         claim = Claim(video_id=f"run_{uuid.uuid4().hex}", model=config.model_id,
                       prompt_sha256=prompt_sha256(params.prompt))
         credentials.sign(muxed, args.output, claim)
-    finally:
+    finally:  # never leave an unsigned MP4 behind
         muxed.unlink(missing_ok=True)
     console.print(f"wrote [bold]{args.output.resolve()}[/bold] (watermarked, C2PA-signed)")
     console.print(f"  {result.media.summary()}")

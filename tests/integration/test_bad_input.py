@@ -8,13 +8,13 @@ import pytest
 from kino.v1 import video_service_pb2 as pb
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
+C = pb.CreateVideoRequest
 
 
 def assert_names(details: str, field: str) -> None:
     """The message opens with the field (`size: ...`, `seconds=...`, `id 'x' not found`)."""
     assert re.match(rf"{re.escape(field)}\b", details), f"{field!r} does not open {details!r}"
 
-C = pb.CreateVideoRequest
 
 CREATE_CASES = [
     # (id, request, code, field named in the message)
