@@ -15,69 +15,22 @@ import asyncio
 import dataclasses
 import logging
 import time
-from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from engines.params import GenerationParams, params_from_dict
 from serving.config import QueueConfig
 from serving.errors import KinoError, as_kino_error
-from serving.jobs import Artifact, Conditioning, Job, JobStatus, JobStore, Stage, StaleEpoch
+from serving.jobs import Artifact, Job, JobStatus, JobStore, Stage, StaleEpoch
 from serving.metrics import Metrics, NoMetrics
 from serving.moderation import Moderator
 from serving.provenance.claim import Claim, prompt_sha256
+from serving.stages import StageClient, StageUnavailable
 
 log = logging.getLogger(__name__)
 
 # Share of the progress bar each stage fills.
 _ENCODED, _DENOISE_SPAN, _DECODING = 0.03, 0.87, 0.92
-
-
-class StageUnavailable(Exception):
-    """A stage replica died or could not be reached; the job can be retried."""
-
-
-@dataclass(frozen=True)
-class DenoiseEvent:
-    step: int
-    total_steps: int
-    batch_size: int
-    latents: Any = None  # set on the last event: an opaque reference for the decoder
-
-
-@dataclass(frozen=True)
-class DecodeResult:
-    key: str
-    size_bytes: int
-    sha256: str
-    summary: str = ""
-
-
-class StageClient(ABC):
-    """How the dispatcher reaches the stages."""
-
-    @abstractmethod
-    async def enhance(self, job_id: str, params: GenerationParams) -> str:
-        """The prompt rewritten by the prompt enhancer (asked only when the request opted in)."""
-
-    @abstractmethod
-    def encode(self, job_id: str, params: GenerationParams) -> Any:
-        """Start text encoding; returns an opaque reference the denoiser accepts."""
-
-    @abstractmethod
-    def condition(self, job_id: str, params: GenerationParams, conditioning: Conditioning) -> Any:
-        """Start encoding a first frame or a remix source with the VAE; an opaque reference, or None."""
-
-    @abstractmethod
-    def denoise(self, job_id: str, params: GenerationParams, embedding: Any, priority: int,
-                conditioning: Any = None) -> AsyncIterator[DenoiseEvent]:
-        """One event per step; the last carries the latents. Closing the iterator cancels the job."""
-
-    @abstractmethod
-    async def decode(self, job_id: str, params: GenerationParams, latents: Any, artifact_key: str,
-                     claim: Claim, parent_key: str | None = None) -> DecodeResult:
-        """Decode, watermark, encode the MP4, sign its content credentials, put it in the artifact store."""
 
 
 class _CancelRequested(Exception):
@@ -181,7 +134,7 @@ class Dispatcher:
             params = params_from_dict(job.params)
             for attempt in range(1, self.config.max_attempts + 1):
                 try:
-                    result = await self._stages(job, params, epoch)
+                    artifact = await self._stages(job, params, epoch)
                     break
                 except StageUnavailable as e:
                     if attempt == self.config.max_attempts:
@@ -190,10 +143,9 @@ class Dispatcher:
                                 self.config.max_attempts)
                     await self._progress(job, epoch, Stage.ENCODING, message=f"retrying after: {e}")
                     await asyncio.sleep(min(2.0 * attempt, 5.0))
-            artifact = Artifact(key=result.key, size_bytes=result.size_bytes, sha256=result.sha256)
             self._settling.add(job.id)
             done = await asyncio.to_thread(self.store.finish, job.id, epoch, JobStatus.COMPLETED, artifact=artifact)
-            log.info("job %s completed: %s", job.id, result.summary)
+            log.info("job %s completed: %s (%d bytes)", job.id, artifact.key, artifact.size_bytes)
             await self._finished(done)
         except asyncio.CancelledError:
             if job.id not in self._cancelling:
@@ -217,7 +169,7 @@ class Dispatcher:
             else:
                 await self._fail(job, epoch, err.code.value, err.message)
 
-    async def _stages(self, job: Job, params: GenerationParams, epoch: int) -> DecodeResult:
+    async def _stages(self, job: Job, params: GenerationParams, epoch: int) -> Artifact:
         params = await self._enhance(job, params, epoch)
         await self._progress(job, epoch, Stage.ENCODING, progress=0.0, message="encoding prompt")
         embedding = self.stages.encode(job.id, params)

@@ -6,6 +6,7 @@ one process uses the same object, so every MP4 Kino writes is marked and signed 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import PIL.Image
@@ -15,10 +16,11 @@ from engines.media_encoder import MediaEncoder
 from engines.params import GenerationParams
 from engines.stage_io import DenoisedLatents, VideoConditioning
 from engines.watermark import WatermarkConfig, stamp
-from serving.artifacts import ArtifactStore
-from serving.dispatcher import DecodeResult
+from serving.artifacts import Artifact, ArtifactStore
 from serving.provenance.claim import Claim
 from serving.provenance.credentials import ContentCredentials
+
+log = logging.getLogger(__name__)
 
 
 class Renderer:
@@ -38,7 +40,7 @@ class Renderer:
             return self.media.encode_image(image, params)
 
     def render(self, latents: DenoisedLatents, params: GenerationParams, key: str, claim: Claim,
-               parent_key: str | None = None) -> DecodeResult:
+               parent_key: str | None = None) -> Artifact:
         """Decode with the visible mark burned into every frame, mux, sign once, store."""
         muxed = self.artifacts.scratch_path(key)
         signed = self.artifacts.scratch_path(key + ".signed")
@@ -51,5 +53,5 @@ class Renderer:
         finally:
             muxed.unlink(missing_ok=True)
             signed.unlink(missing_ok=True)
-        return DecodeResult(key=stored.key, size_bytes=stored.size_bytes, sha256=stored.sha256,
-                            summary=media.summary())
+        log.info("rendered %s: %s", key, media.summary())
+        return stored

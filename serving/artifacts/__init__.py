@@ -1,5 +1,5 @@
 """Where finished videos live: a local directory by default, behind an interface."""
 
-from serving.artifacts.store import ArtifactStore, LocalArtifactStore, StoredArtifact
+from serving.artifacts.store import Artifact, ArtifactStore, LocalArtifactStore
 
-__all__ = ["ArtifactStore", "LocalArtifactStore", "StoredArtifact"]
+__all__ = ["Artifact", "ArtifactStore", "LocalArtifactStore"]

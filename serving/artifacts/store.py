@@ -15,15 +15,18 @@ from serving.errors import NotFound
 
 
 @dataclass(frozen=True)
-class StoredArtifact:
+class Artifact:
+    """A finished file in the artifact store: what the Decoder returns and what the job records."""
+
     key: str
     size_bytes: int
     sha256: str
+    content_type: str = "video/mp4"
 
 
 class ArtifactStore(ABC):
     @abstractmethod
-    def put_file(self, key: str, source: Path) -> StoredArtifact:
+    def put_file(self, key: str, source: Path) -> Artifact:
         """Move `source` into the store under `key` (atomically visible) and hash it."""
 
     @abstractmethod
@@ -65,7 +68,7 @@ class LocalArtifactStore(ArtifactStore):
     def scratch_path(self, key: str) -> Path:
         return self.root / "tmp" / f"{os.getpid()}-{uuid.uuid4().hex[:8]}-{key.replace('/', '_')}"
 
-    def put_file(self, key: str, source: Path) -> StoredArtifact:
+    def put_file(self, key: str, source: Path) -> Artifact:
         digest = hashlib.sha256()
         with open(source, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
@@ -73,7 +76,7 @@ class LocalArtifactStore(ArtifactStore):
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(source), dest)
-        return StoredArtifact(key=key, size_bytes=dest.stat().st_size, sha256=digest.hexdigest())
+        return Artifact(key=key, size_bytes=dest.stat().st_size, sha256=digest.hexdigest())
 
     def read_chunks(self, key: str, chunk_bytes: int) -> Iterator[bytes]:
         path = self._path(key)

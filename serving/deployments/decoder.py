@@ -16,10 +16,9 @@ from engines.media_encoder import MediaEncoder
 from engines.model_loader import Components, ComponentSource
 from engines.params import GenerationParams
 from engines.stage_io import VideoConditioning
-from serving.artifacts import LocalArtifactStore
+from serving.artifacts import Artifact, LocalArtifactStore
 from serving.config import load_config
 from serving.deployments.ray_metrics import RayMetrics
-from serving.dispatcher import DecodeResult
 from serving.provenance.claim import Claim
 from serving.provenance.credentials import ContentCredentials
 from serving.rendering import Renderer
@@ -46,7 +45,7 @@ class DecoderDeployment:
         return await asyncio.to_thread(self.renderer.condition, params, image_key, parent_key, strength)
 
     async def decode(self, job_id: str, params: GenerationParams, latents: list, key: str, claim: Claim,
-                     parent_key: str | None = None) -> DecodeResult:
+                     parent_key: str | None = None) -> Artifact:
         denoised = await latents[0]  # the Denoiser's object: fetched from the object store here
         async with self._one_at_a_time:
             result = await asyncio.to_thread(self.renderer.render, denoised, params, key, claim, parent_key)

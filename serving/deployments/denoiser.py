@@ -24,8 +24,8 @@ from engines.params import GenerationParams
 from engines.stage_io import PromptEmbedding, VideoConditioning
 from serving.config import load_config
 from serving.deployments.ray_metrics import RayMetrics
-from serving.deployments.stage_client import LATENTS_FOLLOW
 from serving.scheduler import StepScheduler
+from serving.stages import LATENTS_FOLLOW, DenoiseEvent, LatentsFollow
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class DenoiserDeployment:
         self.metrics = RayMetrics()
 
     async def denoise(self, request_id: str, params: GenerationParams, embedding: PromptEmbedding,
-                      priority: int, conditioning: VideoConditioning | None = None) -> AsyncIterator[dict[str, Any]]:
+                      priority: int, conditioning: VideoConditioning | None = None) -> AsyncIterator[Any]:
         if self._loop is None or self._loop.done():
             self._loop = asyncio.create_task(self._step_loop(), name="step-loop")
         if request_id in self.scheduler:
@@ -61,7 +61,7 @@ class DenoiserDeployment:
                 if isinstance(item, BaseException):
                     raise item
                 yield item
-                if not isinstance(item, dict):  # the latents: always the last item
+                if not isinstance(item, DenoiseEvent | LatentsFollow):  # the latents: always the last item
                     return
         finally:  # finished, failed, or the caller went away: free the slot before the next step
             self.scheduler.remove(request_id)
@@ -92,7 +92,7 @@ class DenoiserDeployment:
             for rid, state in zip(batch.request_ids, states, strict=True):
                 if (q := self._inbox.get(rid)) is None:
                     continue  # cancelled while its step ran
-                q.put_nowait({"step": state.steps_done, "total_steps": state.steps_total, "batch_size": len(batch)})
+                q.put_nowait(DenoiseEvent(step=state.steps_done, total_steps=state.steps_total, batch_size=len(batch)))
                 if rid in finished:
                     q.put_nowait(LATENTS_FOLLOW)
                     q.put_nowait(self.engine.result(state))

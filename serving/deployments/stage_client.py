@@ -11,18 +11,15 @@ from ray.serve.handle import DeploymentHandle
 
 from engines.params import GenerationParams
 from engines.stage_io import PromptPair
-from serving.dispatcher import DecodeResult, DenoiseEvent, StageClient, StageUnavailable
+from serving.artifacts import Artifact
 from serving.jobs import Conditioning
 from serving.provenance.claim import Claim
+from serving.stages import DenoiseEvent, LatentsFollow, StageClient, StageUnavailable
 
 # Failures of a replica or of the objects it owned: retrying the job on another replica helps.
 _UNAVAILABLE = (rex.RayActorError, rex.ActorUnavailableError, rex.ObjectLostError, rex.OwnerDiedError,
                 rex.WorkerCrashedError, rex.NodeDiedError, sex.DeploymentUnavailableError,
                 sex.ReplicaUnavailableError, sex.BackPressureError)
-
-
-# The Denoiser's stream: one event dict per step, then this marker, then the latents as the last item.
-LATENTS_FOLLOW = {"latents_follow": True}
 
 
 def _is_unavailable(exc: BaseException) -> bool:
@@ -68,13 +65,13 @@ class ServeStages(StageClient):
             items = await stream._to_object_ref_gen()  # references: the latents item is never fetched here
             async for ref in items:
                 item = await ref
-                if item == LATENTS_FOLLOW:
+                if isinstance(item, LatentsFollow):
                     # Owned by this process (a top-level stream object, not a reference nested in one),
                     # kept alive by the job until the Decoder has read it.
                     latents = await items.__anext__()
                     yield DenoiseEvent(step=params.steps, total_steps=params.steps, batch_size=0, latents=[latents])
                     return
-                yield DenoiseEvent(**item)
+                yield item
         except Exception as e:
             if _is_unavailable(e):
                 raise StageUnavailable(f"denoiser: {type(e).__name__}") from e
@@ -83,7 +80,7 @@ class ServeStages(StageClient):
             stream.cancel()  # the caller left early (cancel): stop the replica's generator too
 
     async def decode(self, job_id: str, params: GenerationParams, latents: Any, artifact_key: str,
-                     claim: Claim, parent_key: str | None = None) -> DecodeResult:
+                     claim: Claim, parent_key: str | None = None) -> Artifact:
         try:
             return await self.decoder.decode.remote(job_id, params, latents, artifact_key, claim, parent_key)
         except Exception as e:

@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from serving.artifacts import Artifact
 from serving.jobs.states import JobStatus
 
 
@@ -17,16 +18,6 @@ class Stage(enum.StrEnum):
     DENOISING = "denoising"
     DECODING = "decoding"
     DONE = "done"
-
-
-@dataclass(frozen=True)
-class Artifact:
-    """The finished MP4 in the artifact store."""
-
-    key: str
-    size_bytes: int
-    sha256: str
-    content_type: str = "video/mp4"
 
 
 class Visibility(enum.StrEnum):

@@ -13,10 +13,11 @@ from engines.stage_io import PromptPair
 from engines.watermark import WatermarkConfig
 from serving.artifacts import LocalArtifactStore
 from serving.config import ProvenanceConfig, QueueConfig
-from serving.dispatcher import DecodeResult, DenoiseEvent, Dispatcher, StageClient, StageUnavailable
+from serving.dispatcher import Dispatcher
 from serving.jobs import JobStatus, NewJob, open_store
 from serving.provenance.credentials import ContentCredentials
 from serving.rendering import Renderer
+from serving.stages import Artifact, DenoiseEvent, StageClient, StageUnavailable
 
 
 class InProcessStages(StageClient):
@@ -53,7 +54,7 @@ class InProcessStages(StageClient):
         yield DenoiseEvent(step=state.steps_total, total_steps=state.steps_total, batch_size=0,
                            latents=self.staged.denoiser.result(state))
 
-    async def decode(self, job_id, params, latents, artifact_key, claim, parent_key=None) -> DecodeResult:
+    async def decode(self, job_id, params, latents, artifact_key, claim, parent_key=None) -> Artifact:
         return await asyncio.to_thread(self.renderer.render, latents, params, artifact_key, claim, parent_key)
 
 
@@ -62,7 +63,7 @@ class FlakyStages(InProcessStages):
 
     failures = 1
 
-    async def decode(self, job_id, params, latents, artifact_key, claim, parent_key=None) -> DecodeResult:
+    async def decode(self, job_id, params, latents, artifact_key, claim, parent_key=None) -> Artifact:
         if self.failures:
             self.failures -= 1
             raise StageUnavailable("decoder: ActorDiedError (injected)")

@@ -1,0 +1,74 @@
+"""The stage contract: what the dispatcher asks of the stages and what they send back.
+
+Both sides import this module: the dispatcher (through a `StageClient`) and the stage replicas
+(the denoise loop, the renderer). Nothing here knows Ray, torch or a protocol.
+
+- `encode` and `condition` start work and return opaque references the denoiser accepts;
+- `denoise` streams one `DenoiseEvent` per step; the last event carries the latents (an opaque
+  reference for the decoder). On the wire from a Denoiser replica the stream is: one event per
+  step, then `LATENTS_FOLLOW`, then the `DenoisedLatents` as the last item (so a caller can pass
+  that item's reference to the Decoder without fetching it);
+- `decode` returns the `Artifact` it put in the artifact store: the same record the job keeps.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from engines.params import GenerationParams
+from serving.artifacts import Artifact
+from serving.jobs.models import Conditioning
+from serving.provenance.claim import Claim
+
+__all__ = ["LATENTS_FOLLOW", "Artifact", "DenoiseEvent", "LatentsFollow", "StageClient", "StageUnavailable"]
+
+
+class StageUnavailable(Exception):
+    """A stage replica died or could not be reached; the job can be retried."""
+
+
+@dataclass(frozen=True)
+class DenoiseEvent:
+    """One denoising step of one request done (`step` of `total_steps`), in a batch of `batch_size`."""
+
+    step: int
+    total_steps: int
+    batch_size: int
+    latents: Any = None  # set on the last event the dispatcher sees: an opaque reference for the decoder
+
+
+@dataclass(frozen=True)
+class LatentsFollow:
+    """Marker in a Denoiser replica's stream: the next (and last) item is the finished latents."""
+
+
+LATENTS_FOLLOW = LatentsFollow()
+
+
+class StageClient(ABC):
+    """How the dispatcher reaches the stages."""
+
+    @abstractmethod
+    async def enhance(self, job_id: str, params: GenerationParams) -> str:
+        """The prompt rewritten by the prompt enhancer (asked only when the request opted in)."""
+
+    @abstractmethod
+    def encode(self, job_id: str, params: GenerationParams) -> Any:
+        """Start text encoding; returns an opaque reference the denoiser accepts."""
+
+    @abstractmethod
+    def condition(self, job_id: str, params: GenerationParams, conditioning: Conditioning) -> Any:
+        """Start encoding a first frame or a remix source with the VAE; an opaque reference, or None."""
+
+    @abstractmethod
+    def denoise(self, job_id: str, params: GenerationParams, embedding: Any, priority: int,
+                conditioning: Any = None) -> AsyncIterator[DenoiseEvent]:
+        """One event per step; the last carries the latents. Closing the iterator cancels the job."""
+
+    @abstractmethod
+    async def decode(self, job_id: str, params: GenerationParams, latents: Any, artifact_key: str,
+                     claim: Claim, parent_key: str | None = None) -> Artifact:
+        """Decode, watermark, encode the MP4, sign its content credentials, put it in the artifact store."""
