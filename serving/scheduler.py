@@ -1,8 +1,10 @@
 """Step-level continuous batching: which requests take the next denoising step.
 
-Pure bookkeeping over request ids, shape buckets, priorities and step counts; it imports no
-torch and no Ray. A Denoiser replica asks `next_batch()` at every step boundary, runs one
-transformer forward for the returned requests, then reports back with `complete()`.
+Pure bookkeeping over request ids, shape buckets and priorities; it imports no torch and no Ray.
+The denoise loop (`serving.denoise_loop`) asks `next_batch()` at every step boundary, runs one
+transformer forward for the returned requests, then reports back with `complete()` which of them
+took their last step. Step counts live in one place, each request's engine state; the scheduler
+only hears which requests are finished.
 
 At each boundary the scheduler
 1. admits waiting requests (most urgent first) while fewer than `max_running` run;
@@ -11,7 +13,7 @@ At each boundary the scheduler
    holding requests of the top priority take turns, so a shape nobody else asks for still gets
    its share of steps while a popular one keeps arriving;
 3. takes up to `max_batch_size` running requests of that bucket, most urgent first;
-and `complete()` retires requests whose last step is done.
+and `complete()` retires the requests the loop reports finished.
 
 Urgency is priority, then arrival (`policy: priority`): a request not chosen keeps its state and
 waits, so a higher-priority arrival overtakes lower ones at the very next step boundary
@@ -25,8 +27,16 @@ leak into another's audio. Buckets are therefore exact shapes.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Hashable
+from collections.abc import Collection, Hashable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, get_args
+
+if TYPE_CHECKING:
+    from serving.config import BatchingConfig
+
+Policy = Literal["priority", "fifo"]
+"""priority: higher priority first, preempting between steps; fifo: arrival order only."""
+POLICIES: tuple[str, ...] = get_args(Policy)
 
 
 @dataclass
@@ -34,14 +44,8 @@ class StepRequest:
     request_id: str
     bucket: Hashable  # requests with equal buckets can share a forward
     priority: int  # higher runs first
-    total_steps: int
     arrival: int = 0
-    steps_done: int = 0
     urgency: tuple[int, int] = (0, 0)  # set by the scheduler's policy: smaller runs first
-
-    @property
-    def finished(self) -> bool:
-        return self.steps_done >= self.total_steps
 
 
 @dataclass(frozen=True)
@@ -53,20 +57,23 @@ class Batch:
         return len(self.request_ids)
 
 
-POLICIES = ("priority", "fifo")
-
-
 @dataclass
 class StepScheduler:
     max_batch_size: int
     max_running: int
-    policy: str = "priority"
+    policy: Policy = "priority"
     rotate_buckets: bool = False
     _waiting: dict[str, StepRequest] = field(default_factory=dict)
     _running: dict[str, StepRequest] = field(default_factory=dict)
     _arrivals: itertools.count = field(default_factory=itertools.count)
     _turns: dict[Hashable, int] = field(default_factory=dict)  # bucket -> step boundary it last ran
     _boundary: int = 0
+
+    @classmethod
+    def from_config(cls, batching: BatchingConfig) -> StepScheduler:
+        """From the server config's `batching` section."""
+        return cls(batching.max_batch_size, batching.max_running, policy=batching.policy,
+                   rotate_buckets=batching.rotate_buckets)
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_running < self.max_batch_size:
@@ -75,14 +82,12 @@ class StepScheduler:
             raise ValueError(f"policy {self.policy!r} is not one of {POLICIES}")
 
     # -- requests come and go ---------------------------------------------------------------
-    def add(self, request_id: str, bucket: Hashable, priority: int, total_steps: int) -> None:
+    def add(self, request_id: str, bucket: Hashable, priority: int) -> None:
         if request_id in self._waiting or request_id in self._running:
             raise ValueError(f"request {request_id} is already scheduled")
-        if total_steps < 1:
-            raise ValueError("total_steps must be >= 1")
         arrival = next(self._arrivals)
         urgency = (-priority, arrival) if self.policy == "priority" else (0, arrival)
-        self._waiting[request_id] = StepRequest(request_id, bucket, priority, total_steps, arrival, urgency=urgency)
+        self._waiting[request_id] = StepRequest(request_id, bucket, priority, arrival, urgency=urgency)
 
     def remove(self, request_id: str) -> bool:
         """Drop a request (cancelled or failed); True if it was scheduled."""
@@ -104,18 +109,11 @@ class StepScheduler:
         same = sorted((r for r in self._running.values() if r.bucket == bucket), key=lambda r: r.urgency)
         return Batch(bucket, tuple(r.request_id for r in same[: self.max_batch_size]))
 
-    def complete(self, batch: Batch) -> list[str]:
-        """Count one step for each request of `batch` still scheduled; return those now finished."""
-        finished = []
+    def complete(self, batch: Batch, finished: Collection[str]) -> None:
+        """`batch` ran; retire the requests of it that took their last step (as their states say)."""
         for rid in batch.request_ids:
-            req = self._running.get(rid)
-            if req is None:  # removed while its step ran
-                continue
-            req.steps_done += 1
-            if req.finished:
-                del self._running[rid]
-                finished.append(rid)
-        return finished
+            if rid in finished:
+                self._running.pop(rid, None)  # (already gone if removed while its step ran)
 
     def _admit(self) -> None:
         free = self.max_running - len(self._running)
@@ -126,10 +124,6 @@ class StepScheduler:
             self._running[req.request_id] = req
 
     # -- introspection ----------------------------------------------------------------------------
-    def steps_done(self, request_id: str) -> int | None:
-        req = self._running.get(request_id) or self._waiting.get(request_id)
-        return None if req is None else req.steps_done
-
     @property
     def num_running(self) -> int:
         return len(self._running)

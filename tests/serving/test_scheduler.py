@@ -5,26 +5,48 @@ import sys
 
 import pytest
 
-from serving.scheduler import StepScheduler
+from serving.scheduler import Batch, StepScheduler
 
 
-def drain(s: StepScheduler) -> list[tuple[str, ...]]:
-    out = []
-    while (b := s.next_batch()) is not None:
-        out.append(b.request_ids)
-        s.complete(b)
-    return out
+class Steps:
+    """A scheduler plus the step counts the requests' engine states keep (the one step count)."""
+
+    def __init__(self, **kw) -> None:
+        self.s = StepScheduler(**kw)
+        self.left: dict[str, int] = {}
+
+    def add(self, rid: str, bucket: str, priority: int, steps: int) -> None:
+        self.s.add(rid, bucket, priority)
+        self.left[rid] = steps
+
+    def next_batch(self) -> Batch | None:
+        return self.s.next_batch()
+
+    def complete(self, b: Batch) -> list[str]:
+        """What the denoise loop does after a step: count it in each state, report the finished."""
+        for rid in b.request_ids:
+            self.left[rid] -= 1
+        finished = [rid for rid in b.request_ids if self.left[rid] == 0 and rid in self.s]
+        self.s.complete(b, finished)
+        return finished
+
+    def drain(self) -> list[tuple[str, ...]]:
+        out = []
+        while (b := self.next_batch()) is not None:
+            out.append(b.request_ids)
+            self.complete(b)
+        return out
 
 
 def test_batches_same_bucket_up_to_max_batch_size():
-    s = StepScheduler(max_batch_size=2, max_running=8)
+    s = Steps(max_batch_size=2, max_running=8)
     for i in range(3):
-        s.add(f"r{i}", "64x64", priority=5, total_steps=2)
-    assert drain(s) == [("r0", "r1"), ("r0", "r1"), ("r2",), ("r2",)]
+        s.add(f"r{i}", "64x64", priority=5, steps=2)
+    assert s.drain() == [("r0", "r1"), ("r0", "r1"), ("r2",), ("r2",)]
 
 
 def test_admits_new_requests_at_step_boundaries():
-    s = StepScheduler(max_batch_size=4, max_running=4)
+    s = Steps(max_batch_size=4, max_running=4)
     s.add("a", "b1", 5, 3)
     b = s.next_batch()
     assert b.request_ids == ("a",)
@@ -37,10 +59,10 @@ def test_admits_new_requests_at_step_boundaries():
 
 
 def test_priority_then_age_and_bucket_of_the_most_urgent():
-    s = StepScheduler(max_batch_size=8, max_running=8)
-    s.add("old-low", "small", priority=1, total_steps=5)
-    s.add("new-low", "small", priority=1, total_steps=5)
-    s.add("high", "large", priority=9, total_steps=2)
+    s = Steps(max_batch_size=8, max_running=8)
+    s.add("old-low", "small", priority=1, steps=5)
+    s.add("new-low", "small", priority=1, steps=5)
+    s.add("high", "large", priority=9, steps=2)
     # The high-priority request's bucket runs first, alone (other shape), until it is done.
     b = s.next_batch()
     assert b.request_ids == ("high",)
@@ -52,35 +74,34 @@ def test_priority_then_age_and_bucket_of_the_most_urgent():
 
 
 def test_max_running_bounds_admission_and_waiting_requests_keep_order():
-    s = StepScheduler(max_batch_size=2, max_running=2)
+    s = Steps(max_batch_size=2, max_running=2)
     for rid, prio in (("a", 1), ("b", 1), ("c", 1), ("urgent", 9)):
         s.add(rid, "x", prio, 1)
     b = s.next_batch()
-    assert b.request_ids == ("urgent", "a") and s.num_running == 2 and s.num_waiting == 2
+    assert b.request_ids == ("urgent", "a") and s.s.num_running == 2 and s.s.num_waiting == 2
     s.complete(b)
     assert s.next_batch().request_ids == ("b", "c")
 
 
 def test_batching_off_with_max_batch_size_1():
-    s = StepScheduler(max_batch_size=1, max_running=4)
+    s = Steps(max_batch_size=1, max_running=4)
     for i in range(3):
         s.add(f"r{i}", "x", 5, 1)
-    assert drain(s) == [("r0",), ("r1",), ("r2",)]
+    assert s.drain() == [("r0",), ("r1",), ("r2",)]
 
 
 def test_remove_while_stepping_and_validation():
-    s = StepScheduler(max_batch_size=4, max_running=4)
+    s = Steps(max_batch_size=4, max_running=4)
     s.add("a", "x", 5, 2)
-    s.add("b", "x", 5, 2)
+    s.add("b", "x", 5, 1)
     b = s.next_batch()
-    assert s.remove("a") and "a" not in s
-    assert s.complete(b) == []  # a's result is dropped; b counted
-    assert s.steps_done("b") == 1
-    assert not s.remove("zzz")
+    assert s.s.remove("a") and "a" not in s.s
+    assert s.complete(b) == ["b"]  # a is gone (its result dropped); b finished
+    assert s.next_batch() is None
+    assert not s.s.remove("zzz")
+    s.add("c", "x", 5, 2)
     with pytest.raises(ValueError):
-        s.add("b", "x", 5, 2)
-    with pytest.raises(ValueError):
-        s.add("c", "x", 5, 0)
+        s.add("c", "x", 5, 2)
     with pytest.raises(ValueError):
         StepScheduler(max_batch_size=4, max_running=2)
 
@@ -91,20 +112,20 @@ def test_scheduler_module_imports_no_torch_and_no_ray():
 
 
 def test_fifo_policy_ignores_priority():
-    s = StepScheduler(max_batch_size=1, max_running=4, policy="fifo")
-    s.add("low", "x", priority=1, total_steps=1)
-    s.add("high", "x", priority=9, total_steps=1)
-    assert drain(s) == [("low",), ("high",)]
+    s = Steps(max_batch_size=1, max_running=4, policy="fifo")
+    s.add("low", "x", priority=1, steps=1)
+    s.add("high", "x", priority=9, steps=1)
+    assert s.drain() == [("low",), ("high",)]
     with pytest.raises(ValueError):
         StepScheduler(max_batch_size=1, max_running=1, policy="lottery")
 
 
 def test_rotation_gives_a_lone_shape_its_turns():
     def run(rotate: bool) -> list[str]:
-        s = StepScheduler(max_batch_size=2, max_running=16, rotate_buckets=rotate)
+        s = Steps(max_batch_size=2, max_running=16, rotate_buckets=rotate)
         for i in range(4):
-            s.add(f"big{i}", "512", priority=5, total_steps=3)
-        s.add("small", "64", priority=5, total_steps=3)
+            s.add(f"big{i}", "512", priority=5, steps=3)
+        s.add("small", "64", priority=5, steps=3)
         order = []
         while (b := s.next_batch()) is not None:
             order.append(b.bucket)
@@ -119,9 +140,9 @@ def test_rotation_gives_a_lone_shape_its_turns():
 
 
 def test_priority_preempts_between_steps():
-    s = StepScheduler(max_batch_size=1, max_running=8)
-    s.add("low", "x", priority=1, total_steps=4)
+    s = Steps(max_batch_size=1, max_running=8)
+    s.add("low", "x", priority=1, steps=4)
     b = s.next_batch()
     s.complete(b)  # low has run one step
-    s.add("high", "x", priority=9, total_steps=2)
-    assert drain(s) == [("high",), ("high",), ("low",), ("low",), ("low",)]  # low paused, then resumed
+    s.add("high", "x", priority=9, steps=2)
+    assert s.drain() == [("high",), ("high",), ("low",), ("low",), ("low",)]  # low paused, then resumed
