@@ -1,4 +1,4 @@
-"""Typed, frozen, validated model configuration and the built-in presets.
+"""The model's configuration (typed, frozen, validated; see engines/schema.py) and the built-in presets.
 
 A `ModelConfig` says which weights to run (random weights of a given architecture, or a
 local diffusers checkpoint), where (device, dtype, DiT backend, CPU threads), what the model
@@ -11,24 +11,35 @@ Presets:
   few seconds on a 2-core CPU; the benchmark preset.
 - ``checkpoint``: a local directory holding a diffusers LTX-2 checkpoint (``model_index.json``
   plus one subfolder per component), loaded with ``local_files_only``.
+
+A ``model:`` mapping (YAML, `from_mapping`) names a ``preset`` and overrides any field of it;
+nested sections merge key by key (``{preset: small, decode: {chunk_latent_frames: 4}}``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import Field
 
 from engines.errors import ConfigError
+from engines.schema import load, merge, require, section
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 DiTBackendName = Literal["auto", "eager", "compile", "tensorrt"]
-DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
-DIT_BACKENDS: tuple[str, ...] = ("auto", "eager", "compile", "tensorrt")
+EnhancerBackend = Literal["transformers", "vllm"]
+DTYPES: tuple[str, ...] = get_args(Dtype)
+DIT_BACKENDS: tuple[str, ...] = get_args(DiTBackendName)
+
+Positive = Annotated[int, Field(gt=0)]
+NonNegative = Annotated[int, Field(ge=0)]
 
 # Frame rates a request may ask for. NTSC rates are exact fractions, never truncated floats.
 STANDARD_FPS: tuple[Fraction, ...] = (
@@ -40,187 +51,204 @@ STANDARD_FPS: tuple[Fraction, ...] = (
 )
 
 
-def _require(cond: bool, key: str, message: str) -> None:
-    if not cond:
-        raise ConfigError(key, message)
-
-
-@dataclass(frozen=True)
+@section("model.architecture.text_encoder")
 class TextEncoderConfig:
     """Gemma-3 text tower (transformers) whose stacked hidden states condition the DiT."""
 
-    vocab_size: int = 0  # 0: taken from the tokenizer
-    hidden_size: int = 32
-    intermediate_size: int = 64
-    num_layers: int = 2
-    num_attention_heads: int = 2
-    num_key_value_heads: int = 1
-    head_dim: int = 16
+    vocab_size: NonNegative = 0
+    """0: taken from the tokenizer."""
+    hidden_size: Positive = 32
+    """Width of the text tower."""
+    intermediate_size: Positive = 64
+    """Width of its MLPs."""
+    num_layers: Positive = 2
+    """Layers; the DiT sees all their hidden states stacked (layers + 1)."""
+    num_attention_heads: Positive = 2
+    """Query heads."""
+    num_key_value_heads: Positive = 1
+    """Key/value heads (grouped-query attention); must divide the query heads."""
+    head_dim: Positive = 16
+    """Width of one attention head."""
 
-    def validate(self, key: str) -> None:
-        for name in ("hidden_size", "intermediate_size", "num_layers", "num_attention_heads",
-                     "num_key_value_heads", "head_dim"):
-            _require(getattr(self, name) > 0, f"{key}.{name}", "must be > 0")
-        _require(self.num_attention_heads % self.num_key_value_heads == 0,
-                 f"{key}.num_key_value_heads", "must divide num_attention_heads")
+    def __post_init__(self) -> None:
+        require(self.num_attention_heads % self.num_key_value_heads == 0, "num_key_value_heads",
+                "must divide num_attention_heads")
 
 
-@dataclass(frozen=True)
+@section("model.architecture.connectors")
 class ConnectorConfig:
     """LTX-2 text connectors: map stacked text hidden states to video and audio contexts."""
 
-    num_attention_heads: int = 4
-    num_layers: int = 1
+    num_attention_heads: Positive = 4
+    """Heads; heads x head_dim equals the text hidden size."""
+    num_layers: Positive = 1
+    """Transformer layers of each connector."""
     num_learnable_registers: int | None = None
-
-    def validate(self, key: str, text_hidden: int) -> None:
-        _require(self.num_attention_heads > 0, f"{key}.num_attention_heads", "must be > 0")
-        _require(text_hidden % self.num_attention_heads == 0, f"{key}.num_attention_heads",
-                 f"must divide the text hidden size {text_hidden} (heads x head_dim = hidden)")
-        _require(self.num_layers > 0, f"{key}.num_layers", "must be > 0")
+    """Learnable register tokens (None: the diffusers default)."""
 
 
-@dataclass(frozen=True)
+@section("model.architecture.transformer")
 class TransformerConfig:
     """The joint audio+video DiT (`LTX2VideoTransformer3DModel`)."""
 
-    num_layers: int = 2
-    video_num_heads: int = 2
-    video_head_dim: int = 8
-    audio_num_heads: int = 2
-    audio_head_dim: int = 4
+    num_layers: Positive = 2
+    """Joint audio+video transformer blocks."""
+    video_num_heads: Positive = 2
+    """Attention heads of the video stream."""
+    video_head_dim: Positive = 8
+    """Width of a video head (even: RoPE)."""
+    audio_num_heads: Positive = 2
+    """Attention heads of the audio stream."""
+    audio_head_dim: Positive = 4
+    """Width of an audio head (even: RoPE)."""
 
-    def validate(self, key: str) -> None:
-        for f in dataclasses.fields(self):
-            _require(getattr(self, f.name) > 0, f"{key}.{f.name}", "must be > 0")
-        _require(self.video_head_dim % 2 == 0, f"{key}.video_head_dim", "must be even (RoPE)")
-        _require(self.audio_head_dim % 2 == 0, f"{key}.audio_head_dim", "must be even (RoPE)")
+    def __post_init__(self) -> None:
+        require(self.video_head_dim % 2 == 0, "video_head_dim", "must be even (RoPE)")
+        require(self.audio_head_dim % 2 == 0, "audio_head_dim", "must be even (RoPE)")
 
 
-@dataclass(frozen=True)
+@section("model.architecture.video_vae")
 class VideoVAEConfig:
     """Video VAE (`AutoencoderKLLTX2Video`): 32x spatial, 8x temporal compression like LTX-2."""
 
-    latent_channels: int = 8
-    encoder_block_out_channels: tuple[int, ...] = (8, 8, 8, 8)
-    decoder_block_out_channels: tuple[int, ...] = (8, 16, 32)
+    latent_channels: Positive = 8
+    """Channels of the video latents (the DiT's in_channels)."""
+    encoder_block_out_channels: Annotated[tuple[int, ...], Field(min_length=4, max_length=4)] = (8, 8, 8, 8)
+    """4 entries: spatial, temporal, 2x spatiotemporal downsampling."""
+    decoder_block_out_channels: Annotated[tuple[int, ...], Field(min_length=3, max_length=3)] = (8, 16, 32)
+    """3 entries (3 spatiotemporal upsampling blocks), doubling per block."""
 
-    def validate(self, key: str) -> None:
-        _require(self.latent_channels > 0, f"{key}.latent_channels", "must be > 0")
-        _require(len(self.encoder_block_out_channels) == 4, f"{key}.encoder_block_out_channels",
-                 "must have 4 entries (spatial, temporal, 2x spatiotemporal downsampling)")
-        _require(len(self.decoder_block_out_channels) == 3, f"{key}.decoder_block_out_channels",
-                 "must have 3 entries (3 spatiotemporal upsampling blocks)")
+    def __post_init__(self) -> None:
         dec = self.decoder_block_out_channels
-        _require(all(dec[i + 1] == 2 * dec[i] for i in range(len(dec) - 1)),
-                 f"{key}.decoder_block_out_channels", "channels must double per block")
+        require(all(dec[i + 1] == 2 * dec[i] for i in range(len(dec) - 1)), "decoder_block_out_channels",
+                "channels must double per block")
 
 
-@dataclass(frozen=True)
+@section("model.architecture.audio_vae")
 class AudioVAEConfig:
     """Audio VAE (`AutoencoderKLLTX2Audio`) over mel spectrograms."""
 
-    latent_channels: int = 2
-    mel_bins: int = 16
-    sample_rate: int = 16000
-    mel_hop_length: int = 160
-
-    def validate(self, key: str) -> None:
-        _require(self.latent_channels > 0, f"{key}.latent_channels", "must be > 0")
-        _require(self.mel_bins > 0 and self.mel_bins % 4 == 0, f"{key}.mel_bins",
-                 "must be a positive multiple of 4 (the VAE compresses mel bins 4x)")
-        _require(self.sample_rate > 0 and self.mel_hop_length > 0, f"{key}.sample_rate",
-                 "sample_rate and mel_hop_length must be > 0")
+    latent_channels: Positive = 2
+    """Channels of the audio latents."""
+    mel_bins: Annotated[int, Field(gt=0, multiple_of=4)] = 16
+    """Mel bins (a multiple of 4: the VAE compresses them 4x)."""
+    sample_rate: Positive = 16000
+    """Sample rate of the mel spectrogram, Hz."""
+    mel_hop_length: Positive = 160
+    """Samples between mel frames."""
 
 
-@dataclass(frozen=True)
+@section("model.architecture.vocoder")
 class VocoderConfig:
     """Mel -> waveform vocoder (`LTX2Vocoder`)."""
 
-    hidden_channels: int = 32
+    hidden_channels: Positive = 32
+    """Width of the vocoder."""
     upsample_factors: tuple[int, ...] = (6, 5, 8)
+    """Upsampling per stage; their product x the mel frame rate is the output sample rate."""
     upsample_kernel_sizes: tuple[int, ...] = (12, 10, 8)
-    output_sample_rate: int = 24000
+    """One kernel size per upsample factor."""
+    output_sample_rate: Positive = 24000
+    """Sample rate of the waveform, Hz."""
 
-    def validate(self, key: str, audio: AudioVAEConfig) -> None:
-        _require(self.hidden_channels > 0, f"{key}.hidden_channels", "must be > 0")
-        _require(len(self.upsample_factors) == len(self.upsample_kernel_sizes),
-                 f"{key}.upsample_kernel_sizes", "needs one kernel size per upsample factor")
-        prod = 1
-        for f in self.upsample_factors:
-            prod *= f
-        mel_rate = audio.sample_rate / audio.mel_hop_length
-        _require(prod * mel_rate == self.output_sample_rate, f"{key}.upsample_factors",
-                 f"product {prod} x mel frame rate {mel_rate:g}/s must equal "
-                 f"output_sample_rate {self.output_sample_rate}")
+    def __post_init__(self) -> None:
+        require(len(self.upsample_factors) == len(self.upsample_kernel_sizes), "upsample_kernel_sizes",
+                "needs one kernel size per upsample factor")
 
 
-@dataclass(frozen=True)
+@section("model.architecture")
 class Architecture:
     """Component sizes for weights built in code (the random-weight presets)."""
 
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    """The text tower."""
     connectors: ConnectorConfig = field(default_factory=ConnectorConfig)
+    """The text connectors."""
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    """The DiT."""
     video_vae: VideoVAEConfig = field(default_factory=VideoVAEConfig)
+    """The video VAE."""
     audio_vae: AudioVAEConfig = field(default_factory=AudioVAEConfig)
+    """The audio VAE."""
     vocoder: VocoderConfig = field(default_factory=VocoderConfig)
+    """The vocoder."""
 
-    def validate(self, key: str) -> None:
-        self.text_encoder.validate(f"{key}.text_encoder")
-        self.connectors.validate(f"{key}.connectors", self.text_encoder.hidden_size)
-        self.transformer.validate(f"{key}.transformer")
-        self.video_vae.validate(f"{key}.video_vae")
-        self.audio_vae.validate(f"{key}.audio_vae")
-        self.vocoder.validate(f"{key}.vocoder", self.audio_vae)
+    def __post_init__(self) -> None:
+        hidden = self.text_encoder.hidden_size
+        require(hidden % self.connectors.num_attention_heads == 0, "connectors.num_attention_heads",
+                f"must divide the text hidden size {hidden} (heads x head_dim = hidden)")
+        audio, voc = self.audio_vae, self.vocoder
+        mel_rate = audio.sample_rate / audio.mel_hop_length
+        prod = math.prod(voc.upsample_factors)
+        require(prod * mel_rate == voc.output_sample_rate, "vocoder.upsample_factors",
+                f"product {prod} x mel frame rate {mel_rate:g}/s must equal output_sample_rate "
+                f"{voc.output_sample_rate}")
 
 
-@dataclass(frozen=True)
+@section("model.limits")
 class ModelLimits:
     """What a request may ask of this model. Sides are multiples of 32 (the VAE's compression)."""
 
-    min_side: int = 64
-    max_side: int = 1920
-    max_pixels: int = 1920 * 1088  # 1080p, rounded up to a multiple of 32
-    side_multiple: int = 32
-    min_seconds: float = 0.5
-    max_seconds: float = 20.0
-    allowed_fps: tuple[Fraction, ...] = STANDARD_FPS
-    max_steps: int = 100
-    max_prompt_chars: int = 2000
+    min_side: Positive = 64
+    """Smallest width or height, pixels."""
+    max_side: Positive = 1920
+    """Largest width or height, pixels."""
+    max_pixels: Positive = 1920 * 1088
+    """Largest width x height (1080p, rounded up to a multiple of 32)."""
+    side_multiple: Positive = 32
+    """Width and height are multiples of this."""
+    min_seconds: Annotated[float, Field(gt=0)] = 0.5
+    """Shortest video, seconds."""
+    max_seconds: Annotated[float, Field(gt=0)] = 20.0
+    """Longest video, seconds."""
+    allowed_fps: Annotated[tuple[Fraction, ...], Field(min_length=1)] = STANDARD_FPS
+    """Frame rates a request may ask for (exact fractions: 30000/1001, not 29.97)."""
+    max_steps: Annotated[int, Field(ge=1, le=1000)] = 100
+    """Most denoising steps a request may ask for."""
+    max_prompt_chars: Positive = 2000
+    """Longest prompt, characters."""
     guidance_range: tuple[float, float] = (1.0, 20.0)
+    """Allowed classifier-free guidance scales (1 = off)."""
     rescale_range: tuple[float, float] = (0.0, 1.0)
-    max_seed: int = 2**63 - 1
+    """Allowed guidance rescale factors."""
+    max_seed: Positive = 2**63 - 1
+    """Largest seed."""
 
-    def validate(self, key: str) -> None:
-        _require(0 < self.min_side <= self.max_side, f"{key}.min_side", "must be in (0, max_side]")
-        _require(self.min_side % self.side_multiple == 0 and self.max_side % self.side_multiple == 0,
-                 f"{key}.side_multiple", "min_side and max_side must be multiples of it")
-        _require(self.max_pixels >= self.min_side**2, f"{key}.max_pixels", "must allow min_side^2")
-        _require(0 < self.min_seconds <= self.max_seconds, f"{key}.min_seconds",
-                 "must be in (0, max_seconds]")
-        _require(len(self.allowed_fps) > 0, f"{key}.allowed_fps", "must not be empty")
-        _require(1 <= self.max_steps <= 1000, f"{key}.max_steps", "must be in [1, 1000]")
-        _require(self.max_prompt_chars > 0, f"{key}.max_prompt_chars", "must be > 0")
+    def __post_init__(self) -> None:
+        require(self.min_side <= self.max_side, "min_side", "must be in (0, max_side]")
+        require(self.min_side % self.side_multiple == 0 and self.max_side % self.side_multiple == 0,
+                "side_multiple", "min_side and max_side must be multiples of it")
+        require(self.max_pixels >= self.min_side**2, "max_pixels", "must allow min_side^2")
+        require(self.min_seconds <= self.max_seconds, "min_seconds", "must be in (0, max_seconds]")
 
 
-@dataclass(frozen=True)
+@section("model.defaults")
 class SamplingDefaults:
     """What a request gets for each knob it leaves unset."""
 
-    steps: int = 4
+    steps: Positive = 4
+    """Denoising steps."""
     guidance_scale: float = 3.0
+    """Video classifier-free guidance."""
     audio_guidance_scale: float = 7.0
+    """Audio classifier-free guidance."""
     guidance_rescale: float = 0.7
+    """Video guidance rescale."""
     audio_guidance_rescale: float = 0.7
-    width: int = 64
-    height: int = 64
-    seconds: float = 1.0
+    """Audio guidance rescale."""
+    width: Positive = 64
+    """Frame width, pixels."""
+    height: Positive = 64
+    """Frame height, pixels."""
+    seconds: Annotated[float, Field(gt=0)] = 1.0
+    """Duration, seconds."""
     fps: Fraction = Fraction(24)
+    """Frame rate."""
     negative_prompt: str = ""
+    """What to steer away from."""
 
 
-@dataclass(frozen=True)
+@section("model.decode")
 class DecodeConfig:
     """How the decoder bounds memory: it decodes latents in tiles and streams frames out.
 
@@ -232,23 +260,20 @@ class DecodeConfig:
     (chunk + context) x (tile + 2 halo)^2.
     """
 
-    chunk_latent_frames: int = 2
-    context_latent_frames: int = 2
-    tile_latent_size: int = 24
-    tile_halo_latents: int = 2
-    # Latent volumes up to this (frames x height x width, e.g. 8 x 16 x 16 = 57 frames of 512x512)
-    # decode whole: exact and with no context/halo to recompute. Larger ones are chunked.
-    whole_max_latents: int = 2048
-
-    def validate(self, key: str) -> None:
-        _require(self.chunk_latent_frames >= 1, f"{key}.chunk_latent_frames", "must be >= 1")
-        _require(self.context_latent_frames >= 0, f"{key}.context_latent_frames", "must be >= 0")
-        _require(self.tile_latent_size >= 1, f"{key}.tile_latent_size", "must be >= 1")
-        _require(self.tile_halo_latents >= 0, f"{key}.tile_halo_latents", "must be >= 0")
-        _require(self.whole_max_latents >= 0, f"{key}.whole_max_latents", "must be >= 0")
+    chunk_latent_frames: Annotated[int, Field(ge=1)] = 2
+    """Latent frames decoded per temporal chunk."""
+    context_latent_frames: NonNegative = 2
+    """Past latent frames decoded with a chunk and cut away."""
+    tile_latent_size: Annotated[int, Field(ge=1)] = 24
+    """Side of a spatial tile, latent pixels."""
+    tile_halo_latents: NonNegative = 2
+    """Halo around a tile, latent pixels, decoded and cut away."""
+    whole_max_latents: NonNegative = 2048
+    """Latent volumes up to this (frames x height x width, e.g. 8 x 16 x 16 = 57 frames of 512x512)
+    decode whole: exact and with no context or halo to recompute. Larger ones are chunked."""
 
 
-@dataclass(frozen=True)
+@section("model.enhancer")
 class EnhancerConfig:
     """The optional prompt enhancer: an LLM rewrites a short request into a detailed prompt before
     text encoding (LTX-2's enhancement slot). Off by default; a request opts in per job.
@@ -260,62 +285,81 @@ class EnhancerConfig:
     """
 
     enabled: bool = False
-    backend: str = "transformers"
+    """Whether requests may ask for an enhanced prompt."""
+    backend: EnhancerBackend = "transformers"
+    """transformers: in the TextEncoder replicas; vllm: a vLLM server's OpenAI-compatible API."""
     model: str = ""
+    """A local model directory (transformers; empty: the model's own Gemma) or the served model name (vllm)."""
     url: str = ""
-    max_new_tokens: int = 512  # LTX-2's default for Gemma 3
-    temperature: float = 0.7
+    """The vLLM server's OpenAI-compatible base URL."""
+    max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 512
+    """Longest rewrite, tokens (LTX-2's default for Gemma 3)."""
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.7
+    """Sampling temperature."""
     system_prompt: str = ""
-    timeout_seconds: float = 60.0
+    """Empty: LTX-2's own text-to-video enhancement prompt."""
+    timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
+    """How long a vLLM call may take."""
 
-    def validate(self, key: str) -> None:
-        _require(self.backend in ("transformers", "vllm"), f"{key}.backend", "must be transformers or vllm")
-        _require(not (self.backend == "vllm" and self.enabled and not (self.url and self.model)),
-                 f"{key}.url", "and model are required for the vllm backend (its OpenAI-compatible base URL "
-                 "and the served model name)")
-        _require(1 <= self.max_new_tokens <= 4096, f"{key}.max_new_tokens", "must be in [1, 4096]")
-        _require(0.0 <= self.temperature <= 2.0, f"{key}.temperature", "must be in [0, 2]")
-        _require(self.timeout_seconds > 0, f"{key}.timeout_seconds", "must be > 0")
+    def __post_init__(self) -> None:
+        require(not (self.backend == "vllm" and self.enabled and not (self.url and self.model)), "url",
+                "and model are required for the vllm backend (its OpenAI-compatible base URL and the served "
+                "model name)")
 
 
-@dataclass(frozen=True)
+@section("model.tensorrt")
 class TensorRTConfig:
     """TensorRT engines: where they are cached and which shape buckets get a profile.
 
     Precision follows the model's ``dtype`` (the exported graph is strongly typed)."""
 
     engine_cache_dir: Path = Path("var/kino/engines")
-    profiles: tuple[tuple[int, int, float], ...] = ((768, 512, 5.0),)  # (width, height, seconds) buckets
-    max_rows: int = 16  # transformer rows per forward (a CFG request takes 2)
+    """Where built engines are kept (keyed by GPU, TensorRT version, weights and profiles)."""
+    profiles: Annotated[tuple[tuple[int, int, float], ...], Field(min_length=1)] = ((768, 512, 5.0),)
+    """(width, height, seconds) buckets, one optimisation profile each."""
+    max_rows: Annotated[int, Field(ge=1)] = 16
+    """Transformer rows per forward (a CFG request takes 2)."""
 
-    def validate(self, key: str) -> None:
-        _require(self.max_rows >= 1, f"{key}.max_rows", "must be >= 1")
-        _require(len(self.profiles) >= 1, f"{key}.profiles", "needs at least one (width, height, seconds)")
 
-
-@dataclass(frozen=True)
+@section("model")
 class ModelConfig:
-    """Which model to run and how. Build one with `preset()` or `checkpoint()`."""
+    """Which model to run and how. Build one with `preset()`, `checkpoint()` or `from_mapping()`."""
 
-    name: str
-    architecture: Architecture | None = None  # None: read from checkpoint_dir
+    name: Annotated[str, Field(min_length=1)]
+    """The preset's name (tiny, small, checkpoint)."""
+    architecture: Architecture | None = None
+    """Component sizes of random weights; None: read from checkpoint_dir."""
     checkpoint_dir: Path | None = None
-    seed: int = 0  # seeds the random weights of in-code presets
-    tokenizer_max_length: int = 64  # prompt tokens (padded/truncated to this)
+    """A local diffusers LTX-2 checkpoint directory."""
+    seed: int = 0
+    """Seeds the random weights of in-code presets."""
+    tokenizer_max_length: Annotated[int, Field(ge=8, le=4096)] = 64
+    """Prompt tokens (padded or truncated to this)."""
     dtype: Dtype = "float32"
-    device: str = "cpu"
-    dit_backend: DiTBackendName = "auto"  # auto: TensorRT, then torch.compile on GPUs; eager on CPUs
-    num_threads: int | None = 1  # CPU intra-op threads per engine; None: torch's default
+    """Weights dtype."""
+    device: Annotated[str, Field(pattern=r"^(cpu|cuda(:\d+)?)$")] = "cpu"
+    """cpu or cuda[:N]."""
+    dit_backend: DiTBackendName = "auto"
+    """auto: TensorRT, then torch.compile on GPUs; eager on CPUs."""
+    num_threads: Annotated[int, Field(ge=1)] | None = 1
+    """CPU intra-op threads per engine; None: torch's default."""
     limits: ModelLimits = field(default_factory=ModelLimits)
+    """What a request may ask."""
     defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
+    """What a request gets when it says nothing."""
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    """How the decoder tiles."""
     tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
-    enhancer: EnhancerConfig = field(default_factory=lambda: EnhancerConfig())
+    """TensorRT engines."""
+    enhancer: EnhancerConfig = field(default_factory=EnhancerConfig)
+    """The optional prompt enhancer."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.checkpoint_dir, str):
-            object.__setattr__(self, "checkpoint_dir", Path(self.checkpoint_dir))
-        self.validate()
+        require((self.architecture is None) != (self.checkpoint_dir is None), "checkpoint_dir",
+                "exactly one of architecture (random weights) or checkpoint_dir must be set")
+        d, lim = self.defaults, self.limits
+        require(d.steps <= lim.max_steps, "defaults.steps", f"must be in [1, {lim.max_steps}]")
+        require(d.fps in lim.allowed_fps, "defaults.fps", "must be one of limits.allowed_fps")
 
     @property
     def model_id(self) -> str:
@@ -323,29 +367,6 @@ class ModelConfig:
         if self.checkpoint_dir is not None:
             return f"ltx2-checkpoint:{self.checkpoint_dir.name}"
         return f"ltx2-{self.name}"
-
-    def validate(self) -> None:
-        _require(bool(self.name), "model.name", "must not be empty")
-        _require((self.architecture is None) != (self.checkpoint_dir is None), "model.checkpoint_dir",
-                 "exactly one of architecture (random weights) or checkpoint_dir must be set")
-        if self.architecture is not None:
-            self.architecture.validate("model.architecture")
-        _require(self.dtype in DTYPES, "model.dtype", f"{self.dtype!r} is not one of {DTYPES}")
-        _require(self.device == "cpu" or self.device.startswith("cuda"), "model.device",
-                 f"{self.device!r} is not 'cpu' or 'cuda[:N]'")
-        _require(self.dit_backend in DIT_BACKENDS, "model.dit_backend",
-                 f"{self.dit_backend!r} is not one of {DIT_BACKENDS}")
-        _require(self.num_threads is None or self.num_threads >= 1, "model.num_threads",
-                 "must be >= 1 or null")
-        _require(8 <= self.tokenizer_max_length <= 4096, "model.tokenizer_max_length",
-                 "must be in [8, 4096]")
-        self.limits.validate("model.limits")
-        self.decode.validate("model.decode")
-        self.tensorrt.validate("model.tensorrt")
-        self.enhancer.validate("model.enhancer")
-        d, lim = self.defaults, self.limits
-        _require(1 <= d.steps <= lim.max_steps, "model.defaults.steps", f"must be in [1, {lim.max_steps}]")
-        _require(d.fps in lim.allowed_fps, "model.defaults.fps", "must be one of limits.allowed_fps")
 
     def replace(self, **changes: Any) -> ModelConfig:
         """A copy with some fields changed (validated again)."""
@@ -408,40 +429,18 @@ def _prompt_tokens(path: Path) -> int:
 
 
 def from_mapping(data: Mapping[str, Any]) -> ModelConfig:
-    """Build a config from a plain mapping (a YAML ``model:`` section).
-
-    ``preset`` picks ``tiny``, ``small`` or ``checkpoint`` (with ``checkpoint_dir``); the
-    runtime keys ``dtype``, ``device``, ``dit_backend``, ``num_threads`` override it, and the
-    ``enhancer`` and ``tensorrt`` sections set those features (see their dataclasses).
-    """
+    """A config from a plain ``model:`` mapping: ``preset`` (tiny, small, or checkpoint with
+    ``checkpoint_dir``) and any field of `ModelConfig` over it; nested sections merge key by key."""
     data = dict(data)
     name = data.pop("preset", "tiny")
-    allowed = {"dtype", "device", "dit_backend", "num_threads", "checkpoint_dir", "seed", "enhancer", "tensorrt"}
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise ConfigError(f"model.{unknown[0]}", f"unknown key (allowed: preset, {', '.join(sorted(allowed))})")
-    for key, cls in (("enhancer", EnhancerConfig), ("tensorrt", TensorRTConfig)):
-        if key in data:
-            data[key] = _section(f"model.{key}", cls, data[key])
     if name == "checkpoint":
         if "checkpoint_dir" not in data:
             raise ConfigError("model.checkpoint_dir", "is required when preset is 'checkpoint'")
-        return checkpoint(data.pop("checkpoint_dir"), **data)
-    if "checkpoint_dir" in data:
-        raise ConfigError("model.checkpoint_dir", "is only valid with preset 'checkpoint'")
-    return preset(name, **data)
-
-
-def _section(key: str, cls: type, value: Any) -> Any:
-    if not isinstance(value, Mapping):
-        raise ConfigError(key, f"must be a mapping, got {type(value).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(value) - names)
-    if unknown:
-        raise ConfigError(f"{key}.{unknown[0]}", f"unknown key (allowed: {', '.join(sorted(names))})")
-    fields = dict(value)
-    if "profiles" in fields:  # YAML lists -> the tuple of (width, height, seconds) tuples
-        fields["profiles"] = tuple(tuple(p) for p in fields["profiles"])
-    if "engine_cache_dir" in fields:
-        fields["engine_cache_dir"] = Path(fields["engine_cache_dir"])
-    return cls(**fields)
+        base = checkpoint(data["checkpoint_dir"])
+    else:
+        if "checkpoint_dir" in data:
+            raise ConfigError("model.checkpoint_dir", "is only valid with preset 'checkpoint'")
+        base = preset(name)
+    if "name" in data:
+        raise ConfigError("model.name", "is the preset's; set model.preset instead")
+    return load(ModelConfig, merge(dataclasses.asdict(base), data, "model."), "model")

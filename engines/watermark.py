@@ -7,33 +7,35 @@ template (normalised cross-correlation), which survives H.264 encoding.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from pydantic import Field
+
+from engines.schema import section
 
 Corner = Literal["bottom-right", "bottom-left", "top-right", "top-left"]
 CODE = 0b1011_0011_1000_1011  # 16 bits drawn as two rows of eight cells
 
 
-@dataclass(frozen=True)
+@section("provenance.watermark")
 class WatermarkConfig:
-    enabled: bool = True
-    position: Corner = "bottom-right"
-    size: float = 0.1  # badge height as a fraction of the frame height
-    opacity: float = 0.9  # 1 = opaque
-    label: str = "AI"
-    threshold: float = 0.6  # detector: correlation needed to call a frame marked
+    """The visible mark every frame of every Kino video carries."""
 
-    def validate(self) -> None:
-        if self.position not in ("bottom-right", "bottom-left", "top-right", "top-left"):
-            raise ValueError(f"watermark.position {self.position!r} is not a corner")
-        if not 0.02 <= self.size <= 0.5:
-            raise ValueError("watermark.size must be in [0.02, 0.5]")
-        if not 0.3 <= self.opacity <= 1.0:
-            raise ValueError("watermark.opacity must be in [0.3, 1]: fainter badges are not reliably detected")
+    enabled: bool = True
+    """Burn the badge into every frame."""
+    position: Corner = "bottom-right"
+    """The corner it sits in."""
+    size: Annotated[float, Field(ge=0.02, le=0.5)] = 0.1
+    """Badge height as a fraction of the frame height."""
+    opacity: Annotated[float, Field(ge=0.3, le=1.0)] = 0.9
+    """1 = opaque; fainter badges are not reliably detected."""
+    label: str = "AI"
+    """Text on the badge."""
+    threshold: Annotated[float, Field(gt=0.0, le=1.0)] = 0.6
+    """Detector: the correlation needed to call a frame marked."""
 
 
 def _badge_height(frame_h: int, frame_w: int, size: float) -> int:

@@ -393,7 +393,7 @@ class VideoService:
         if job.status != JobStatus.COMPLETED or job.artifact is None:
             raise FailedPrecondition(f"id {video_id} is {job.status.value}; it can be downloaded once completed",
                                      field="id")
-        chunk = self.config.grpc.download_chunk_bytes
+        chunk = self.config.storage.download_chunk_bytes
         artifact = job.artifact
 
         async def chunks() -> AsyncIterator[bytes]:

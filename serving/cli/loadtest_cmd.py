@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from engines.config import PRESETS
 from serving.cli.videos_cmd import DEFAULT_ADDRESS
 
 
@@ -24,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report", type=Path, default=Path("out/loadtest"), help="report directory (default out/loadtest)")
     p.add_argument("--address", help=f"an already running Kino (e.g. {DEFAULT_ADDRESS}); default: start one here")
     p.add_argument("--api-key", help="API key for --address")
-    p.add_argument("--preset", default="tiny", choices=["tiny", "small"], help="model of the local cluster")
+    p.add_argument("--preset", default="tiny", choices=list(PRESETS), help="model of the local cluster")
     p.add_argument("--max-batch-size", type=int, help="Kino's denoising batch size (local cluster)")
     p.add_argument("--max-running", type=int,
                    help="requests denoising at once per replica (local cluster; default: --max-batch-size)")

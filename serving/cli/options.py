@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from fractions import Fraction
 
+from engines.config import DIT_BACKENDS, DTYPES, PRESETS
 from engines.params import GenerationParams, parse_fps
 
 
@@ -49,13 +50,13 @@ def params_from_args(args: argparse.Namespace) -> GenerationParams:
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--preset", default="tiny", choices=["tiny", "small", "checkpoint"],
+    g.add_argument("--preset", default="tiny", choices=[*PRESETS, "checkpoint"],
                    help="tiny: embedded random weights (output is noise, runs anywhere); small: larger random "
                         "weights for benchmarks; checkpoint: a local LTX-2 diffusers directory (default: tiny)")
     g.add_argument("--checkpoint-dir", metavar="DIR", help="the checkpoint directory, with --preset checkpoint")
     g.add_argument("--device", help="cpu or cuda[:N] (default: the preset's)")
-    g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype (default: the preset's)")
-    g.add_argument("--dit-backend", choices=["auto", "eager", "compile", "tensorrt"],
+    g.add_argument("--dtype", choices=DTYPES, help="weights dtype (default: the preset's)")
+    g.add_argument("--dit-backend", choices=DIT_BACKENDS,
                    help="how the DiT runs: auto (GPUs: TensorRT, then torch.compile; CPUs: eager), or one of them "
                         "(falling back down that chain with a log line saying why)")
 

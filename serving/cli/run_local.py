@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[red]prompt rejected by moderation: category {verdict.category}: {verdict.reason}")
         return 2
     credentials = ContentCredentials(settings.provenance)
-    mark = settings.provenance.watermark_config()
+    mark = settings.provenance.watermark
     with console.status(f"loading model {config.model_id}"):
         pipeline = StagedPipeline(config)
     muxed = args.output.with_name(f".{args.output.stem}.unsigned.mp4")  # PyAV picks the format by suffix

@@ -33,7 +33,7 @@ class DecoderDeployment:
         # The encoder side of the same VAE module: no second copy of the weights.
         media = MediaEncoder(cfg.model, components=Components(vae=decoder.vae), geometry=geometry)
         self.renderer = Renderer(decoder, media, LocalArtifactStore(cfg.storage.artifacts_dir),
-                                 ContentCredentials(cfg.provenance), cfg.provenance.watermark_config())
+                                 ContentCredentials(cfg.provenance), cfg.provenance.watermark)
         self.metrics = RayMetrics()
         # One video at a time: the replica's thread budget is its engine's. Decoding several at once
         # only splits the same cores (and, on a shared node, starves the Denoiser mid-step); the

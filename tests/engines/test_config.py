@@ -4,14 +4,13 @@ import dataclasses
 
 import pytest
 
-from engines.config import Architecture, ConnectorConfig, ModelConfig, VocoderConfig, checkpoint, from_mapping, preset
+from engines.config import Architecture, ConnectorConfig, ModelConfig, checkpoint, from_mapping, preset
 from engines.errors import ConfigError
 
 
 @pytest.mark.parametrize("name", ["tiny", "small"])
 def test_presets_are_valid_and_frozen(name):
     cfg = preset(name)
-    cfg.validate()
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.dtype = "bfloat16"  # type: ignore[misc]
     assert cfg.model_id == f"ltx2-{name}"
@@ -25,9 +24,9 @@ def test_presets_are_valid_and_frozen(name):
         (dict(dit_backend="warp"), "model.dit_backend"),
         (dict(num_threads=0), "model.num_threads"),
         (dict(tokenizer_max_length=4), "model.tokenizer_max_length"),
-        (dict(architecture=Architecture(connectors=ConnectorConfig(num_attention_heads=5))),
+        (dict(architecture={"connectors": {"num_attention_heads": 5}}),
          "model.architecture.connectors.num_attention_heads"),
-        (dict(architecture=Architecture(vocoder=VocoderConfig(upsample_factors=(6, 5, 7)))),
+        (dict(architecture={"vocoder": {"upsample_factors": (6, 5, 7)}}),
          "model.architecture.vocoder.upsample_factors"),
         (dict(architecture=None), "model.checkpoint_dir"),
     ],
@@ -37,6 +36,12 @@ def test_bad_values_name_the_key(change, key):
         preset("tiny", **change)
     assert err.value.key == key
     assert str(err.value).startswith(key)
+
+
+def test_a_section_built_in_code_is_checked_at_once():
+    with pytest.raises(ConfigError) as err:
+        Architecture(connectors=ConnectorConfig(num_attention_heads=5))
+    assert err.value.key == "model.architecture.connectors.num_attention_heads"
 
 
 def test_unknown_preset_and_keys(tmp_path):

@@ -40,4 +40,4 @@ def test_opacity_and_disabled():
     assert detect(faint[0], WatermarkConfig(opacity=0.5))[0]
     assert np.array_equal(stamp(frames, WatermarkConfig(enabled=False)), frames)
     with pytest.raises(ValueError):
-        WatermarkConfig(opacity=0.1).validate()
+        WatermarkConfig(opacity=0.1)

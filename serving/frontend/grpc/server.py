@@ -50,7 +50,7 @@ async def start_grpc_server(videos: VideoService, cameos: CameoService, accounts
         ("grpc.so_reuseport", 0),  # a second server on the same port fails instead of sharing it
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
-        ("grpc.max_concurrent_streams", config.max_workers_streams),
+        ("grpc.max_concurrent_streams", config.max_concurrent_streams),
     ]
     sink = metrics or NoMetrics()
     interceptor = ApiKeyInterceptor(accounts.authenticate, on_call=lambda m, code: sink.api_call("grpc", m, code))
