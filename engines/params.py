@@ -26,6 +26,12 @@ def model_frames_for(output_frames: int) -> int:
     return TEMPORAL_COMPRESSION * k + 1
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """'1280x720' -> (1280, 720); ValueError if it is not WIDTHxHEIGHT."""
+    w, h = text.lower().split("x")
+    return int(w), int(h)
+
+
 def parse_fps(value: float | str | Fraction) -> Fraction:
     """24, 29.97, '30000/1001' -> an exact Fraction (29.97 means NTSC 30000/1001)."""
     if isinstance(value, Fraction):
@@ -59,6 +65,11 @@ class GenerationParams:
     guidance_rescale: float | None = None
     audio_guidance_rescale: float | None = None
     enhance_prompt: bool = False  # rewrite the prompt with the model's prompt enhancer first
+
+    @property
+    def size(self) -> str:
+        """"WIDTHxHEIGHT", as the APIs write it."""
+        return f"{self.width}x{self.height}"
 
     @property
     def output_frames(self) -> int:

@@ -18,10 +18,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from engines.params import GenerationParams, params_from_dict
+from engines.params import GenerationParams
+from serving.async_view import AsyncView, in_thread
 from serving.config import QueueConfig
-from serving.errors import KinoError, as_kino_error
-from serving.jobs import Artifact, Job, JobStatus, JobStore, Stage, StaleEpoch
+from serving.errors import ErrorCode, KinoError, as_kino_error
+from serving.jobs import Artifact, DispatchQueue, Job, JobStatus, Stage, StaleEpoch
 from serving.metrics import Metrics, NoMetrics
 from serving.moderation import Moderator
 from serving.provenance.claim import Claim, prompt_sha256
@@ -38,10 +39,10 @@ class _CancelRequested(Exception):
 
 
 class Dispatcher:
-    def __init__(self, store: JobStore, stages: StageClient, config: QueueConfig,
+    def __init__(self, store: DispatchQueue, stages: StageClient, config: QueueConfig,
                  on_finished: Callable[[Job], None] | None = None, metrics: Metrics | None = None,
                  moderator: Moderator | None = None) -> None:
-        self.store, self.stages, self.config = store, stages, config
+        self.store, self.stages, self.config = AsyncView(store), stages, config
         self.moderator = moderator  # checks what the prompt enhancer writes, as the front door checked the prompt
         self.on_finished = on_finished  # e.g. tell a cameo's owner
         self.metrics = metrics or NoMetrics()
@@ -55,14 +56,14 @@ class Dispatcher:
     # -- control -------------------------------------------------------------------------
     async def run(self) -> None:
         """Resume what a previous dispatcher left, then keep the stages fed until cancelled."""
-        self.epoch = await asyncio.to_thread(self.store.begin_epoch)
+        self.epoch = await self.store.begin_epoch()
         log.info("dispatcher epoch %d started", self.epoch)
         last_reconcile = last_counts = time.monotonic()
         while True:
             try:
                 await self._fill()
                 if time.monotonic() - last_counts > 1.0:
-                    counts = await asyncio.to_thread(self.store.count_by_status)
+                    counts = await self.store.count_by_status()
                     self.metrics.job_counts(counts[JobStatus.QUEUED], counts[JobStatus.IN_PROGRESS])
                     last_counts = time.monotonic()
                 if time.monotonic() - last_reconcile > self.config.reconcile_seconds:
@@ -92,13 +93,9 @@ class Dispatcher:
             task.cancel()
         return True
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._tasks)
-
     async def _fill(self) -> None:
         while len(self._tasks) < self.config.max_in_flight:
-            job = await asyncio.to_thread(self.store.claim_next, self.epoch)
+            job = await self.store.claim_next(self.epoch)
             if job is None:
                 return
             if job.started_at is not None:
@@ -109,11 +106,11 @@ class Dispatcher:
 
     async def _reconcile(self) -> None:
         """Safety net: a job of this epoch in progress with no task here would wait forever; requeue it."""
-        for job_id in await asyncio.to_thread(self.store.in_progress, self.epoch):
+        for job_id in await self.store.in_progress(self.epoch):
             if job_id not in self._tasks:
                 log.error("job %s was in progress with no task; requeueing it", job_id)
                 try:
-                    await asyncio.to_thread(self.store.requeue, job_id, self.epoch,
+                    await self.store.requeue(job_id, self.epoch,
                                             "requeued: its dispatcher task ended without recording a result")
                 except StaleEpoch:
                     pass
@@ -131,7 +128,7 @@ class Dispatcher:
         assert self.epoch is not None
         epoch = self.epoch
         try:
-            params = params_from_dict(job.params)
+            params = job.generation
             for attempt in range(1, self.config.max_attempts + 1):
                 try:
                     artifact = await self._stages(job, params, epoch)
@@ -144,7 +141,7 @@ class Dispatcher:
                     await self._progress(job, epoch, Stage.ENCODING, message=f"retrying after: {e}")
                     await asyncio.sleep(min(2.0 * attempt, 5.0))
             self._settling.add(job.id)
-            done = await asyncio.to_thread(self.store.finish, job.id, epoch, JobStatus.COMPLETED, artifact=artifact)
+            done = await self.store.finish(job.id, epoch, JobStatus.COMPLETED, artifact=artifact)
             log.info("job %s completed: %s (%d bytes)", job.id, artifact.key, artifact.size_bytes)
             await self._finished(done)
         except asyncio.CancelledError:
@@ -163,7 +160,7 @@ class Dispatcher:
         except Exception as e:  # noqa: BLE001 - every failure is recorded with a reason
             self._settling.add(job.id)
             err: KinoError = as_kino_error(e)
-            if err.code.value == "internal":
+            if err.code == ErrorCode.INTERNAL:
                 log.exception("job %s failed", job.id)
                 await self._fail(job, epoch, "internal", f"{type(e).__name__}: {e}")
             else:
@@ -224,18 +221,18 @@ class Dispatcher:
                 text = params.prompt
                 message = (f"enhanced prompt rejected by moderation (category {verdict.category}); "
                            "using the prompt as written")
-            await asyncio.to_thread(self.store.set_enhanced_prompt, job.id, epoch, text, message)
+            await self.store.set_enhanced_prompt(job.id, epoch, text, message)
         return dataclasses.replace(params, prompt=text)
 
     async def _progress(self, job: Job, epoch: int, stage: Stage, **values: Any) -> None:
-        cancel = await asyncio.to_thread(self.store.record_progress, job.id, epoch, stage=stage, **values)
+        cancel = await self.store.record_progress(job.id, epoch, stage=stage, **values)
         if cancel:
             raise _CancelRequested()
 
     async def _finish_cancelled(self, job: Job, epoch: int) -> None:
         try:
-            current = await asyncio.to_thread(self.store.get, job.id)
-            done = await asyncio.to_thread(self.store.finish, job.id, epoch, JobStatus.CANCELLED,
+            current = await self.store.get(job.id)
+            done = await self.store.finish(job.id, epoch, JobStatus.CANCELLED,
                                            error_code=current.cancel_reason or "cancelled",
                                            error_message=current.error_message or "cancelled by the client")
             await self._finished(done)
@@ -244,7 +241,7 @@ class Dispatcher:
 
     async def _fail(self, job: Job, epoch: int, code: str, message: str) -> None:
         try:
-            done = await asyncio.to_thread(self.store.finish, job.id, epoch, JobStatus.FAILED, error_code=code,
+            done = await self.store.finish(job.id, epoch, JobStatus.FAILED, error_code=code,
                                            error_message=message)
             await self._finished(done)
         except StaleEpoch:
@@ -255,6 +252,6 @@ class Dispatcher:
                                                                     - job.created_at))
         if self.on_finished is not None:
             try:
-                await asyncio.to_thread(self.on_finished, job)
+                await in_thread(self.on_finished, job)
             except Exception:  # noqa: BLE001 - a notification must not undo a finished job
                 log.exception("on_finished hook failed for %s", job.id)

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from engines.errors import ConfigError
-from serving.accounts.models import Principal, Tenant
+from serving.accounts.models import AuditEvent, Principal, Tenant
 from serving.accounts.store import AccountStore
 from serving.config import AuthConfig
-from serving.errors import Unauthenticated
+from serving.errors import InvalidArgument, Unauthenticated
+
+log = logging.getLogger(__name__)
+AUDIT_LIMIT_RANGE = (1, 1000)
 
 
 class AccountService:
     def __init__(self, store: AccountStore, auth: AuthConfig) -> None:
         self.store, self.auth = store, auth
         self._local: Tenant | None = None
+        self._told_unknown_key = False
 
     def local_principal(self) -> Principal:
         if self._local is None:
@@ -40,7 +45,9 @@ class AccountService:
         return added
 
     def authenticate(self, secret: str | None) -> Principal:
-        """The principal of an API key; no key is the local tenant unless keys are required."""
+        """The principal of an API key. When keys are not required, a call with no key, or with a key
+        this server does not know, runs as the local tenant (as vLLM accepts any key when it has none
+        configured: the openai SDK always sends one); a known key still selects its tenant."""
         if not secret:
             if self.auth.required:
                 raise Unauthenticated("authorization: missing API key: send metadata "
@@ -48,6 +55,20 @@ class AccountService:
             return self.local_principal()
         found = self.store.lookup(secret)
         if found is None:
-            raise Unauthenticated("authorization: invalid or revoked API key", field="authorization")
+            if self.auth.required:
+                raise Unauthenticated("authorization: invalid or revoked API key", field="authorization")
+            if not self._told_unknown_key:
+                self._told_unknown_key = True
+                log.warning("a call sent an API key this server does not know; keys are not required "
+                            "(auth.required: false), so it runs as the local tenant %r", self.auth.local_tenant)
+            return self.local_principal()
         key, tenant = found
         return Principal(tenant=tenant, user=key.user, key_id=key.id)
+
+    def audit_events(self, principal: Principal, limit: int | None = None) -> list[AuditEvent]:
+        """The caller's tenant's audit events, newest first (limit 0 or None: 100)."""
+        limit = limit or 100
+        lo, hi = AUDIT_LIMIT_RANGE
+        if not lo <= limit <= hi:
+            raise InvalidArgument(f"limit={limit} is not allowed: an integer in [{lo}, {hi}]", field="limit")
+        return self.store.audit_events(principal.tenant_id, limit=limit)

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import PIL.Image
+
 from serving.errors import NotFound
 
 
@@ -44,6 +46,17 @@ class ArtifactStore(ABC):
     @abstractmethod
     def scratch_path(self, key: str) -> Path:
         """A local path to write `key` to before `put_file` (same filesystem: the move is a rename)."""
+
+    def put_bytes(self, key: str, data: bytes) -> Artifact:
+        path = self.scratch_path(key)
+        path.write_bytes(data)
+        return self.put_file(key, path)
+
+    def put_png(self, key: str, image: PIL.Image.Image) -> Artifact:
+        """An image (a first frame, a cameo reference) stored as PNG."""
+        path = self.scratch_path(key)
+        image.save(path, format="PNG")
+        return self.put_file(key, path)
 
 
 class LocalArtifactStore(ArtifactStore):

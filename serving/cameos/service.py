@@ -13,13 +13,16 @@ from collections.abc import AsyncIterator
 
 from serving.accounts import Principal
 from serving.artifacts import ArtifactStore
+from serving.async_view import AsyncView, in_thread
+from serving.cameos.consent import owns, usable_cameo
 from serving.cameos.models import ANY_USER, Cameo, Grant, Notification
 from serving.cameos.recording import extract
 from serving.cameos.store import CameoStore
 from serving.config import KinoConfig
 from serving.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from serving.jobs import Job, JobStatus, JobStore, Review
-from serving.videos import DispatcherLink, VideoService
+from serving.videos import DispatcherLink, Page, VideoService
+from serving.videos.requests import page_size
 
 MAX_TEXT = 2000
 
@@ -27,8 +30,8 @@ MAX_TEXT = 2000
 class CameoService:
     def __init__(self, config: KinoConfig, cameos: CameoStore, jobs: JobStore, artifacts: ArtifactStore,
                  videos: VideoService, dispatcher: DispatcherLink) -> None:
-        self.config, self.cameos, self.jobs, self.artifacts = config, cameos, jobs, artifacts
-        self.videos, self.dispatcher = videos, dispatcher
+        self.config, self.videos, self.dispatcher = config, videos, dispatcher
+        self.cameos, self.jobs, self.artifacts = AsyncView(cameos), AsyncView(jobs), AsyncView(artifacts)
 
     # -- the owner's cameo -------------------------------------------------------------------
     async def register(self, principal: Principal, *, recording: bytes, name: str, consent_statement: str,
@@ -45,35 +48,30 @@ class CameoService:
         if not recording or len(recording) > limit:
             raise InvalidArgument(f"recording is not allowed: 1 byte to {limit} bytes, got {len(recording)}",
                                   field="recording")
-        media = await asyncio.to_thread(extract, recording)
+        media = await in_thread(extract, recording)
         cameo_id = f"cameo_{uuid.uuid4().hex}"
         reference_key = f"cameos/{cameo_id}/reference.png"
-        await asyncio.to_thread(self.videos._put_png, reference_key, media.reference)
+        await self.artifacts.put_png(reference_key, media.reference)
         voice_key = None
         if media.voice_wav is not None:
             voice_key = f"cameos/{cameo_id}/voice.wav"
-            await asyncio.to_thread(self._put_bytes, voice_key, media.voice_wav)
+            await self.artifacts.put_bytes(voice_key, media.voice_wav)
         now = time.time()
         cameo = Cameo(id=cameo_id, owner_tenant=principal.tenant_id, owner_user=principal.user, name=name.strip(),
                       require_approval=require_approval, consent_statement=consent_statement,
                       consent_at=now, consent_key_id=principal.key_id or "local", reference_key=reference_key,
                       voice_key=voice_key, created_at=now)
-        return await asyncio.to_thread(self.cameos.create, cameo)
-
-    def _put_bytes(self, key: str, data: bytes) -> None:
-        path = self.artifacts.scratch_path(key)
-        path.write_bytes(data)
-        self.artifacts.put_file(key, path)
+        return await self.cameos.create(cameo)
 
     async def owned(self, principal: Principal, cameo_id: str) -> Cameo:
         """The cameo if the caller owns it; NOT_FOUND otherwise (its existence is not revealed)."""
         if not cameo_id:
             raise InvalidArgument("cameo_id is required", field="cameo_id")
         try:
-            cameo = await asyncio.to_thread(self.cameos.get, cameo_id)
+            cameo = await self.cameos.get(cameo_id)
         except NotFound:
             cameo = None
-        if cameo is None or (cameo.owner_tenant, cameo.owner_user) != (principal.tenant_id, principal.user):
+        if cameo is None or not owns(principal, cameo):
             raise NotFound(f"cameo_id {cameo_id!r} not found", field="cameo_id")
         return cameo
 
@@ -81,27 +79,27 @@ class CameoService:
         """Owners see the grants; a grantee sees the cameo it may use, without them."""
         try:
             cameo = await self.owned(principal, cameo_id)
-            return cameo, await asyncio.to_thread(self.cameos.grants, cameo.id)
+            return cameo, await self.cameos.grants(cameo.id)
         except NotFound:
-            cameo = await asyncio.to_thread(self.videos._cameo_for, principal, cameo_id)
+            cameo = await in_thread(usable_cameo, self.cameos.blocking, principal, cameo_id)
             return cameo, None
 
     async def list(self, principal: Principal) -> list[tuple[Cameo, list[Grant]]]:
-        cameos = await asyncio.to_thread(self.cameos.owned, principal.tenant_id, principal.user)
-        return [(c, await asyncio.to_thread(self.cameos.grants, c.id)) for c in cameos]
+        cameos = await self.cameos.owned(principal.tenant_id, principal.user)
+        return [(c, await self.cameos.grants(c.id)) for c in cameos]
 
     async def delete(self, principal: Principal, cameo_id: str) -> None:
         cameo = await self.owned(principal, cameo_id)
-        for job in await asyncio.to_thread(self.jobs.active_with_cameo, cameo.id):
+        for job in await self.jobs.active_with_cameo(cameo.id):
             await self._stop(cameo, job, "the cameo was deleted by its owner")
-        await asyncio.to_thread(self.cameos.delete, cameo.id)
+        await self.cameos.delete(cameo.id)
 
     # -- consent -------------------------------------------------------------------------------
     async def grant(self, principal: Principal, cameo_id: str, tenant: str, user: str) -> Cameo:
         cameo = await self.owned(principal, cameo_id)
         if not tenant:
             raise InvalidArgument("tenant is required: the tenant you grant use to", field="tenant")
-        await asyncio.to_thread(self.cameos.grant, cameo.id, tenant, user or ANY_USER)
+        await self.cameos.grant(cameo.id, tenant, user or ANY_USER)
         return cameo
 
     async def revoke(self, principal: Principal, cameo_id: str, tenant: str, user: str) -> Cameo:
@@ -109,30 +107,28 @@ class CameoService:
         cameo = await self.owned(principal, cameo_id)
         if not tenant:
             raise InvalidArgument("tenant is required: the tenant whose grant you revoke", field="tenant")
-        await asyncio.to_thread(self.cameos.revoke, cameo.id, tenant, user or ANY_USER)
-        for job in await asyncio.to_thread(self.jobs.active_with_cameo, cameo.id):
-            if not await asyncio.to_thread(self.cameos.may_use, cameo, job.tenant, job.user):
+        await self.cameos.revoke(cameo.id, tenant, user or ANY_USER)
+        for job in await self.jobs.active_with_cameo(cameo.id):
+            if not await self.cameos.may_use(cameo, job.tenant, job.user):
                 await self._stop(cameo, job, "the cameo owner revoked consent")
         return cameo
 
     async def _stop(self, cameo: Cameo, job: Job, why: str) -> None:
-        stopped = await asyncio.to_thread(self.jobs.request_cancel, job.id, reason="consent_revoked", message=why)
+        stopped = await self.jobs.request_cancel(job.id, reason="consent_revoked", message=why)
         if stopped.status == JobStatus.IN_PROGRESS:
             await self.dispatcher.cancel(job.id)
-        await asyncio.to_thread(self.cameos.notify, cameo, "stopped", job.id, job.tenant, why)
+        await self.cameos.notify(cameo, "stopped", job.id, job.tenant, why)
 
     # -- videos of the owner's likeness ------------------------------------------------------------
-    async def videos_of(self, principal: Principal, cameo_id: str, page_size: int = 0,
-                        page_token: str | None = None) -> tuple[list[Job], str | None]:
+    async def videos_of(self, principal: Principal, cameo_id: str, size: int | None = None,
+                        page_token: str | None = None) -> Page:
         cameo = await self.owned(principal, cameo_id)
-        from serving.videos import _page_size
-
-        return await asyncio.to_thread(self.jobs.list_by_cameo, cameo.id, page_size=_page_size(page_size),
-                                       page_token=page_token or None)
+        jobs, token = await self.jobs.list_by_cameo(cameo.id, page_size=page_size(size), page_token=page_token or None)
+        return Page(jobs, token)
 
     async def _video_of(self, cameo: Cameo, video_id: str) -> Job:
         try:
-            job = await asyncio.to_thread(self.jobs.get, video_id)
+            job = await self.jobs.get(video_id)
         except NotFound:
             job = None
         if job is None or job.conditioning.cameo_id != cameo.id:
@@ -144,7 +140,7 @@ class CameoService:
         cameo = await self.owned(principal, cameo_id)
         job = await self._video_of(cameo, video_id)
         await self._stop_and_delete(cameo, job, "removed by the cameo owner")
-        await asyncio.to_thread(self.cameos.notify, cameo, "deleted", video_id, job.tenant, "deleted by the owner")
+        await self.cameos.notify(cameo, "deleted", video_id, job.tenant, "deleted by the owner")
         return job
 
     async def _stop_and_delete(self, cameo: Cameo, job: Job, why: str) -> Job:
@@ -156,7 +152,7 @@ class CameoService:
         if not job.status.terminal:
             await self._stop(cameo, job, why)
             deadline = asyncio.get_running_loop().time() + wait_seconds
-            while not (job := await asyncio.to_thread(self.jobs.get, job.id)).status.terminal:
+            while not (job := await self.jobs.get(job.id)).status.terminal:
                 if asyncio.get_running_loop().time() > deadline:
                     raise Unavailable(f"video_id {job.id} is still stopping; delete it again in a moment",
                                       field="video_id")
@@ -173,18 +169,18 @@ class CameoService:
             if job.status != JobStatus.COMPLETED:
                 raise FailedPrecondition(f"video_id {video_id} is {job.status.value}; approve it once completed",
                                          field="video_id")
-            job = await asyncio.to_thread(self.jobs.set_review, video_id, Review.APPROVED)
-            await asyncio.to_thread(self.cameos.notify, cameo, "approved", video_id, job.tenant, "approved")
+            job = await self.jobs.set_review(video_id, Review.APPROVED)
+            await self.cameos.notify(cameo, "approved", video_id, job.tenant, "approved")
             return job
         deleted = await self._stop_and_delete(cameo, job, "rejected by the cameo owner")
-        await asyncio.to_thread(self.cameos.notify, cameo, "rejected", video_id, job.tenant,
+        await self.cameos.notify(cameo, "rejected", video_id, job.tenant,
                                 "rejected by the cameo owner: deleted")
         return deleted
 
     # -- notifications ---------------------------------------------------------------------------
     async def notifications(self, principal: Principal, after_id: int = 0) -> list[Notification]:
-        mine = await asyncio.to_thread(self.cameos.owned, principal.tenant_id, principal.user)
-        return await asyncio.to_thread(self.cameos.notifications, [c.id for c in mine], after_id=after_id)
+        mine = await self.cameos.owned(principal.tenant_id, principal.user)
+        return await self.cameos.notifications([c.id for c in mine], after_id=after_id)
 
     async def watch(self, principal: Principal, after_id: int = 0,
                     poll_seconds: float = 0.2) -> AsyncIterator[Notification]:

@@ -2,10 +2,11 @@
 
 from serving.jobs.models import Artifact, Conditioning, Job, JobEvent, NewJob, Quota, Review, Stage, Visibility
 from serving.jobs.states import IllegalTransition, JobStatus
-from serving.jobs.store import JobStore, StaleEpoch
+from serving.jobs.store import DispatchQueue, EventLog, JobStore, StaleEpoch, SubmissionStore
 
-__all__ = ["Artifact", "Conditioning", "IllegalTransition", "Job", "JobEvent", "JobStatus", "JobStore", "NewJob",
-           "Quota", "Review", "Stage", "StaleEpoch", "Visibility", "open_store"]
+__all__ = ["Artifact", "Conditioning", "DispatchQueue", "EventLog", "IllegalTransition", "Job", "JobEvent", "JobStatus",
+           "JobStore", "NewJob", "Quota", "Review", "Stage", "StaleEpoch", "SubmissionStore", "Visibility",
+           "open_store"]
 
 
 def open_store(url: str) -> JobStore:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
+from engines.params import GenerationParams, params_from_dict
 from serving.artifacts import Artifact
 from serving.jobs.states import JobStatus
 
@@ -102,9 +104,10 @@ class Job:
     review: Review = Review.NONE
     enhanced_prompt: str | None = None  # what the prompt enhancer wrote (only when the request asked)
 
-    @property
-    def seconds(self) -> float:
-        return float(self.params.get("seconds") or 0.0)
+    @cached_property
+    def generation(self) -> GenerationParams:
+        """The validated generation parameters this job was created with (typed; `params` is their stored form)."""
+        return params_from_dict(self.params)
 
 
 @dataclass(frozen=True)

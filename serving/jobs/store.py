@@ -1,4 +1,9 @@
-"""The job store interface. SQLite (WAL) is the embedded default; PostgreSQL implements the same.
+"""The job store's interfaces, one per role. SQLite (WAL) is the embedded default; PostgreSQL
+implements the same (`serving.jobs.sql_store.SqlJobStore` is all three).
+
+- `SubmissionStore`: what the front door does with jobs (create, read, list, cancel, delete);
+- `DispatchQueue`: what the dispatcher does (claim, record progress, finish, requeue);
+- `EventLog`: the progress events watchers replay.
 
 Every state change goes through the store before anyone acts on it, so a restart finds the
 truth there. The dispatcher owns in-progress jobs through an *epoch*: each dispatcher start
@@ -18,18 +23,21 @@ class StaleEpoch(Exception):
     """A dispatcher wrote to a job another (newer) dispatcher owns."""
 
 
-class JobStore(ABC):
-    # -- created by the front door ---------------------------------------------------------
+class _Reads(ABC):
+    @abstractmethod
+    def get(self, job_id: str) -> Job:
+        """The job, unless missing or deleted (NotFound)."""
+
+
+class SubmissionStore(_Reads):
+    """The front door's side: jobs as clients create, read and change them."""
+
     @abstractmethod
     def create(self, job: NewJob, *, max_queued: int, quota: Quota = Quota()) -> tuple[Job, bool]:
         """Insert a queued job; (job, created). A known idempotency key returns the existing job
         (created=False). Raises ResourceExhausted when `max_queued` jobs are already queued or the
         tenant's quota is used up (naming the quota), and FailedPrecondition when the key was used
         for a different request; nothing is written then."""
-
-    @abstractmethod
-    def get(self, job_id: str) -> Job:
-        """The job, unless missing or deleted (NotFound)."""
 
     @abstractmethod
     def list(self, tenant: str, *, status: JobStatus | None = None, page_size: int = 20,
@@ -62,9 +70,6 @@ class JobStore(ABC):
         """0-based position among queued jobs (priority, then arrival); None if not queued."""
 
     @abstractmethod
-    def count_by_status(self) -> dict[JobStatus, int]: ...
-
-    @abstractmethod
     def request_cancel(self, job_id: str, *, reason: str = "cancelled",
                        message: str = "cancelled by the client") -> Job:
         """Queued: cancelled at once. In progress: flagged for the dispatcher. Finished: FailedPrecondition.
@@ -74,7 +79,12 @@ class JobStore(ABC):
     def delete(self, job_id: str) -> Job:
         """A finished job becomes deleted (its artifact is the caller's to remove)."""
 
-    # -- driven by the dispatcher ------------------------------------------------------------
+class DispatchQueue(_Reads):
+    """The dispatcher's side: the queue of work and the writes that move a job along."""
+
+    @abstractmethod
+    def count_by_status(self) -> dict[JobStatus, int]: ...
+
     @abstractmethod
     def begin_epoch(self) -> int:
         """A new dispatcher epoch; every in-progress job of an older epoch goes back to the queue."""
@@ -107,10 +117,16 @@ class JobStore(ABC):
     def requeue(self, job_id: str, epoch: int, message: str) -> Job:
         """Put an in-progress job of `epoch` back in the queue (its work starts over). Raises StaleEpoch."""
 
-    # -- read by watchers ---------------------------------------------------------------------
+class EventLog(ABC):
+    """What watchers read: every progress event and status change of a job."""
+
     @abstractmethod
     def events(self, job_id: str, after_id: int = 0) -> list[JobEvent]:
         """Events of a job with id > after_id, oldest first."""
+
+
+class JobStore(SubmissionStore, DispatchQueue, EventLog):
+    """All three roles over one database."""
 
     @abstractmethod
     def close(self) -> None:

@@ -91,10 +91,10 @@ def test_errors_follow_the_openai_shape(client, cluster):
     with pytest.raises(openai.APIStatusError) as err:
         client.videos.create(prompt="a gory decapitation")
     assert err.value.status_code == 409 and "graphic_violence" in err.value.body["message"]
-    bad = openai.OpenAI(base_url=cluster.rest_url, api_key="kino_sk_not_a_key", max_retries=0)
-    with pytest.raises(openai.AuthenticationError) as err:
-        bad.videos.list()
-    assert err.value.status_code == 401
+    # Keys are not required on this server: a key it does not know (the SDK insists on sending one) runs
+    # as the local tenant, which the known key also belongs to (keys-required servers: test_trust.py).
+    unknown = openai.OpenAI(base_url=cluster.rest_url, api_key="kino_sk_not_a_key", max_retries=0)
+    assert [v.id for v in unknown.videos.list(limit=5).data] == [v.id for v in client.videos.list(limit=5).data]
     with pytest.raises(openai.NotFoundError):
         client.videos.download_content("video_missing")
 

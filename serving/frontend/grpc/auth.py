@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 from collections.abc import Callable
 
 import grpc
 
 from serving.accounts import Principal
+from serving.async_view import in_thread
 from serving.errors import Unauthenticated
+from serving.frontend.common import api_key
 from serving.frontend.grpc.errors import status_for
 
 _PRINCIPAL: contextvars.ContextVar[Principal] = contextvars.ContextVar("kino_principal")
@@ -19,14 +20,6 @@ OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 def principal_of(_context: grpc.aio.ServicerContext) -> Principal:
     """The principal the interceptor set for this call."""
     return _PRINCIPAL.get()
-
-
-def _secret(metadata) -> str | None:
-    md = {k.lower(): v for k, v in (metadata or ())}
-    auth = md.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip() or None
-    return md.get("x-api-key") or None
 
 
 OnCall = Callable[[str, str], None]  # (method, status code name) after each call
@@ -46,7 +39,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
             return handler
         method = details.method.rsplit("/", 1)[-1]
         try:
-            principal = await asyncio.to_thread(self.authenticate, _secret(details.invocation_metadata))
+            principal = await in_thread(self.authenticate, api_key(details.invocation_metadata))
         except Unauthenticated as e:
             code, message = status_for(e)
             self.on_call(method, code.name)

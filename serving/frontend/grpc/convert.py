@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from kino.v1 import video_service_pb2 as pb
@@ -9,7 +11,7 @@ from serving.accounts import AuditEvent
 from serving.cameos.models import Cameo, Grant, Notification
 from serving.errors import InvalidArgument
 from serving.jobs import Job, JobStatus, Review, Stage, Visibility
-from serving.videos import CreateVideo, Progress, RemixVideo
+from serving.videos import CreateVideo, Page, Progress, RemixVideo
 
 STATUS_TO_PB = {
     JobStatus.QUEUED: pb.VIDEO_STATUS_QUEUED,
@@ -32,6 +34,13 @@ VISIBILITY_TO_PB = {Visibility.PRIVATE: pb.VISIBILITY_PRIVATE, Visibility.PUBLIC
 REVIEW_TO_PB = {Review.NONE: pb.REVIEW_NONE, Review.PENDING: pb.REVIEW_PENDING, Review.APPROVED: pb.REVIEW_APPROVED}
 
 
+def status_filter(value: int) -> str | None:
+    """A ListVideos status filter as the domain's status name (which the domain checks)."""
+    if value == pb.VIDEO_STATUS_UNSPECIFIED:
+        return None
+    return PB_TO_STATUS[value].value if value in PB_TO_STATUS else str(value)
+
+
 def visibility(value: int) -> Visibility:
     if value in (pb.VISIBILITY_UNSPECIFIED, pb.VISIBILITY_PRIVATE):
         return Visibility.PRIVATE
@@ -48,11 +57,10 @@ def _ts(seconds: float | None) -> Timestamp | None:
     return t
 
 
-def _fps(text: str | None) -> str:
-    if not text:
+def _fps(fps: Fraction | None) -> str:
+    if fps is None:
         return ""
-    num, _, den = text.partition("/")
-    return num if den in ("", "1") else text
+    return str(fps.numerator) if fps.denominator == 1 else f"{fps.numerator}/{fps.denominator}"
 
 
 def create_request(req: pb.CreateVideoRequest) -> CreateVideo:
@@ -77,14 +85,14 @@ def remix_request(req: pb.RemixVideoRequest) -> RemixVideo:
 
 
 def video(job: Job) -> pb.Video:
-    p = job.params
+    p = job.generation
     msg = pb.Video(
         id=job.id, status=STATUS_TO_PB.get(job.status, pb.VIDEO_STATUS_UNSPECIFIED), progress=job.progress,
-        model=job.model, size=f"{p['width']}x{p['height']}", seconds=p["seconds"], fps=_fps(p.get("fps")),
-        seed=p["seed"], steps=p["steps"], prompt=p["prompt"], negative_prompt=p.get("negative_prompt") or "",
+        model=job.model, size=p.size, seconds=p.seconds, fps=_fps(p.fps), seed=p.seed, steps=p.steps,
+        prompt=p.prompt, negative_prompt=p.negative_prompt or "",
         priority=job.priority, created_at=_ts(job.created_at), started_at=_ts(job.started_at),
         completed_at=_ts(job.completed_at), stage=STAGE_TO_PB[job.stage], step=job.step,
-        total_steps=job.total_steps or p["steps"], attempts=job.attempts,
+        total_steps=job.total_steps or p.steps, attempts=job.attempts,
         visibility=VISIBILITY_TO_PB[job.visibility], parent_id=job.conditioning.parent_id or "",
         cameo_id=job.conditioning.cameo_id or "", review=REVIEW_TO_PB[job.review],
         image_conditioned=bool(job.conditioning.image_key and not job.conditioning.cameo_id),
@@ -94,6 +102,14 @@ def video(job: Job) -> pb.Video:
     if job.artifact is not None:
         msg.size_bytes, msg.sha256 = job.artifact.size_bytes, job.artifact.sha256
     return msg
+
+
+def videos_page(page: Page) -> pb.ListVideosResponse:
+    return pb.ListVideosResponse(videos=[video(j) for j in page.jobs], next_page_token=page.next_token or "")
+
+
+def deleted(job: Job) -> pb.DeleteVideoResponse:
+    return pb.DeleteVideoResponse(id=job.id, deleted=job.status == JobStatus.DELETED)
 
 
 def event(p: Progress) -> pb.VideoEvent:
@@ -109,9 +125,9 @@ def event(p: Progress) -> pb.VideoEvent:
 
 def public_video(job: Job) -> pb.PublicVideo:
     """What the public feed shows: the video, nothing of its owner (no tenant, user or seed)."""
-    p = job.params
-    return pb.PublicVideo(id=job.id, prompt=p["prompt"], size=f"{p['width']}x{p['height']}", seconds=p["seconds"],
-                          fps=_fps(p.get("fps")), created_at=_ts(job.created_at),
+    p = job.generation
+    return pb.PublicVideo(id=job.id, prompt=p.prompt, size=p.size, seconds=p.seconds, fps=_fps(p.fps),
+                          created_at=_ts(job.created_at),
                           parent_id=job.conditioning.parent_id or "",
                           size_bytes=job.artifact.size_bytes if job.artifact else 0)
 

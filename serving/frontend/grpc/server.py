@@ -57,7 +57,7 @@ async def start_grpc_server(videos: VideoService, cameos: CameoService, accounts
     server = grpc.aio.server(interceptors=[interceptor], options=options)
     pb_grpc.add_VideoServiceServicer_to_server(VideoServicer(videos, principal_of), server)
     pb_grpc.add_CameoServiceServicer_to_server(CameoServicer(cameos, principal_of), server)
-    pb_grpc.add_AuditServiceServicer_to_server(AuditServicer(accounts.store, principal_of), server)
+    pb_grpc.add_AuditServiceServicer_to_server(AuditServicer(accounts, principal_of), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -11,12 +11,12 @@ import grpc
 from kino.v1 import video_service_pb2 as pb
 from kino.v1 import video_service_pb2_grpc as pb_grpc
 from serving.accounts import Principal
-from serving.accounts.store import AccountStore
+from serving.accounts.service import AccountService
+from serving.async_view import AsyncView
 from serving.cameos.service import CameoService
-from serving.errors import DeadlineExceeded, InvalidArgument
+from serving.errors import DeadlineExceeded
 from serving.frontend.grpc import convert
 from serving.frontend.grpc.errors import status_for
-from serving.jobs import JobStatus
 from serving.videos import VideoService
 
 PrincipalOf = Callable[[grpc.aio.ServicerContext], Principal]
@@ -80,22 +80,16 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
 
     async def ListVideos(self, request: pb.ListVideosRequest, context) -> pb.ListVideosResponse:
         async def op(who: Principal) -> pb.ListVideosResponse:
-            status: JobStatus | None = None
-            if request.status != pb.VIDEO_STATUS_UNSPECIFIED:
-                if request.status not in convert.PB_TO_STATUS:
-                    raise InvalidArgument(f"status={request.status} is not allowed: one of the VideoStatus values",
-                                          field="status")
-                status = convert.PB_TO_STATUS[request.status]
-            jobs, token = await self.videos.list(who, status=status, page_size=request.page_size,
-                                                 page_token=request.page_token)
-            return pb.ListVideosResponse(videos=[convert.video(j) for j in jobs], next_page_token=token or "")
+            page = await self.videos.list(who, status=convert.status_filter(request.status),
+                                          page_size=request.page_size, page_token=request.page_token)
+            return convert.videos_page(page)
         return await self._run(context, op)
 
     async def ListPublicVideos(self, request: pb.ListPublicVideosRequest, context) -> pb.ListPublicVideosResponse:
         async def op(_who: Principal) -> pb.ListPublicVideosResponse:
-            jobs, token = await self.videos.list_public(request.page_size, request.page_token)
-            return pb.ListPublicVideosResponse(videos=[convert.public_video(j) for j in jobs],
-                                               next_page_token=token or "")
+            page = await self.videos.list_public(request.page_size, request.page_token)
+            return pb.ListPublicVideosResponse(videos=[convert.public_video(j) for j in page.jobs],
+                                               next_page_token=page.next_token or "")
         return await self._run(context, op)
 
     async def SetVideoVisibility(self, request: pb.SetVideoVisibilityRequest, context) -> pb.Video:
@@ -111,8 +105,7 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
 
     async def DeleteVideo(self, request: pb.DeleteVideoRequest, context) -> pb.DeleteVideoResponse:
         async def op(who: Principal) -> pb.DeleteVideoResponse:
-            job = await self.videos.delete(who, request.id)
-            return pb.DeleteVideoResponse(id=job.id, deleted=True)
+            return convert.deleted(await self.videos.delete(who, request.id))
         return await self._run(context, op)
 
     async def WatchVideo(self, request: pb.WatchVideoRequest, context):
@@ -180,14 +173,13 @@ class CameoServicer(pb_grpc.CameoServiceServicer):
 
     async def ListCameoVideos(self, request: pb.ListCameoVideosRequest, context) -> pb.ListVideosResponse:
         async def op(who: Principal) -> pb.ListVideosResponse:
-            jobs, token = await self.cameos.videos_of(who, request.cameo_id, request.page_size, request.page_token)
-            return pb.ListVideosResponse(videos=[convert.video(j) for j in jobs], next_page_token=token or "")
+            return convert.videos_page(await self.cameos.videos_of(who, request.cameo_id, request.page_size,
+                                                                   request.page_token))
         return await self._run(context, op)
 
     async def DeleteCameoVideo(self, request: pb.DeleteCameoVideoRequest, context) -> pb.DeleteVideoResponse:
         async def op(who: Principal) -> pb.DeleteVideoResponse:
-            job = await self.cameos.delete_video(who, request.cameo_id, request.video_id)
-            return pb.DeleteVideoResponse(id=job.id, deleted=job.status == JobStatus.DELETED or job.status.terminal)
+            return convert.deleted(await self.cameos.delete_video(who, request.cameo_id, request.video_id))
         return await self._run(context, op)
 
     async def ReviewCameoVideo(self, request: pb.ReviewCameoVideoRequest, context) -> pb.Video:
@@ -212,14 +204,11 @@ class CameoServicer(pb_grpc.CameoServiceServicer):
 
 
 class AuditServicer(pb_grpc.AuditServiceServicer):
-    def __init__(self, accounts: AccountStore, principal_of: PrincipalOf) -> None:
-        self.accounts, self.principal_of = accounts, principal_of
+    def __init__(self, accounts: AccountService, principal_of: PrincipalOf) -> None:
+        self.accounts, self.principal_of = AsyncView(accounts), principal_of
 
     async def ListAuditEvents(self, request: pb.ListAuditEventsRequest, context) -> pb.ListAuditEventsResponse:
         async def op(who: Principal) -> pb.ListAuditEventsResponse:
-            limit = request.limit or 100
-            if not 1 <= limit <= 1000:
-                raise InvalidArgument(f"limit={limit} is not allowed: an integer in [1, 1000]", field="limit")
-            events = await asyncio.to_thread(self.accounts.audit_events, who.tenant_id, limit=limit)
+            events = await self.accounts.audit_events(who, request.limit)
             return pb.ListAuditEventsResponse(events=[convert.audit_event(e) for e in events])
         return await unary(context, self.principal_of, op)

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -22,21 +21,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engines.errors import EngineError
 from serving.accounts import Principal
+from serving.async_view import in_thread
 from serving.errors import InvalidArgument, KinoError
+from serving.frontend.common import api_key
 from serving.frontend.rest import convert
 from serving.frontend.rest.errors import error_response, http_response, validation_response
 from serving.metrics import Metrics, NoMetrics
 from serving.videos import CreateVideo, RemixVideo, VideoService
+from serving.videos.requests import DEFAULT_PAGE_SIZE
 
 log = logging.getLogger(__name__)
 Authenticate = Callable[[str | None], Principal]
-
-
-def _secret(request: Request) -> str | None:
-    auth = request.headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip() or None
-    return request.headers.get("x-api-key") or None
 
 
 def _seconds(value: Any) -> float | None:
@@ -60,12 +55,13 @@ async def _json_object(request: Request) -> dict[str, Any]:
     return body
 
 
-def build_app(videos: VideoService, authenticate: Authenticate, metrics: Metrics | None = None) -> FastAPI:
+def create_rest_app(videos: VideoService, authenticate: Authenticate, metrics: Metrics | None = None) -> FastAPI:
+    """The OpenAI-compatible Videos API as a FastAPI app over the domain."""
     app = FastAPI(title="Kino Videos API (OpenAI-compatible)", docs_url=None, redoc_url=None)
     sink = metrics or NoMetrics()
 
     async def principal(request: Request) -> Principal:
-        return await asyncio.to_thread(authenticate, _secret(request))
+        return await in_thread(authenticate, api_key(request.headers))
 
     # Domain and engine errors become their status; anything else a 500 in the same shape. (A
     # handler for bare Exception would sit in Starlette's ServerErrorMiddleware, which re-raises.)
@@ -114,15 +110,14 @@ def build_app(videos: VideoService, authenticate: Authenticate, metrics: Metrics
         return JSONResponse(convert.video(job))
 
     @app.get("/v1/videos")
-    async def list_videos(request: Request, after: str | None = None, limit: int = 20,
+    async def list_videos(request: Request, after: str | None = None, limit: int = DEFAULT_PAGE_SIZE,
                           order: str = "desc") -> JSONResponse:
         who = await principal(request)
         if order not in ("asc", "desc"):
             raise InvalidArgument(f"order={order!r} is not allowed: asc or desc", field="order")
-        if not 1 <= limit <= 100:
-            raise InvalidArgument(f"limit={limit} is not allowed: an integer in [1, 100]", field="limit")
-        jobs, token = await videos.list(who, page_size=limit, after_id=after, ascending=order == "asc")
-        return JSONResponse(convert.page(jobs, has_more=token is not None))
+        page = await videos.list(who, page_size=limit, page_size_field="limit", after_id=after,
+                                 ascending=order == "asc")
+        return JSONResponse(convert.page(page))
 
     @app.get("/v1/videos/{video_id}")
     async def retrieve(video_id: str, request: Request) -> JSONResponse:
@@ -130,8 +125,7 @@ def build_app(videos: VideoService, authenticate: Authenticate, metrics: Metrics
 
     @app.delete("/v1/videos/{video_id}")
     async def delete(video_id: str, request: Request) -> JSONResponse:
-        job = await videos.delete(await principal(request), video_id)
-        return JSONResponse({"id": job.id, "object": "video.deleted", "deleted": True})
+        return JSONResponse(convert.deleted(await videos.delete(await principal(request), video_id)))
 
     @app.get("/v1/videos/{video_id}/content")
     async def content(video_id: str, request: Request, variant: str = "video") -> StreamingResponse:

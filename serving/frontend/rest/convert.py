@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from serving.jobs import Job, JobStatus
+from serving.videos import Page
 
 # OpenAI's statuses are queued | in_progress | completed | failed: a cancelled job is a failed one
 # whose error code says "cancelled".
@@ -17,7 +18,7 @@ def _seconds(value: float) -> str:
 
 
 def video(job: Job) -> dict[str, Any]:
-    p = job.params
+    p = job.generation
     out: dict[str, Any] = {
         "id": job.id,
         "object": "video",
@@ -26,10 +27,10 @@ def video(job: Job) -> dict[str, Any]:
         "expires_at": None,
         "model": job.model,
         "progress": int(round(job.progress * 100)),
-        "prompt": p["prompt"],
+        "prompt": p.prompt,
         "remixed_from_video_id": job.conditioning.parent_id,
-        "seconds": _seconds(p["seconds"]),
-        "size": f"{p['width']}x{p['height']}",
+        "seconds": _seconds(p.seconds),
+        "size": p.size,
         "status": _STATUS.get(job.status, "failed"),
         "error": None,
     }
@@ -38,7 +39,11 @@ def video(job: Job) -> dict[str, Any]:
     return out
 
 
-def page(jobs: list[Job], has_more: bool) -> dict[str, Any]:
-    data = [video(j) for j in jobs]
+def page(p: Page) -> dict[str, Any]:
+    data = [video(j) for j in p.jobs]
     return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None, "has_more": has_more}
+            "last_id": data[-1]["id"] if data else None, "has_more": p.has_more}
+
+
+def deleted(job: Job) -> dict[str, Any]:
+    return {"id": job.id, "object": "video.deleted", "deleted": job.status == JobStatus.DELETED}

@@ -1,0 +1,177 @@
+"""What a client asks for, and how it becomes validated `GenerationParams`: the one parser of requests.
+
+Protocol adapters fill `CreateVideo` / `RemixVideo` with the values as sent (strings where the
+protocol sends strings: size "WIDTHxHEIGHT", fps "30000/1001"); everything is checked here, with
+errors that open with the API field and say what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import PIL.Image
+
+from engines.config import ModelConfig
+from engines.errors import InvalidParameter
+from engines.params import GenerationParams, parse_fps, parse_size
+from serving.errors import InvalidArgument
+from serving.jobs import JobStatus, Visibility
+
+MAX_IDEMPOTENCY_KEY = 128
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
+MAX_IMAGE_PIXELS = 4096 * 4096
+PRIORITY_RANGE = (0, 9)
+REMIX_STRENGTH_RANGE = (0.1, 1.0)
+LISTABLE = tuple(s for s in JobStatus if s != JobStatus.DELETED)
+# Engine parameter names -> the API field that carries them.
+_API_FIELD = {"width": "size", "height": "size"}
+
+
+@dataclass(frozen=True)
+class CreateVideo:
+    """A create request as the domain sees it (None: the model's default)."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    size: str | None = None  # "WIDTHxHEIGHT"
+    seconds: float | None = None
+    fps: str | None = None
+    seed: int | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    audio_guidance_scale: float | None = None
+    priority: int | None = None
+    idempotency_key: str | None = None
+    model: str | None = None
+    image: bytes | None = None  # first frame (PNG/JPEG)
+    cameo_id: str | None = None
+    visibility: Visibility = Visibility.PRIVATE
+    enhance_prompt: bool = False
+
+
+@dataclass(frozen=True)
+class RemixVideo:
+    video_id: str
+    prompt: str
+    strength: float | None = None
+    seed: int | None = None
+    idempotency_key: str | None = None
+    visibility: Visibility = Visibility.PRIVATE
+    enhance_prompt: bool = False
+
+
+def generation_params(req: CreateVideo, model: ModelConfig) -> GenerationParams:
+    """Validated generation parameters of a create request; InvalidArgument names the API field."""
+    if req.model and req.model != model.model_id:
+        raise InvalidArgument(f"model={req.model!r} is not served here; allowed: {model.model_id!r} "
+                              "(or empty for it)", field="model")
+    width = height = None
+    if req.size:
+        try:
+            width, height = parse_size(req.size)
+        except ValueError:
+            raise InvalidArgument(f"size={req.size!r} is not allowed: WIDTHxHEIGHT, e.g. 256x256, sides "
+                                  f"multiples of {model.limits.side_multiple}", field="size") from None
+    fps = None
+    if req.fps:
+        try:
+            fps = parse_fps(req.fps)
+        except (ValueError, ZeroDivisionError):
+            raise InvalidArgument(f"fps={req.fps!r} is not allowed: a number or a fraction like 30000/1001",
+                                  field="fps") from None
+    check_priority(req.priority)
+    check_idempotency_key(req.idempotency_key)
+    for name in ("prompt", "negative_prompt"):
+        check_printable(name, getattr(req, name))
+    return validated(GenerationParams(
+        prompt=req.prompt, negative_prompt=req.negative_prompt, width=width, height=height,
+        seconds=req.seconds, fps=fps, seed=req.seed, steps=req.steps, guidance_scale=req.guidance_scale,
+        audio_guidance_scale=req.audio_guidance_scale, enhance_prompt=req.enhance_prompt), model)
+
+
+def validated(params: GenerationParams, model: ModelConfig) -> GenerationParams:
+    """`params.validated(model)`, its errors named by the API field (width and height are `size`)."""
+    try:
+        return params.validated(model)
+    except InvalidParameter as e:
+        api_field = _API_FIELD.get(e.field, e.field)
+        message = str(e) if api_field == e.field else f"{api_field}: {e}"
+        raise InvalidArgument(message, field=api_field) from None
+
+
+def remix_strength(asked: float | None, default: float) -> float:
+    strength = default if asked is None else asked
+    lo, hi = REMIX_STRENGTH_RANGE
+    if not lo <= strength <= hi:
+        raise InvalidArgument(f"strength={strength} is not allowed: a number in [{lo:g}, {hi:g}]", field="strength")
+    return strength
+
+
+def page_size(asked: int | None, field: str = "page_size") -> int:
+    """The page size a list call asked for (0 or None: the default), within [1, MAX_PAGE_SIZE]."""
+    if not asked:
+        return DEFAULT_PAGE_SIZE
+    if not 1 <= asked <= MAX_PAGE_SIZE:
+        raise InvalidArgument(f"{field}={asked} is not allowed: an integer in [1, {MAX_PAGE_SIZE}]", field=field)
+    return asked
+
+
+def status_filter(name: str | None) -> JobStatus | None:
+    """A list filter by status name (None or "": every status)."""
+    if not name:
+        return None
+    try:
+        status = JobStatus(name)
+    except ValueError:
+        status = None
+    if status not in LISTABLE:
+        raise InvalidArgument(f"status={name!r} is not allowed: one of {', '.join(s.value for s in LISTABLE)}",
+                              field="status")
+    return status
+
+
+def check_priority(priority: int | None) -> None:
+    lo, hi = PRIORITY_RANGE
+    if priority is not None and not lo <= priority <= hi:
+        raise InvalidArgument(f"priority={priority} is not allowed: an integer in [{lo}, {hi}]", field="priority")
+
+
+def check_idempotency_key(key: str | None) -> None:
+    if key is not None and len(key) > MAX_IDEMPOTENCY_KEY:
+        raise InvalidArgument(f"idempotency_key is not allowed: at most {MAX_IDEMPOTENCY_KEY} characters, "
+                              f"got {len(key)}", field="idempotency_key")
+
+
+def check_printable(field: str, text: str | None) -> None:
+    """Malformed text (control characters other than newline and tab) is INVALID_ARGUMENT."""
+    if text and any(ord(c) < 32 and c not in "\n\t\r" for c in text):
+        raise InvalidArgument(f"{field} is not allowed: it contains control characters", field=field)
+
+
+def decode_image(data: bytes) -> PIL.Image.Image:
+    """A first frame as RGB; PNG or JPEG, at most MAX_IMAGE_PIXELS."""
+    try:
+        image = PIL.Image.open(io.BytesIO(data))
+        if image.width * image.height > MAX_IMAGE_PIXELS:
+            raise InvalidArgument(f"image is not allowed: at most {MAX_IMAGE_PIXELS} pixels", field="image")
+        image.load()
+    except InvalidArgument:
+        raise
+    except Exception:  # noqa: BLE001 - anything PIL cannot read is a bad image
+        raise InvalidArgument("image is not allowed: it must be a PNG or JPEG image", field="image") from None
+    if image.format not in ("PNG", "JPEG"):
+        raise InvalidArgument(f"image is not allowed: PNG or JPEG, got {image.format}", field="image")
+    return image.convert("RGB")
+
+
+def request_hash(req: CreateVideo | RemixVideo) -> str:
+    """Of the request as sent, to spot an idempotency key reused for another request."""
+    data: dict[str, Any] = asdict(req)
+    if isinstance(req, CreateVideo):
+        data["image"] = hashlib.sha256(req.image or b"").hexdigest()
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()

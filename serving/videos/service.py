@@ -1,0 +1,274 @@
+"""The domain: what a client can do with videos, whatever protocol it speaks.
+
+The gRPC servicer and the REST adapter translate their messages into these calls and these
+results back; validation (serving/videos/requests.py), moderation, tenancy, consent and every
+decision live here, once.
+
+Visibility rules: a tenant sees its own videos; another tenant's video exists for it only if
+it is public, completed and not held for a cameo owner's approval, and then it may only be
+read (get, download) or remixed. Everything else answers NOT_FOUND, never revealing it exists.
+"""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+
+from engines.config import ModelConfig
+from engines.params import GenerationParams, params_to_dict
+from serving.accounts import Principal
+from serving.accounts.store import AccountStore
+from serving.artifacts import Artifact, ArtifactStore
+from serving.async_view import AsyncView, in_thread
+from serving.cameos.consent import owns, usable_cameo
+from serving.cameos.models import Cameo
+from serving.cameos.store import CameoStore
+from serving.config import KinoConfig
+from serving.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from serving.jobs import Conditioning, Job, JobStatus, JobStore, NewJob, Review, Visibility
+from serving.metrics import Metrics, NoMetrics
+from serving.moderation import Moderator
+from serving.provenance.claim import prompt_sha256
+from serving.videos import requests as rq
+from serving.videos.requests import CreateVideo, RemixVideo
+from serving.videos.watch import Progress, follow
+
+
+@dataclass(frozen=True)
+class Download:
+    artifact: Artifact
+    filename: str
+    chunks: AsyncIterator[bytes]
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a list, and the token of the next (None at the end)."""
+
+    jobs: list[Job]
+    next_token: str | None
+
+    @property
+    def has_more(self) -> bool:
+        return self.next_token is not None
+
+
+class DispatcherLink(ABC):
+    """How the front door nudges the dispatcher (best effort: the store is the truth)."""
+
+    @abstractmethod
+    async def wake(self) -> None: ...
+
+    @abstractmethod
+    async def cancel(self, job_id: str) -> None: ...
+
+
+class VideoService:
+    def __init__(self, config: KinoConfig, store: JobStore, artifacts: ArtifactStore, dispatcher: DispatcherLink,
+                 *, moderator: Moderator, accounts: AccountStore, cameos: CameoStore,
+                 metrics: Metrics | None = None) -> None:
+        self.config, self.dispatcher, self.moderator = config, dispatcher, moderator
+        self.store, self.artifacts = AsyncView(store), AsyncView(artifacts)
+        self.accounts, self.cameos = AsyncView(accounts), AsyncView(cameos)
+        self.metrics = metrics or NoMetrics()
+        self.model: ModelConfig = config.model
+
+    def _priority(self, principal: Principal, asked: int | None) -> int:
+        """A tenant's jobs run at its priority; a request may ask for less, never more."""
+        ceiling = principal.tenant.priority
+        return ceiling if asked is None else min(asked, ceiling)
+
+    async def _moderate(self, principal: Principal, text: str, *, uses_cameo: bool, field: str = "prompt") -> None:
+        verdict = self.moderator.check(text, uses_cameo=uses_cameo)
+        if not verdict.allowed:
+            await self.accounts.record_audit(principal.tenant_id, "moderation_rejected", category=verdict.category,
+                                             reason=verdict.reason,
+                                             detail={"field": field, "prompt_sha256": prompt_sha256(text)})
+            raise FailedPrecondition(f"{field} rejected by moderation: category {verdict.category}: {verdict.reason}",
+                                     field=field)
+
+    # -- create ------------------------------------------------------------------------------
+    async def create(self, principal: Principal, req: CreateVideo) -> tuple[Job, bool]:
+        """Validate, moderate, check consent, then queue a job (or return the one this key made)."""
+        params = rq.generation_params(req, self.model)
+        if req.image and req.cameo_id:
+            raise InvalidArgument("image and cameo_id cannot be combined: a cameo brings its own reference frame",
+                                  field="image")
+        image = rq.decode_image(req.image) if req.image else None
+        cameo = await self._usable_cameo(principal, req.cameo_id) if req.cameo_id else None
+        await self._moderate(principal, params.prompt, uses_cameo=cameo is not None)
+        job_id = f"video_{uuid.uuid4().hex}"
+        image_key = cameo.reference_key if cameo else None
+        if image is not None:
+            image_key = f"{principal.tenant_id}/{job_id}/first_frame.png"
+            await self.artifacts.put_png(image_key, image)
+        conditioning = Conditioning(image_key=image_key, cameo_id=cameo.id if cameo else None)
+        return await self._queue(principal, job_id, params, req.priority, req.idempotency_key, rq.request_hash(req),
+                                 conditioning, req.visibility, cameo, cleanup=image_key if image else None)
+
+    async def remix(self, principal: Principal, req: RemixVideo) -> tuple[Job, bool]:
+        """A new video from one the caller may read and a new prompt (video-to-video)."""
+        rq.check_idempotency_key(req.idempotency_key)
+        rq.check_printable("prompt", req.prompt)
+        parent = await self._readable(principal, req.video_id, field="video_id")
+        if parent.status != JobStatus.COMPLETED or parent.artifact is None:
+            raise FailedPrecondition(f"video_id {req.video_id} is {parent.status.value}; only a completed video "
+                                     "can be remixed", field="video_id")
+        strength = rq.remix_strength(req.strength, self.config.cameos.default_remix_strength)
+        params = rq.validated(replace(parent.generation, prompt=req.prompt, negative_prompt=None, seed=req.seed,
+                                      enhance_prompt=req.enhance_prompt), self.model)
+        cameo = None
+        if parent.conditioning.cameo_id:  # the person in the source is in the remix too: same consent rule
+            cameo = await self._usable_cameo(principal, parent.conditioning.cameo_id)
+        await self._moderate(principal, params.prompt, uses_cameo=cameo is not None)
+        conditioning = Conditioning(parent_id=parent.id, parent_key=parent.artifact.key, strength=strength,
+                                    cameo_id=cameo.id if cameo else None)
+        return await self._queue(principal, f"video_{uuid.uuid4().hex}", params, None, req.idempotency_key,
+                                 rq.request_hash(req), conditioning, req.visibility, cameo)
+
+    async def _usable_cameo(self, principal: Principal, cameo_id: str) -> Cameo:
+        return await in_thread(usable_cameo, self.cameos.blocking, principal, cameo_id)
+
+    async def _queue(self, principal: Principal, job_id: str, params: GenerationParams, priority: int | None,
+                     idempotency_key: str | None, request_hash: str, conditioning: Conditioning,
+                     visibility: Visibility, cameo: Cameo | None, cleanup: str | None = None) -> tuple[Job, bool]:
+        held = cameo is not None and cameo.require_approval and not owns(principal, cameo)
+        new = NewJob(id=job_id, tenant=principal.tenant_id, user=principal.user, model=self.model.model_id,
+                     priority=self._priority(principal, priority), params=params_to_dict(params),
+                     request_hash=request_hash, idempotency_key=idempotency_key or None,
+                     visibility=Visibility.PRIVATE if held else visibility, conditioning=conditioning,
+                     review=Review.PENDING if held else Review.NONE)
+        try:
+            job, created = await self.store.create(new, max_queued=self.config.queue.max_queued,
+                                                   quota=principal.tenant.quota)
+        except BaseException:
+            if cleanup:
+                await self.artifacts.delete(cleanup)
+            raise
+        if created:
+            self.metrics.job_created(principal.tenant_id)
+            if cameo is not None and not await self.cameos.may_use(cameo, principal.tenant_id, principal.user):
+                # Revoked between the check above and the insert: the revocation did not see this job.
+                await self.store.request_cancel(job.id, reason="consent_revoked",
+                                                message="the cameo owner revoked consent")
+                raise PermissionDenied(f"cameo_id {cameo.id!r}: consent was revoked while the video was created",
+                                       field="cameo_id")
+            if cameo is not None:
+                await self.cameos.notify(cameo, "used", job.id, principal.tenant_id,
+                                         "held for your approval" if held else "")
+            await self.dispatcher.wake()
+        elif cleanup:
+            await self.artifacts.delete(cleanup)
+        return job, created
+
+    # -- read ------------------------------------------------------------------------------
+    async def own(self, principal: Principal, video_id: str, field: str = "id") -> Job:
+        """The caller's own video; NOT_FOUND for anything else (another tenant's video does not exist here)."""
+        if not video_id:
+            raise InvalidArgument(f"{field} is required: the video id (video_...)", field=field)
+        try:
+            job = await self.store.get(video_id)
+        except NotFound:
+            job = None
+        if job is None or job.tenant != principal.tenant_id:
+            raise NotFound(f"{field} {video_id!r} not found: no such video", field=field)
+        return job
+
+    async def _readable(self, principal: Principal, video_id: str, field: str = "id") -> Job:
+        """Own videos, and other tenants' public, completed, released ones."""
+        try:
+            return await self.own(principal, video_id, field)
+        except NotFound:
+            job = await self.store.get(video_id)
+            if job.visibility == Visibility.PUBLIC and job.status == JobStatus.COMPLETED \
+                    and job.review != Review.PENDING:
+                return job
+            raise NotFound(f"{field} {video_id!r} not found: no such video", field=field) from None
+
+    async def get(self, principal: Principal, video_id: str) -> Job:
+        """The caller's own video, or another tenant's public one as the public sees it."""
+        try:
+            job = await self._readable(principal, video_id)
+        except NotFound as e:
+            raise NotFound(f"id {video_id!r} not found: no such video", field="id") from e
+        return job if job.tenant == principal.tenant_id else _public_view(job)
+
+    async def list(self, principal: Principal, *, status: str | None = None, page_size: int | None = None,
+                   page_token: str | None = None, after_id: str | None = None, ascending: bool = False,
+                   page_size_field: str = "page_size") -> Page:
+        """The caller's videos, newest first (or oldest first), filtered by status name."""
+        jobs, token = await self.store.list(principal.tenant_id, status=rq.status_filter(status),
+                                            page_size=rq.page_size(page_size, page_size_field),
+                                            page_token=page_token or None, after_id=after_id or None,
+                                            ascending=ascending)
+        return Page(jobs, token)
+
+    async def list_public(self, page_size: int | None = None, page_token: str | None = None) -> Page:
+        jobs, token = await self.store.list_public(page_size=rq.page_size(page_size), page_token=page_token or None)
+        return Page(jobs, token)
+
+    # -- change ------------------------------------------------------------------------------
+    async def cancel(self, principal: Principal, video_id: str) -> Job:
+        await self.own(principal, video_id)
+        job = await self.store.request_cancel(video_id)
+        if job.status == JobStatus.IN_PROGRESS:
+            await self.dispatcher.cancel(video_id)
+        return job
+
+    async def delete(self, principal: Principal, video_id: str) -> Job:
+        await self.own(principal, video_id)
+        return await self.delete_job(video_id)
+
+    async def delete_job(self, video_id: str) -> Job:
+        """Delete a finished video and its files (callers have checked the right to)."""
+        job = await self.store.delete(video_id)
+        if job.artifact is not None:
+            await self.artifacts.delete(job.artifact.key)
+        if job.conditioning.image_key and not job.conditioning.cameo_id:
+            await self.artifacts.delete(job.conditioning.image_key)
+        return job
+
+    async def set_visibility(self, principal: Principal, video_id: str, visibility: Visibility) -> Job:
+        job = await self.own(principal, video_id)
+        if visibility == Visibility.PUBLIC:
+            if job.review == Review.PENDING:
+                raise FailedPrecondition(f"visibility: video {video_id} is held for the cameo owner's approval; it "
+                                         "cannot be published yet", field="visibility")
+            if job.status != JobStatus.COMPLETED:
+                raise FailedPrecondition(f"visibility: video {video_id} is {job.status.value}; only a completed "
+                                         "video can be public", field="visibility")
+        return await self.store.set_visibility(video_id, visibility)
+
+    # -- follow ------------------------------------------------------------------------------
+    async def watch(self, principal: Principal, video_id: str, poll_seconds: float = 0.1) -> AsyncIterator[Progress]:
+        """A snapshot now, then every stored event, until a terminal one."""
+        await self.own(principal, video_id)
+        async for progress in follow(self.store, video_id, poll_seconds):
+            yield progress
+
+    async def download(self, principal: Principal, video_id: str) -> Download:
+        job = await self.get(principal, video_id)
+        if job.review == Review.PENDING:
+            raise FailedPrecondition(f"id {video_id} is held until the cameo owner approves it", field="id")
+        if job.status != JobStatus.COMPLETED or job.artifact is None:
+            raise FailedPrecondition(f"id {video_id} is {job.status.value}; it can be downloaded once completed",
+                                     field="id")
+        artifact = job.artifact
+        blocks = iter(self.artifacts.blocking.read_chunks(artifact.key, self.config.storage.download_chunk_bytes))
+
+        async def chunks() -> AsyncIterator[bytes]:
+            while (block := await in_thread(next, blocks, None)) is not None:
+                yield block
+
+        return Download(artifact=artifact, filename=f"{job.id}.mp4", chunks=chunks())
+
+
+def _public_view(job: Job) -> Job:
+    """Another tenant's public video: the video itself, nothing of how or by whom it was made (no user,
+    priority, seed, negative or enhanced prompt, cameo, attempts or errors), as the public feed shows it."""
+    params = {**job.params, "seed": 0, "negative_prompt": None}
+    return replace(job, user="", priority=0, params=params, attempts=0, error_code=None, error_message=None,
+                   enhanced_prompt=None, idempotency_key=None, request_hash="",
+                   conditioning=Conditioning(parent_id=job.conditioning.parent_id))
