@@ -6,6 +6,7 @@ serves the `kino run` command, the correctness tests and the engine benchmarks.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,12 +26,39 @@ from engines.text_encoder import TextEncoder
 StepCallback = Callable[[int, int], None]  # (steps done, total steps)
 
 
+@dataclass
+class StageTimes:
+    """Wall seconds per stage of one generation; `str()` is the line `kino run` prints and benchmarks read:
+    ``stages: encode 0.01 s | denoise 1.23 s | decode 0.56 s | total 1.80 s``."""
+
+    encode: float = 0.0
+    denoise: float = 0.0
+    decode: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.encode + self.denoise + self.decode
+
+    def __str__(self) -> str:
+        return (f"stages: encode {self.encode:.2f} s | denoise {self.denoise:.2f} s | decode {self.decode:.2f} s | "
+                f"total {self.total:.2f} s")
+
+    @classmethod
+    def parse(cls, text: str) -> StageTimes:
+        """The last stage-times line in `text` (a command's output)."""
+        found = re.findall(r"stages: encode ([\d.]+) s \| denoise ([\d.]+) s \| decode ([\d.]+) s", text)
+        if not found:
+            raise ValueError("no 'stages: ...' line in the text")
+        encode, denoise, decode = (float(v) for v in found[-1])
+        return cls(encode, denoise, decode)
+
+
 @dataclass(frozen=True)
 class GenerationResult:
     path: Path
     params: GenerationParams
     media: MediaInfo
-    seconds_by_stage: dict[str, float] = field(default_factory=dict)
+    times: StageTimes = field(default_factory=StageTimes)
 
 
 class StagedPipeline:
@@ -48,10 +76,15 @@ class StagedPipeline:
         self.media = MediaEncoder(config, self.components, geometry)
 
     def denoise(self, requests: Sequence[tuple[str, GenerationParams]], on_step: StepCallback | None = None,
-                conditioning: Sequence[VideoConditioning | None] | None = None) -> list[DenoisedLatents]:
-        """Encode and denoise validated requests, batching every step across all of them."""
+                conditioning: Sequence[VideoConditioning | None] | None = None,
+                times: StageTimes | None = None) -> list[DenoisedLatents]:
+        """Encode and denoise validated requests, batching every step across all of them (`times`:
+        filled with the encode and denoise seconds)."""
+        times = times if times is not None else StageTimes()
+        started = time.perf_counter()
         embeddings = self.text_encoder.encode(
             [PromptPair(p.prompt, p.negative_prompt or "") for _, p in requests])
+        times.encode = time.perf_counter() - started
         conds = list(conditioning) if conditioning is not None else [None] * len(requests)
         states: list[DenoiseState] = [
             self.denoiser.prepare(DenoiseRequest(rid, p, emb, cond))
@@ -65,18 +98,18 @@ class StagedPipeline:
             done += 1
             if on_step is not None:
                 on_step(done, total)
-        return [self.denoiser.result(s) for s in states]
+        results = [self.denoiser.result(s) for s in states]
+        times.denoise = time.perf_counter() - started - times.encode
+        return results
 
     def generate(self, params: GenerationParams, path: str | Path, *, on_step: StepCallback | None = None,
                  frame_filter: FrameFilter | None = None,
                  conditioning: VideoConditioning | None = None) -> GenerationResult:
         """One video with audio into `path` (params are validated here)."""
         params = params.validated(self.config)
-        timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        [latents] = self.denoise([("local", params)], on_step=on_step, conditioning=[conditioning])
-        t1 = time.perf_counter()
+        times = StageTimes()
+        [latents] = self.denoise([("local", params)], on_step=on_step, conditioning=[conditioning], times=times)
+        started = time.perf_counter()
         media = self.decoder.render_mp4(latents, params, path, frame_filter=frame_filter)
-        timings["encode+denoise"] = t1 - t0
-        timings["decode+mux"] = time.perf_counter() - t1
-        return GenerationResult(path=Path(path), params=params, media=media, seconds_by_stage=timings)
+        times.decode = time.perf_counter() - started
+        return GenerationResult(path=Path(path), params=params, media=media, times=times)

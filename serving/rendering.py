@@ -1,7 +1,7 @@
 """The decode stage's work, independent of Ray: conditioning in, watermarked and signed MP4 out.
 
-The Decoder deployment wraps one `Renderer` per replica; anything else that runs the stages in
-one process uses the same object, so every MP4 Kino writes is marked and signed the same way.
+The Decoder deployment wraps one `Renderer` per replica and `kino run` uses one in its own
+process: every MP4 Kino writes is marked, muxed and signed by `render_file`, the one way to make one.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import PIL.Image
 
 from engines.decoder import Decoder
 from engines.media_encoder import MediaEncoder
+from engines.mp4 import MediaInfo
 from engines.params import GenerationParams
 from engines.stage_io import DenoisedLatents, VideoConditioning
 from engines.watermark import WatermarkConfig, stamp
@@ -24,8 +25,9 @@ log = logging.getLogger(__name__)
 
 
 class Renderer:
-    def __init__(self, decoder: Decoder, media: MediaEncoder, artifacts: ArtifactStore,
+    def __init__(self, decoder: Decoder, media: MediaEncoder, artifacts: ArtifactStore | None,
                  credentials: ContentCredentials, watermark: WatermarkConfig) -> None:
+        """`artifacts`: where inputs are read and outputs put (None: only `render_file` is used)."""
         self.decoder, self.media, self.artifacts = decoder, media, artifacts
         self.credentials, self.watermark = credentials, watermark
 
@@ -41,17 +43,27 @@ class Renderer:
 
     def render(self, latents: DenoisedLatents, params: GenerationParams, key: str, claim: Claim,
                parent_key: str | None = None) -> Artifact:
-        """Decode with the visible mark burned into every frame, mux, sign once, store."""
-        muxed = self.artifacts.scratch_path(key)
-        signed = self.artifacts.scratch_path(key + ".signed")
+        """`render_file` into the artifact store under `key`."""
+        assert self.artifacts is not None, "a Renderer without an artifact store only renders files"
+        signed = self.artifacts.scratch_path(key)
         try:
-            media = self.decoder.render_mp4(latents, params, muxed,
-                                            frame_filter=lambda frames, _first: stamp(frames, self.watermark))
             parent: Path | None = self.artifacts.local_path(parent_key) if parent_key else None
-            self.credentials.sign(muxed, signed, claim, parent=parent)
+            media = self.render_file(latents, params, signed, claim, parent=parent)
             stored = self.artifacts.put_file(key, signed)
         finally:
-            muxed.unlink(missing_ok=True)
             signed.unlink(missing_ok=True)
         log.info("rendered %s: %s", key, media.summary())
         return stored
+
+    def render_file(self, latents: DenoisedLatents, params: GenerationParams, path: Path, claim: Claim,
+                    parent: Path | None = None) -> MediaInfo:
+        """Decode with the visible mark burned into every frame, mux, sign once into `path` (an unsigned
+        MP4 never stays behind); what was written."""
+        muxed = path.with_name(f".{path.stem}.unsigned.mp4")  # PyAV picks the container by the suffix
+        try:
+            media = self.decoder.render_mp4(latents, params, muxed,
+                                            frame_filter=lambda frames, _first: stamp(frames, self.watermark))
+            self.credentials.sign(muxed, path, claim, parent=parent)
+        finally:
+            muxed.unlink(missing_ok=True)
+        return media

@@ -7,6 +7,7 @@ the visible mark, and the MP4 is signed with the configured (or local developmen
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -30,39 +31,37 @@ def run(args: argparse.Namespace) -> int:
     import uuid
 
     from engines.config import from_mapping
-    from engines.staged_pipeline import StagedPipeline
-    from engines.watermark import stamp
+    from engines.staged_pipeline import StagedPipeline, StageTimes
     from serving.config import load_config
     from serving.moderation import RuleModerator
     from serving.provenance.claim import Claim, prompt_sha256
     from serving.provenance.credentials import ContentCredentials
+    from serving.rendering import Renderer
 
     console = Console()
     settings = load_config()  # provenance and moderation settings, with KINO_* overrides
     config = from_mapping(model_mapping_from_args(args))
     params = params_from_args(args).validated(config)
-    moderator = RuleModerator.from_file(settings.moderation.rules_file)
-    verdict = moderator.check(params.prompt)  # (a negative prompt steers away from what it names)
-    if not verdict.allowed:
+    verdict = RuleModerator.from_file(settings.moderation.rules_file).check(params.prompt)
+    if not verdict.allowed:  # (a negative prompt steers away from what it names: not moderated)
         console.print(f"[red]prompt rejected by moderation: category {verdict.category}: {verdict.reason}")
         return 2
-    credentials = ContentCredentials(settings.provenance)
-    mark = settings.provenance.watermark
     with console.status(f"loading model {config.model_id}"):
         pipeline = StagedPipeline(config)
-    muxed = args.output.with_name(f".{args.output.stem}.unsigned.mp4")  # PyAV picks the format by suffix
-    try:
-        with Progress(TextColumn("[bold]denoising"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
-                      TimeElapsedColumn(), console=console) as bar:
-            task = bar.add_task("denoise", total=params.steps)
-            result = pipeline.generate(params, muxed, on_step=lambda done, total: bar.update(task, completed=done),
-                                       frame_filter=lambda frames, _first: stamp(frames, mark))
-        claim = Claim(video_id=f"run_{uuid.uuid4().hex}", model=config.model_id,
-                      prompt_sha256=prompt_sha256(params.prompt))
-        credentials.sign(muxed, args.output, claim)
-    finally:  # never leave an unsigned MP4 behind
-        muxed.unlink(missing_ok=True)
+    renderer = Renderer(pipeline.decoder, pipeline.media, None, ContentCredentials(settings.provenance),
+                        settings.provenance.watermark)
+    times = StageTimes()
+    with Progress(TextColumn("[bold]denoising"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("denoise", total=params.steps)
+        [latents] = pipeline.denoise([("run", params)], times=times,
+                                     on_step=lambda done, total: bar.update(task, completed=done))
+    started = time.perf_counter()
+    claim = Claim(video_id=f"run_{uuid.uuid4().hex}", model=config.model_id, prompt_sha256=prompt_sha256(params.prompt))
+    media = renderer.render_file(latents, params, args.output, claim)
+    times.decode = time.perf_counter() - started
     console.print(f"wrote [bold]{args.output.resolve()}[/bold] (watermarked, C2PA-signed)")
-    console.print(f"  {result.media.summary()}")
+    console.print(f"  {media.summary()}")
     console.print(f"  seed {params.seed}, {params.steps} steps, model {config.model_id}")
+    print(times, flush=True)
     return 0

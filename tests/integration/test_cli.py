@@ -83,6 +83,11 @@ def test_run_in_process_moderates_marks_and_signs(tmp_path):
     ran = subprocess.run(KINO + ["run", "a kite over dunes", "--seconds", "1", "--size", "64x64", "--steps", "2",
                                  "-o", str(out)], capture_output=True, text=True, timeout=300, env=env)
     assert ran.returncode == 0, ran.stdout + ran.stderr
+    from engines.staged_pipeline import StageTimes
+
+    times = StageTimes.parse(ran.stdout)  # "stages: encode 0.01 s | denoise ... | total ... s", the last line
+    assert ran.stdout.strip().splitlines()[-1].startswith("stages: encode ")
+    assert times.denoise > 0 and times.decode > 0 and not list(tmp_path.glob(".*unsigned*"))
     with av.open(str(out)) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     assert frames and all(detect(f)[0] for f in frames)
