@@ -21,7 +21,7 @@ import time
 
 from loadtests.harness import JobRecord, KinoTarget, run
 from loadtests.workload import RequestClass, Workload
-from serving.cluster import free_port, local_serve_config, start_local_cluster
+from serving.on_ray.cluster import free_port, local_serve_config, start_local_cluster
 
 
 def deploy(cluster, name: str, batching: dict, preset: str) -> str:

@@ -20,9 +20,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from kino.client import KinoClient
 from kino.v1 import video_service_pb2 as pb
-from serving.cluster import LocalCluster, free_port, local_serve_config, start_local_cluster
-from serving.frontend.grpc.client import KinoClient
+from serving.on_ray.cluster import LocalCluster, free_port, local_serve_config, start_local_cluster
 
 SIZES = {"tiny": ("64x64", 1.0), "small": ("256x256", 33 / 24)}
 

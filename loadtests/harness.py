@@ -61,15 +61,15 @@ class KinoTarget(Target):
     """Kino over gRPC: create, watch (stage timestamps, batch sizes), download."""
 
     def __init__(self, address: str, api_key: str | None = None, name: str = "kino") -> None:
-        from serving.frontend.grpc.client import KinoClient
+        from kino.client import KinoClient
 
         self.name = name
         self.client = KinoClient(address, api_key=api_key, timeout=600)
         self.tmp = Path(tempfile.mkdtemp(prefix="kino-loadtest-"))
 
     def run_one(self, cls: RequestClass, prompt: str, seed: int, record: JobRecord) -> None:
+        from kino.client import ClientError
         from kino.v1 import video_service_pb2 as pb
-        from serving.frontend.grpc.client import ClientError
 
         req = pb.CreateVideoRequest(prompt=prompt, size=cls.size, seconds=cls.seconds, seed=seed,
                                     priority=cls.priority)

@@ -18,7 +18,7 @@ from engines.params import GenerationParams
 from engines.stage_io import VideoConditioning
 from serving.artifacts import Artifact, LocalArtifactStore
 from serving.config import load_config
-from serving.deployments.ray_metrics import RayMetrics
+from serving.on_ray.metrics import RayMetrics
 from serving.provenance.claim import Claim
 from serving.provenance.credentials import ContentCredentials
 from serving.rendering import Renderer

@@ -16,7 +16,7 @@ from engines.params import GenerationParams
 from engines.stage_io import PromptEmbedding, VideoConditioning
 from serving.config import load_config
 from serving.denoise_loop import DenoiseLoop
-from serving.deployments.ray_metrics import RayMetrics
+from serving.on_ray.metrics import RayMetrics
 from serving.scheduler import StepScheduler
 
 

@@ -9,8 +9,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serving.config import load_config
-from serving.deployments.ray_metrics import RayMetrics
-from serving.deployments.stage_client import ServeStages
+from serving.on_ray.metrics import RayMetrics
+from serving.on_ray.stages import ServeStages
 from serving.services import open_dispatcher
 
 

@@ -11,8 +11,8 @@ from ray.serve.schema import ApplicationStatus
 
 from serving.async_view import in_thread
 from serving.config import load_config
-from serving.deployments.ray_metrics import RayMetrics
 from serving.frontend.front_door import FrontDoor
+from serving.on_ray.metrics import RayMetrics
 from serving.services import DomainServices
 from serving.videos import DispatcherLink
 

@@ -227,7 +227,7 @@ def test_compiled_backend_reproduces_ltx2_pipeline(compiled, reference_pipeline,
 
 # -- kino engines build ----------------------------------------------------------------------
 def test_engines_build_says_why_it_cannot_build_here(tmp_path, capsys):
-    from serving.cli.main import main
+    from kino.cli.main import main
 
     assert main(["engines", "build", "--preset", "tiny", "--profile", "64x64x1",
                  "--engine-cache-dir", str(tmp_path)]) == 2

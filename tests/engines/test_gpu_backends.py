@@ -57,7 +57,7 @@ def test_backend_matches_eager_on_gpu(gpu_configs, backend, dtype, tol):
 
 
 def test_engine_cache_is_reused_across_restarts(tmp_path):
-    cmd = [sys.executable, "-m", "serving.cli.main", "engines", "build", "--preset", "tiny", "--device", "cuda",
+    cmd = [sys.executable, "-m", "kino.cli.main", "engines", "build", "--preset", "tiny", "--device", "cuda",
            "--profile", "64x64x1", "--engine-cache-dir", str(tmp_path)]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     assert first.returncode == 0, first.stderr

@@ -17,7 +17,7 @@ from kino.v1 import video_service_pb2_grpc as pb_grpc
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
-    from serving.cluster import start_local_cluster
+    from serving.on_ray.cluster import start_local_cluster
 
     # Logical CPUs, not cores: some modules deploy a second Kino app beside the main one. The prompt
     # enhancer is on (requests opt in; the tiny preset's own Gemma writes the rewrite).

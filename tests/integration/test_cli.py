@@ -13,7 +13,7 @@ from engines.mp4 import probe
 from engines.watermark import detect
 from serving.provenance.credentials import verify
 
-KINO = [sys.executable, "-m", "serving.cli.main"]
+KINO = [sys.executable, "-m", "kino.cli.main"]
 
 
 def kino(*args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -21,7 +21,7 @@ WORKLOAD = ROOT / "loadtests" / "workloads" / "smoke.yaml"
 
 def test_kino_loadtest_writes_a_report_with_plots(cluster, tmp_path):
     report = tmp_path / "report"
-    out = subprocess.run([sys.executable, "-m", "serving.cli.main", "loadtest", "--workload", str(WORKLOAD),
+    out = subprocess.run([sys.executable, "-m", "kino.cli.main", "loadtest", "--workload", str(WORKLOAD),
                           "--address", cluster.grpc_address, "--report", str(report)],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -15,7 +15,7 @@ import yaml
 
 from kino.v1 import video_service_pb2 as pb
 from kino.v1 import video_service_pb2_grpc as pb_grpc
-from serving.cluster import free_port, local_serve_config
+from serving.on_ray.cluster import free_port, local_serve_config
 from tests.integration.conftest import wait_done
 from tests.tools import prometheus
 

@@ -14,10 +14,10 @@ import grpc
 
 from kino.v1 import video_service_pb2 as pb
 from kino.v1 import video_service_pb2_grpc as pb_grpc
-from serving.cluster import free_port
+from serving.on_ray.cluster import free_port
 from tests.integration.conftest import wait_done, wait_for
 
-KINO = [sys.executable, "-m", "serving.cli.main"]
+KINO = [sys.executable, "-m", "kino.cli.main"]
 
 
 def _serve(port: int, state: Path, log: Path, env: dict) -> tuple[subprocess.Popen, str]:

@@ -25,9 +25,9 @@ from engines.watermark import WatermarkConfig, detect
 from kino.v1 import video_service_pb2 as pb
 from kino.v1 import video_service_pb2_grpc as pb_grpc
 from serving.accounts.store import AccountStore
-from serving.cluster import free_port, local_serve_config
 from serving.db import Database
 from serving.jobs.models import Quota
+from serving.on_ray.cluster import free_port, local_serve_config
 from serving.provenance.credentials import TRAINED_ALGORITHMIC_MEDIA, verify
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from serving.cli.main import build_parser
+from kino.cli.main import build_parser
 
 
 def _walk(parser: argparse.ArgumentParser, path: str):

@@ -8,7 +8,7 @@ import time
 
 from rich.console import Console
 
-from serving.cli.options import add_model_options, model_mapping_from_args
+from kino.cli.options import add_model_options, model_mapping_from_args
 
 
 def _profile(text: str) -> tuple[int, int, float]:

@@ -13,6 +13,7 @@ from engines.params import GenerationParams
 from engines.stage_io import PromptPair
 from serving.artifacts import Artifact
 from serving.jobs import Conditioning
+from serving.on_ray.compat import object_ref_stream
 from serving.provenance.claim import Claim
 from serving.stages import DenoiseEvent, LatentsFollow, StageClient, StageUnavailable
 
@@ -62,7 +63,7 @@ class ServeStages(StageClient):
                       conditioning: Any = None) -> AsyncIterator[DenoiseEvent]:
         stream = self.denoiser.options(stream=True).denoise.remote(job_id, params, embedding, priority, conditioning)
         try:
-            items = await stream._to_object_ref_gen()  # references: the latents item is never fetched here
+            items = await object_ref_stream(stream)  # references: the latents item is never fetched here
             async for ref in items:
                 item = await ref
                 if isinstance(item, LatentsFollow):

@@ -19,9 +19,11 @@ from typing import Any
 
 import yaml
 
+from serving.on_ray.compat import deploy_apps, init_options
+
 log = logging.getLogger(__name__)
 
-DEFAULT_SERVE_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "serve" / "kino.yaml"
+DEFAULT_SERVE_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "serve" / "kino.yaml"
 APP_NAME = "kino"
 
 
@@ -93,12 +95,9 @@ class LocalCluster:
         _wait_running([a["name"] for a in serve_config["applications"]], timeout_s)
 
     def _apply(self) -> None:
-        from ray.serve._private.api import serve_start
         from ray.serve.schema import ServeDeploySchema
 
-        schema = ServeDeploySchema.parse_obj({**self._base, "applications": list(self._configs.values())})
-        # The same controller call that KubeRay's serveConfigV2 goes through.
-        serve_start().deploy_apps(schema)
+        deploy_apps(ServeDeploySchema.parse_obj({**self._base, "applications": list(self._configs.values())}))
 
     @property
     def metrics_url(self) -> str:
@@ -163,8 +162,8 @@ def start_local_cluster(*, state_dir: str | Path, grpc_port: int = 0, serve_conf
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback only; token auth is on by default in 2.60
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 2, include_dashboard=False,
-             object_store_memory=object_store_mb * 2**20, log_to_driver=log_to_driver, _temp_dir=temp_dir,
-             configure_logging=True, logging_level=logging.WARNING, _metrics_export_port=metrics_port or free_port())
+             object_store_memory=object_store_mb * 2**20, log_to_driver=log_to_driver, configure_logging=True,
+             logging_level=logging.WARNING, **init_options(temp_dir, metrics_port or free_port()))
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     serve.start(proxy_location=ProxyLocation.Disabled)
     cluster = LocalCluster(grpc_address=f"127.0.0.1:{port}", rest_url=f"http://127.0.0.1:{rest}/v1", state_dir=state,

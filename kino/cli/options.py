@@ -6,14 +6,14 @@ import argparse
 from fractions import Fraction
 
 from engines.config import DIT_BACKENDS, DTYPES, PRESETS
-from engines.params import GenerationParams, parse_fps
+from engines.params import GenerationParams, parse_fps, parse_size
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'1280x720' -> (1280, 720)."""
+def size_option(text: str) -> str:
+    """A --size value, checked to be WIDTHxHEIGHT (the server checks the range)."""
     try:
-        w, h = text.lower().split("x")
-        return int(w), int(h)
+        parse_size(text)
+        return text.lower()
     except ValueError:
         raise argparse.ArgumentTypeError(f"size must look like WIDTHxHEIGHT (e.g. 256x256), got {text!r}") from None
 
@@ -29,7 +29,7 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", help="what the video shows and sounds like")
     g = p.add_argument_group("generation (unset options take the model's defaults)")
     g.add_argument("--seconds", type=float, help="duration in seconds (the model allows 0.5 to 20)")
-    g.add_argument("--size", type=parse_size, metavar="WxH",
+    g.add_argument("--size", type=size_option, metavar="WxH",
                    help="frame size, sides multiples of 32, e.g. 256x256 (at most 1080p)")
     g.add_argument("--fps", type=_fps, help="frame rate: 24000/1001, 24, 25, 30000/1001 or 30")
     g.add_argument("--seed", type=int, help="random seed; the same seed and options give the same video (up to "
@@ -41,7 +41,7 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
 
 
 def params_from_args(args: argparse.Namespace) -> GenerationParams:
-    width, height = args.size if args.size else (None, None)
+    width, height = parse_size(args.size) if args.size else (None, None)
     return GenerationParams(
         prompt=args.prompt, negative_prompt=args.negative_prompt, width=width, height=height,
         seconds=args.seconds, fps=args.fps, seed=args.seed, steps=args.steps,

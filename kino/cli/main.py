@@ -7,9 +7,20 @@ import logging
 import sys
 
 from engines.errors import EngineError
-from serving.cli import admin_cmd, engines_cmd, loadtest_cmd, run_local, serve_cmd, trust_cmd, videos_cmd
+from kino.cli import (
+    admin_cmd,
+    audit_cmd,
+    cameo_cmd,
+    engines_cmd,
+    feed_cmd,
+    loadtest_cmd,
+    remix_cmd,
+    run_cmd,
+    serve_cmd,
+    videos_cmd,
+)
+from kino.client import ClientError
 from serving.errors import KinoError
-from serving.frontend.grpc.client import ClientError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,11 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve_cmd.register(sub)
     videos_cmd.register(sub)
-    trust_cmd.register(sub)
+    remix_cmd.register(sub)
+    feed_cmd.register(sub)
+    cameo_cmd.register(sub)
+    audit_cmd.register(sub)
     loadtest_cmd.register(sub)
     admin_cmd.register(sub)
     engines_cmd.register(sub)
-    run_local.register(sub)
+    run_cmd.register(sub)
     return parser
 
 

@@ -11,8 +11,8 @@ from types import SimpleNamespace
 
 from rich.console import Console
 
-from serving.cli.options import add_model_options, model_mapping_from_args
-from serving.cluster import DEFAULT_SERVE_CONFIG
+from kino.cli.options import add_model_options, model_mapping_from_args
+from serving.on_ray.cluster import DEFAULT_SERVE_CONFIG
 
 
 def _cluster_options(p: argparse.ArgumentParser) -> None:
@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _start(args: argparse.Namespace, grpc_port: int, rest_port: int = 0, metrics_port: int = 0):
-    from serving.cluster import start_local_cluster
+    from serving.on_ray.cluster import start_local_cluster
 
     overrides: dict = {"model": model_mapping_from_args(args)}
     if args.max_batch_size is not None:
@@ -85,7 +85,7 @@ def serve_forever(args: argparse.Namespace) -> int:
 
 
 def demo(args: argparse.Namespace) -> int:
-    from serving.cli.videos_cmd import generate
+    from kino.cli.videos_cmd import generate
 
     console = Console()
     with console.status("starting a local cluster (Ray + Serve + gRPC) on the tiny model"):

@@ -1,51 +1,15 @@
-"""Client commands for remix, publishing, the public feed, cameos and the audit list."""
+"""`kino cameo ...`: register yourself as a cameo, grant and revoke its use, review videos of you."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from rich.console import Console
-
+from kino.cli.videos_cmd import client_options, connect, status_name, when
 from kino.v1 import video_service_pb2 as pb
-from serving.cli.videos_cmd import client_options, connect, follow_and_download
-
-
-def _when(ts) -> str:
-    return ts.ToDatetime().strftime("%Y-%m-%d %H:%M:%S") if ts.seconds else "-"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    r = sub.add_parser("remix", help="make a new video from one of yours (or a public one) and a new prompt",
-                       description="Video-to-video: the source is encoded with the video VAE, re-noised to "
-                                   "--strength and denoised with the new prompt. The new video records its parent.")
-    r.add_argument("video_id", help="the source video (video_...): yours, or a public one")
-    r.add_argument("prompt", help="the new prompt")
-    r.add_argument("--strength", type=float, help="0.1 (close to the source) to 1 (new); default 0.6")
-    r.add_argument("--seed", type=int, help="noise seed (default: random)")
-    r.add_argument("--public", action="store_true", help="publish it when done")
-    r.add_argument("--enhance-prompt", action="store_true", help="let the server's prompt enhancer rewrite the prompt")
-    r.add_argument("-o", "--output", type=Path, default=Path("remix.mp4"),
-                   help="where to write the MP4 (default remix.mp4)")
-    client_options(r)
-    r.set_defaults(func=remix)
-
-    p = sub.add_parser("publish", help="make a completed video public (or private again with --private)")
-    p.add_argument("video_id", help="one of your completed videos (video_...)")
-    p.add_argument("--private", action="store_true", help="make it private again (gone from the feed)")
-    client_options(p)
-    p.set_defaults(func=publish)
-
-    f = sub.add_parser("feed", help="public videos of everyone, newest first")
-    f.add_argument("--page-size", type=int, default=20, help="videos to show, 1-100 (default 20)")
-    client_options(f)
-    f.set_defaults(func=feed)
-
-    a = sub.add_parser("audit", help="your tenant's audit events (e.g. moderation rejections)")
-    a.add_argument("--limit", type=int, default=50, help="events to show, newest first, 1-1000 (default 50)")
-    client_options(a)
-    a.set_defaults(func=audit)
-
     c = sub.add_parser("cameo", help="register yourself as a cameo and control who may use it").add_subparsers(
         dest="cameo_command", required=True, metavar="ACTION")
     create = c.add_parser("create", help="register from a short recording of yourself (video with audio)")
@@ -84,48 +48,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         client_options(c.choices[name])
 
 
-def remix(args: argparse.Namespace) -> int:
-    req = pb.RemixVideoRequest(video_id=args.video_id, prompt=args.prompt,
-                               visibility=pb.VISIBILITY_PUBLIC if args.public else pb.VISIBILITY_PRIVATE,
-                               enhance_prompt=args.enhance_prompt)
-    if args.strength is not None:
-        req.strength = args.strength
-    if args.seed is not None:
-        req.seed = args.seed
-    with connect(args) as client:
-        video = client.call(client.stub.RemixVideo, req)
-        return follow_and_download(client, video, args.output, Console())
-
-
-def publish(args: argparse.Namespace) -> int:
-    vis = pb.VISIBILITY_PRIVATE if args.private else pb.VISIBILITY_PUBLIC
-    with connect(args) as client:
-        v = client.call(client.stub.SetVideoVisibility, pb.SetVideoVisibilityRequest(id=args.video_id, visibility=vis))
-    print(f"{v.id} is now {pb.Visibility.Name(v.visibility).removeprefix('VISIBILITY_').lower()}")
-    return 0
-
-
-def feed(args: argparse.Namespace) -> int:
-    with connect(args) as client:
-        resp = client.call(client.stub.ListPublicVideos, pb.ListPublicVideosRequest(page_size=args.page_size))
-    for v in resp.videos:
-        print(f"{v.id}\t{_when(v.created_at)}\t{v.size}\t{v.seconds:g}s\t{v.prompt[:60]}")
-    return 0
-
-
-def audit(args: argparse.Namespace) -> int:
-    with connect(args) as client:
-        resp = client.call(client.audit.ListAuditEvents, pb.ListAuditEventsRequest(limit=args.limit))
-    for e in resp.events:
-        print(f"{_when(e.at)}\t{e.kind}\t{e.category}\t{e.reason}")
-    return 0
-
-
 def _show_cameo(c: pb.Cameo) -> None:
     print(f"{c.id}\t{c.name}\tapproval {'required' if c.require_approval else 'not required'}\t"
-          f"consent {_when(c.consent_at)} (key {c.consent_key_id})")
+          f"consent {when(c.consent_at)} (key {c.consent_key_id})")
     for g in c.grants:
-        state = f"revoked {_when(g.revoked_at)}" if g.revoked_at.seconds else "live"
+        state = f"revoked {when(g.revoked_at)}" if g.revoked_at.seconds else "live"
         print(f"  grant {g.tenant}/{g.user}\t{state}")
 
 
@@ -160,8 +87,6 @@ def cameo_list(args: argparse.Namespace) -> int:
 
 
 def cameo_videos(args: argparse.Namespace) -> int:
-    from serving.cli.videos_cmd import status_name
-
     with connect(args) as client:
         resp = client.call(client.cameos.ListCameoVideos, pb.ListCameoVideosRequest(cameo_id=args.cameo_id))
     for v in resp.videos:
@@ -186,11 +111,11 @@ def cameo_notifications(args: argparse.Namespace) -> int:
     with connect(args) as client:
         if args.follow:
             for n in client.stream(client.cameos.WatchCameoNotifications, pb.WatchCameoNotificationsRequest()):
-                print(f"{_when(n.at)}\t{n.kind}\t{n.video_id}\tby {n.creator_tenant}\t{n.message}", flush=True)
+                print(f"{when(n.at)}\t{n.kind}\t{n.video_id}\tby {n.creator_tenant}\t{n.message}", flush=True)
         else:
             resp = client.call(client.cameos.ListCameoNotifications, pb.ListCameoNotificationsRequest())
             for n in resp.notifications:
-                print(f"{_when(n.at)}\t{n.kind}\t{n.video_id}\tby {n.creator_tenant}\t{n.message}")
+                print(f"{when(n.at)}\t{n.kind}\t{n.video_id}\tby {n.creator_tenant}\t{n.message}")
     return 0
 
 

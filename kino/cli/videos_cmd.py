@@ -10,14 +10,19 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from kino.cli.options import add_generation_options
+from kino.client import KinoClient
 from kino.v1 import video_service_pb2 as pb
-from serving.cli.options import add_generation_options
-from serving.frontend.grpc.client import KinoClient
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 STATUS_NAMES = {"queued": pb.VIDEO_STATUS_QUEUED, "in_progress": pb.VIDEO_STATUS_IN_PROGRESS,
                 "completed": pb.VIDEO_STATUS_COMPLETED, "failed": pb.VIDEO_STATUS_FAILED,
                 "cancelled": pb.VIDEO_STATUS_CANCELLED}
+
+
+def when(ts) -> str:
+    """A protobuf Timestamp as local 'YYYY-MM-DD HH:MM:SS' ('-' when unset)."""
+    return ts.ToDatetime().strftime("%Y-%m-%d %H:%M:%S") if ts.seconds else "-"
 
 
 def status_name(value: int) -> str:
@@ -86,7 +91,7 @@ def create_request(args: argparse.Namespace) -> pb.CreateVideoRequest:
     if getattr(args, "image", None):
         req.image = Path(args.image).read_bytes()
     if args.size:
-        req.size = f"{args.size[0]}x{args.size[1]}"
+        req.size = args.size
     if args.fps is not None:
         req.fps = f"{args.fps.numerator}/{args.fps.denominator}"
     for name in ("seconds", "seed", "steps", "guidance_scale", "audio_guidance_scale", "priority"):

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from engines.config import PRESETS
-from serving.cli.videos_cmd import DEFAULT_ADDRESS
+from kino.cli.videos_cmd import DEFAULT_ADDRESS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -68,7 +68,7 @@ def loadtest(args: argparse.Namespace) -> int:
     if args.address:
         address = args.address
     else:
-        from serving.cluster import start_local_cluster
+        from serving.on_ray.cluster import start_local_cluster
 
         overrides = {"model": {"preset": args.preset}, "queue": {"max_queued": 1024}}
         if args.max_batch_size:

@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from serving.cli.options import add_generation_options, add_model_options, model_mapping_from_args, params_from_args
+from kino.cli.options import add_generation_options, add_model_options, model_mapping_from_args, params_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,42 @@
+"""Every use of Ray's private or underscored APIs, in one place, each with why and the upstream context.
+
+When Ray offers a public way, change it here; nothing else in Kino touches Ray's internals (a test checks).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def deploy_apps(schema: Any) -> None:
+    """Apply a Serve config (a `ServeDeploySchema`) to the running Serve controller.
+
+    Why private: the public ways to apply a config file are `serve deploy` and the dashboard's REST API
+    (ray-project/ray#21881), both through the dashboard, which a local cluster on 2 cores runs without.
+    The REST handler calls this same controller method, and KubeRay's serveConfigV2 ends up there too.
+    """
+    from ray.serve._private.api import serve_start
+
+    serve_start().deploy_apps(schema)
+
+
+async def object_ref_stream(stream: Any) -> Any:
+    """The items of a streaming Serve response as object references, without fetching them.
+
+    Why private: `DeploymentResponseGenerator` yields values only. The Denoiser's last item is the latents,
+    which must go to the Decoder by reference and never through the dispatcher; yielding a `ray.put`
+    reference nested inside an item instead loses its reference count under load (ray-project/ray#58080:
+    decodes failed with ReferenceCountingAssertionError).
+    """
+    return await stream._to_object_ref_gen()
+
+
+def init_options(temp_dir: str, metrics_export_port: int) -> dict[str, Any]:
+    """`ray.init` keyword arguments with no public spelling for a local (address="local") cluster.
+
+    `_temp_dir`: the session directory; Ray's default under /tmp/ray is shared by every cluster on the
+    machine, and Unix socket paths must stay under ~107 characters (`ray start --temp-dir` is the public
+    form, for clusters started from the command line). `_metrics_export_port`: the node's Prometheus port
+    (`ray start --metrics-export-port`); a shared machine must not assume Ray's default port is free.
+    """
+    return {"_temp_dir": temp_dir, "_metrics_export_port": metrics_export_port}

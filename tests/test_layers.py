@@ -1,0 +1,107 @@
+"""The layering rules of docs/architecture.md, as tests: each fails naming the file and the import that breaks it.
+
+Floors, bottom up: engines (models and tensors) < serving (the server; Ray only in its deployments) <
+kino.client, loadtests, training < kino.cli (the top floor). Imports are read from the source (every
+`import`, lazy ones inside functions too; `if TYPE_CHECKING:` blocks are not imports at run time).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("engines", "serving", "kino", "loadtests")
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _imports(tree: ast.AST, package: str) -> set[str]:
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against the importing package
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                found.add(".".join(base + ([node.module] if node.module else [])))
+            elif node.module:
+                found.add(node.module)
+                found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+@cache
+def sources() -> dict[str, tuple[set[str], str]]:
+    """repository path -> (modules it imports, its text), for every Python file of the packages."""
+    out = {}
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            if rel.startswith("kino/v1/"):
+                continue  # generated
+            text = path.read_text()
+            package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+            out[rel] = (_imports(ast.parse(text, rel), package), text)
+    return out
+
+
+def _breaks(files: list[str], forbidden: tuple[str, ...]) -> list[str]:
+    return [f"{f} imports {m}" for f in files for m in sorted(sources()[f][0])
+            if any(m == b or m.startswith(b + ".") for b in forbidden)]
+
+
+def _files(prefix: str = "", *, but: tuple[str, ...] = ()) -> list[str]:
+    return [f for f in sources() if f.startswith(prefix) and not f.startswith(but)]
+
+
+TRANSPORT = ("ray", "grpc", "grpc_health", "grpc_reflection", "google.protobuf", "fastapi", "starlette", "uvicorn")
+
+
+@pytest.mark.parametrize("rule, files, forbidden", [
+    ("engines know models and tensors: no Ray, no transport, nothing above them",
+     _files("engines/"), (*TRANSPORT, "serving", "kino", "loadtests", "training")),
+    ("only the front door and the API clients speak the generated protocol",
+     _files("", but=("serving/frontend/", "kino/client.py", "kino/cli/", "loadtests/")), ("kino.v1",)),
+    ("the server is below its clients, the load tests and the CLI",
+     _files("serving/"), ("loadtests", "kino.cli", "kino.client", "training")),
+    ("only protocol adapters import protocol types",
+     _files("serving/", but=("serving/frontend/",)), tuple(t for t in TRANSPORT if t != "ray")),
+    ("Ray stays in the deployments and the local cluster",
+     _files("serving/", but=("serving/deployments/", "serving/on_ray/", "serving/app.py")),
+     ("ray",)),
+    ("the scheduler and the denoise loop import no Ray and no torch",
+     ["serving/scheduler.py", "serving/denoise_loop.py"], ("ray", "torch", "engines.denoiser")),
+])
+def test_layer(rule, files, forbidden):
+    assert files, f"no files for rule {rule!r}"
+    assert not _breaks(files, forbidden), f"{rule}:\n  " + "\n  ".join(_breaks(files, forbidden))
+
+
+def test_rays_private_apis_live_in_one_module():
+    private = re.compile(r"ray(\.serve)?\._private|_to_object_ref_gen|\b_temp_dir=|\b_metrics_export_port=")
+    offenders = [f"{f}: {m.group()}" for f, (_mods, text) in sources().items() if f != "serving/on_ray/compat.py"
+                 for m in private.finditer(text)]
+    assert not offenders, offenders
+
+
+def test_deployments_are_thin_wrappers():
+    sizes = {f: len(sources()[f][1].splitlines()) for f in _files("serving/deployments/")}
+    assert sizes and not {f: n for f, n in sizes.items() if n > 60}, sizes
