@@ -23,7 +23,7 @@ from engines.model_loader import DECODER_PARTS, Components, ComponentSource
 from engines.mp4 import EncodeSettings, MediaInfo, Mp4Writer, Waveform, probe
 from engines.params import GenerationParams
 from engines.runtime import configure_threads
-from engines.stage_io import DenoisedLatents, LatentGeometry, LatentShape
+from engines.stage_io import DenoisedLatents, LatentGeometry
 
 FrameFilter = Callable[[np.ndarray, int], np.ndarray]
 """(uint8 frames [f, H, W, 3], index of the first) -> frames: applied before encoding."""
@@ -56,9 +56,6 @@ class Decoder:
         return Waveform(samples=wav[0].float().clamp(-1, 1).cpu().numpy(), sample_rate=g.audio_output_sample_rate)
 
     # -- video ---------------------------------------------------------------------------
-    def num_pixel_frames(self, shape: LatentShape) -> int:
-        return (shape.frames - 1) * self.geometry.temporal_compression + 1
-
     def _latents_5d(self, latents: DenoisedLatents) -> torch.Tensor:
         """Packed tokens -> denormalized [1, C, F, H, W] in the VAE's dtype."""
         g, s = self.geometry, latents.shape

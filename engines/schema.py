@@ -85,11 +85,6 @@ def replace(obj: T, **changes: Any) -> T:
     return dataclasses.replace(obj, **changes)  # type: ignore[type-var]
 
 
-def describe(cls: type) -> dict[str, str]:
-    """Field name -> its docstring, for --help texts and documentation."""
-    return {name: f.description or "" for name, f in cls.__pydantic_fields__.items()}  # type: ignore[attr-defined]
-
-
 def config_error(e: ValidationError, prefix: str, root: type | None = None) -> ConfigError:
     """The first problem of a validation error as a `ConfigError` naming its full key (`root`: the
     class validated, to list the keys it knows)."""

@@ -72,14 +72,14 @@ class NaiveLTX2:
             os.unlink(path)
 
 
-def build_app(args: dict[str, Any]):
+def build_baseline_app(args: dict[str, Any]):
     return NaiveLTX2.bind(args.get("preset", "tiny"), args.get("threads"))
 
 
 def app_config(preset_name: str, num_cpus: float, threads: int | None = None, replicas: int = 1) -> dict[str, Any]:
     """The baseline as a Serve config application (deployed beside Kino on the same cluster);
     `num_cpus` is split between its replicas."""
-    return {"name": APP_NAME, "route_prefix": None, "import_path": "loadtests.baseline:build_app",
+    return {"name": APP_NAME, "route_prefix": None, "import_path": "loadtests.baseline:build_baseline_app",
             "args": {"preset": preset_name, "threads": threads},
             "runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}},
             "deployments": [{"name": "NaiveLTX2", "num_replicas": replicas,

@@ -125,15 +125,16 @@ class LocalCluster:
 
 def _wait_running(app_names: list[str], timeout_s: float) -> None:
     from ray import serve
+    from ray.serve.schema import ApplicationStatus
 
     deadline = time.monotonic() + timeout_s
     while True:
         apps = serve.status().applications
-        states = {n: apps[n].status if n in apps else "NOT_STARTED" for n in app_names}
-        failed = {n: apps[n].message for n in app_names if n in apps and apps[n].status == "DEPLOY_FAILED"}
+        states = {n: apps[n].status if n in apps else ApplicationStatus.NOT_STARTED for n in app_names}
+        failed = {n: apps[n].message for n in app_names if states[n] == ApplicationStatus.DEPLOY_FAILED}
         if failed:
             raise RuntimeError(f"Serve application failed to deploy: {failed}")
-        if all(s == "RUNNING" for s in states.values()):
+        if all(s == ApplicationStatus.RUNNING for s in states.values()):
             return
         if time.monotonic() > deadline:
             raise TimeoutError(f"Serve applications not running after {timeout_s:.0f}s: {states}")

@@ -54,12 +54,21 @@ async def stream(context: grpc.aio.ServicerContext, principal_of: PrincipalOf,
     await context.abort(code, message)
 
 
-class VideoServicer(pb_grpc.VideoServiceServicer):
-    def __init__(self, videos: VideoService, principal_of: PrincipalOf) -> None:
-        self.videos, self.principal_of = videos, principal_of
+class _Calls:
+    """Runs a servicer's domain calls as the caller's principal, errors through the one status table."""
+
+    principal_of: PrincipalOf
 
     def _run(self, context, op):
         return unary(context, self.principal_of, op)
+
+    def _stream(self, context, op):
+        return stream(context, self.principal_of, op)
+
+
+class VideoServicer(_Calls, pb_grpc.VideoServiceServicer):
+    def __init__(self, videos: VideoService, principal_of: PrincipalOf) -> None:
+        self.videos, self.principal_of = videos, principal_of
 
     async def CreateVideo(self, request: pb.CreateVideoRequest, context) -> pb.Video:
         async def op(who: Principal) -> pb.Video:
@@ -112,7 +121,7 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
         async def op(who: Principal):
             async for progress in self.videos.watch(who, request.id):
                 yield convert.event(progress)
-        async for item in stream(context, self.principal_of, op):
+        async for item in self._stream(context, op):
             yield item
 
     async def DownloadVideo(self, request: pb.DownloadVideoRequest, context):
@@ -124,16 +133,13 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
                 filename=download.filename))
             async for chunk in download.chunks:
                 yield pb.DownloadVideoResponse(chunk=chunk)
-        async for item in stream(context, self.principal_of, op):
+        async for item in self._stream(context, op):
             yield item
 
 
-class CameoServicer(pb_grpc.CameoServiceServicer):
+class CameoServicer(_Calls, pb_grpc.CameoServiceServicer):
     def __init__(self, cameos: CameoService, principal_of: PrincipalOf) -> None:
         self.cameos, self.principal_of = cameos, principal_of
-
-    def _run(self, context, op):
-        return unary(context, self.principal_of, op)
 
     async def CreateCameo(self, request: pb.CreateCameoRequest, context) -> pb.Cameo:
         async def op(who: Principal) -> pb.Cameo:
@@ -199,11 +205,11 @@ class CameoServicer(pb_grpc.CameoServiceServicer):
         async def op(who: Principal):
             async for n in self.cameos.watch(who, request.after_id):
                 yield convert.notification(n)
-        async for item in stream(context, self.principal_of, op):
+        async for item in self._stream(context, op):
             yield item
 
 
-class AuditServicer(pb_grpc.AuditServiceServicer):
+class AuditServicer(_Calls, pb_grpc.AuditServiceServicer):
     def __init__(self, accounts: AccountService, principal_of: PrincipalOf) -> None:
         self.accounts, self.principal_of = AsyncView(accounts), principal_of
 
@@ -211,4 +217,4 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         async def op(who: Principal) -> pb.ListAuditEventsResponse:
             events = await self.accounts.audit_events(who, request.limit)
             return pb.ListAuditEventsResponse(events=[convert.audit_event(e) for e in events])
-        return await unary(context, self.principal_of, op)
+        return await self._run(context, op)
