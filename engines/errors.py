@@ -33,3 +33,14 @@ class InvalidParameter(EngineError, ValueError):
 
 class CheckpointError(EngineError):
     """A checkpoint directory is missing a component or holds one that cannot be loaded."""
+
+
+class OutOfMemory(EngineError):
+    """A step or a decode ran out of device memory; the memory was freed and the engine keeps serving.
+    Raised for the requests it could not run (alone); the others go on."""
+
+
+class ParallelError(EngineError):
+    """An engine spread over several ranks (engines/parallel) lost one: a rank died, stopped
+    answering within the process group's timeout, or failed. The group cannot be reused; restart
+    all its ranks."""

@@ -1,7 +1,8 @@
 """The Kino Serve application. `import_path: serving.app:build_app` in deploy/serve/kino.yaml.
 
-Frontend (gRPC) -> Dispatcher -> TextEncoder, Denoiser, Decoder. Each deployment's replicas,
-resources and autoscaling come from the Serve config file, not from here.
+Frontend (gRPC, REST) -> Dispatchers -> TextEncoder, Denoiser, Decoder; the ProgressHub carries
+pushed progress from the dispatchers to the Frontend's watchers and cancels back. Each deployment's
+replicas, resources and autoscaling come from the Serve config file, not from here.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from serving.deployments.decoder import DecoderDeployment
 from serving.deployments.denoiser import DenoiserDeployment
 from serving.deployments.dispatcher import DispatcherDeployment
 from serving.deployments.frontend import FrontendDeployment
+from serving.deployments.progress_hub import ProgressHubDeployment
 from serving.deployments.text_encoder import TextEncoderDeployment
 
 
@@ -28,5 +30,6 @@ def build_app(args: dict[str, Any]) -> Application:
     text_encoder = TextEncoderDeployment.bind(config)
     denoiser = DenoiserDeployment.bind(config)
     decoder = DecoderDeployment.bind(config)
-    dispatcher = DispatcherDeployment.bind(config, text_encoder, denoiser, decoder)
-    return FrontendDeployment.bind(config, dispatcher)
+    hub = ProgressHubDeployment.bind()
+    dispatcher = DispatcherDeployment.bind(config, text_encoder, denoiser, decoder, hub)
+    return FrontendDeployment.bind(config, dispatcher, hub)

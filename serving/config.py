@@ -62,11 +62,22 @@ class QueueConfig:
     max_in_flight: AtLeastOne = 32
     """Jobs inside the stages at once (the dispatcher's window)."""
     max_attempts: AtLeastOne = 3
-    """A job whose stage replica died is retried up to this many times."""
+    """A job is claimed at most this many times (a dispatcher lost with it uses one), and a stage replica
+    that died under it is retried up to this many times within a claim."""
     poll_seconds: Annotated[float, Field(gt=0)] = 0.2
-    """The dispatcher looks for new work at least this often."""
-    reconcile_seconds: Annotated[float, Field(gt=0)] = 10.0
-    """How often it checks that every job it owns has a live task."""
+    """A dispatcher looks for new work at least this often (a create wakes one at once)."""
+    lease_seconds: Annotated[float, Field(ge=1.0)] = 10.0
+    """How long a dispatcher's hold on a job lasts without renewal; a job whose dispatcher died is
+    requeued this long after its last heartbeat."""
+    heartbeat_seconds: Annotated[float, Field(gt=0)] = 2.5
+    """How often a dispatcher renews its leases and requeues expired ones (well under lease_seconds)."""
+    progress_write_seconds: Annotated[float, Field(ge=0)] = 0.25
+    """A running job's step progress is written to the store at most this often (watchers get every
+    step pushed); stage changes, the last step and the end are always written."""
+
+    def __post_init__(self) -> None:
+        require(self.heartbeat_seconds * 2 < self.lease_seconds, "heartbeat_seconds",
+                "must be under half of lease_seconds (a late heartbeat must not lose the lease)")
 
 
 @section("batching")

@@ -1,12 +1,20 @@
 """The dispatcher: takes queued jobs and drives them through encode -> denoise -> decode.
 
-It owns in-progress jobs through a store epoch (see `serving.jobs.store`): on start it takes a
-new epoch, which puts every job left in progress by a dead dispatcher back in the queue, and
-then claims jobs in priority, then arrival order, up to `max_in_flight` at once. Every state
-change is written to the store before it is acted on.
+Any number of dispatchers share one job store (replicas of one cluster, or two clusters during an
+upgrade). Each holds the jobs it runs with leases (see `serving.jobs.store`):
 
-The stages are reached through a `StageClient` (Ray Serve handles in the cluster), so this
-module imports no Ray and no torch.
+- it claims a job (priority, then arrival) with a lease under its own id, up to `max_in_flight`;
+- a heartbeat renews the leases of the jobs it is working on; a job whose lease is lost (another
+  dispatcher requeued it after it expired) is dropped here without another write;
+- every dispatcher requeues jobs whose lease expired, so a dispatcher killed mid-job (kill -9, a
+  node gone, a KubeRay upgrade deleting the old cluster) loses nothing;
+- every write carries the lease and is refused when stale, so a job is finished once;
+- stopping (`stop()`) hands its jobs back to the queue at once, without using an attempt.
+
+Progress is pushed to watchers at every step (`ProgressSink`) and written to the store, which stays
+the truth for a late watcher and for resume, at most every `progress_write_seconds` per job; queued,
+started, stage changes and the end are always written. The stages are reached through a
+`StageClient`, so this module imports no Ray and no torch.
 """
 
 from __future__ import annotations
@@ -14,17 +22,23 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
+import socket
 import time
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from engines.errors import OutOfMemory
 from engines.params import GenerationParams
 from serving.async_view import AsyncView, in_thread
 from serving.config import QueueConfig
 from serving.errors import ErrorCode, KinoError, as_kino_error
-from serving.jobs import Artifact, DispatchQueue, Job, JobStatus, Stage, StaleEpoch
+from serving.jobs import Artifact, DispatchQueue, Job, JobStatus, Lease, Stage, StaleLease
 from serving.metrics import Metrics, NoMetrics
 from serving.moderation import Moderator
+from serving.progress import NoProgress, Progress, ProgressSink
 from serving.provenance.claim import Claim, prompt_sha256
 from serving.stages import StageClient, StageUnavailable
 
@@ -34,46 +48,78 @@ log = logging.getLogger(__name__)
 _ENCODED, _DENOISE_SPAN, _DECODING = 0.03, 0.87, 0.92
 
 
+def dispatcher_id() -> str:
+    """A dispatcher's lease owner name: unique per process, readable in logs and the job record."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
 class _CancelRequested(Exception):
     pass
+
+
+class _Stop(Exception):
+    """This dispatcher lets go of the job: `hand_back` requeues it, else another dispatcher has it."""
+
+    def __init__(self, hand_back: bool) -> None:
+        self.hand_back = hand_back
+
+
+@dataclass
+class _Held:
+    """A job this dispatcher runs: its lease and when its progress was last written."""
+
+    job: Job
+    lease: Lease
+    task: asyncio.Task | None = None
+    written_at: float = 0.0
+    written_stage: Stage | None = None
+    stop: _Stop | None = None  # set when the task is cancelled to let go of the job
+    cancelling: bool = False  # a client cancel is stopping it
+    settling: bool = False  # its end (completed, failed, cancelled) is being recorded
 
 
 class Dispatcher:
     def __init__(self, store: DispatchQueue, stages: StageClient, config: QueueConfig,
                  on_finished: Callable[[Job], None] | None = None, metrics: Metrics | None = None,
-                 moderator: Moderator | None = None) -> None:
+                 moderator: Moderator | None = None, progress: ProgressSink | None = None,
+                 owner: str | None = None) -> None:
         self.store, self.stages, self.config = AsyncView(store), stages, config
         self.moderator = moderator  # checks what the prompt enhancer writes, as the front door checked the prompt
         self.on_finished = on_finished  # e.g. tell a cameo's owner
         self.metrics = metrics or NoMetrics()
-        self.epoch: int | None = None
-        self._tasks: dict[str, asyncio.Task] = {}
-        self._cancelling: set[str] = set()
-        self._settling: set[str] = set()  # jobs whose end (completed, failed, cancelled) is being recorded
+        self.progress = progress or NoProgress()
+        self.owner = owner or dispatcher_id()
+        self._held: dict[str, _Held] = {}
+        self._stopping = False
         self._wake = asyncio.Event()
         self._decode_seconds: float | None = None  # moving average, for ETAs
 
     # -- control -------------------------------------------------------------------------
     async def run(self) -> None:
-        """Resume what a previous dispatcher left, then keep the stages fed until cancelled."""
-        self.epoch = await self.store.begin_epoch()
-        log.info("dispatcher epoch %d started", self.epoch)
-        last_reconcile = last_counts = time.monotonic()
+        """Keep the stages fed, the leases renewed and expired leases reaped, until cancelled."""
+        log.info("dispatcher %s started", self.owner)
+        c = self.config
+        due = {"heartbeat": 0.0, "reap": 0.0, "counts": 0.0}
         while True:
             try:
+                now = time.monotonic()
+                if now >= due["heartbeat"]:
+                    await self._heartbeat()
+                    due["heartbeat"] = now + c.heartbeat_seconds
+                if now >= due["reap"]:
+                    await self._reap()
+                    due["reap"] = now + c.heartbeat_seconds
                 await self._fill()
-                if time.monotonic() - last_counts > 1.0:
+                if now >= due["counts"]:
                     counts = await self.store.count_by_status()
                     self.metrics.job_counts(counts[JobStatus.QUEUED], counts[JobStatus.IN_PROGRESS])
-                    last_counts = time.monotonic()
-                if time.monotonic() - last_reconcile > self.config.reconcile_seconds:
-                    await self._reconcile()
-                    last_reconcile = time.monotonic()
+                    due["counts"] = now + 1.0
             except Exception:  # noqa: BLE001 - a store hiccup must not stop the loop; retry next round
                 log.exception("dispatch round failed; retrying")
             self._wake.clear()
+            timeout = max(0.0, min(c.poll_seconds, due["heartbeat"] - time.monotonic()))
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.config.poll_seconds)
+                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
             except TimeoutError:
                 pass
 
@@ -83,92 +129,121 @@ class Dispatcher:
 
     async def cancel(self, job_id: str) -> bool:
         """Stop a running job within one denoising step (the store already holds the request)."""
-        task = self._tasks.get(job_id)
-        if task is None:
+        held = self._held.get(job_id)
+        if held is None or held.task is None:
             return False
-        if job_id not in self._cancelling and job_id not in self._settling:
+        if not held.cancelling and not held.settling and held.stop is None:
             # Once, and never while the job's end is being recorded: that would interrupt the
-            # recording and leave the job in progress until reconcile requeued it.
-            self._cancelling.add(job_id)
-            task.cancel()
+            # recording and leave the job in progress until its lease expired.
+            held.cancelling = True
+            held.task.cancel()
         return True
 
+    async def stop(self) -> None:
+        """Claim nothing more and hand every job this dispatcher runs back to the queue (it is stopping: a
+        downscale, an upgrade)."""
+        self._stopping = True
+        tasks = [self._let_go(h, hand_back=True) for h in list(self._held.values())]
+        await asyncio.gather(*[t for t in tasks if t is not None], return_exceptions=True)
+
+    @property
+    def job_ids(self) -> list[str]:
+        return list(self._held)
+
     async def _fill(self) -> None:
-        while len(self._tasks) < self.config.max_in_flight:
-            job = await self.store.claim_next(self.epoch)
+        while len(self._held) < self.config.max_in_flight and not self._stopping:
+            job = await self.store.claim_next(self.owner, self.config.lease_seconds)
             if job is None:
                 return
+            assert job.lease is not None
             if job.started_at is not None:
                 self.metrics.queue_wait(max(0.0, job.started_at - job.created_at))
-            task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
-            self._tasks[job.id] = task
-            task.add_done_callback(lambda t, jid=job.id: self._done(jid, t))
+            held = _Held(job, job.lease)
+            self._held[job.id] = held
+            held.task = asyncio.create_task(self._run(held), name=f"job-{job.id}")
+            held.task.add_done_callback(lambda t, jid=job.id: self._done(jid, t))
+            self.progress.publish(Progress.of_job(job, None, "started"))
 
-    async def _reconcile(self) -> None:
-        """Safety net: a job of this epoch in progress with no task here would wait forever; requeue it."""
-        for job_id in await self.store.in_progress(self.epoch):
-            if job_id not in self._tasks:
-                log.error("job %s was in progress with no task; requeueing it", job_id)
-                try:
-                    await self.store.requeue(job_id, self.epoch,
-                                            "requeued: its dispatcher task ended without recording a result")
-                except StaleEpoch:
-                    pass
+    async def _heartbeat(self) -> None:
+        """Renew the leases of the jobs being worked on; drop those another dispatcher now holds."""
+        working = [jid for jid, h in self._held.items() if h.stop is None]
+        still = await self.store.renew(self.owner, working, self.config.lease_seconds)
+        for jid in set(working) - still:
+            held = self._held.get(jid)
+            if held is not None and not held.settling:
+                log.warning("job %s: lease lost (it expired and was requeued); dropping it here", jid)
+                self._let_go(held, hand_back=False)
+
+    async def _reap(self) -> None:
+        """Requeue jobs whose lease expired, whoever held them."""
+        for job in await self.store.reap_expired(self.config.max_attempts):
+            log.warning("job %s: %s", job.id, "lease expired; " + job.status.value)
+            self.progress.publish(Progress.of_job(job, None, "lease expired"))
+            if job.status.terminal:
+                await self._finished(job)
+        self._wake.set()
+
+    def _let_go(self, held: _Held, *, hand_back: bool) -> asyncio.Task | None:
+        if held.task is None or held.task.done() or held.settling:
+            return None
+        held.stop = _Stop(hand_back)
+        held.task.cancel()
+        return held.task
 
     def _done(self, job_id: str, task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() is not None:
-            log.error("job %s: task ended with %r; reconcile will requeue it", job_id, task.exception())
-        self._tasks.pop(job_id, None)
-        self._cancelling.discard(job_id)
-        self._settling.discard(job_id)
+            log.error("job %s: task ended with %r; its lease will expire and it is requeued", job_id, task.exception())
+        self._held.pop(job_id, None)
         self._wake.set()
 
     # -- one job ---------------------------------------------------------------------------
-    async def _run(self, job: Job) -> None:
-        assert self.epoch is not None
-        epoch = self.epoch
+    async def _run(self, held: _Held) -> None:
+        job = held.job
         try:
-            params = job.generation
             for attempt in range(1, self.config.max_attempts + 1):
                 try:
-                    artifact = await self._stages(job, params, epoch)
+                    artifact = await self._stages(held, job.generation)
                     break
                 except StageUnavailable as e:
                     if attempt == self.config.max_attempts:
                         raise
                     log.warning("job %s: %s; retrying (attempt %d of %d)", job.id, e, attempt + 1,
                                 self.config.max_attempts)
-                    await self._progress(job, epoch, Stage.ENCODING, message=f"retrying after: {e}")
+                    await self._progress(held, Stage.ENCODING, message=f"retrying after: {e}")
                     await asyncio.sleep(min(2.0 * attempt, 5.0))
-            self._settling.add(job.id)
-            done = await self.store.finish(job.id, epoch, JobStatus.COMPLETED, artifact=artifact)
+            held.settling = True
+            done = await self.store.finish(held.lease, JobStatus.COMPLETED, artifact=artifact)
             log.info("job %s completed: %s (%d bytes)", job.id, artifact.key, artifact.size_bytes)
             await self._finished(done)
         except asyncio.CancelledError:
-            if job.id not in self._cancelling:
-                raise  # the dispatcher is stopping: the job stays in progress and is resumed later
-            await self._finish_cancelled(job, epoch)
+            if held.stop is not None:
+                await self._stopped(held)
+            elif held.cancelling:
+                await self._finish_cancelled(held)
+            else:
+                raise  # the event loop is closing: the lease expires and another dispatcher resumes it
         except _CancelRequested:
-            self._settling.add(job.id)
-            await self._finish_cancelled(job, epoch)
-        except StaleEpoch:
-            log.warning("job %s now belongs to a newer dispatcher; dropping it here", job.id)
+            held.settling = True
+            await self._finish_cancelled(held)
+        except StaleLease:
+            log.warning("job %s: its lease is no longer ours; dropping it here", job.id)
         except StageUnavailable as e:
-            self._settling.add(job.id)
-            await self._fail(job, epoch, "unavailable", f"a stage stayed unavailable after "
-                                                        f"{self.config.max_attempts} attempts: {e}")
+            await self._fail(held, "unavailable", f"a stage stayed unavailable after "
+                                                  f"{self.config.max_attempts} attempts: {e}")
+        except OutOfMemory as e:
+            await self._fail(held, "out_of_memory", str(e))
         except Exception as e:  # noqa: BLE001 - every failure is recorded with a reason
-            self._settling.add(job.id)
             err: KinoError = as_kino_error(e)
             if err.code == ErrorCode.INTERNAL:
                 log.exception("job %s failed", job.id)
-                await self._fail(job, epoch, "internal", f"{type(e).__name__}: {e}")
+                await self._fail(held, "internal", f"{type(e).__name__}: {e}")
             else:
-                await self._fail(job, epoch, err.code.value, err.message)
+                await self._fail(held, err.code.value, err.message)
 
-    async def _stages(self, job: Job, params: GenerationParams, epoch: int) -> Artifact:
-        params = await self._enhance(job, params, epoch)
-        await self._progress(job, epoch, Stage.ENCODING, progress=0.0, message="encoding prompt")
+    async def _stages(self, held: _Held, params: GenerationParams) -> Artifact:
+        job = held.job
+        params = await self._enhance(held, params)
+        await self._progress(held, Stage.ENCODING, progress=0.0, message="encoding prompt")
         embedding = self.stages.encode(job.id, params)
         conditioning = self.stages.condition(job.id, params, job.conditioning)
         started = time.monotonic()
@@ -185,7 +260,7 @@ class Dispatcher:
                     self.metrics.stage_seconds("encode", first_step - started)  # encode + wait for a slot
                 elapsed = time.monotonic() - started
                 eta = elapsed / ev.step * (ev.total_steps - ev.step) + (self._decode_seconds or 0.0)
-                await self._progress(job, epoch, Stage.DENOISING, step=ev.step, total_steps=ev.total_steps,
+                await self._progress(held, Stage.DENOISING, step=ev.step, total_steps=ev.total_steps,
                                      progress=_ENCODED + _DENOISE_SPAN * ev.step / ev.total_steps,
                                      eta_seconds=eta, batch_size=ev.batch_size)
         finally:
@@ -193,7 +268,7 @@ class Dispatcher:
         if latents is None:
             raise StageUnavailable("the denoiser ended the stream without latents")
         self.metrics.stage_seconds("denoise", time.monotonic() - (first_step or started))
-        await self._progress(job, epoch, Stage.DECODING, step=params.steps, total_steps=params.steps,
+        await self._progress(held, Stage.DECODING, step=params.steps, total_steps=params.steps,
                              progress=_DECODING, eta_seconds=self._decode_seconds, message="decoding")
         t = time.monotonic()
         claim = Claim(video_id=job.id, model=job.model, prompt_sha256=prompt_sha256(params.prompt),
@@ -205,14 +280,15 @@ class Dispatcher:
         self._decode_seconds = took if self._decode_seconds is None else 0.8 * self._decode_seconds + 0.2 * took
         return result
 
-    async def _enhance(self, job: Job, params: GenerationParams, epoch: int) -> GenerationParams:
+    async def _enhance(self, held: _Held, params: GenerationParams) -> GenerationParams:
         """The params with the enhanced prompt, when the request asked for one. A rewrite is
         stored before it is used, so a resumed job encodes the same text again."""
         if not params.enhance_prompt:
             return params
+        job = held.job
         text = job.enhanced_prompt
         if text is None:
-            await self._progress(job, epoch, Stage.ENCODING, progress=0.0, message="enhancing prompt")
+            await self._progress(held, Stage.ENCODING, progress=0.0, message="enhancing prompt")
             text = await self.stages.enhance(job.id, params)
             message = "prompt enhanced"
             verdict = self.moderator.check(text, uses_cameo=job.conditioning.cameo_id is not None) \
@@ -221,33 +297,56 @@ class Dispatcher:
                 text = params.prompt
                 message = (f"enhanced prompt rejected by moderation (category {verdict.category}); "
                            "using the prompt as written")
-            await self.store.set_enhanced_prompt(job.id, epoch, text, message)
+            await self.store.set_enhanced_prompt(held.lease, text, message)
         return dataclasses.replace(params, prompt=text)
 
-    async def _progress(self, job: Job, epoch: int, stage: Stage, **values: Any) -> None:
-        cancel = await self.store.record_progress(job.id, epoch, stage=stage, **values)
-        if cancel:
+    async def _progress(self, held: _Held, stage: Stage, **values: Any) -> None:
+        """Push every event; write it to the store on a stage change, the last step, or once per
+        `progress_write_seconds` (the write also says whether a cancel was requested)."""
+        job = held.job
+        self.progress.publish(Progress(video_id=job.id, status=JobStatus.IN_PROGRESS, stage=stage, at=time.time(),
+                                       **values))
+        now = time.monotonic()
+        last_step = stage == Stage.DENOISING and values.get("step") == values.get("total_steps")
+        if stage == held.written_stage and not last_step \
+                and now - held.written_at < self.config.progress_write_seconds:
+            return
+        held.written_at, held.written_stage = now, stage
+        if await self.store.record_progress(held.lease, stage=stage, **values):
             raise _CancelRequested()
 
-    async def _finish_cancelled(self, job: Job, epoch: int) -> None:
+    async def _stopped(self, held: _Held) -> None:
+        assert held.stop is not None
+        if not held.stop.hand_back:
+            return  # another dispatcher holds it now
         try:
-            current = await self.store.get(job.id)
-            done = await self.store.finish(job.id, epoch, JobStatus.CANCELLED,
+            await asyncio.shield(self.store.requeue(held.lease, f"handed back: dispatcher {self.owner} is stopping",
+                                                    count_attempt=False))
+            log.info("job %s handed back to the queue", held.job.id)
+        except StaleLease:
+            pass
+
+    async def _finish_cancelled(self, held: _Held) -> None:
+        held.settling = True
+        try:
+            current = await self.store.get(held.job.id)
+            done = await self.store.finish(held.lease, JobStatus.CANCELLED,
                                            error_code=current.cancel_reason or "cancelled",
                                            error_message=current.error_message or "cancelled by the client")
             await self._finished(done)
-        except StaleEpoch:
+        except StaleLease:
             pass
 
-    async def _fail(self, job: Job, epoch: int, code: str, message: str) -> None:
+    async def _fail(self, held: _Held, code: str, message: str) -> None:
+        held.settling = True
         try:
-            done = await self.store.finish(job.id, epoch, JobStatus.FAILED, error_code=code,
-                                           error_message=message)
+            done = await self.store.finish(held.lease, JobStatus.FAILED, error_code=code, error_message=message)
             await self._finished(done)
-        except StaleEpoch:
+        except StaleLease:
             pass
 
     async def _finished(self, job: Job) -> None:
+        self.progress.publish(Progress.of_job(job, None, job.error_message or job.status.value))
         self.metrics.job_finished(job.tenant, job.status.value, max(0.0, (job.completed_at or time.time())
                                                                     - job.created_at))
         if self.on_finished is not None:

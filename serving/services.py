@@ -20,6 +20,7 @@ from serving.dispatcher import Dispatcher
 from serving.jobs.sql_store import SqlJobStore
 from serving.metrics import Metrics
 from serving.moderation import RuleModerator
+from serving.progress import ProgressFeed, ProgressSink
 from serving.stages import StageClient
 from serving.videos import DispatcherLink, VideoService
 
@@ -35,12 +36,13 @@ class DomainServices:
     accounts: AccountService
 
     @classmethod
-    def open(cls, cfg: KinoConfig, dispatcher: DispatcherLink, metrics: Metrics) -> DomainServices:
+    def open(cls, cfg: KinoConfig, dispatcher: DispatcherLink, metrics: Metrics,
+             progress: ProgressFeed | None = None) -> DomainServices:
         db = Database(cfg.storage.database_url)
         jobs, accounts, cameo_store = SqlJobStore(db), AccountStore(db), CameoStore(db)
         artifacts = LocalArtifactStore(cfg.storage.artifacts_dir)
         videos = VideoService(cfg, jobs, artifacts, dispatcher, moderator=RuleModerator.from_file(
-            cfg.moderation.rules_file), accounts=accounts, cameos=cameo_store, metrics=metrics)
+            cfg.moderation.rules_file), accounts=accounts, cameos=cameo_store, metrics=metrics, progress=progress)
         account_service = AccountService(accounts, cfg.auth)
         if cfg.auth.bootstrap_keys_file:
             added = account_service.bootstrap(cfg.auth.bootstrap_keys_file)
@@ -48,9 +50,11 @@ class DomainServices:
         return cls(videos, CameoService(cfg, cameo_store, jobs, artifacts, videos, dispatcher), account_service)
 
 
-def open_dispatcher(cfg: KinoConfig, stages: StageClient, metrics: Metrics) -> Dispatcher:
-    """The dispatcher over the job store, telling cameo owners when their videos finish."""
+def open_dispatcher(cfg: KinoConfig, stages: StageClient, metrics: Metrics,
+                    progress: ProgressSink | None = None) -> Dispatcher:
+    """A dispatcher over the job store, telling cameo owners when their videos finish."""
     db = Database(cfg.storage.database_url)
     cameos = CameoStore(db)
     return Dispatcher(SqlJobStore(db), stages, cfg.queue, on_finished=lambda job: notify_finished(cameos, job),
-                      metrics=metrics, moderator=RuleModerator.from_file(cfg.moderation.rules_file))
+                      metrics=metrics, moderator=RuleModerator.from_file(cfg.moderation.rules_file),
+                      progress=progress)

@@ -1,4 +1,5 @@
-"""Dispatcher deployment: the dispatch loop (serving/dispatcher.py) in a Serve replica; Serve restarts it if it dies."""
+"""Dispatcher deployment: the dispatch loop (serving/dispatcher.py) in a Serve replica. Any number of
+replicas share the job store through leases; Serve replaces one that dies and its jobs are requeued."""
 
 from __future__ import annotations
 
@@ -10,26 +11,31 @@ from ray.serve.handle import DeploymentHandle
 
 from serving.config import load_config
 from serving.on_ray.metrics import RayMetrics
+from serving.on_ray.progress import ServeProgressSink, relay_cancellations
 from serving.on_ray.stages import ServeStages
 from serving.services import open_dispatcher
 
 
-@serve.deployment(name="Dispatcher", num_replicas=1)
+@serve.deployment(name="Dispatcher")
 class DispatcherDeployment:
     def __init__(self, config: dict[str, Any], text_encoder: DeploymentHandle, denoiser: DeploymentHandle,
-                 decoder: DeploymentHandle) -> None:
+                 decoder: DeploymentHandle, hub: DeploymentHandle) -> None:
         stages = ServeStages(text_encoder, denoiser, decoder)
-        self.dispatcher = open_dispatcher(load_config(config), stages, RayMetrics())
-        self._task = asyncio.get_event_loop().create_task(self.dispatcher.run(), name="dispatch-loop")
+        self.dispatcher = open_dispatcher(load_config(config), stages, RayMetrics(), ServeProgressSink(hub))
+        loop = asyncio.get_event_loop()
+        self._tasks = [loop.create_task(self.dispatcher.run(), name="dispatch-loop"),
+                       loop.create_task(relay_cancellations(hub, self.dispatcher.cancel), name="cancel-relay")]
 
     async def wake(self) -> None:
         self.dispatcher.wake()
 
-    async def cancel(self, job_id: str) -> bool:
-        return await self.dispatcher.cancel(job_id)
-
     def check_health(self) -> None:
-        """Serve replaces this replica if the loop died; the new one resumes every job."""
-        if self._task.done():
-            exc = None if self._task.cancelled() else self._task.exception()
-            raise RuntimeError(f"dispatch loop stopped: {exc!r}")
+        """Serve replaces this replica if a loop died; its jobs' leases expire and are requeued."""
+        for task in self._tasks:
+            if task.done():
+                raise RuntimeError(f"{task.get_name()} stopped: {None if task.cancelled() else task.exception()!r}")
+
+    async def __del__(self) -> None:
+        """Stopping (a downscale, an upgrade): hand the jobs back at once instead of waiting out their leases."""
+        self._tasks[0].cancel()
+        await self.dispatcher.stop()

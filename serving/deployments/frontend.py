@@ -13,6 +13,7 @@ from serving.async_view import in_thread
 from serving.config import load_config
 from serving.frontend.front_door import FrontDoor
 from serving.on_ray.metrics import RayMetrics
+from serving.on_ray.progress import ServeProgressFeed
 from serving.services import DomainServices
 from serving.videos import DispatcherLink
 
@@ -20,25 +21,26 @@ log = logging.getLogger(__name__)
 
 
 class _ServeDispatcherLink(DispatcherLink):
-    def __init__(self, handle: DeploymentHandle) -> None:
-        self.handle = handle
+    def __init__(self, dispatcher: DeploymentHandle, hub: DeploymentHandle) -> None:
+        self.dispatcher, self.hub = dispatcher, hub
 
     async def wake(self) -> None:
-        self.handle.wake.remote()  # fire and forget: the dispatcher also polls the store
+        self.dispatcher.wake.remote()  # fire and forget: every dispatcher also polls the store
 
     async def cancel(self, job_id: str) -> None:
-        try:
-            await self.handle.cancel.remote(job_id)
-        except Exception:  # noqa: BLE001 - the store flag still stops the job at its next step
-            log.warning("could not reach the dispatcher to cancel %s; the store flag will", job_id)
+        try:  # every dispatcher hears it through the hub; the one running the job stops it
+            await self.hub.cancel.remote(job_id)
+        except Exception:  # noqa: BLE001 - the store flag still stops the job at its next progress write
+            log.warning("could not reach the progress hub to cancel %s; the store flag will", job_id)
 
 
 @serve.deployment(name="Frontend", num_replicas=1)
 class FrontendDeployment:
-    async def __init__(self, config: dict[str, Any], dispatcher: DeploymentHandle) -> None:
+    async def __init__(self, config: dict[str, Any], dispatcher: DeploymentHandle, hub: DeploymentHandle) -> None:
         cfg, metrics = load_config(config), RayMetrics()
         self.app_name = serve.get_replica_context().app_name
-        services = await in_thread(DomainServices.open, cfg, _ServeDispatcherLink(dispatcher), metrics)
+        services = await in_thread(DomainServices.open, cfg, _ServeDispatcherLink(dispatcher, hub), metrics,
+                                   ServeProgressFeed(hub))
         self.door = await FrontDoor.start(cfg, services, metrics, health_probe=self._app_running)
 
     async def _app_running(self) -> bool:

@@ -1,12 +1,12 @@
 """Durable jobs: the state machine, the records, the store interface and its SQL implementation."""
 
-from serving.jobs.models import Artifact, Conditioning, Job, JobEvent, NewJob, Quota, Review, Stage, Visibility
+from serving.jobs.models import Artifact, Conditioning, Job, JobEvent, Lease, NewJob, Quota, Review, Stage, Visibility
 from serving.jobs.states import IllegalTransition, JobStatus
-from serving.jobs.store import DispatchQueue, EventLog, JobStore, StaleEpoch, SubmissionStore
+from serving.jobs.store import DispatchQueue, EventLog, JobStore, StaleLease, SubmissionStore
 
-__all__ = ["Artifact", "Conditioning", "DispatchQueue", "EventLog", "IllegalTransition", "Job", "JobEvent", "JobStatus",
-           "JobStore", "NewJob", "Quota", "Review", "Stage", "StaleEpoch", "SubmissionStore", "Visibility",
-           "open_store"]
+__all__ = ["Artifact", "Conditioning", "DispatchQueue", "EventLog", "IllegalTransition", "Job", "JobEvent",
+           "JobStatus", "JobStore", "Lease", "NewJob", "Quota", "Review", "Stage", "StaleLease", "SubmissionStore",
+           "Visibility", "open_store"]
 
 
 def open_store(url: str) -> JobStore:

@@ -73,6 +73,16 @@ class NewJob:
 
 
 @dataclass(frozen=True)
+class Lease:
+    """A dispatcher's hold on one in-progress job. Every write the holder makes carries it, and the store
+    refuses it (`StaleLease`) once another claim has bumped the job's generation."""
+
+    job_id: str
+    owner: str
+    generation: int
+
+
+@dataclass(frozen=True)
 class Job:
     id: str
     tenant: str
@@ -94,8 +104,10 @@ class Job:
     error_code: str | None = None
     error_message: str | None = None
     artifact: Artifact | None = None
-    attempts: int = 0
-    epoch: int = 0  # the dispatcher epoch that owns it while in progress
+    attempts: int = 0  # claims so far (a lease that expires counts one; a hand back does not)
+    lease_owner: str | None = None  # the dispatcher holding it while in progress
+    lease_generation: int = 0  # bumped by every claim: the fencing token of the holder's writes
+    lease_expires_at: float | None = None
     cancel_requested: bool = False
     cancel_reason: str | None = None
     user: str = "default"
@@ -103,6 +115,13 @@ class Job:
     conditioning: Conditioning = field(default_factory=Conditioning)
     review: Review = Review.NONE
     enhanced_prompt: str | None = None  # what the prompt enhancer wrote (only when the request asked)
+
+    @property
+    def lease(self) -> Lease | None:
+        """The lease an in-progress job is held under."""
+        if self.status != JobStatus.IN_PROGRESS or self.lease_owner is None:
+            return None
+        return Lease(self.id, self.lease_owner, self.lease_generation)
 
     @cached_property
     def generation(self) -> GenerationParams:

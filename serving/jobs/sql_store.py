@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -18,9 +18,9 @@ from sqlalchemy.engine import Connection
 
 from serving.db import Database, metadata
 from serving.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-from serving.jobs.models import Artifact, Conditioning, Job, JobEvent, NewJob, Quota, Review, Stage, Visibility
+from serving.jobs.models import Artifact, Conditioning, Job, JobEvent, Lease, NewJob, Quota, Review, Stage, Visibility
 from serving.jobs.states import JobStatus, check_transition
-from serving.jobs.store import JobStore, StaleEpoch
+from serving.jobs.store import JobStore, StaleLease
 
 jobs = sa.Table(
     "jobs", metadata,
@@ -48,7 +48,9 @@ jobs = sa.Table(
     sa.Column("artifact_sha256", sa.String(64)),
     sa.Column("artifact_content_type", sa.String(64)),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("epoch", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("lease_owner", sa.String(128)),
+    sa.Column("lease_generation", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("lease_expires_at", sa.Float),
     sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("cancel_reason", sa.String(64)),
     sa.Column("user", sa.String(128), nullable=False, server_default="default"),
@@ -66,6 +68,7 @@ jobs = sa.Table(
     sa.Index("ix_jobs_public", "visibility", "seq"),
     sa.Index("ix_jobs_queue", "status", "priority", "seq"),
     sa.Index("ix_jobs_tenant_seq", "tenant", "seq"),
+    sa.Index("ix_jobs_lease", "status", "lease_expires_at"),
 )
 
 events = sa.Table(
@@ -90,7 +93,8 @@ meta = sa.Table(
     sa.Column("value", sa.BigInteger, nullable=False),
 )
 
-_COUNTERS = ("next_seq", "epoch")
+_COUNTERS = ("next_seq",)
+_NO_LEASE = {"lease_owner": None, "lease_expires_at": None}  # a job that leaves in_progress is held by nobody
 
 
 class SqlJobStore(JobStore):
@@ -281,23 +285,7 @@ class SqlJobStore(JobStore):
             return self._set_status(conn, job, JobStatus.DELETED, message="deleted")
 
     # -- dispatcher ------------------------------------------------------------------------------
-    def begin_epoch(self) -> int:
-        with self._write() as conn:
-            epoch = self._bump(conn, "epoch")
-            orphans = conn.execute(sa.select(jobs).where(
-                jobs.c.status == JobStatus.IN_PROGRESS.value, jobs.c.epoch < epoch)).all()
-            for row in orphans:
-                job = _job(row)
-                if job.cancel_requested:
-                    self._set_status(conn, job, JobStatus.CANCELLED, error_code=job.cancel_reason or "cancelled",
-                                     error_message=job.error_message or "cancelled by the client",
-                                     completed_at=time.time(), message="cancelled during a restart")
-                else:
-                    self._set_status(conn, job, JobStatus.QUEUED, message="requeued after a dispatcher restart",
-                                     stage=Stage.QUEUED, step=0, progress=0.0)
-            return epoch
-
-    def claim_next(self, epoch: int) -> Job | None:
+    def claim_next(self, owner: str, lease_seconds: float) -> Job | None:
         with self._write() as conn:
             running = dict(conn.execute(sa.select(jobs.c.tenant, sa.func.count()).where(
                 jobs.c.status == JobStatus.IN_PROGRESS.value).group_by(jobs.c.tenant)).all())
@@ -305,41 +293,80 @@ class SqlJobStore(JobStore):
             # capped tenant's backlog, it never hides the others' jobs).
             at_cap = [sa.and_(jobs.c.tenant == tenant, jobs.c.max_concurrent > 0, jobs.c.max_concurrent <= n)
                       for tenant, n in running.items()]
+            # PostgreSQL: dispatchers claiming at once skip each other's locked rows; SQLite: the write
+            # lock taken up front (BEGIN IMMEDIATE) serializes the claims.
             row = conn.execute(
                 sa.select(jobs).where(jobs.c.status == JobStatus.QUEUED.value, sa.not_(sa.or_(sa.false(), *at_cap)))
                 .order_by(jobs.c.priority.desc(), jobs.c.seq.asc()).limit(1)
                 .with_for_update(skip_locked=True)).first()
             if row is None:
                 return None
-            job = _job(row)
-            return self._set_status(conn, job, JobStatus.IN_PROGRESS, epoch=epoch, started_at=time.time(),
-                                    attempts=job.attempts + 1, stage=Stage.ENCODING, message="started")
+            job, now = _job(row), time.time()
+            return self._set_status(conn, job, JobStatus.IN_PROGRESS, started_at=now, attempts=job.attempts + 1,
+                                    stage=Stage.ENCODING, lease_owner=owner, lease_generation=job.lease_generation + 1,
+                                    lease_expires_at=now + lease_seconds, message="started")
 
-    def record_progress(self, job_id: str, epoch: int, *, stage: Stage, step: int = 0, total_steps: int = 0,
+    def renew(self, owner: str, job_ids: Collection[str], lease_seconds: float) -> set[str]:
+        if not job_ids:
+            return set()
+        with self._write() as conn:
+            mine = sa.and_(jobs.c.status == JobStatus.IN_PROGRESS.value, jobs.c.lease_owner == owner,
+                           jobs.c.id.in_(list(job_ids)))
+            conn.execute(jobs.update().where(mine).values(lease_expires_at=time.time() + lease_seconds))
+            return set(conn.execute(sa.select(jobs.c.id).where(mine)).scalars())
+
+    def reap_expired(self, max_attempts: int) -> list[Job]:
+        with self._write() as conn:
+            expired = conn.execute(sa.select(jobs).where(
+                jobs.c.status == JobStatus.IN_PROGRESS.value,
+                sa.or_(jobs.c.lease_expires_at.is_(None), jobs.c.lease_expires_at < time.time()))
+                .with_for_update(skip_locked=True)).all()
+            out = []
+            for row in expired:
+                job = _job(row)
+                holder = f"dispatcher {job.lease_owner}" if job.lease_owner else "its dispatcher"
+                if job.cancel_requested:
+                    done = self._set_status(conn, job, JobStatus.CANCELLED, error_code=job.cancel_reason or "cancelled",
+                                            error_message=job.error_message or "cancelled by the client",
+                                            completed_at=time.time(), **_NO_LEASE,
+                                            message=f"cancelled: the lease of {holder} expired")
+                elif job.attempts >= max_attempts:
+                    done = self._set_status(conn, job, JobStatus.FAILED, error_code="lease_expired",
+                                            error_message=f"{holder} stopped holding it on each of its {job.attempts} "
+                                                          f"attempts (queue.max_attempts)",
+                                            completed_at=time.time(), message="failed: its leases kept expiring",
+                                            **_NO_LEASE)
+                else:
+                    done = self._set_status(conn, job, JobStatus.QUEUED, stage=Stage.QUEUED, step=0, progress=0.0,
+                                            message=f"requeued: the lease of {holder} expired", **_NO_LEASE)
+                out.append(done)
+            return out
+
+    def record_progress(self, lease: Lease, *, stage: Stage, step: int = 0, total_steps: int = 0,
                         progress: float = 0.0, eta_seconds: float | None = None, batch_size: int = 0,
                         message: str = "") -> bool:
         with self._write() as conn:
-            job = self._owned(conn, job_id, epoch)
-            conn.execute(jobs.update().where(jobs.c.id == job_id).values(
+            job = self._held(conn, lease)
+            conn.execute(jobs.update().where(jobs.c.id == job.id).values(
                 stage=stage.value, step=step, total_steps=total_steps, progress=progress, eta_seconds=eta_seconds))
-            _insert_event(conn, job_id, job.status, stage, step=step, total_steps=total_steps, progress=progress,
+            _insert_event(conn, job.id, job.status, stage, step=step, total_steps=total_steps, progress=progress,
                           eta_seconds=eta_seconds, batch_size=batch_size, message=message)
             return job.cancel_requested
 
-    def set_enhanced_prompt(self, job_id: str, epoch: int, prompt: str, message: str) -> Job:
+    def set_enhanced_prompt(self, lease: Lease, prompt: str, message: str) -> Job:
         with self._write() as conn:
-            job = self._owned(conn, job_id, epoch)
-            conn.execute(jobs.update().where(jobs.c.id == job_id).values(enhanced_prompt=prompt))
-            _insert_event(conn, job_id, job.status, job.stage, step=job.step, total_steps=job.total_steps,
+            job = self._held(conn, lease)
+            conn.execute(jobs.update().where(jobs.c.id == job.id).values(enhanced_prompt=prompt))
+            _insert_event(conn, job.id, job.status, job.stage, step=job.step, total_steps=job.total_steps,
                           progress=job.progress, message=message)
-            return self._get(conn, job_id)
+            return self._get(conn, job.id)
 
-    def finish(self, job_id: str, epoch: int, status: JobStatus, *, artifact: Artifact | None = None,
+    def finish(self, lease: Lease, status: JobStatus, *, artifact: Artifact | None = None,
                error_code: str | None = None, error_message: str | None = None) -> Job:
         if not status.terminal or status == JobStatus.DELETED:
             raise ValueError(f"finish() takes completed, failed or cancelled, not {status.value}")
         with self._write() as conn:
-            job = self._owned(conn, job_id, epoch)
+            job = self._held(conn, lease)
             extra: dict[str, Any] = {}
             if artifact is not None:
                 extra.update(artifact_key=artifact.key, artifact_size=artifact.size_bytes,
@@ -348,23 +375,22 @@ class SqlJobStore(JobStore):
             return self._set_status(conn, job, status, completed_at=time.time(), error_code=error_code,
                                     error_message=error_message, stage=Stage.DONE,
                                     progress=1.0 if done else job.progress,
-                                    message=error_message or status.value, **extra)
+                                    message=error_message or status.value, **extra, **_NO_LEASE)
 
-    def in_progress(self, epoch: int) -> list[str]:
-        with self._read() as conn:
-            return list(conn.execute(sa.select(jobs.c.id).where(
-                jobs.c.status == JobStatus.IN_PROGRESS.value, jobs.c.epoch == epoch)).scalars())
-
-    def requeue(self, job_id: str, epoch: int, message: str) -> Job:
+    def requeue(self, lease: Lease, message: str, *, count_attempt: bool = True) -> Job:
         with self._write() as conn:
-            job = self._owned(conn, job_id, epoch)
+            job = self._held(conn, lease)
             return self._set_status(conn, job, JobStatus.QUEUED, message=message, stage=Stage.QUEUED, step=0,
-                                    progress=0.0)
+                                    progress=0.0, attempts=job.attempts if count_attempt else job.attempts - 1,
+                                    **_NO_LEASE)
 
-    def _owned(self, conn: Connection, job_id: str, epoch: int) -> Job:
-        row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id).with_for_update()).first()
-        if row is None or row.epoch != epoch or row.status != JobStatus.IN_PROGRESS.value:
-            raise StaleEpoch(f"job {job_id} is not in progress under epoch {epoch}")
+    def _held(self, conn: Connection, lease: Lease) -> Job:
+        """The job, locked, if `lease` still holds it (the fencing check of every dispatcher write)."""
+        row = conn.execute(sa.select(jobs).where(jobs.c.id == lease.job_id).with_for_update()).first()
+        if (row is None or row.status != JobStatus.IN_PROGRESS.value or row.lease_owner != lease.owner
+                or row.lease_generation != lease.generation):
+            raise StaleLease(f"job {lease.job_id} is no longer held by {lease.owner} (generation "
+                             f"{lease.generation})")
         return _job(row)
 
     def _set_status(self, conn: Connection, job: Job, status: JobStatus, *, message: str = "",
@@ -403,7 +429,9 @@ def _job(row: Any) -> Job:
                idempotency_key=row.idempotency_key, started_at=row.started_at, completed_at=row.completed_at,
                stage=Stage(row.stage), step=row.step, total_steps=row.total_steps, progress=row.progress,
                eta_seconds=row.eta_seconds, error_code=row.error_code, error_message=row.error_message,
-               artifact=artifact, attempts=row.attempts, epoch=row.epoch, cancel_requested=bool(row.cancel_requested),
+               artifact=artifact, attempts=row.attempts, lease_owner=row.lease_owner,
+               lease_generation=row.lease_generation, lease_expires_at=row.lease_expires_at,
+               cancel_requested=bool(row.cancel_requested),
                cancel_reason=row.cancel_reason, user=row.user, visibility=Visibility(row.visibility),
                review=Review(row.review), enhanced_prompt=row.enhanced_prompt,
                conditioning=Conditioning(image_key=row.image_key, parent_id=row.parent_id, parent_key=row.parent_key,

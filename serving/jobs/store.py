@@ -6,21 +6,25 @@ implements the same (`serving.jobs.sql_store.SqlJobStore` is all three).
 - `EventLog`: the progress events watchers replay.
 
 Every state change goes through the store before anyone acts on it, so a restart finds the
-truth there. The dispatcher owns in-progress jobs through an *epoch*: each dispatcher start
-takes a new one, and a write from an older epoch is refused (`StaleEpoch`), so a job resumed
-after a crash can never be finished twice.
+truth there. Dispatchers hold in-progress jobs with *leases*: a claim gives the claiming dispatcher
+a lease (owner, expiry, generation); it renews its leases with a heartbeat; any dispatcher requeues
+a job whose lease expired (counting the attempt; past `max_attempts` the job fails with a reason);
+and every write carries the lease, refused (`StaleLease`) once a later claim bumped the generation.
+So any number of dispatchers, in one cluster or in two during an upgrade, share one database, and a
+job is finished once.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Collection
 
-from serving.jobs.models import Artifact, Job, JobEvent, NewJob, Quota, Review, Stage, Visibility
+from serving.jobs.models import Artifact, Job, JobEvent, Lease, NewJob, Quota, Review, Stage, Visibility
 from serving.jobs.states import JobStatus
 
 
-class StaleEpoch(Exception):
-    """A dispatcher wrote to a job another (newer) dispatcher owns."""
+class StaleLease(Exception):
+    """A dispatcher wrote under a lease it no longer holds (the job was requeued and claimed again, or ended)."""
 
 
 class _Reads(ABC):
@@ -86,36 +90,40 @@ class DispatchQueue(_Reads):
     def count_by_status(self) -> dict[JobStatus, int]: ...
 
     @abstractmethod
-    def begin_epoch(self) -> int:
-        """A new dispatcher epoch; every in-progress job of an older epoch goes back to the queue."""
-
-    @abstractmethod
-    def claim_next(self, epoch: int) -> Job | None:
+    def claim_next(self, owner: str, lease_seconds: float) -> Job | None:
         """The next queued job (highest priority, then oldest) whose tenant is under its concurrency
-        limit, now in progress under `epoch`."""
+        limit, now in progress under a new lease of `owner` (`job.lease`)."""
 
     @abstractmethod
-    def record_progress(self, job_id: str, epoch: int, *, stage: Stage, step: int = 0, total_steps: int = 0,
+    def renew(self, owner: str, job_ids: Collection[str], lease_seconds: float) -> set[str]:
+        """Extend `owner`'s leases on `job_ids` (the jobs it is working on); the ids it still holds. A job
+        it holds but no longer works on (a lost task) is not renewed: its lease expires and it is requeued."""
+
+    @abstractmethod
+    def reap_expired(self, max_attempts: int) -> list[Job]:
+        """Requeue every in-progress job whose lease expired (a cancel requested: cancelled; `max_attempts`
+        claims used: failed with `lease_expired`); the jobs as they are now."""
+
+    @abstractmethod
+    def record_progress(self, lease: Lease, *, stage: Stage, step: int = 0, total_steps: int = 0,
                         progress: float = 0.0, eta_seconds: float | None = None, batch_size: int = 0,
                         message: str = "") -> bool:
-        """Store a progress event; returns whether a cancel was requested. Raises StaleEpoch."""
+        """Store a progress event; returns whether a cancel was requested. Raises StaleLease."""
 
     @abstractmethod
-    def set_enhanced_prompt(self, job_id: str, epoch: int, prompt: str, message: str) -> Job:
-        """Keep the prompt the enhancer wrote (a resumed job reuses it). Raises StaleEpoch."""
+    def set_enhanced_prompt(self, lease: Lease, prompt: str, message: str) -> Job:
+        """Keep the prompt the enhancer wrote (a resumed job reuses it). Raises StaleLease."""
 
     @abstractmethod
-    def finish(self, job_id: str, epoch: int, status: JobStatus, *, artifact: Artifact | None = None,
+    def finish(self, lease: Lease, status: JobStatus, *, artifact: Artifact | None = None,
                error_code: str | None = None, error_message: str | None = None) -> Job:
-        """Move an in-progress job to completed, failed or cancelled. Raises StaleEpoch."""
+        """Move an in-progress job to completed, failed or cancelled. Raises StaleLease."""
 
     @abstractmethod
-    def in_progress(self, epoch: int) -> list[str]:
-        """Ids of the jobs in progress under `epoch`."""
+    def requeue(self, lease: Lease, message: str, *, count_attempt: bool = True) -> Job:
+        """Put a held job back in the queue (its work starts over); `count_attempt=False` hands it back
+        without using one of its attempts (its dispatcher is stopping). Raises StaleLease."""
 
-    @abstractmethod
-    def requeue(self, job_id: str, epoch: int, message: str) -> Job:
-        """Put an in-progress job of `epoch` back in the queue (its work starts over). Raises StaleEpoch."""
 
 class EventLog(ABC):
     """What watchers read: every progress event and status change of a job."""

@@ -30,10 +30,11 @@ from serving.errors import FailedPrecondition, InvalidArgument, NotFound, Permis
 from serving.jobs import Conditioning, Job, JobStatus, JobStore, NewJob, Review, Visibility
 from serving.metrics import Metrics, NoMetrics
 from serving.moderation import Moderator
+from serving.progress import Progress, ProgressFeed
 from serving.provenance.claim import prompt_sha256
 from serving.videos import requests as rq
 from serving.videos.requests import CreateVideo, RemixVideo
-from serving.videos.watch import Progress, follow
+from serving.videos.watch import follow
 
 
 @dataclass(frozen=True)
@@ -68,11 +69,12 @@ class DispatcherLink(ABC):
 class VideoService:
     def __init__(self, config: KinoConfig, store: JobStore, artifacts: ArtifactStore, dispatcher: DispatcherLink,
                  *, moderator: Moderator, accounts: AccountStore, cameos: CameoStore,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, progress: ProgressFeed | None = None) -> None:
         self.config, self.dispatcher, self.moderator = config, dispatcher, moderator
         self.store, self.artifacts = AsyncView(store), AsyncView(artifacts)
         self.accounts, self.cameos = AsyncView(accounts), AsyncView(cameos)
         self.metrics = metrics or NoMetrics()
+        self.progress = progress  # pushed events; without it watchers poll the store
         self.model: ModelConfig = config.model
 
     def _priority(self, principal: Principal, asked: int | None) -> int:
@@ -242,10 +244,14 @@ class VideoService:
         return await self.store.set_visibility(video_id, visibility)
 
     # -- follow ------------------------------------------------------------------------------
-    async def watch(self, principal: Principal, video_id: str, poll_seconds: float = 0.1) -> AsyncIterator[Progress]:
-        """A snapshot now, then every stored event, until a terminal one."""
+    async def watch(self, principal: Principal, video_id: str,
+                    poll_seconds: float | None = None) -> AsyncIterator[Progress]:
+        """A snapshot now, then every event as it happens, until a terminal one (`poll_seconds`: how
+        often the store is read when nothing was pushed; default: 1 s with pushed events, else 0.1 s)."""
         await self.own(principal, video_id)
-        async for progress in follow(self.store, video_id, poll_seconds):
+        if poll_seconds is None:
+            poll_seconds = 0.1 if self.progress is None else 1.0
+        async for progress in follow(self.store, video_id, self.progress, poll_seconds):
             yield progress
 
     async def download(self, principal: Principal, video_id: str) -> Download:

@@ -3,59 +3,36 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from engines.params import GenerationParams, params_to_dict
-from engines.stage_io import PromptPair
 from engines.watermark import WatermarkConfig
 from serving.artifacts import LocalArtifactStore
 from serving.config import ProvenanceConfig, QueueConfig
 from serving.dispatcher import Dispatcher
-from serving.jobs import JobStatus, NewJob, open_store
+from serving.jobs import JobStatus, NewJob, Stage, open_store
+from serving.local_stages import LocalStages
 from serving.provenance.credentials import ContentCredentials
 from serving.rendering import Renderer
-from serving.stages import Artifact, DenoiseEvent, StageClient, StageUnavailable
+from serving.stages import Artifact, StageUnavailable
 
 
-class InProcessStages(StageClient):
-    """The StageClient contract over the engines in this process (what the Serve handles do remotely)."""
+class InProcessStages(LocalStages):
+    """The stages in this process (serving/local_stages.py) over the session's tiny engines; records the
+    prompts it encoded."""
 
     def __init__(self, staged, artifacts: LocalArtifactStore, tmp_path, enhancer=None) -> None:
-        self.staged, self.enhancer = staged, enhancer
-        self.renderer = Renderer(staged.decoder, staged.media, artifacts,
-                                 ContentCredentials(ProvenanceConfig(dev_chain_dir=str(tmp_path / "creds"))),
-                                 WatermarkConfig())
+        renderer = Renderer(staged.decoder, staged.media, artifacts,
+                            ContentCredentials(ProvenanceConfig(dev_chain_dir=str(tmp_path / "creds"))),
+                            WatermarkConfig())
+        super().__init__(staged, renderer, enhancer=enhancer)
         self.encoded: list[str] = []
-
-    async def enhance(self, job_id: str, params: GenerationParams) -> str:
-        [text] = await asyncio.to_thread(self.enhancer.enhance, [params.prompt], [params.seed])
-        return text
 
     def encode(self, job_id: str, params: GenerationParams) -> Any:
         self.encoded.append(params.prompt)
-        [emb] = self.staged.text_encoder.encode([PromptPair(params.prompt, params.negative_prompt or "")])
-        return emb
-
-    def condition(self, job_id, params, conditioning) -> Any:
-        if not conditioning.image_key and not conditioning.parent_key:
-            return None
-        return self.renderer.condition(params, conditioning.image_key, conditioning.parent_key, conditioning.strength)
-
-    async def denoise(self, job_id, params, embedding, priority, conditioning=None) -> AsyncIterator[DenoiseEvent]:
-        from engines.denoiser import DenoiseRequest
-
-        state = self.staged.denoiser.prepare(DenoiseRequest(job_id, params, embedding, conditioning))
-        while not state.done:
-            await asyncio.to_thread(self.staged.denoiser.step, [state])
-            yield DenoiseEvent(step=state.steps_done, total_steps=state.steps_total, batch_size=1)
-        yield DenoiseEvent(step=state.steps_total, total_steps=state.steps_total, batch_size=0,
-                           latents=self.staged.denoiser.result(state))
-
-    async def decode(self, job_id, params, latents, artifact_key, claim, parent_key=None) -> Artifact:
-        return await asyncio.to_thread(self.renderer.render, latents, params, artifact_key, claim, parent_key)
+        return super().encode(job_id, params)
 
 
 class FlakyStages(InProcessStages):
@@ -133,9 +110,7 @@ def test_a_cancel_arriving_while_the_job_is_being_stopped_still_records_it(setup
     the dispatcher is already recording the stop must not leave the job in progress forever."""
     store, artifacts, add = setup
     jid = add(0, steps=60)
-    # Reconcile (which would requeue an orphaned job) is kept out of the test's time.
-    d = Dispatcher(store, InProcessStages(staged, artifacts, tmp_path),
-                   QueueConfig(poll_seconds=0.05, reconcile_seconds=600))
+    d = Dispatcher(store, InProcessStages(staged, artifacts, tmp_path), QueueConfig(poll_seconds=0.05))
 
     async def scenario():
         task = asyncio.create_task(d.run())
@@ -153,20 +128,17 @@ def test_a_cancel_arriving_while_the_job_is_being_stopped_still_records_it(setup
     assert store.get(jid).error_code == "cancelled"
 
 
-def test_reconcile_requeues_a_job_with_no_task(setup, staged, tmp_path):
+def test_a_job_left_by_a_dead_dispatcher_is_requeued_when_its_lease_expires_and_runs_once(setup, staged, tmp_path):
     store, artifacts, add = setup
     jid = add(0)
-    d = Dispatcher(store, InProcessStages(staged, artifacts, tmp_path),
-                   QueueConfig(poll_seconds=0.05, reconcile_seconds=0.1))
-
-    async def scenario():
-        d.epoch = store.begin_epoch()
-        store.claim_next(d.epoch)  # claimed, but no task runs it (as if its task had died)
-        await d._reconcile()
-
-    asyncio.run(scenario())
-    assert store.get(jid).status == JobStatus.QUEUED
-    assert "requeued: its dispatcher task ended" in store.events(jid)[-1].message
+    store.claim_next("dead-dispatcher", 0.05)  # claimed, then its dispatcher died: nobody renews the lease
+    d = Dispatcher(store, InProcessStages(staged, artifacts, tmp_path), QueueConfig(poll_seconds=0.05))
+    asyncio.run(_run_until(d, store, [jid]))
+    job = store.get(jid)
+    assert job.status == JobStatus.COMPLETED and job.attempts == 2
+    messages = [e.message for e in store.events(jid)]
+    assert "requeued: the lease of dispatcher dead-dispatcher expired" in messages
+    assert messages.count("completed") == 1
 
 
 # -- prompt enhancement ----------------------------------------------------------------------
@@ -226,11 +198,94 @@ def test_a_rewrite_moderation_rejects_falls_back_to_the_prompt(setup, staged, ti
 def test_a_resumed_job_reuses_its_stored_rewrite(setup, staged, tiny_config, tmp_path):
     store, artifacts, _ = setup
     jid = _add_enhanced(store, tiny_config)
-    old = store.begin_epoch()
-    store.claim_next(old)
-    store.set_enhanced_prompt(jid, old, "a ginger cat on a windowsill", "prompt enhanced")  # then the dispatcher died
+    old = store.claim_next("dead-dispatcher", 0.05).lease
+    store.set_enhanced_prompt(old, "a ginger cat on a windowsill", "prompt enhanced")  # then the dispatcher died
     enhancer = ScriptedEnhancer("a different rewrite")
     stages = InProcessStages(staged, artifacts, tmp_path, enhancer)
     asyncio.run(_run_until(Dispatcher(store, stages, QueueConfig(poll_seconds=0.05)), store, [jid]))
     assert store.get(jid).status == JobStatus.COMPLETED
     assert enhancer.calls == 0 and stages.encoded == ["a ginger cat on a windowsill"]
+
+
+# -- leases, hand back, pushed progress ---------------------------------------------------------
+class CountingStages(InProcessStages):
+    """Counts the MP4s rendered: a job run twice would render twice."""
+
+    renders = 0
+
+    async def decode(self, job_id, params, latents, artifact_key, claim, parent_key=None) -> Artifact:
+        type(self).renders += 1
+        return await super().decode(job_id, params, latents, artifact_key, claim, parent_key)
+
+
+def test_two_dispatchers_racing_for_one_job_run_it_once(setup, staged, tmp_path):
+    store, artifacts, add = setup
+    jid = add(0, steps=4)
+    CountingStages.renders = 0
+    a, b = (Dispatcher(store, CountingStages(staged, artifacts, tmp_path), QueueConfig(poll_seconds=0.01),
+                       owner=name) for name in ("a", "b"))
+
+    async def scenario():
+        tasks = [asyncio.create_task(d.run()) for d in (a, b)]
+        try:
+            async with asyncio.timeout(60):
+                while store.get(jid).status != JobStatus.COMPLETED:
+                    await asyncio.sleep(0.02)
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    asyncio.run(scenario())
+    assert CountingStages.renders == 1 and store.get(jid).attempts == 1
+    assert [e.message for e in store.events(jid)].count("completed") == 1
+
+
+def test_a_stopping_dispatcher_hands_its_jobs_back_without_using_an_attempt(setup, staged, tmp_path):
+    store, artifacts, add = setup
+    jid = add(0, steps=60)
+    d = Dispatcher(store, InProcessStages(staged, artifacts, tmp_path), QueueConfig(poll_seconds=0.05), owner="old")
+
+    async def scenario():
+        task = asyncio.create_task(d.run())
+        async with asyncio.timeout(60):
+            while store.get(jid).step < 2:
+                await asyncio.sleep(0.01)
+        await d.stop()
+        task.cancel()
+
+    asyncio.run(scenario())
+    job = store.get(jid)
+    assert job.status == JobStatus.QUEUED and job.attempts == 0 and job.lease_owner is None
+    assert "handed back: dispatcher old is stopping" in [e.message for e in store.events(jid)]
+    asyncio.run(_run_until(Dispatcher(store, InProcessStages(staged, artifacts, tmp_path),
+                                      QueueConfig(poll_seconds=0.05)), store, [jid]))
+    assert store.get(jid).attempts == 1
+
+
+def test_every_step_is_pushed_while_the_store_gets_a_few_writes(setup, staged, tmp_path):
+    from serving.progress import ProgressHub
+
+    store, artifacts, add = setup
+    jid = add(0, steps=40)
+    hub = ProgressHub(backlog=1000)
+    d = Dispatcher(store, InProcessStages(staged, artifacts, tmp_path),
+                   QueueConfig(poll_seconds=0.05, progress_write_seconds=0.25), progress=hub)
+
+    async def scenario():
+        pushed = []
+
+        async def watch():
+            async for p in hub.subscribe(jid):
+                pushed.append(p)
+
+        watcher = asyncio.create_task(watch())
+        await asyncio.sleep(0)
+        await _run_until(d, store, [jid])
+        await asyncio.wait_for(watcher, 10)
+        return pushed
+
+    pushed = asyncio.run(scenario())
+    steps = [p.step for p in pushed if p.stage == Stage.DENOISING]
+    assert steps == list(range(1, 41)) and pushed[-1].status == JobStatus.COMPLETED
+    stored = [e.step for e in store.events(jid) if e.stage == Stage.DENOISING]
+    assert stored[-1] == 40 and len(stored) < 40  # coalesced: the last step and a few in between

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import pytest
 
 from serving.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-from serving.jobs import Artifact, IllegalTransition, JobStatus, NewJob, Stage, StaleEpoch, open_store
+from serving.jobs import Artifact, IllegalTransition, JobStatus, NewJob, Stage, StaleLease, open_store
 from serving.jobs.models import Quota
 from serving.jobs.states import ALLOWED, check_transition
 
@@ -26,6 +27,15 @@ def store(store_url):
     s = open_store(store_url)
     yield s
     s.close()
+
+
+LEASE = 30.0  # seconds: the contract tests' leases never expire by themselves
+
+
+def claim(store, owner="d1"):
+    """Claim the next job; (job, its lease) or (None, None)."""
+    job = store.claim_next(owner, LEASE)
+    return (job, job.lease) if job is not None else (None, None)
 
 
 def new_job(tenant="t1", priority=5, key=None, prompt="a cat", **kw) -> NewJob:
@@ -61,7 +71,7 @@ def test_queue_bound_refuses_and_writes_nothing(store):
         store.create(new_job(key="extra"), max_queued=2)
     assert store.count_by_status()[JobStatus.QUEUED] == 2
     # The refused key was not recorded: the same key is accepted once there is room.
-    store.claim_next(store.begin_epoch())
+    claim(store)
     _, created = store.create(new_job(key="extra"), max_queued=2)
     assert created
 
@@ -72,10 +82,9 @@ def test_claim_order_is_priority_then_arrival(store):
     low2, _ = store.create(new_job(priority=1), max_queued=10)
     assert store.queue_position(high.id) == 0 and store.queue_position(low1.id) == 1
     assert store.queue_position(low2.id) == 2
-    epoch = store.begin_epoch()
-    order = [store.claim_next(epoch).id for _ in range(3)]
+    order = [claim(store)[0].id for _ in range(3)]
     assert order == [high.id, low1.id, low2.id]
-    assert store.claim_next(epoch) is None
+    assert claim(store) == (None, None)
     assert store.queue_position(high.id) is None
 
 
@@ -84,12 +93,12 @@ def test_a_tenant_at_max_concurrent_waits_and_never_hides_the_others(store):
     backlog = [store.create(new_job("capped", priority=9, prompt=f"c{i}"), max_queued=1000, quota=capped)[0]
                for i in range(300)]  # more than one page of candidates
     other, _ = store.create(new_job("other", priority=1), max_queued=1000)
-    epoch = store.begin_epoch()
-    assert store.claim_next(epoch).id == backlog[0].id
-    assert store.claim_next(epoch).id == other.id  # capped's 299 higher-priority jobs wait
-    assert store.claim_next(epoch) is None
-    store.finish(backlog[0].id, epoch, JobStatus.COMPLETED)
-    assert store.claim_next(epoch).id == backlog[1].id
+    first, lease = claim(store)
+    assert first.id == backlog[0].id
+    assert claim(store)[0].id == other.id  # capped's 299 higher-priority jobs wait
+    assert claim(store) == (None, None)
+    store.finish(lease, JobStatus.COMPLETED)
+    assert claim(store)[0].id == backlog[1].id
 
 
 def test_state_machine_table():
@@ -105,17 +114,18 @@ def test_state_machine_table():
 
 def test_progress_finish_and_illegal_moves(store):
     job, _ = store.create(new_job(), max_queued=10)
-    epoch = store.begin_epoch()
-    claimed = store.claim_next(epoch)
+    claimed, lease = claim(store)
     assert claimed.status == JobStatus.IN_PROGRESS and claimed.attempts == 1 and claimed.started_at
-    assert store.record_progress(job.id, epoch, stage=Stage.DENOISING, step=2, total_steps=4, progress=0.5,
+    assert (lease.owner, lease.generation) == ("d1", 1) and claimed.lease_expires_at > claimed.started_at
+    assert store.record_progress(lease, stage=Stage.DENOISING, step=2, total_steps=4, progress=0.5,
                                  batch_size=3) is False
-    done = store.finish(job.id, epoch, JobStatus.COMPLETED, artifact=Artifact("k.mp4", 10, "ab" * 32))
+    done = store.finish(lease, JobStatus.COMPLETED, artifact=Artifact("k.mp4", 10, "ab" * 32))
     assert done.status == JobStatus.COMPLETED and done.progress == 1.0 and done.artifact.size_bytes == 10
     with pytest.raises(FailedPrecondition, match="completed; it cannot become cancelled"):
         store.request_cancel(job.id)
-    with pytest.raises(StaleEpoch):
-        store.finish(job.id, epoch, JobStatus.FAILED)
+    assert done.lease_owner is None and done.lease is None
+    with pytest.raises(StaleLease):
+        store.finish(lease, JobStatus.FAILED)
     kinds = [(e.status, e.stage, e.batch_size) for e in store.events(job.id)]
     assert (JobStatus.IN_PROGRESS, Stage.DENOISING, 3) in kinds and kinds[-1][0] == JobStatus.COMPLETED
 
@@ -123,15 +133,15 @@ def test_progress_finish_and_illegal_moves(store):
 def test_cancel_queued_and_in_progress(store):
     queued, _ = store.create(new_job(), max_queued=10)
     running, _ = store.create(new_job(), max_queued=10)
-    epoch = store.begin_epoch()
-    assert store.claim_next(epoch).id == queued.id
+    first, lease = claim(store)
+    assert first.id == queued.id
     # (claimed queued first) -> cancel the other one while queued
     cancelled = store.request_cancel(running.id)
     assert cancelled.status == JobStatus.CANCELLED and cancelled.error_code == "cancelled"
     flagged = store.request_cancel(queued.id)
     assert flagged.status == JobStatus.IN_PROGRESS and flagged.cancel_requested
-    assert store.record_progress(queued.id, epoch, stage=Stage.DENOISING, step=1) is True
-    assert store.finish(queued.id, epoch, JobStatus.CANCELLED, error_code="cancelled").status == JobStatus.CANCELLED
+    assert store.record_progress(lease, stage=Stage.DENOISING, step=1) is True
+    assert store.finish(lease, JobStatus.CANCELLED, error_code="cancelled").status == JobStatus.CANCELLED
 
 
 def test_delete_only_finished_jobs_then_not_found(store):
@@ -147,23 +157,43 @@ def test_delete_only_finished_jobs_then_not_found(store):
     assert created
 
 
-def test_new_epoch_requeues_orphans_and_fences_the_old_dispatcher(store):
+def test_an_expired_lease_is_requeued_by_anyone_and_fences_the_old_holder(store):
     a, _ = store.create(new_job(), max_queued=10)
     b, _ = store.create(new_job(), max_queued=10)
-    old = store.begin_epoch()
-    store.claim_next(old)
-    store.claim_next(old)
-    store.request_cancel(b.id)  # a cancel asked for before the crash is honoured on restart
-    new = store.begin_epoch()
-    assert new > old
-    assert store.get(a.id).status == JobStatus.QUEUED and store.get(b.id).status == JobStatus.CANCELLED
-    with pytest.raises(StaleEpoch):
-        store.record_progress(a.id, old, stage=Stage.DENOISING)
-    again = store.claim_next(new)
-    assert again.id == a.id and again.attempts == 2
-    with pytest.raises(StaleEpoch):
-        store.finish(a.id, old, JobStatus.COMPLETED)
-    assert "requeued after a dispatcher restart" in [e.message for e in store.events(a.id)]
+    old_a = store.claim_next("dead", 0.01).lease  # a dispatcher that then stopped renewing
+    store.claim_next("dead", 0.01)
+    store.request_cancel(b.id)  # a cancel asked for while its dispatcher was gone is honoured
+    time.sleep(0.05)
+    reaped = {j.id: j.status for j in store.reap_expired(max_attempts=3)}
+    assert reaped == {a.id: JobStatus.QUEUED, b.id: JobStatus.CANCELLED}
+    with pytest.raises(StaleLease):
+        store.record_progress(old_a, stage=Stage.DENOISING)
+    again, lease = claim(store, "alive")
+    assert again.id == a.id and again.attempts == 2 and lease.generation == old_a.generation + 1
+    with pytest.raises(StaleLease):
+        store.finish(old_a, JobStatus.COMPLETED)  # the old holder's late write is refused
+    store.finish(lease, JobStatus.COMPLETED)
+    assert "requeued: the lease of dispatcher dead expired" in [e.message for e in store.events(a.id)]
+    assert store.reap_expired(max_attempts=3) == []
+
+
+def test_renewal_keeps_a_lease_and_attempts_run_out(store):
+    job, _ = store.create(new_job(), max_queued=10)
+    lease = store.claim_next("d1", 0.2).lease
+    for _ in range(3):
+        time.sleep(0.1)
+        assert store.renew("d1", [job.id], 0.2) == {job.id}  # renewed: never expires
+        assert store.reap_expired(max_attempts=3) == []
+    assert store.renew("d2", [job.id], 0.2) == set()  # only its holder renews it
+    store.requeue(lease, "handed back", count_attempt=False)
+    assert store.get(job.id).attempts == 0  # a hand back uses no attempt
+    for attempt in (1, 2):
+        assert store.claim_next("d1", 0.01).attempts == attempt
+        time.sleep(0.05)
+        [requeued] = store.reap_expired(max_attempts=2)
+        assert requeued.status == (JobStatus.QUEUED if attempt == 1 else JobStatus.FAILED)
+    failed = store.get(job.id)
+    assert failed.error_code == "lease_expired" and "2 attempts" in failed.error_message
 
 
 def test_list_pages_and_filters(store):
@@ -185,12 +215,11 @@ def test_concurrent_claims_never_share_a_job(store):
     n = 40
     for _ in range(n):
         store.create(new_job(), max_queued=100)
-    epoch = store.begin_epoch()
     claimed: list[str] = []
     lock = threading.Lock()
 
     def worker():
-        while (job := store.claim_next(epoch)) is not None:
+        while (job := store.claim_next(threading.current_thread().name, LEASE)) is not None:
             with lock:
                 claimed.append(job.id)
 
@@ -211,18 +240,18 @@ def test_data_survives_reopening(store_url):
     s2.close()
 
 
-def test_enhanced_prompt_is_kept_across_a_restart_and_fenced_by_epoch(store):
+def test_enhanced_prompt_is_kept_across_a_restart_and_fenced_by_the_lease(store):
     job, _ = store.create(new_job(), max_queued=10)
-    old = store.begin_epoch()
-    store.claim_next(old)
-    updated = store.set_enhanced_prompt(job.id, old, "a tabby cat naps on a velvet sofa", "prompt enhanced")
+    old = store.claim_next("dead", 0.01).lease
+    updated = store.set_enhanced_prompt(old, "a tabby cat naps on a velvet sofa", "prompt enhanced")
     assert updated.enhanced_prompt == "a tabby cat naps on a velvet sofa"
     assert store.events(job.id)[-1].message == "prompt enhanced"
-    new = store.begin_epoch()  # the dispatcher died: the job is queued again with its rewrite
+    time.sleep(0.05)
+    store.reap_expired(max_attempts=3)  # the dispatcher died: the job is queued again with its rewrite
     assert store.get(job.id).enhanced_prompt == "a tabby cat naps on a velvet sofa"
-    with pytest.raises(StaleEpoch):
-        store.set_enhanced_prompt(job.id, old, "late write", "x")
-    assert store.claim_next(new).enhanced_prompt == "a tabby cat naps on a velvet sofa"
+    with pytest.raises(StaleLease):
+        store.set_enhanced_prompt(old, "late write", "x")
+    assert claim(store)[0].enhanced_prompt == "a tabby cat naps on a velvet sofa"
 
 
 def test_an_older_database_gains_new_columns(tmp_path):

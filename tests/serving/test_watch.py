@@ -21,15 +21,14 @@ class FinishingStore(SqlJobStore):
     """Timing injection: the job is cancelled by its dispatcher right after the watcher's first
     read, the window in which a revocation or a cancel can land."""
 
-    def __init__(self, db: Database, epoch: int) -> None:
-        super().__init__(db)
-        self.epoch, self.armed = epoch, False
+    lease = None
+    armed = False
 
     def _after_read(self, job_id: str) -> None:
         if self.armed:
             self.armed = False
             self.request_cancel(job_id)
-            self.finish(job_id, self.epoch, JobStatus.CANCELLED, error_code="cancelled", error_message="stopped")
+            self.finish(self.lease, JobStatus.CANCELLED, error_code="cancelled", error_message="stopped")
 
     def get(self, job_id: str):
         job = super().get(job_id)
@@ -50,12 +49,13 @@ class NoDispatcher:
 
 def test_a_job_finishing_as_the_watch_starts_still_ends_the_watch(tmp_path, tiny_config):
     db = Database(f"sqlite:///{tmp_path}/jobs.db")
-    epoch = SqlJobStore(db).begin_epoch()
-    store = FinishingStore(db, epoch)
+    store = FinishingStore(db)
     params = GenerationParams(prompt="a cat", seed=1, steps=3).validated(tiny_config)
     store.create(NewJob(id="video_1", tenant="t", model="m", priority=5, params=params_to_dict(params),
                         request_hash="1"), max_queued=10)
-    assert store.claim_next(epoch).id == "video_1"
+    claimed = store.claim_next("d1", 30.0)
+    assert claimed.id == "video_1"
+    store.lease = claimed.lease
     videos = VideoService(load_config({}), store, LocalArtifactStore(tmp_path / "artifacts"), NoDispatcher(),
                           moderator=RuleModerator([]), accounts=AccountStore(db), cameos=CameoStore(db))
 

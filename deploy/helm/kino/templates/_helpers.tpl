@@ -53,7 +53,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- $_ := set $cfg "provenance" $prov -}}
 {{- $_ := mergeOverwrite $cfg .Values.serve.config -}}
-{{- $groups := dict "Frontend" "kino_head" "Dispatcher" "kino_head" "TextEncoder" "kino_text_encoder" "Denoiser" "kino_dit" "Decoder" "kino_decoder" -}}
+{{- $groups := dict "Frontend" "kino_head" "Dispatcher" "kino_head" "ProgressHub" "kino_head" "TextEncoder" "kino_text_encoder" "Denoiser" "kino_dit" "Decoder" "kino_decoder" -}}
 {{- $workers := dict "TextEncoder" .Values.workerGroups.textEncoder "Denoiser" .Values.workerGroups.dit "Decoder" .Values.workerGroups.decoder -}}
 {{- range $d := $app.deployments -}}
 {{- $opts := $d.ray_actor_options | default dict -}}

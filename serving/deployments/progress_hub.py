@@ -1,0 +1,30 @@
+"""ProgressHub deployment: one cluster's fan-out of pushed progress and cancel requests (serving/progress.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from ray import serve
+
+from serving.progress import Progress, ProgressHub
+
+
+@serve.deployment(name="ProgressHub", num_replicas=1)
+class ProgressHubDeployment:
+    def __init__(self) -> None:
+        self.hub = ProgressHub()
+
+    async def publish(self, events: list[Progress]) -> None:
+        for progress in events:
+            self.hub.publish(progress)
+
+    async def follow(self, video_id: str) -> AsyncIterator[Progress]:
+        async for progress in self.hub.subscribe(video_id):
+            yield progress
+
+    async def cancel(self, video_id: str) -> None:
+        self.hub.cancel(video_id)
+
+    async def cancellations(self) -> AsyncIterator[str]:
+        async for video_id in self.hub.cancellations():
+            yield video_id
