@@ -60,7 +60,8 @@ class QueueConfig:
     max_queued: AtLeastOne = 256
     """Beyond it CreateVideo answers RESOURCE_EXHAUSTED."""
     max_in_flight: AtLeastOne = 32
-    """Jobs inside the stages at once (the dispatcher's window)."""
+    """Jobs inside the stages at once, in the whole cluster (the window all dispatchers share: the rest
+    wait in the queue, in priority order)."""
     max_attempts: AtLeastOne = 3
     """A job is claimed at most this many times (a dispatcher lost with it uses one), and a stage replica
     that died under it is retried up to this many times within a claim."""

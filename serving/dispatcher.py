@@ -3,7 +3,8 @@
 Any number of dispatchers share one job store (replicas of one cluster, or two clusters during an
 upgrade). Each holds the jobs it runs with leases (see `serving.jobs.store`):
 
-- it claims a job (priority, then arrival) with a lease under its own id, up to `max_in_flight`;
+- it claims a job (priority, then arrival) with a lease under its own id while fewer than
+  `max_in_flight` jobs are in progress in the whole cluster (the window all dispatchers share);
 - a heartbeat renews the leases of the jobs it is working on; a job whose lease is lost (another
   dispatcher requeued it after it expired) is dropped here without another write;
 - every dispatcher requeues jobs whose lease expired, so a dispatcher killed mid-job (kill -9, a
@@ -151,8 +152,9 @@ class Dispatcher:
         return list(self._held)
 
     async def _fill(self) -> None:
-        while len(self._held) < self.config.max_in_flight and not self._stopping:
-            job = await self.store.claim_next(self.owner, self.config.lease_seconds)
+        while not self._stopping:
+            job = await self.store.claim_next(self.owner, self.config.lease_seconds,
+                                              max_in_progress=self.config.max_in_flight)
             if job is None:
                 return
             assert job.lease is not None
@@ -298,14 +300,13 @@ class Dispatcher:
                 message = (f"enhanced prompt rejected by moderation (category {verdict.category}); "
                            "using the prompt as written")
             await self.store.set_enhanced_prompt(held.lease, text, message)
+            self._push(held, Stage.ENCODING, message=message)
         return dataclasses.replace(params, prompt=text)
 
     async def _progress(self, held: _Held, stage: Stage, **values: Any) -> None:
         """Push every event; write it to the store on a stage change, the last step, or once per
         `progress_write_seconds` (the write also says whether a cancel was requested)."""
-        job = held.job
-        self.progress.publish(Progress(video_id=job.id, status=JobStatus.IN_PROGRESS, stage=stage, at=time.time(),
-                                       **values))
+        self._push(held, stage, **values)
         now = time.monotonic()
         last_step = stage == Stage.DENOISING and values.get("step") == values.get("total_steps")
         if stage == held.written_stage and not last_step \
@@ -314,6 +315,10 @@ class Dispatcher:
         held.written_at, held.written_stage = now, stage
         if await self.store.record_progress(held.lease, stage=stage, **values):
             raise _CancelRequested()
+
+    def _push(self, held: _Held, stage: Stage, **values: Any) -> None:
+        self.progress.publish(Progress(video_id=held.job.id, status=JobStatus.IN_PROGRESS, stage=stage,
+                                       at=time.time(), **values))
 
     async def _stopped(self, held: _Held) -> None:
         assert held.stop is not None

@@ -93,7 +93,7 @@ meta = sa.Table(
     sa.Column("value", sa.BigInteger, nullable=False),
 )
 
-_COUNTERS = ("next_seq",)
+_COUNTERS = ("next_seq", "claims")
 _NO_LEASE = {"lease_owner": None, "lease_expires_at": None}  # a job that leaves in_progress is held by nobody
 
 
@@ -117,10 +117,14 @@ class SqlJobStore(JobStore):
         with self.db.read() as conn:
             yield conn
 
+    def _lock(self, conn: Connection, key: str) -> int:
+        """Lock a counter row until the transaction ends (PostgreSQL; SQLite's write lock already
+        serializes writers); its value."""
+        return conn.execute(sa.select(meta.c.value).where(meta.c.key == key).with_for_update()).one().value
+
     def _bump(self, conn: Connection, key: str) -> int:
         """Increment a counter; on PostgreSQL the row lock also serializes queue admission."""
-        row = conn.execute(sa.select(meta.c.value).where(meta.c.key == key).with_for_update()).one()
-        value = row.value + 1
+        value = self._lock(conn, key) + 1
         conn.execute(meta.update().where(meta.c.key == key).values(value=value))
         return value
 
@@ -285,10 +289,14 @@ class SqlJobStore(JobStore):
             return self._set_status(conn, job, JobStatus.DELETED, message="deleted")
 
     # -- dispatcher ------------------------------------------------------------------------------
-    def claim_next(self, owner: str, lease_seconds: float) -> Job | None:
+    def claim_next(self, owner: str, lease_seconds: float, *, max_in_progress: int | None = None) -> Job | None:
         with self._write() as conn:
+            if max_in_progress is not None:
+                self._lock(conn, "claims")  # PostgreSQL: claims count the window one at a time
             running = dict(conn.execute(sa.select(jobs.c.tenant, sa.func.count()).where(
                 jobs.c.status == JobStatus.IN_PROGRESS.value).group_by(jobs.c.tenant)).all())
+            if max_in_progress is not None and sum(running.values()) >= max_in_progress:
+                return None
             # A tenant at its max_concurrent waits; others go ahead (filtered in SQL, so however long a
             # capped tenant's backlog, it never hides the others' jobs).
             at_cap = [sa.and_(jobs.c.tenant == tenant, jobs.c.max_concurrent > 0, jobs.c.max_concurrent <= n)

@@ -90,9 +90,10 @@ class DispatchQueue(_Reads):
     def count_by_status(self) -> dict[JobStatus, int]: ...
 
     @abstractmethod
-    def claim_next(self, owner: str, lease_seconds: float) -> Job | None:
+    def claim_next(self, owner: str, lease_seconds: float, *, max_in_progress: int | None = None) -> Job | None:
         """The next queued job (highest priority, then oldest) whose tenant is under its concurrency
-        limit, now in progress under a new lease of `owner` (`job.lease`)."""
+        limit, now in progress under a new lease of `owner` (`job.lease`); None as well when
+        `max_in_progress` jobs are in progress already, whoever holds them (the cluster-wide window)."""
 
     @abstractmethod
     def renew(self, owner: str, job_ids: Collection[str], lease_seconds: float) -> set[str]:

@@ -31,7 +31,6 @@ def test_cancel_mid_denoise_and_after_completion(stub):
             break
     cancelled = stub.CancelVideo(pb.CancelVideoRequest(id=slow.id))
     assert cancelled.status in (pb.VIDEO_STATUS_IN_PROGRESS, pb.VIDEO_STATUS_CANCELLED)
-    at_cancel = stub.GetVideo(pb.GetVideoRequest(id=slow.id)).step
     rest = []
     for ev in events:
         rest.append(ev)
@@ -39,8 +38,10 @@ def test_cancel_mid_denoise_and_after_completion(stub):
             break
     final = stub.GetVideo(pb.GetVideoRequest(id=slow.id))
     assert final.status == pb.VIDEO_STATUS_CANCELLED and final.error.code == "cancelled"
-    # At most the step in flight when the cancel arrived completes (plus one event still being recorded).
-    assert step_at_cancel <= at_cancel and final.step <= at_cancel + 2, (at_cancel, final.step)
+    # Every step is pushed: at most the steps in flight when the cancel arrived complete (the cancel
+    # reaches the dispatcher through the hub; the store's step is written at most 4 times a second).
+    last_step = max([step_at_cancel] + [e.step for e in rest if e.stage == pb.STAGE_DENOISING])
+    assert last_step <= step_at_cancel + 3 and final.step <= last_step, (step_at_cancel, last_step, final.step)
     assert final.step < 100
     assert final.size_bytes == 0
 

@@ -267,3 +267,12 @@ def test_an_older_database_gains_new_columns(tmp_path):
     s = open_store(url)
     assert s.get(job.id).enhanced_prompt is None and s.get(job.id).params == {"prompt": "a cat"}
     s.close()
+
+
+def test_the_window_counts_the_jobs_of_every_dispatcher(store):
+    jobs = [store.create(new_job(), max_queued=10)[0] for _ in range(3)]
+    first = store.claim_next("a", LEASE, max_in_progress=2)
+    assert store.claim_next("b", LEASE, max_in_progress=2) is not None
+    assert store.claim_next("a", LEASE, max_in_progress=2) is None  # two in progress, whoever holds them
+    store.finish(first.lease, JobStatus.COMPLETED)
+    assert store.claim_next("b", LEASE, max_in_progress=2).id == jobs[2].id
