@@ -93,6 +93,21 @@ class BatchingConfig:
     """priority: higher priority first, preempting between steps; fifo: arrival order only."""
     rotate_buckets: bool = False
     """Let latent shapes take turns instead of following the oldest request."""
+    max_tokens: AtLeastOne = 262144
+    """Latent tokens one forward may hold: rows (2 with guidance) x (video + audio tokens). It bounds a
+    batch's memory, and a request that alone needs more is refused at create. The default admits the
+    longest 1080p request with guidance (about 250,000); on a GPU the Denoiser lowers it to what its
+    memory profile at start allows (see gpu_memory_utilization)."""
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
+    """Share of a GPU's memory a Denoiser replica plans to use (its weights, then the largest forward
+    measured at start), as vLLM sizes its KV cache; unused on a CPU."""
+    measure_batches: bool = True
+    """When a shape bucket first appears, time a step of it at growing batch sizes and cap its batches
+    where requests x steps per second stop rising (so batching never costs throughput)."""
+    measure_seconds: Annotated[float, Field(gt=0)] = 3.0
+    """How long measuring one bucket may take (its first requests wait that long)."""
+    min_gain: Annotated[float, Field(ge=0, le=1)] = 0.1
+    """A wider batch is kept only when it raises requests x steps per second by at least this share."""
 
     def __post_init__(self) -> None:
         require(self.max_running >= self.max_batch_size, "max_running", "must be >= max_batch_size")

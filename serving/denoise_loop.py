@@ -15,19 +15,27 @@ The pieces, for callers (and tests) that drive it by hand:
 - `run()`: step while there is work, sleep while there is none (`denoise` starts it).
 
 A failing step fails only the requests of its batch; every other request keeps its state and goes
-on. Step counts live in one place, each request's engine state: the loop tells the scheduler which
-requests took their last step. Nothing here imports Ray (a test checks).
+on. A step that runs out of device memory is retried with each of its requests alone, and only a
+request that does not fit alone fails (`OutOfMemory`). Step counts live in one place, each request's
+engine state: the loop tells the scheduler which requests took their last step.
+
+Batch sizes are measured, not assumed: when a shape bucket first appears the loop times a step of it
+at batch sizes 1, 2, 4, ... (probe copies of its first request, thrown away) and caps the bucket
+where requests x steps per second stop rising by `min_gain`; on a compute-bound device that is often
+1, on a GPU much wider. Nothing here imports Ray or torch (a test checks).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from engines.errors import InvalidParameter, OutOfMemory
 from serving.metrics import Metrics, NoMetrics
 from serving.scheduler import Batch, StepScheduler
 from serving.stages import LATENTS_FOLLOW, DenoiseEvent, LatentsFollow
@@ -49,16 +57,34 @@ class DenoiseEngine(Protocol):
     def result(self, state: DenoiseState) -> DenoisedLatents: ...
 
 
+@dataclass(frozen=True)
+class BatchMeasure:
+    """Whether and how long to measure new buckets (the `batching` config's measure_* keys)."""
+
+    enabled: bool = False
+    seconds: float = 3.0
+    min_gain: float = 0.1
+
+
 @dataclass
 class _Running:
+    request: DenoiseRequest
     state: DenoiseState
     inbox: asyncio.Queue = field(default_factory=asyncio.Queue)  # events, the latents, or an exception
 
 
+def tokens_of(state: DenoiseState) -> int:
+    """What a request adds to one forward: its rows x (video + audio latent tokens)."""
+    return state.rows * (state.shape.video_tokens + state.shape.audio_frames)
+
+
 class DenoiseLoop:
-    def __init__(self, engine: DenoiseEngine, scheduler: StepScheduler, metrics: Metrics | None = None) -> None:
+    def __init__(self, engine: DenoiseEngine, scheduler: StepScheduler, metrics: Metrics | None = None,
+                 measure: BatchMeasure | None = None) -> None:
         self.engine, self.scheduler = engine, scheduler
         self.metrics = metrics or NoMetrics()
+        self.measure = measure or BatchMeasure()
+        self.measured: dict[Hashable, dict[int, float]] = {}  # bucket -> batch size -> seconds of one step
         self._requests: dict[str, _Running] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -78,8 +104,13 @@ class DenoiseLoop:
         if request.request_id in self._requests:
             raise ValueError(f"request {request.request_id} is already being denoised here")
         state = self.engine.prepare(request)
-        self._requests[request.request_id] = _Running(state)
-        self.scheduler.add(request.request_id, state.shape, priority)
+        tokens, budget = tokens_of(state), self.scheduler.max_tokens
+        if budget is not None and tokens > budget:  # the front door refuses these at create
+            raise InvalidParameter("size", f"{request.params.size} for {request.params.seconds:g} s",
+                                   f"at most {budget} latent tokens per forward (batching.max_tokens); "
+                                   f"this one needs {tokens}")
+        self._requests[request.request_id] = _Running(request, state)
+        self.scheduler.add(request.request_id, state.shape, priority, tokens)
         self._wake.set()
 
     async def stream(self, request_id: str) -> AsyncIterator[Any]:
@@ -122,26 +153,82 @@ class DenoiseLoop:
         batch = self.scheduler.next_batch()
         if batch is None:
             return None
-        states = [self._requests[rid].state for rid in batch.request_ids]
+        if self.measure.enabled and not self.scheduler.has_cap(batch.bucket):
+            await self._measure(batch.bucket, self._requests[batch.request_ids[0]].request)
+            batch = self.scheduler.next_batch()
+            assert batch is not None
+        await self._step(batch.bucket, batch.request_ids)
+        return batch
+
+    async def _step(self, bucket: Hashable, request_ids: tuple[str, ...]) -> None:
+        states = [self._requests[rid].state for rid in request_ids]
         started = time.perf_counter()
         try:
             await asyncio.to_thread(self.engine.step, states)
+        except OutOfMemory as e:
+            if len(request_ids) > 1:  # the engine freed the memory: each request alone may fit
+                log.warning("out of memory stepping %d requests together; stepping them one at a time", len(states))
+                for rid in request_ids:
+                    if rid in self._requests:
+                        await self._step(bucket, (rid,))
+                return
+            self._fail(request_ids, e)
+            return
         except Exception as e:  # noqa: BLE001 - fail these requests, keep serving the others
-            log.exception("denoising step failed for %s", batch.request_ids)
-            for rid in batch.request_ids:
-                self.scheduler.remove(rid)
-                if (running := self._requests.get(rid)) is not None:
-                    running.inbox.put_nowait(e)
-            return batch
-        tokens = sum(s.rows * (s.shape.video_tokens + s.shape.audio_frames) for s in states)
-        self.metrics.denoise_step(time.perf_counter() - started, len(batch), tokens)
-        self.scheduler.complete(batch, {s.request_id for s in states if s.done})
+            log.exception("denoising step failed for %s", request_ids)
+            self._fail(request_ids, e)
+            return
+        self.metrics.denoise_step(time.perf_counter() - started, len(states), sum(map(tokens_of, states)))
+        self.scheduler.complete(Batch(bucket, request_ids), {s.request_id for s in states if s.done})
         for state in states:
             if (running := self._requests.get(state.request_id)) is None:
                 continue  # removed while its step ran
             running.inbox.put_nowait(DenoiseEvent(step=state.steps_done, total_steps=state.steps_total,
-                                                  batch_size=len(batch)))
+                                                  batch_size=len(states)))
             if state.done:
                 running.inbox.put_nowait(LATENTS_FOLLOW)
                 running.inbox.put_nowait(self.engine.result(state))
-        return batch
+
+    def _fail(self, request_ids: Sequence[str], error: BaseException) -> None:
+        for rid in request_ids:
+            self.scheduler.remove(rid)
+            if (running := self._requests.get(rid)) is not None:
+                running.inbox.put_nowait(error)
+
+    async def _measure(self, bucket: Hashable, sample: DenoiseRequest) -> None:
+        """Cap `bucket` where a wider batch stops paying: time one step of probe copies of `sample`."""
+        seconds: dict[int, float] = {}
+        started, best_rate, cap = time.perf_counter(), 0.0, 1
+        budget = self.scheduler.max_tokens
+
+        def probes(n: int) -> list[DenoiseState]:
+            return [self.engine.prepare(dataclasses.replace(sample, request_id=f"probe-{i}")) for i in range(n)]
+
+        def timed(n: int) -> float:
+            states = probes(n)
+            t = time.perf_counter()
+            self.engine.step(states)
+            return time.perf_counter() - t
+
+        per_request = tokens_of(self.engine.prepare(sample))
+        try:
+            await asyncio.to_thread(timed, 1)  # warm-up: first forwards of a shape allocate
+            size = 1
+            while size <= self.scheduler.max_batch_size:
+                if budget is not None and size * per_request > budget:
+                    break
+                seconds[size] = min([await asyncio.to_thread(timed, size) for _ in range(2)])
+                rate = size / seconds[size]
+                if rate < best_rate * (1 + self.measure.min_gain):
+                    break
+                best_rate, cap = rate, size
+                if time.perf_counter() - started > self.measure.seconds:
+                    break
+                size *= 2
+        except OutOfMemory:
+            pass  # the largest size tried does not fit: the cap stays below it
+        self.scheduler.set_cap(bucket, cap)
+        self.measured[bucket] = seconds
+        log.info("bucket %s: step seconds by batch size %s -> batches capped at %d",
+                 bucket, {b: round(t, 4) for b, t in seconds.items()}, cap)
+        self.metrics.batch_measured(str(bucket), seconds, cap)

@@ -35,6 +35,10 @@ class Metrics(ABC):
     def denoise_step(self, seconds: float, batch_size: int, tokens: int) -> None: ...
 
     @abstractmethod
+    def batch_measured(self, bucket: str, step_seconds: dict[int, float], cap: int) -> None:
+        """A Denoiser replica timed a step of `bucket` at these batch sizes and capped it at `cap`."""
+
+    @abstractmethod
     def artifact_written(self, size_bytes: int) -> None: ...
 
     @abstractmethod
@@ -50,5 +54,6 @@ class NoMetrics(Metrics):
     def stage_seconds(self, stage: str, seconds: float) -> None: pass
     def job_counts(self, queued: int, in_progress: int) -> None: pass
     def denoise_step(self, seconds: float, batch_size: int, tokens: int) -> None: pass
+    def batch_measured(self, bucket: str, step_seconds: dict[int, float], cap: int) -> None: pass
     def artifact_written(self, size_bytes: int) -> None: pass
     def api_call(self, protocol: str, method: str, code: str) -> None: pass

@@ -12,7 +12,9 @@ At each boundary the scheduler
    By default the bucket of the most urgent running request; with `rotate_buckets`, the buckets
    holding requests of the top priority take turns, so a shape nobody else asks for still gets
    its share of steps while a popular one keeps arriving;
-3. takes up to `max_batch_size` running requests of that bucket, most urgent first;
+3. takes running requests of that bucket, most urgent first, up to the bucket's cap (`max_batch_size`,
+   or less where the loop measured that a wider forward stops paying: `set_cap`) and while their
+   tokens (rows x latent tokens) stay within `max_tokens`, the memory bound of one forward;
 and `complete()` retires the requests the loop reports finished.
 
 Urgency is priority, then arrival (`policy: priority`): a request not chosen keeps its state and
@@ -29,10 +31,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Collection, Hashable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, get_args
-
-if TYPE_CHECKING:
-    from serving.config import BatchingConfig
+from typing import Literal, get_args
 
 Policy = Literal["priority", "fifo"]
 """priority: higher priority first, preempting between steps; fifo: arrival order only."""
@@ -44,6 +43,7 @@ class StepRequest:
     request_id: str
     bucket: Hashable  # requests with equal buckets can share a forward
     priority: int  # higher runs first
+    tokens: int = 0  # what it adds to a forward: rows x (video + audio latent tokens)
     arrival: int = 0
     urgency: tuple[int, int] = (0, 0)  # set by the scheduler's policy: smaller runs first
 
@@ -63,17 +63,13 @@ class StepScheduler:
     max_running: int
     policy: Policy = "priority"
     rotate_buckets: bool = False
+    max_tokens: int | None = None  # None: no bound but the count
+    _caps: dict[Hashable, int] = field(default_factory=dict)  # bucket -> measured batch cap
     _waiting: dict[str, StepRequest] = field(default_factory=dict)
     _running: dict[str, StepRequest] = field(default_factory=dict)
     _arrivals: itertools.count = field(default_factory=itertools.count)
     _turns: dict[Hashable, int] = field(default_factory=dict)  # bucket -> step boundary it last ran
     _boundary: int = 0
-
-    @classmethod
-    def from_config(cls, batching: BatchingConfig) -> StepScheduler:
-        """From the server config's `batching` section."""
-        return cls(batching.max_batch_size, batching.max_running, policy=batching.policy,
-                   rotate_buckets=batching.rotate_buckets)
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_running < self.max_batch_size:
@@ -82,12 +78,24 @@ class StepScheduler:
             raise ValueError(f"policy {self.policy!r} is not one of {POLICIES}")
 
     # -- requests come and go ---------------------------------------------------------------
-    def add(self, request_id: str, bucket: Hashable, priority: int) -> None:
+    def add(self, request_id: str, bucket: Hashable, priority: int, tokens: int = 0) -> None:
         if request_id in self._waiting or request_id in self._running:
             raise ValueError(f"request {request_id} is already scheduled")
+        if self.max_tokens is not None and tokens > self.max_tokens:
+            raise ValueError(f"request {request_id} needs {tokens} tokens per forward; at most {self.max_tokens} fit")
         arrival = next(self._arrivals)
         urgency = (-priority, arrival) if self.policy == "priority" else (0, arrival)
-        self._waiting[request_id] = StepRequest(request_id, bucket, priority, arrival, urgency=urgency)
+        self._waiting[request_id] = StepRequest(request_id, bucket, priority, tokens, arrival, urgency=urgency)
+
+    def set_cap(self, bucket: Hashable, cap: int) -> None:
+        """At most `cap` requests of `bucket` per forward (measured: wider ones stop paying)."""
+        self._caps[bucket] = max(1, min(cap, self.max_batch_size))
+
+    def cap(self, bucket: Hashable) -> int:
+        return self._caps.get(bucket, self.max_batch_size)
+
+    def has_cap(self, bucket: Hashable) -> bool:
+        return bucket in self._caps
 
     def remove(self, request_id: str) -> bool:
         """Drop a request (cancelled or failed); True if it was scheduled."""
@@ -107,7 +115,13 @@ class StepScheduler:
         self._boundary += 1
         self._turns[bucket] = self._boundary
         same = sorted((r for r in self._running.values() if r.bucket == bucket), key=lambda r: r.urgency)
-        return Batch(bucket, tuple(r.request_id for r in same[: self.max_batch_size]))
+        chosen, tokens = [], 0
+        for r in same[: self.cap(bucket)]:
+            if chosen and self.max_tokens is not None and tokens + r.tokens > self.max_tokens:
+                break
+            chosen.append(r.request_id)
+            tokens += r.tokens
+        return Batch(bucket, tuple(chosen))
 
     def complete(self, batch: Batch, finished: Collection[str]) -> None:
         """`batch` ran; retire the requests of it that took their last step (as their states say)."""

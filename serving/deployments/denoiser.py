@@ -11,20 +11,18 @@ from typing import Any
 
 from ray import serve
 
-from engines.denoiser import Denoiser, DenoiseRequest
+from engines.denoiser import DenoiseRequest
 from engines.params import GenerationParams
 from engines.stage_io import PromptEmbedding, VideoConditioning
 from serving.config import load_config
-from serving.denoise_loop import DenoiseLoop
 from serving.on_ray.metrics import RayMetrics
-from serving.scheduler import StepScheduler
+from serving.services import open_denoise_loop
 
 
 @serve.deployment(name="Denoiser")
 class DenoiserDeployment:
     def __init__(self, config: dict[str, Any]) -> None:
-        cfg = load_config(config)
-        self.loop = DenoiseLoop(Denoiser(cfg.model), StepScheduler.from_config(cfg.batching), RayMetrics())
+        self.loop = open_denoise_loop(load_config(config), RayMetrics())
 
     async def denoise(self, request_id: str, params: GenerationParams, embedding: PromptEmbedding,
                       priority: int, conditioning: VideoConditioning | None = None) -> AsyncIterator[Any]:

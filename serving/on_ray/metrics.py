@@ -28,6 +28,9 @@ class RayMetrics(Metrics):
         self._tokens = m.Counter("kino_denoise_tokens_total", "Latent tokens (video + audio) processed by steps")
         # Exact, unlike a histogram's _sum (Ray derives that one from bucket boundaries).
         self._request_steps = m.Counter("kino_denoise_request_steps_total", "Requests advanced by one step, summed")
+        self._cap = m.Gauge("kino_denoise_batch_cap", "Measured batch cap of a shape bucket", tag_keys=("bucket",))
+        self._measured = m.Gauge("kino_denoise_measured_step_seconds", "One step of a bucket at a batch size, "
+                                 "measured when the bucket appeared", tag_keys=("bucket", "batch_size"))
         self._artifact = m.Counter("kino_artifact_bytes_total", "Bytes of MP4 written to the artifact store")
         self._api = m.Counter("kino_api_requests_total", "API calls by protocol, method and result code",
                               tag_keys=("protocol", "method", "code"))
@@ -54,6 +57,11 @@ class RayMetrics(Metrics):
         self._batch.observe(batch_size)
         self._request_steps.inc(batch_size)
         self._tokens.inc(tokens)
+
+    def batch_measured(self, bucket: str, step_seconds: dict[int, float], cap: int) -> None:
+        self._cap.set(cap, tags={"bucket": bucket})
+        for size, seconds in step_seconds.items():
+            self._measured.set(seconds, tags={"bucket": bucket, "batch_size": str(size)})
 
     def artifact_written(self, size_bytes: int) -> None:
         self._artifact.inc(size_bytes)

@@ -33,6 +33,7 @@ from serving.moderation import Moderator
 from serving.progress import Progress, ProgressFeed
 from serving.provenance.claim import prompt_sha256
 from serving.videos import requests as rq
+from serving.videos.capacity import DenoiseCapacity
 from serving.videos.requests import CreateVideo, RemixVideo
 from serving.videos.watch import follow
 
@@ -69,12 +70,14 @@ class DispatcherLink(ABC):
 class VideoService:
     def __init__(self, config: KinoConfig, store: JobStore, artifacts: ArtifactStore, dispatcher: DispatcherLink,
                  *, moderator: Moderator, accounts: AccountStore, cameos: CameoStore,
-                 metrics: Metrics | None = None, progress: ProgressFeed | None = None) -> None:
+                 metrics: Metrics | None = None, progress: ProgressFeed | None = None,
+                 capacity: DenoiseCapacity | None = None) -> None:
         self.config, self.dispatcher, self.moderator = config, dispatcher, moderator
         self.store, self.artifacts = AsyncView(store), AsyncView(artifacts)
         self.accounts, self.cameos = AsyncView(accounts), AsyncView(cameos)
         self.metrics = metrics or NoMetrics()
         self.progress = progress  # pushed events; without it watchers poll the store
+        self.capacity = capacity  # what one denoising forward holds; None: unchecked
         self.model: ModelConfig = config.model
 
     def _priority(self, principal: Principal, asked: int | None) -> int:
@@ -95,6 +98,8 @@ class VideoService:
     async def create(self, principal: Principal, req: CreateVideo) -> tuple[Job, bool]:
         """Validate, moderate, check consent, then queue a job (or return the one this key made)."""
         params = rq.generation_params(req, self.model)
+        if self.capacity is not None:
+            await in_thread(self.capacity.check, params)
         if req.image and req.cameo_id:
             raise InvalidArgument("image and cameo_id cannot be combined: a cameo brings its own reference frame",
                                   field="image")
@@ -121,6 +126,8 @@ class VideoService:
         strength = rq.remix_strength(req.strength, self.config.cameos.default_remix_strength)
         params = rq.validated(replace(parent.generation, prompt=req.prompt, negative_prompt=None, seed=req.seed,
                                       enhance_prompt=req.enhance_prompt), self.model)
+        if self.capacity is not None:
+            await in_thread(self.capacity.check, params)
         cameo = None
         if parent.conditioning.cameo_id:  # the person in the source is in the remix too: same consent rule
             cameo = await self._usable_cameo(principal, parent.conditioning.cameo_id)

@@ -152,3 +152,79 @@ def test_the_same_request_twice_is_refused(staged, tiny_config):
 def test_the_denoise_loop_imports_no_ray():
     code = "import sys, serving.denoise_loop; assert 'ray' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+class SmallDevice(FailsFor):
+    """The tiny engine on a pretend device with little memory (this CPU cannot run out): a forward of
+    more than `max_rows` rows, or of a request larger than `max_side`, raises OutOfMemory."""
+
+    def __init__(self, engine, max_rows: int, max_side: int) -> None:
+        super().__init__(engine, bad="")
+        self.max_rows, self.max_side, self.forwards = max_rows, max_side, []
+
+    def step(self, states):
+        from engines.errors import OutOfMemory
+
+        self.forwards.append(len(states))
+        if sum(s.rows for s in states) > self.max_rows or any(s.params.width > self.max_side for s in states):
+            raise OutOfMemory("CUDA out of memory (pretend)")
+        return self.engine.step(states)
+
+
+def test_out_of_memory_retries_each_request_alone_and_fails_only_one_that_never_fits(staged, tiny_config):
+    from engines.errors import OutOfMemory
+
+    async def main():
+        engine = SmallDevice(staged.denoiser, max_rows=2, max_side=64)
+        loop = _loop(staged, engine)
+        for rid in ("a", "b", "c"):
+            loop.add(_request(staged, tiny_config, rid, steps=2), 5)  # 2 rows each: together they never fit
+        loop.add(_request(staged, tiny_config, "huge", steps=2, size=96), 9)
+        got = {rid: [] for rid in ("a", "b", "c", "huge")}
+        readers = asyncio.gather(*(_collect(loop, rid, got[rid]) for rid in got), return_exceptions=True)
+        while await loop.step_once() is not None:
+            pass
+        return got, await readers, engine.forwards
+
+    got, ends, forwards = asyncio.run(main())
+    assert isinstance(ends[3], OutOfMemory)  # "huge" does not fit even alone
+    assert all(e is None and isinstance(got[r][-1], DenoisedLatents) for r, e in zip("abc", ends[:3], strict=True))
+    assert 3 in forwards and forwards.count(1) >= 6  # tried together, then one at a time
+
+
+class Timed(FailsFor):
+    """A pretend device (a fake: this CPU is neither): a step takes `base + per_request x batch` seconds and
+    only advances the states (the tiny engine prepares them and hands out their latents)."""
+
+    def __init__(self, engine, base: float, per_request: float) -> None:
+        super().__init__(engine, bad="")
+        self.base, self.per_request = base, per_request
+
+    def step(self, states):
+        import time
+
+        time.sleep(self.base + self.per_request * len(states))
+        for s in states:
+            s.step_index += 1
+        return states
+
+
+@pytest.mark.parametrize("base, per_request, cap", [
+    (0.0, 0.06, 1),   # compute-bound (this CPU): a wider forward takes as much longer, so it never pays
+    (0.06, 0.0, 4),   # a GPU at small batches: the same time for more requests, so it pays up to the limit
+])
+def test_a_new_bucket_is_measured_and_capped_where_batching_stops_paying(staged, tiny_config, base, per_request, cap):
+    from serving.denoise_loop import BatchMeasure
+
+    async def main():
+        loop = DenoiseLoop(Timed(staged.denoiser, base, per_request), StepScheduler(4, max_running=8),
+                           measure=BatchMeasure(True, seconds=5.0, min_gain=0.1))
+        for i in range(4):
+            loop.add(_request(staged, tiny_config, f"r{i}", steps=1), 5)
+        first = await loop.step_once()
+        return first, loop
+
+    first, loop = asyncio.run(main())
+    bucket = first.bucket
+    assert loop.scheduler.cap(bucket) == cap and len(first) == cap
+    assert sorted(loop.measured[bucket]) == [1, 2, 4][: len(loop.measured[bucket])] and 1 in loop.measured[bucket]

@@ -146,3 +146,14 @@ def test_priority_preempts_between_steps():
     s.complete(b)  # low has run one step
     s.add("high", "x", priority=9, steps=2)
     assert s.drain() == [("high",), ("high",), ("low",), ("low",), ("low",)]  # low paused, then resumed
+
+
+def test_a_token_budget_bounds_each_forward_and_a_measured_cap_narrows_a_bucket():
+    s = StepScheduler(max_batch_size=8, max_running=8, max_tokens=1000)
+    for i in range(5):
+        s.add(f"r{i}", "big", priority=5, tokens=400)
+    assert s.next_batch().request_ids == ("r0", "r1")  # 800 tokens; a third would pass 1000
+    s.set_cap("big", 1)
+    assert s.next_batch().request_ids == ("r0",) and s.cap("big") == 1 and s.has_cap("big")
+    with pytest.raises(ValueError, match="at most 1000 fit"):
+        s.add("huge", "big", priority=5, tokens=1001)
