@@ -59,9 +59,10 @@ class QueueConfig:
 
     max_queued: AtLeastOne = 256
     """Beyond it CreateVideo answers RESOURCE_EXHAUSTED."""
-    max_in_flight: AtLeastOne = 32
-    """Jobs inside the stages at once, in the whole cluster (the window all dispatchers share: the rest
-    wait in the queue, in priority order)."""
+    max_in_flight: AtLeastOne = 1024
+    """The most jobs inside the stages at once, in the whole cluster. Within it the window all
+    dispatchers share follows the stages' capacity: running Denoiser replicas x batching.max_running
+    (the rest wait in the queue, in priority order, where the autoscaler sees them)."""
     max_attempts: AtLeastOne = 3
     """A job is claimed at most this many times (a dispatcher lost with it uses one), and a stage replica
     that died under it is retried up to this many times within a claim."""
@@ -111,6 +112,15 @@ class BatchingConfig:
 
     def __post_init__(self) -> None:
         require(self.max_running >= self.max_batch_size, "max_running", "must be >= max_batch_size")
+
+
+@section("autoscaling")
+class AutoscalingConfig:
+    """How the Denoiser pool follows the backlog (its min and max replicas are in the Serve config)."""
+
+    drain_seconds: Annotated[float, Field(gt=0)] = 30.0
+    """Run enough Denoiser replicas that the jobs queued and running, at the step time they measure,
+    would all be done within this."""
 
 
 @section("storage")
@@ -192,6 +202,8 @@ class KinoConfig:
     """Admission and the dispatcher."""
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     """Step-level batching."""
+    autoscaling: AutoscalingConfig = field(default_factory=AutoscalingConfig)
+    """Scaling the Denoiser pool on the backlog."""
     storage: StorageConfig = field(default_factory=StorageConfig)
     """Jobs and videos."""
     auth: AuthConfig = field(default_factory=AuthConfig)

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from engines.errors import InvalidParameter, OutOfMemory
 from serving.metrics import Metrics, NoMetrics
 from serving.scheduler import Batch, StepScheduler
-from serving.stages import LATENTS_FOLLOW, DenoiseEvent, LatentsFollow
+from serving.stages import LATENTS_FOLLOW, DenoiseEvent, LatentsFollow, job_of
 
 if TYPE_CHECKING:
     from engines.denoiser import DenoiseRequest, DenoiseState
@@ -85,6 +85,7 @@ class DenoiseLoop:
         self.metrics = metrics or NoMetrics()
         self.measure = measure or BatchMeasure()
         self.measured: dict[Hashable, dict[int, float]] = {}  # bucket -> batch size -> seconds of one step
+        self.request_step_seconds: float | None = None  # moving average: a step's seconds / its requests
         self._requests: dict[str, _Running] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -103,6 +104,11 @@ class DenoiseLoop:
     def add(self, request: DenoiseRequest, priority: int) -> None:
         if request.request_id in self._requests:
             raise ValueError(f"request {request.request_id} is already being denoised here")
+        for older in [rid for rid in self._requests if job_of(rid) == job_of(request.request_id)]:
+            # An earlier attempt of the same job whose dispatcher is gone: its stream has no reader left.
+            log.warning("request %s supersedes %s", request.request_id, older)
+            self._fail((older,), RuntimeError(f"superseded by {request.request_id}"))
+            self._requests.pop(older, None)
         state = self.engine.prepare(request)
         tokens, budget = tokens_of(state), self.scheduler.max_tokens
         if budget is not None and tokens > budget:  # the front door refuses these at create
@@ -129,6 +135,12 @@ class DenoiseLoop:
 
     def __contains__(self, request_id: str) -> bool:
         return request_id in self._requests
+
+    @property
+    def steps_per_request(self) -> float:
+        """Mean denoising steps of the requests held now (0 when idle)."""
+        states = [r.state for r in self._requests.values()]
+        return sum(s.steps_total for s in states) / len(states) if states else 0.0
 
     # -- the loop -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -178,7 +190,11 @@ class DenoiseLoop:
             log.exception("denoising step failed for %s", request_ids)
             self._fail(request_ids, e)
             return
-        self.metrics.denoise_step(time.perf_counter() - started, len(states), sum(map(tokens_of, states)))
+        took = time.perf_counter() - started
+        self.metrics.denoise_step(took, len(states), sum(map(tokens_of, states)))
+        per_request = took / len(states)
+        self.request_step_seconds = per_request if self.request_step_seconds is None else (
+            0.9 * self.request_step_seconds + 0.1 * per_request)
         self.scheduler.complete(Batch(bucket, request_ids), {s.request_id for s in states if s.done})
         for state in states:
             if (running := self._requests.get(state.request_id)) is None:

@@ -41,7 +41,7 @@ from serving.metrics import Metrics, NoMetrics
 from serving.moderation import Moderator
 from serving.progress import NoProgress, Progress, ProgressSink
 from serving.provenance.claim import Claim, prompt_sha256
-from serving.stages import StageClient, StageUnavailable
+from serving.stages import StageClient, StageUnavailable, attempt_id
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +83,15 @@ class Dispatcher:
     def __init__(self, store: DispatchQueue, stages: StageClient, config: QueueConfig,
                  on_finished: Callable[[Job], None] | None = None, metrics: Metrics | None = None,
                  moderator: Moderator | None = None, progress: ProgressSink | None = None,
-                 owner: str | None = None) -> None:
+                 owner: str | None = None, window: Callable[[], int] | None = None) -> None:
+        """`window`: how many jobs the stages hold now (all dispatchers together), within `max_in_flight`."""
         self.store, self.stages, self.config = AsyncView(store), stages, config
         self.moderator = moderator  # checks what the prompt enhancer writes, as the front door checked the prompt
         self.on_finished = on_finished  # e.g. tell a cameo's owner
         self.metrics = metrics or NoMetrics()
         self.progress = progress or NoProgress()
         self.owner = owner or dispatcher_id()
+        self.window = window or (lambda: config.max_in_flight)
         self._held: dict[str, _Held] = {}
         self._stopping = False
         self._wake = asyncio.Event()
@@ -154,7 +156,7 @@ class Dispatcher:
     async def _fill(self) -> None:
         while not self._stopping:
             job = await self.store.claim_next(self.owner, self.config.lease_seconds,
-                                              max_in_progress=self.config.max_in_flight)
+                                              max_in_progress=min(self.config.max_in_flight, self.window()))
             if job is None:
                 return
             assert job.lease is not None
@@ -251,7 +253,8 @@ class Dispatcher:
         started = time.monotonic()
         first_step: float | None = None
         latents = None
-        stream = self.stages.denoise(job.id, params, embedding, job.priority, conditioning)
+        stream = self.stages.denoise(attempt_id(job.id, held.lease.generation), params, embedding, job.priority,
+                                     conditioning)
         try:
             async for ev in stream:
                 if ev.latents is not None:

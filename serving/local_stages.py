@@ -52,9 +52,9 @@ class LocalStages(StageClient):
         return asyncio.ensure_future(in_thread(self.renderer.condition, params, conditioning.image_key,
                                                conditioning.parent_key, conditioning.strength))
 
-    async def denoise(self, job_id: str, params: GenerationParams, embedding: Any, priority: int,
+    async def denoise(self, request_id: str, params: GenerationParams, embedding: Any, priority: int,
                       conditioning: Any = None) -> AsyncIterator[DenoiseEvent]:
-        request = DenoiseRequest(job_id, params, await embedding,
+        request = DenoiseRequest(request_id, params, await embedding,
                                  await conditioning if conditioning is not None else None)
         async for item in self.loop.denoise(request, priority):
             if isinstance(item, DenoiseEvent):

@@ -7,18 +7,21 @@ stays a thin wrapper and every host wires the same objects the same way.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from engines.model_loader import ComponentSource
 from serving.accounts.service import AccountService
 from serving.accounts.store import AccountStore
 from serving.artifacts import LocalArtifactStore
+from serving.autoscaling import dispatch_window
 from serving.cameos.service import CameoService, notify_finished
 from serving.cameos.store import CameoStore
 from serving.config import KinoConfig
 from serving.db import Database
 from serving.denoise_loop import BatchMeasure, DenoiseLoop
 from serving.dispatcher import Dispatcher
+from serving.jobs import JobStatus
 from serving.jobs.sql_store import SqlJobStore
 from serving.metrics import Metrics
 from serving.moderation import RuleModerator
@@ -78,11 +81,31 @@ def open_denoise_loop(cfg: KinoConfig, metrics: Metrics) -> DenoiseLoop:
     return DenoiseLoop(engine, scheduler, metrics, BatchMeasure(b.measure_batches, b.measure_seconds, b.min_gain))
 
 
-def open_dispatcher(cfg: KinoConfig, stages: StageClient, metrics: Metrics,
-                    progress: ProgressSink | None = None) -> Dispatcher:
-    """A dispatcher over the job store, telling cameo owners when their videos finish."""
+def open_dispatcher(cfg: KinoConfig, stages: StageClient, metrics: Metrics, progress: ProgressSink | None = None,
+                    denoisers_running: Callable[[], int] | None = None) -> Dispatcher:
+    """A dispatcher over the job store, telling cameo owners when their videos finish; its window follows
+    the Denoiser replicas running (`denoisers_running`) when given."""
     db = Database(cfg.storage.database_url)
     cameos = CameoStore(db)
+    window = None
+    if denoisers_running is not None:
+        def window() -> int:
+            return dispatch_window(denoisers_running(), cfg.batching.max_running, cfg.queue.max_in_flight)
     return Dispatcher(SqlJobStore(db), stages, cfg.queue, on_finished=lambda job: notify_finished(cameos, job),
                       metrics=metrics, moderator=RuleModerator.from_file(cfg.moderation.rules_file),
-                      progress=progress)
+                      progress=progress, window=window)
+
+
+class DenoiseStats:
+    """What a Denoiser replica reports for the autoscaling policy (serving/on_ray/autoscaling.py)."""
+
+    def __init__(self, cfg: KinoConfig, loop: DenoiseLoop) -> None:
+        self.cfg, self.loop = cfg, loop
+        self.store = SqlJobStore(Database(cfg.storage.database_url))
+
+    def read(self) -> dict[str, float]:
+        counts = self.store.count_by_status()
+        return {"queued": counts[JobStatus.QUEUED], "in_progress": counts[JobStatus.IN_PROGRESS],
+                "per_replica": self.cfg.batching.max_running, "steps_per_job": self.loop.steps_per_request,
+                "request_step_seconds": self.loop.request_step_seconds or 0.0,
+                "drain_seconds": self.cfg.autoscaling.drain_seconds}

@@ -23,7 +23,8 @@ from serving.artifacts import Artifact
 from serving.jobs.models import Conditioning
 from serving.provenance.claim import Claim
 
-__all__ = ["LATENTS_FOLLOW", "Artifact", "DenoiseEvent", "LatentsFollow", "StageClient", "StageUnavailable"]
+__all__ = ["LATENTS_FOLLOW", "Artifact", "DenoiseEvent", "LatentsFollow", "StageClient", "StageUnavailable",
+           "attempt_id", "job_of"]
 
 
 class StageUnavailable(Exception):
@@ -48,6 +49,16 @@ class LatentsFollow:
 LATENTS_FOLLOW = LatentsFollow()
 
 
+def attempt_id(job_id: str, generation: int) -> str:
+    """The denoise request id of one claim of a job: a retry after a lost dispatcher is a new request,
+    and supersedes the old one wherever that still runs."""
+    return f"{job_id}@{generation}"
+
+
+def job_of(request_id: str) -> str:
+    return request_id.rsplit("@", 1)[0]
+
+
 class StageClient(ABC):
     """How the dispatcher reaches the stages."""
 
@@ -64,9 +75,10 @@ class StageClient(ABC):
         """Start encoding a first frame or a remix source with the VAE; an opaque reference, or None."""
 
     @abstractmethod
-    def denoise(self, job_id: str, params: GenerationParams, embedding: Any, priority: int,
+    def denoise(self, request_id: str, params: GenerationParams, embedding: Any, priority: int,
                 conditioning: Any = None) -> AsyncIterator[DenoiseEvent]:
-        """One event per step; the last carries the latents. Closing the iterator cancels the job."""
+        """One event per step; the last carries the latents. Closing the iterator cancels the request.
+        `request_id` is `attempt_id(job, lease generation)`."""
 
     @abstractmethod
     async def decode(self, job_id: str, params: GenerationParams, latents: Any, artifact_key: str,

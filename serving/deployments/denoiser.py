@@ -14,15 +14,18 @@ from ray import serve
 from engines.denoiser import DenoiseRequest
 from engines.params import GenerationParams
 from engines.stage_io import PromptEmbedding, VideoConditioning
+from serving.async_view import in_thread
 from serving.config import load_config
 from serving.on_ray.metrics import RayMetrics
-from serving.services import open_denoise_loop
+from serving.services import DenoiseStats, open_denoise_loop
 
 
 @serve.deployment(name="Denoiser")
 class DenoiserDeployment:
     def __init__(self, config: dict[str, Any]) -> None:
-        self.loop = open_denoise_loop(load_config(config), RayMetrics())
+        cfg = load_config(config)
+        self.loop = open_denoise_loop(cfg, RayMetrics())
+        self.stats = DenoiseStats(cfg, self.loop)
 
     async def denoise(self, request_id: str, params: GenerationParams, embedding: PromptEmbedding,
                       priority: int, conditioning: VideoConditioning | None = None) -> AsyncIterator[Any]:
@@ -31,3 +34,7 @@ class DenoiserDeployment:
 
     def check_health(self) -> None:
         self.loop.check()
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """For the backlog autoscaling policy (serving/on_ray/autoscaling.py)."""
+        return await in_thread(self.stats.read)

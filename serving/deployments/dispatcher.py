@@ -10,6 +10,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serving.config import load_config
+from serving.on_ray.autoscaling import CachedCount, running_replicas
 from serving.on_ray.metrics import RayMetrics
 from serving.on_ray.progress import ServeProgressSink, relay_cancellations
 from serving.on_ray.stages import ServeStages
@@ -20,11 +21,14 @@ from serving.services import open_dispatcher
 class DispatcherDeployment:
     def __init__(self, config: dict[str, Any], text_encoder: DeploymentHandle, denoiser: DeploymentHandle,
                  decoder: DeploymentHandle, hub: DeploymentHandle) -> None:
-        stages = ServeStages(text_encoder, denoiser, decoder)
-        self.dispatcher = open_dispatcher(load_config(config), stages, RayMetrics(), ServeProgressSink(hub))
+        stages, app = ServeStages(text_encoder, denoiser, decoder), serve.get_replica_context().app_name
+        self.denoisers = CachedCount(lambda: running_replicas(app, "Denoiser"))
+        self.dispatcher = open_dispatcher(load_config(config), stages, RayMetrics(), ServeProgressSink(hub),
+                                          denoisers_running=self.denoisers.value)
         loop = asyncio.get_event_loop()
         self._tasks = [loop.create_task(self.dispatcher.run(), name="dispatch-loop"),
-                       loop.create_task(relay_cancellations(hub, self.dispatcher.cancel), name="cancel-relay")]
+                       loop.create_task(relay_cancellations(hub, self.dispatcher.cancel), name="cancel-relay"),
+                       loop.create_task(self.denoisers.refresh_forever(), name="denoiser-count")]
 
     async def wake(self) -> None:
         self.dispatcher.wake()

@@ -59,9 +59,10 @@ class ServeStages(StageClient):
         return self.decoder.encode_condition.remote(params, conditioning.image_key, conditioning.parent_key,
                                                     conditioning.strength)
 
-    async def denoise(self, job_id: str, params: GenerationParams, embedding: Any, priority: int,
+    async def denoise(self, request_id: str, params: GenerationParams, embedding: Any, priority: int,
                       conditioning: Any = None) -> AsyncIterator[DenoiseEvent]:
-        stream = self.denoiser.options(stream=True).denoise.remote(job_id, params, embedding, priority, conditioning)
+        stream = self.denoiser.options(stream=True).denoise.remote(request_id, params, embedding, priority,
+                                                                   conditioning)
         try:
             items = await object_ref_stream(stream)  # references: the latents item is never fetched here
             async for ref in items:

@@ -22,7 +22,8 @@ def cluster(tmp_path_factory):
     # Logical CPUs, not cores: some modules deploy a second Kino app beside the main one. The prompt
     # enhancer is on (requests opt in; the tiny preset's own Gemma writes the rewrite).
     c = start_local_cluster(state_dir=tmp_path_factory.mktemp("kino-state"), num_cpus=8,
-                            overrides={"model": {"enhancer": {"enabled": True, "max_new_tokens": 24}}})
+                            overrides={"model": {"enhancer": {"enabled": True, "max_new_tokens": 24}},
+                                       "queue": {"lease_seconds": 3, "heartbeat_seconds": 1}})
     yield c
     c.shutdown()
 

@@ -24,7 +24,8 @@ def _serve(port: int, state: Path, log: Path, env: dict) -> tuple[subprocess.Pop
     ray_tmp = tempfile.mkdtemp(prefix="kr-")
     addr_file = state.parent / f"addr-{port}-{time.monotonic_ns()}"
     proc = subprocess.Popen(
-        KINO + ["serve", "--grpc-port", str(port), "--state-dir", str(state), "--address-file", str(addr_file),
+        KINO + ["serve", "--grpc-port", str(port), "--rest-port", "0", "--state-dir", str(state),
+                "--address-file", str(addr_file),
                 "--ray-temp-dir", ray_tmp],
         stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
     wait_for(lambda: addr_file.exists() or proc.poll() is not None, timeout=180, every=0.5)
@@ -102,3 +103,68 @@ def test_kill_9_then_restart_resumes_every_job_once(tmp_path):
             except subprocess.TimeoutExpired:
                 pass
         _kill_group(proc, ray_tmp)
+
+
+def test_an_upgrade_two_clusters_on_one_database_then_the_old_one_killed_loses_nothing(tmp_path):
+    """KubeRay's zero-downtime upgrade: a second cluster starts beside the first on the same database,
+    traffic moves, the first is deleted (here: kill -9, the worst case) with jobs in flight."""
+    state = tmp_path / "state"
+    lease, heartbeat = 3.0, 1.0
+    env = {**os.environ, "KINO_QUEUE__LEASE_SECONDS": str(lease), "KINO_QUEUE__HEARTBEAT_SECONDS": str(heartbeat),
+           "KINO_QUEUE__MAX_IN_FLIGHT": "2"}
+    old_port, new_port = free_port(), free_port()
+    old, old_tmp = _serve(old_port, state, tmp_path / "old.log", env)
+    new = new_tmp = None
+    channels = []
+    try:
+        new, new_tmp = _serve(new_port, state, tmp_path / "new.log", env)  # the new cluster, same database
+        channels.append(grpc.insecure_channel(f"127.0.0.1:{old_port}"))
+        old_stub = pb_grpc.VideoServiceStub(channels[-1])
+        channels.append(grpc.insecure_channel(f"127.0.0.1:{new_port}"))
+        new_stub = pb_grpc.VideoServiceStub(channels[-1])
+        ids = [old_stub.CreateVideo(pb.CreateVideoRequest(prompt=f"upgrade {i}", size="256x256", seconds=2.0,
+                                                          steps=60, seed=i)).id for i in range(6)]
+        from serving.jobs import JobStatus, open_store
+
+        store = open_store(f"sqlite:///{state / 'jobs.db'}")
+        # Wait until the old cluster runs something, then delete it without warning.
+        old_dispatchers = {str(pid) for pid in _dispatcher_pids(old)}
+
+        def held_by_old() -> list[str]:
+            jobs = [store.get(i) for i in ids]
+            return [j.id for j in jobs if j.status == JobStatus.IN_PROGRESS and j.step >= 2
+                    and (j.lease_owner or "-").split("-")[-2] in old_dispatchers]
+
+        try:
+            victims = wait_for(held_by_old, timeout=120)
+        except TimeoutError:
+            raise AssertionError(f"the old cluster ({old_dispatchers}) never ran a job: "
+                                 f"{[(j.status, j.step, j.lease_owner) for j in map(store.get, ids)]}") from None
+        killed_at = time.time()
+        _kill_group(old, old_tmp)
+        for i in ids:  # watched through the new cluster, as clients are once traffic moved
+            assert wait_done(new_stub, i, timeout=300)[-1].status == pb.VIDEO_STATUS_COMPLETED
+        for i in victims:
+            requeued = [e.at for e in store.events(i) if e.message.startswith("requeued: the lease of dispatcher")]
+            assert requeued and requeued[0] - killed_at <= lease + 2 * heartbeat + 3, (requeued, killed_at)
+        for i in ids:
+            assert [e.status for e in store.events(i)].count(JobStatus.COMPLETED) == 1
+        store.close()
+    finally:
+        for ch in channels:
+            ch.close()
+        _kill_group(old, old_tmp)
+        if new is not None:
+            new.send_signal(signal.SIGTERM)
+            try:
+                new.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                _kill_group(new, new_tmp)
+
+
+def _dispatcher_pids(server: subprocess.Popen) -> list[int]:
+    """Pids of the Dispatcher replicas of the cluster `server` runs (its Ray processes share its session)."""
+    out = subprocess.run(["ps", "-eo", "pid,sid,args"], capture_output=True, text=True).stdout
+    rows = [line.split(None, 2) for line in out.splitlines()[1:]]
+    return [int(pid) for pid, sid, args in (r for r in rows if len(r) == 3)
+            if int(sid) == server.pid and "Dispatcher" in args]

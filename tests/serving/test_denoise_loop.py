@@ -228,3 +228,16 @@ def test_a_new_bucket_is_measured_and_capped_where_batching_stops_paying(staged,
     bucket = first.bucket
     assert loop.scheduler.cap(bucket) == cap and len(first) == cap
     assert sorted(loop.measured[bucket]) == [1, 2, 4][: len(loop.measured[bucket])] and 1 in loop.measured[bucket]
+
+
+def test_a_new_attempt_of_a_job_supersedes_the_old_one_whose_dispatcher_is_gone(staged, tiny_config):
+    from serving.stages import attempt_id
+
+    async def main():
+        loop = _loop(staged)
+        loop.add(_request(staged, tiny_config, attempt_id("video_1", 1)), 5)
+        await loop.step_once()
+        loop.add(_request(staged, tiny_config, attempt_id("video_1", 2)), 5)  # claimed again elsewhere
+        return [rid for rid in (attempt_id("video_1", 1), attempt_id("video_1", 2)) if rid in loop]
+
+    assert asyncio.run(main()) == ["video_1@2"]

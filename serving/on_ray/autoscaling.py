@@ -1,0 +1,71 @@
+"""Scaling on the backlog in Ray Serve: the Denoiser's custom autoscaling policy, the stats its replicas
+report for it, and the running replica count the dispatchers size their window by.
+
+Wired in deploy/serve/kino.yaml: `autoscaling_config.policy.policy_function:
+serving.on_ray.autoscaling:scale_on_backlog` on the Denoiser. The decision itself is
+`serving.autoscaling.denoise_replicas`, which the simulator uses too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ray import serve
+from ray.serve.autoscaling_policy import replica_queue_length_autoscaling_policy
+from ray.serve.config import AutoscalingContext
+from ray.serve.schema import ReplicaState
+
+from serving.autoscaling import DenoiseLoad, denoise_replicas
+
+log = logging.getLogger(__name__)
+STATS = ("queued", "in_progress", "per_replica", "steps_per_job", "request_step_seconds", "drain_seconds")
+
+
+def scale_on_backlog(ctx: AutoscalingContext) -> tuple[int, dict[str, Any]]:
+    """Denoiser replicas for the job store's backlog at the replicas' measured step time."""
+    metrics = ctx.aggregated_metrics or {}
+    if any(not metrics.get(name) for name in STATS):  # no replica has reported yet: Serve's own rule
+        return replica_queue_length_autoscaling_policy(ctx)
+
+    def most(name: str) -> float:
+        return max(metrics[name].values())
+
+    measured = [v for v in metrics["request_step_seconds"].values() if v > 0]
+    load = DenoiseLoad(queued=int(most("queued")), in_progress=int(most("in_progress")),
+                       per_replica=int(most("per_replica")), steps_per_job=most("steps_per_job"),
+                       request_step_seconds=sum(measured) / len(measured) if measured else None)
+    want = denoise_replicas(load, min_replicas=ctx.capacity_adjusted_min_replicas,
+                            max_replicas=ctx.capacity_adjusted_max_replicas, drain_seconds=most("drain_seconds"))
+    if want != ctx.current_num_replicas:
+        log.info("Denoiser: %s -> %d replicas (now %d)", load, want, ctx.current_num_replicas)
+    return want, ctx.policy_state
+
+
+class CachedCount:
+    """A count read off the Serve controller every few seconds in the background, read at once when asked."""
+
+    def __init__(self, read: Callable[[], int], every_seconds: float = 2.0) -> None:
+        self.read, self.every = read, every_seconds
+        self.current = 1
+
+    def value(self) -> int:
+        return self.current
+
+    async def refresh_forever(self) -> None:
+        while True:
+            try:
+                self.current = await asyncio.to_thread(self.read) or self.current
+            except Exception as e:  # noqa: BLE001 - keep the last count while the controller is busy
+                log.debug("could not read the replica count: %r", e)
+            await asyncio.sleep(self.every)
+
+
+def running_replicas(app_name: str, deployment: str) -> int:
+    """Replicas of `deployment` serving now (a status read from the Serve controller)."""
+    app = serve.status().applications.get(app_name)
+    if app is None or deployment not in app.deployments:
+        return 0
+    return app.deployments[deployment].replica_states.get(ReplicaState.RUNNING, 0)

@@ -1,0 +1,93 @@
+"""The control plane under change: a Dispatcher replica killed under load, the Denoiser pool scaling up on
+the job store's backlog and back down after it drains, and a downscale under load; nothing is lost."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import time
+
+import grpc
+import pytest
+import ray
+
+from kino.v1 import video_service_pb2 as pb
+from kino.v1 import video_service_pb2_grpc as pb_grpc
+from serving.on_ray.cluster import free_port, local_serve_config
+from tests.integration.conftest import wait_done, wait_for
+
+APP = "kino-scaling"
+
+
+def _replicas(deployment: str, app: str) -> list[dict]:
+    return [a for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith(f"SERVE_REPLICA::{app}#{deployment}#")]
+
+
+def _submit(stub, n: int, steps: int, tag: str) -> list[str]:
+    reqs = [pb.CreateVideoRequest(prompt=f"{tag} {i}", seconds=1.0, seed=i, steps=steps) for i in range(n)]
+    with cf.ThreadPoolExecutor(n) as pool:
+        return [v.id for v in pool.map(stub.CreateVideo, reqs)]
+
+
+def _all_complete(stub, ids: list[str]) -> None:
+    with cf.ThreadPoolExecutor(len(ids)) as pool:
+        finals = list(pool.map(lambda i: wait_done(stub, i, timeout=300)[-1], ids))
+    assert [f.status for f in finals] == [pb.VIDEO_STATUS_COMPLETED] * len(ids), finals
+    listed = {v.id for v in stub.ListVideos(pb.ListVideosRequest(page_size=100)).videos}
+    assert set(ids) <= listed
+
+
+def _scaling_config(state_dir, port: int, denoiser: dict) -> dict:
+    return local_serve_config(
+        state_dir=state_dir, grpc_port=port, app_name=APP,
+        overrides={"queue": {"lease_seconds": 3, "heartbeat_seconds": 1},
+                   "batching": {"max_batch_size": 1, "max_running": 2, "measure_batches": False},
+                   "autoscaling": {"drain_seconds": 1}},
+        deployments={"Denoiser": denoiser})
+
+
+@pytest.fixture(scope="module")
+def scaling_app(cluster, tmp_path_factory):
+    """A second Kino app on the shared cluster whose Denoiser pool scales 1..2 on the backlog, fast."""
+    port, state = free_port(), tmp_path_factory.mktemp("scaling")
+    autoscaling = {"min_replicas": 1, "max_replicas": 2, "upscale_delay_s": 0, "downscale_delay_s": 3,
+                   "metrics_interval_s": 0.5, "look_back_period_s": 1,
+                   "policy": {"policy_function": "serving.on_ray.autoscaling:scale_on_backlog"}}
+    cluster.deploy(_scaling_config(state, port, {"autoscaling_config": autoscaling}))
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    grpc.channel_ready_future(channel).result(timeout=30)
+    yield {"stub": pb_grpc.VideoServiceStub(channel), "state": state, "port": port, "cluster": cluster}
+    channel.close()
+    cluster.delete(APP)
+
+
+def test_the_denoiser_pool_scales_up_on_the_backlog_and_down_after_it_drains(scaling_app):
+    stub = scaling_app["stub"]
+    assert len(_replicas("Denoiser", APP)) == 1
+    ids = _submit(stub, 8, steps=40, tag="backlog")  # 8 jobs for a pool that holds 2 per replica
+    wait_for(lambda: len(_replicas("Denoiser", APP)) == 2, timeout=90, every=0.5)
+    _all_complete(stub, ids)
+    wait_for(lambda: len(_replicas("Denoiser", APP)) == 1, timeout=120, every=0.5)
+
+
+def test_a_dispatcher_replica_killed_under_load_loses_nothing(scaling_app):
+    stub = scaling_app["stub"]
+    ids = _submit(stub, 6, steps=40, tag="dispatcher")
+    wait_for(lambda: any(stub.GetVideo(pb.GetVideoRequest(id=i)).step >= 2 for i in ids), timeout=120)
+    victim = _replicas("Dispatcher", APP)[0]
+    ray.kill(ray.get_actor(victim["name"], namespace=victim["namespace"]), no_restart=True)
+    _all_complete(stub, ids)  # its jobs' leases expired and the other replica (or its replacement) ran them
+    attempts = [stub.GetVideo(pb.GetVideoRequest(id=i)).attempts for i in ids]
+    assert max(attempts) <= 2, attempts
+
+
+def test_a_downscale_under_load_finishes_or_hands_back_everything(scaling_app):
+    stub, cluster = scaling_app["stub"], scaling_app["cluster"]
+    cluster.deploy(_scaling_config(scaling_app["state"], scaling_app["port"], {"num_replicas": 2}))
+    wait_for(lambda: len(_replicas("Denoiser", APP)) == 2, timeout=90, every=0.5)
+    ids = _submit(stub, 6, steps=60, tag="downscale")
+    wait_for(lambda: sum(stub.GetVideo(pb.GetVideoRequest(id=i)).step >= 2 for i in ids) >= 2, timeout=120)
+    started = time.monotonic()
+    cluster.deploy(_scaling_config(scaling_app["state"], scaling_app["port"], {"num_replicas": 1}))
+    _all_complete(stub, ids)
+    assert len(_replicas("Denoiser", APP)) == 1 and time.monotonic() - started < 300
