@@ -10,8 +10,10 @@ clusters far bigger than this machine (10 to 1000 GPUs). The model, and its assu
   advances one step per step_time(b) (processor sharing). alpha is the marginal cost of a row:
   ~1 on a CPU whose forward is already saturated at batch 1, ~0.1-0.3 on a GPU (measured, or an
   assumption: say which). Jobs route to the denoiser replica with the fewest jobs.
-- Every `autoscale_period` seconds each stage wants ceil(jobs in the stage / target per replica)
-  replicas, within [1, its max]; an added replica serves after `cold_start` seconds (loading
+- Every `autoscale_period` seconds the denoise stage wants the replicas Kino's own policy asks for
+  (`serving.autoscaling.denoise_replicas`: hold what runs, drain the backlog within `drain_seconds`
+  at the measured step time), and the encode and decode stages ceil(jobs in the stage / target per
+  replica), within [1, its max]; an added replica serves after `cold_start` seconds (loading
   weights); an idle surplus replica is removed at once.
 - A GPU budget is split between the stages by their share of the work per job; each replica is
   one GPU. Networking, the job store and the front door are assumed never to be the bottleneck.
@@ -25,6 +27,8 @@ import itertools
 import math
 import random
 from dataclasses import dataclass, field
+
+from serving.autoscaling import DenoiseLoad, denoise_replicas
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,8 @@ class Scenario:
     warmup: float = 300.0
     cold_start: float = 60.0
     autoscale_period: float = 10.0
-    targets: dict[str, float] = field(default_factory=lambda: {"encode": 2.0, "denoise": 8.0, "decode": 2.0})
+    drain_seconds: float = 30.0  # the denoise policy's target (autoscaling.drain_seconds)
+    targets: dict[str, float] = field(default_factory=lambda: {"encode": 2.0, "decode": 2.0})  # jobs per replica
     seed: int = 0
 
     def max_replicas(self) -> dict[str, int]:
@@ -176,8 +181,16 @@ class _Sim:
         in_stage["denoise"] = sum(len(d["jobs"]) + len(d["waiting"]) for d in self.denoisers)
         current = {"encode": self.fcfs["encode"]["replicas"], "decode": self.fcfs["decode"]["replicas"],
                    "denoise": len(self.denoisers)}
+        t = sc.timings
+        waiting = sum(len(d["waiting"]) for d in self.denoisers)
+        denoise_load = DenoiseLoad(queued=waiting, in_progress=in_stage["denoise"] - waiting, per_replica=t.max_batch,
+                                   steps_per_job=t.steps, request_step_seconds=t.step_time(t.max_batch) / t.max_batch)
         for s, load in in_stage.items():
-            want = min(self.max[s], max(1, math.ceil(load / sc.targets[s])))
+            if s == "denoise":
+                want = denoise_replicas(denoise_load, min_replicas=1, max_replicas=self.max[s],
+                                        drain_seconds=sc.drain_seconds)
+            else:
+                want = min(self.max[s], max(1, math.ceil(load / sc.targets[s])))
             have = current[s] + self.pending[s]
             if want > have:
                 self.pending[s] += want - have
