@@ -9,6 +9,10 @@ Presets:
   weights; a short video takes well under a second on a laptop CPU. Its output is noise.
 - ``small``: the same classes, larger, sized so one 256x256, 33-frame video with audio takes a
   few seconds on a 2-core CPU; the benchmark preset.
+- ``demo``: the same classes at toy sizes, *trained* (on a CPU, by ``python -m training.train_demo``) on a
+  synthetic world: a red, green, blue or yellow ball or square bouncing or sliding left or right on a dark or
+  light floor, with a click at every contact. It makes what a prompt in those words asks for, at 64x64,
+  17 frames; the weights ship in the repository (engines/weights/demo/) and load as a checkpoint.
 - ``checkpoint``: a local directory holding a diffusers LTX-2 checkpoint (``model_index.json``
   plus one subfolder per component), loaded with ``local_files_only``.
 
@@ -33,8 +37,10 @@ from engines.errors import ConfigError
 from engines.schema import load, merge, require, section
 
 Dtype = Literal["float32", "bfloat16", "float16"]
-DiTBackendName = Literal["auto", "eager", "compile", "tensorrt"]
+DiTBackendName = Literal["auto", "eager", "compile", "tensorrt", "fp8", "int8"]
 EnhancerBackend = Literal["transformers", "vllm"]
+StepCacheMode = Literal["off", "balanced", "fast"]
+STEP_CACHE_MODES: tuple[str, ...] = get_args(StepCacheMode)
 DTYPES: tuple[str, ...] = get_args(Dtype)
 DIT_BACKENDS: tuple[str, ...] = get_args(DiTBackendName)
 
@@ -321,6 +327,58 @@ class TensorRTConfig:
     """Transformer rows per forward (a CFG request takes 2)."""
 
 
+@section("model.step_cache")
+class StepCacheConfig:
+    """Per-request first-block caching (engines/step_cache.py): a request reuses its own cached
+    output of the DiT blocks after the first while the first block's residual barely moves.
+
+    The thresholds bound the summed relative L1 change of block 0's residual since the request last
+    ran every block. Calibrated on the random-weight ``small`` preset at 8 steps
+    (loadtests/bench_cache.py, 32 requests): balanced skips 50% of request-steps for 1.64x denoise
+    throughput at >= 42 dB PSNR against off, fast 62% for 1.95x at >= 40 dB. Random weights change
+    evenly from step to step and the per-step change shrinks with more steps: re-calibrate for a
+    trained checkpoint and its step counts."""
+
+    default: StepCacheMode = "off"
+    """What a request that does not say gets: off (every step runs every block), balanced or fast."""
+    balanced_threshold: Annotated[float, Field(gt=0, le=10)] = 0.3
+    """Skip threshold of ``balanced``."""
+    fast_threshold: Annotated[float, Field(gt=0, le=10)] = 0.4
+    """Skip threshold of ``fast`` (skips more, at more quality cost)."""
+    first_steps: Annotated[int, Field(ge=1)] = 1
+    """A request's first steps always compute (the first must: nothing is cached before it)."""
+    last_steps: NonNegative = 1
+    """A request's last steps always compute (skipping them costs the most detail)."""
+    max_consecutive_skips: Annotated[int, Field(ge=1)] = 3
+    """Most steps in a row one request may reuse its cache (bounds the drift of a reused residual)."""
+
+    def __post_init__(self) -> None:
+        require(self.fast_threshold >= self.balanced_threshold, "fast_threshold",
+                "must be at least balanced_threshold (fast skips more)")
+
+
+@section("model.parallel")
+class ParallelConfig:
+    """One video across several devices (engines/parallel/): each DiT forward is split over
+    ``cfg x ulysses`` ranks, and the VAE decode of one video over the same ranks.
+
+    Rank 0 runs the Denoiser (step-level batching across requests stays there) and drives every
+    step; the other ranks follow what it broadcasts. 1 x 1 is a plain single-device engine."""
+
+    cfg: Literal[1, 2] = 1
+    """Classifier-free-guidance parallel degree: 2 puts the unconditional rows of a batch on one
+    group of ranks and the conditional rows on another (the two branches are independent)."""
+    ulysses: Annotated[int, Field(ge=1, le=8)] = 1
+    """Ulysses sequence-parallel degree: the video tokens of each row are split over this many ranks
+    (all-to-all around self-attention). Must divide the video and the audio attention head counts,
+    and each request's video token count."""
+
+    @property
+    def world_size(self) -> int:
+        """Ranks one engine spans."""
+        return self.cfg * self.ulysses
+
+
 @section("model")
 class ModelConfig:
     """Which model to run and how. Build one with `preset()`, `checkpoint()` or `from_mapping()`."""
@@ -340,7 +398,9 @@ class ModelConfig:
     device: Annotated[str, Field(pattern=r"^(cpu|cuda(:\d+)?)$")] = "cpu"
     """cpu or cuda[:N]."""
     dit_backend: DiTBackendName = "auto"
-    """auto: TensorRT, then torch.compile on GPUs; eager on CPUs."""
+    """auto: TensorRT, then torch.compile on GPUs; eager on CPUs. Opt-in, trading precision for speed:
+    fp8 (the blocks' linears in float8 on Ada/Hopper GPUs, bfloat16 weights, compiled) and int8 (the
+    blocks' linears in int8 on CPUs, float32 weights)."""
     num_threads: Annotated[int, Field(ge=1)] | None = 1
     """CPU intra-op threads per engine; None: torch's default."""
     limits: ModelLimits = field(default_factory=ModelLimits)
@@ -353,6 +413,10 @@ class ModelConfig:
     """TensorRT engines."""
     enhancer: EnhancerConfig = field(default_factory=EnhancerConfig)
     """The optional prompt enhancer."""
+    step_cache: StepCacheConfig = field(default_factory=StepCacheConfig)
+    """Per-request first-block caching of the DiT (what ``cache`` off/balanced/fast mean)."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """How one video spreads over several devices (1 x 1: one device)."""
 
     def __post_init__(self) -> None:
         require((self.architecture is None) != (self.checkpoint_dir is None), "checkpoint_dir",
@@ -360,6 +424,11 @@ class ModelConfig:
         d, lim = self.defaults, self.limits
         require(d.steps <= lim.max_steps, "defaults.steps", f"must be in [1, {lim.max_steps}]")
         require(d.fps in lim.allowed_fps, "defaults.fps", "must be one of limits.allowed_fps")
+        if self.architecture is not None:  # a checkpoint's head counts are checked when it is parallelized
+            tr, n = self.architecture.transformer, self.parallel.ulysses
+            require(tr.video_num_heads % n == 0 and tr.audio_num_heads % n == 0, "parallel.ulysses",
+                    f"{n} must divide the video ({tr.video_num_heads}) and audio ({tr.audio_num_heads}) "
+                    "attention head counts (Ulysses splits the heads over the ranks)")
 
     @property
     def model_id(self) -> str:
@@ -388,10 +457,17 @@ _SMALL = Architecture(
     vocoder=VocoderConfig(hidden_channels=64),
 )
 
+# Trained weights shipped with Kino (training/train_demo.py writes them).
+DEMO_CHECKPOINT_DIR = Path(__file__).resolve().parent / "weights" / "demo"
+
 PRESETS: Mapping[str, ModelConfig] = {
     "tiny": ModelConfig(name="tiny", architecture=_TINY),
     "small": ModelConfig(name="small", architecture=_SMALL,
                          defaults=SamplingDefaults(steps=8, width=256, height=256, seconds=33 / 24)),
+    # What it was trained for: 64x64, 17 frames at 24 fps, prompts of up to 80 (character) tokens.
+    "demo": ModelConfig(name="demo", checkpoint_dir=DEMO_CHECKPOINT_DIR, tokenizer_max_length=80,
+                        defaults=SamplingDefaults(steps=8, width=64, height=64, seconds=17 / 24,
+                                                  guidance_scale=3.0, audio_guidance_scale=3.0)),
 }
 
 # A real LTX-2 checkpoint: the pipeline's own defaults, sizes the model was trained for.
@@ -399,7 +475,7 @@ CHECKPOINT_DEFAULTS = SamplingDefaults(steps=30, width=768, height=512, seconds=
 
 
 def preset(name: str, **overrides: Any) -> ModelConfig:
-    """A built-in preset by name (``tiny``, ``small``), optionally with fields overridden."""
+    """A built-in preset by name (``tiny``, ``small``, ``demo``), optionally with fields overridden."""
     if name not in PRESETS:
         raise ConfigError("model.preset", f"{name!r} is not one of {sorted(PRESETS)} or 'checkpoint'")
     base = PRESETS[name]

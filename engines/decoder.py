@@ -6,11 +6,17 @@ chunk is decoded with some *past* context and a tile with a halo on every side; 
 halo are then cut away. With context and halo at least the decoder's receptive field a
 chunked decode equals a whole decode (tested); shorter ones trade exactness for speed.
 Frames stream out chunk by chunk, so a caller can encode them without holding the clip.
+
+A chunked decode is planned first (`chunk_plan`: per chunk, the `DecodeUnit`s, one VAE decoder
+call each) and then run by a `UnitRunner`: here, every unit in this process; engines/parallel
+spreads the units of one video over several ranks. Either way each unit is the same decoder call
+on the same latents, assembled the same way, so the frames are the same bits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +35,56 @@ FrameFilter = Callable[[np.ndarray, int], np.ndarray]
 """(uint8 frames [f, H, W, 3], index of the first) -> frames: applied before encoding."""
 
 
+Span = tuple[int, int]  # [start, stop) along one axis
+
+
+@dataclass(frozen=True)
+class DecodeUnit:
+    """One VAE decoder call of a chunked decode: a window of the latents (past context and halo
+    included) and the part of its output the clip keeps, with where that part goes in its chunk."""
+
+    latent_frames: Span
+    latent_rows: Span
+    latent_cols: Span
+    keep_frames: Span  # of the decoder's output: pixel frames, rows, columns kept
+    keep_rows: Span
+    keep_cols: Span
+    dest_rows: Span  # where the kept pixels go in the chunk's frames
+    dest_cols: Span
+
+    @property
+    def kept_size(self) -> tuple[int, int, int]:
+        """(pixel frames, rows, columns) of the kept part."""
+        return tuple(b - a for a, b in (self.keep_frames, self.keep_rows, self.keep_cols))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class DecodeChunk:
+    """One temporal chunk of a chunked decode: its pixel frames, and the units that fill them."""
+
+    frames: int
+    height: int
+    width: int
+    units: tuple[DecodeUnit, ...]
+
+
+class UnitRunner:
+    """Runs the units of a chunked decode, chunk by chunk: here, in this process
+    (engines/parallel/decode.py spreads them over the ranks of a group)."""
+
+    def run(self, decoder: Decoder, z: torch.Tensor, plan: Sequence[DecodeChunk],
+            decode: DecodeConfig) -> Generator[list[torch.Tensor], None, None]:
+        """Per chunk of `plan`, in order: the kept output of each of its units, in unit order."""
+        for chunk in plan:
+            yield [decoder.decode_unit(z, unit) for unit in chunk.units]
+
+
 class Decoder:
     """Video VAE decoder + audio VAE decoder + vocoder."""
 
     def __init__(self, config: ModelConfig, components: Components | None = None,
-                 geometry: LatentGeometry | None = None) -> None:
+                 geometry: LatentGeometry | None = None, runner: UnitRunner | None = None) -> None:
+        """`runner`: who decodes the units of a chunked decode (default: this process)."""
         configure_threads(config)
         self.config = config
         source = ComponentSource(config)
@@ -41,6 +92,7 @@ class Decoder:
         self.geometry = geometry or source.geometry()
         self.vae, self.audio_vae, self.vocoder = comps.vae, comps.audio_vae, comps.vocoder
         self.device = torch.device(config.device)
+        self.runner = runner or UnitRunner()
 
     # -- audio ---------------------------------------------------------------------------
     @torch.inference_mode()
@@ -83,20 +135,58 @@ class Decoder:
         """Frames in temporal chunks, float [f, H, W, 3] in [0, 1]; memory bounded by the chunk."""
         d = decode or self.config.decode
         z = self._latents_5d(latents)
-        t = self.geometry.temporal_compression
-        frames = z.shape[2]
-        if frames * z.shape[3] * z.shape[4] <= d.whole_max_latents:  # small: one pass, nothing recomputed
+        if z.shape[2] * z.shape[3] * z.shape[4] <= d.whole_max_latents:  # small: one pass, nothing recomputed
             yield _to_frames(self.vae.decode(z, self._temb(), return_dict=False)[0])
             return
+        plan = self.chunk_plan(tuple(z.shape), d)
+        parts = self.runner.run(self, z, plan, d)
+        try:
+            for chunk, chunk_parts in zip(plan, parts, strict=True):
+                yield _assemble(chunk, chunk_parts)
+        finally:
+            parts.close()  # a runner spread over ranks settles what is still in flight
+
+    def chunk_plan(self, latent_shape: tuple[int, ...], d: DecodeConfig) -> list[DecodeChunk]:
+        """The chunks and units of a chunked decode of latents [1, C, frames, h, w] (every rank that
+        takes part computes the same plan from the same numbers)."""
+        _, _, frames, h, w = latent_shape
+        t, scale = self.geometry.temporal_compression, self.geometry.spatial_compression
+        tile, halo = d.tile_latent_size, d.tile_halo_latents
+        if h <= tile and w <= tile:  # one tile, no halo
+            tile, halo = max(h, w), 0
+        plan = []
         for start in range(0, frames, d.chunk_latent_frames):
             end = min(frames, start + d.chunk_latent_frames) - 1
             first = max(0, start - d.context_latent_frames)
-            decoded = self._decode_tiled(z[:, :, first:end + 1], d)
             # Decoding latents [first..end] yields pixel frames [t*first .. t*end] of the whole clip;
             # this chunk owns [0 .. t*end] if it starts the clip, else [t*start - t + 1 .. t*end].
             own_from = 0 if start == 0 else t * start - t + 1
-            lo = own_from - t * first
-            yield _to_frames(decoded[:, :, lo:lo + t * end - own_from + 1])
+            lo, n = own_from - t * first, t * end - own_from + 1
+            units = []
+            for i in range(0, h, tile):
+                for j in range(0, w, tile):
+                    i0, i1 = max(0, i - halo), min(h, i + tile + halo)
+                    j0, j1 = max(0, j - halo), min(w, j + tile + halo)
+                    ih, jw = min(tile, h - i) * scale, min(tile, w - j) * scale
+                    oi, oj = (i - i0) * scale, (j - j0) * scale
+                    units.append(DecodeUnit(
+                        latent_frames=(first, end + 1), latent_rows=(i0, i1), latent_cols=(j0, j1),
+                        keep_frames=(lo, lo + n), keep_rows=(oi, oi + ih), keep_cols=(oj, oj + jw),
+                        dest_rows=(i * scale, i * scale + ih), dest_cols=(j * scale, j * scale + jw)))
+            plan.append(DecodeChunk(frames=n, height=h * scale, width=w * scale, units=tuple(units)))
+        return plan
+
+    def decode_unit(self, z: torch.Tensor, unit: DecodeUnit) -> torch.Tensor:
+        """The kept frames of one unit's decoder call, float [f, rows, cols, 3] in [0, 1] (converted
+        per unit: the conversion is elementwise, so it is the same bits as converting the chunk)."""
+        (f0, f1), (i0, i1), (j0, j1) = unit.latent_frames, unit.latent_rows, unit.latent_cols
+        part = self.vae.decoder(z[:, :, f0:f1, i0:i1, j0:j1], self._temb())
+        (a, b), (c, e), (g, k) = unit.keep_frames, unit.keep_rows, unit.keep_cols
+        return _to_frames(part[:, :, a:b, c:e, g:k])
+
+    def empty_unit_frames(self, unit: DecodeUnit) -> torch.Tensor:
+        """An uninitialised tensor shaped like `decode_unit(z, unit)` (to receive it into)."""
+        return torch.empty(*unit.kept_size, self.vae.config.out_channels, device=self.device)
 
     def render_mp4(self, latents: DenoisedLatents, params: GenerationParams, path: str | Path, *,
                    frame_filter: FrameFilter | None = None,
@@ -117,26 +207,14 @@ class Decoder:
                 first += len(frames)
         return probe(path)
 
-    def _decode_tiled(self, z: torch.Tensor, d: DecodeConfig) -> torch.Tensor:
-        """Decode [1, C, f, h, w] in spatial tiles of `tile_latent_size` with a halo cut away after."""
-        _, _, _, h, w = z.shape
-        tile, halo, scale = d.tile_latent_size, d.tile_halo_latents, self.geometry.spatial_compression
-        temb = self._temb()
-        if h <= tile and w <= tile:
-            return self.vae.decoder(z, temb)
-        out: torch.Tensor | None = None
-        for i in range(0, h, tile):
-            for j in range(0, w, tile):
-                i0, i1 = max(0, i - halo), min(h, i + tile + halo)
-                j0, j1 = max(0, j - halo), min(w, j + tile + halo)
-                part = self.vae.decoder(z[:, :, :, i0:i1, j0:j1], temb)
-                if out is None:
-                    out = part.new_empty(*part.shape[:3], h * scale, w * scale)
-                ih, jw = min(tile, h - i) * scale, min(tile, w - j) * scale
-                oi, oj = (i - i0) * scale, (j - j0) * scale
-                out[:, :, :, i * scale:i * scale + ih, j * scale:j * scale + jw] = part[:, :, :, oi:oi + ih, oj:oj + jw]
-        assert out is not None
-        return out
+
+def _assemble(chunk: DecodeChunk, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """A chunk's frames [frames, H, W, 3] from the kept frames of its units."""
+    out = parts[0].new_empty(chunk.frames, chunk.height, chunk.width, parts[0].shape[-1])
+    for unit, part in zip(chunk.units, parts, strict=True):
+        (r0, r1), (c0, c1) = unit.dest_rows, unit.dest_cols
+        out[:, r0:r1, c0:c1] = part
+    return out
 
 
 def _to_frames(video: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,10 @@ The contract a step-level scheduler drives (vllm-omni's prepare / denoise_step s
   step: the timestep is a per-row vector), then guidance and the Euler update per request.
 - ``result(state) -> DenoisedLatents``: the finished latents, as numpy, for the decoder.
 
+A request may ask to reuse the DiT's work between its steps (``GenerationParams.cache``, see
+engines/step_cache.py): its state then carries its own cache, and each step counts on the state
+whether the request computed every block or skipped the blocks after the first.
+
 The math is LTX2Pipeline's (velocity -> x0, CFG in delta form, guidance rescale, x0 ->
 velocity, x + (sigma_next - sigma) * v), so a request denoised here equals the pipeline's.
 """
@@ -15,6 +19,7 @@ velocity, x + (sigma_next - sigma) * v), so a request denoised here equals the p
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -30,6 +35,9 @@ from engines.model_loader import DENOISER_PARTS, Components, ComponentSource
 from engines.params import GenerationParams
 from engines.runtime import configure_threads
 from engines.stage_io import DenoisedLatents, LatentGeometry, LatentShape, PromptEmbedding, VideoConditioning
+from engines.step_cache import CachePolicy, FirstBlockCache, RowGroup, StepCacheState, check_block_arguments
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,9 @@ class DenoiseState:
     cfg: bool = field(default=True)
     mask: torch.Tensor | None = None  # [1, video tokens]: 1 = a clean conditioning token (first frame)
     start_index: int = 0  # a remix enters the schedule part way
+    cache: StepCacheState | None = None  # the request's step cache; None: every step runs every block
+    steps_computed: int = 0  # steps whose forward ran every transformer block for this request
+    steps_skipped: int = 0  # steps that reused its cached output of the blocks after the first
 
     @property
     def num_steps(self) -> int:
@@ -100,6 +111,10 @@ class Denoiser:
         self.scheduler = comps.scheduler
         self.backend = backend or create_backend(config.dit_backend, comps.transformer, config)
         self.device = torch.device(config.device)
+        if self.backend.runs_block_hooks:
+            check_block_arguments(self.transformer)  # a diffusers the step cache cannot slice fails here, loudly
+        self._block_cache: FirstBlockCache | None = None  # hooks attached on the first cached step
+        self._cache_off_logged = False
         self._coords: dict[tuple[LatentShape, float], tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- prepare -------------------------------------------------------------------------
@@ -140,7 +155,21 @@ class Denoiser:
             audio_context=torch.from_numpy(emb.audio[rows]).to(self.device),
             context_mask=torch.from_numpy(emb.mask[rows]).to(self.device),
             video_coords=video_coords, audio_coords=audio_coords, cfg=p.use_cfg, mask=mask,
-            step_index=start, start_index=start)
+            step_index=start, start_index=start, cache=self._step_cache(p))
+
+    def _step_cache(self, params: GenerationParams) -> StepCacheState | None:
+        """The request's own cache, or None: it asked for ``off``, or the backend runs no block hooks."""
+        policy = CachePolicy.for_mode(self.config.step_cache, params.cache)
+        if policy is None:
+            return None
+        if not self.backend.runs_block_hooks:
+            if not self._cache_off_logged:
+                log.warning("step cache unavailable with DiT backend %s (its forward does not run the diffusers "
+                            "blocks, so their hooks cannot skip work); requests run with cache off",
+                            self.backend.name)
+                self._cache_off_logged = True
+            return None
+        return StepCacheState(policy)
 
     def _schedule(self, steps: int, video_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The pipeline's shifted flow-matching schedule, from a private copy of the scheduler."""
@@ -175,13 +204,35 @@ class Denoiser:
             if s.done:
                 raise ValueError(f"request {s.request_id} has finished all {s.num_steps} steps")
         inputs = self._batch(states)
-        video_v, audio_v = self.backend.forward(inputs)
+        if any(s.cache is not None for s in states):
+            video_v, audio_v, skipped = self._cached_forward(states, inputs)
+        else:
+            video_v, audio_v = self.backend.forward(inputs)
+            skipped = [False] * len(states)
         row = 0
-        for s in states:
+        for s, skip in zip(states, skipped, strict=True):
             n = s.rows
             self._update(s, video_v[row:row + n], audio_v[row:row + n])
             row += n
+            if skip:
+                s.steps_skipped += 1
+            else:
+                s.steps_computed += 1
+            if s.done and s.cache is not None:
+                s.cache.release()
         return list(states)
+
+    def _cached_forward(self, states: Sequence[DenoiseState],
+                        inputs: DiTInputs) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
+        """The forward with first-block caching: one row group per state, in `_batch`'s row order."""
+        if self._block_cache is None:
+            self._block_cache = FirstBlockCache.attach(self.transformer)
+        plan, row = [], 0
+        for s in states:
+            may_skip = s.cache is not None and s.cache.policy.allows_skip(s.steps_done, s.steps_total)
+            plan.append(RowGroup(start=row, rows=s.rows, cache=s.cache, may_skip=may_skip))
+            row += s.rows
+        return self._block_cache.forward(self.backend, inputs, plan)
 
     def _batch(self, states: Sequence[DenoiseState]) -> DiTInputs:
         def rep(t: torch.Tensor, s: DenoiseState) -> torch.Tensor:

@@ -45,6 +45,9 @@ class DiTBackend(ABC):
     """Runs the LTX-2 transformer forward for a batch."""
 
     name: ClassVar[str]
+    runs_block_hooks: ClassVar[bool] = False
+    """Whether `forward` calls the diffusers module's transformer blocks eagerly, so hooks on them
+    (the step cache, engines/step_cache.py) take effect."""
 
     def __init__(self, transformer: torch.nn.Module) -> None:
         self.transformer = transformer
@@ -58,6 +61,7 @@ class EagerBackend(DiTBackend):
     """The diffusers module as is (any device)."""
 
     name = "eager"
+    runs_block_hooks = True
 
     @torch.inference_mode()
     def forward(self, inputs: DiTInputs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,6 +96,18 @@ def _compiled(transformer: torch.nn.Module, _config: Any) -> DiTBackend:
     return CompiledBackend(transformer)
 
 
+def _fp8(transformer: torch.nn.Module, _config: Any) -> DiTBackend:
+    from engines.backends.fp8 import FP8Backend
+
+    return FP8Backend(transformer)
+
+
+def _int8(transformer: torch.nn.Module, _config: Any) -> DiTBackend:
+    from engines.backends.int8 import Int8Backend
+
+    return Int8Backend(transformer)
+
+
 def _tensorrt(transformer: torch.nn.Module, config: Any) -> DiTBackend:
     from engines.backends.tensorrt import TensorRTBackend, TensorRTSettings
 
@@ -104,16 +120,23 @@ _BACKENDS: dict[str, Callable[[torch.nn.Module, Any], DiTBackend]] = {
     "eager": lambda transformer, _config: EagerBackend(transformer),
     "compile": _compiled,
     "tensorrt": _tensorrt,
+    "fp8": _fp8,
+    "int8": _int8,
 }
 
 
 def fallback_chain(name: str, device: str) -> list[str]:
-    """Backends to try, best first: TensorRT, then torch.compile, then eager."""
+    """Backends to try, best first: TensorRT, then torch.compile, then eager. The low-precision ones
+    fall back to full precision: fp8 (GPU) to torch.compile and eager, int8 (CPU) to eager; `auto`
+    never picks them, as they trade precision for speed."""
     if name == "auto":
         return ["tensorrt", "compile", "eager"] if device.startswith("cuda") else ["eager"]
     order = ["tensorrt", "compile", "eager"]
+    low_precision = {"fp8": ["fp8", "compile", "eager"], "int8": ["int8", "eager"]}
+    if name in low_precision:
+        return low_precision[name]
     if name not in order:
-        raise ValueError(f"unknown DiT backend {name!r}; known: auto, {', '.join(order)}")
+        raise ValueError(f"unknown DiT backend {name!r}; known: auto, {', '.join(low_precision)}, {', '.join(order)}")
     return order[order.index(name):]
 
 

@@ -8,7 +8,7 @@ import secrets
 from dataclasses import dataclass
 from fractions import Fraction
 
-from engines.config import ModelConfig
+from engines.config import STEP_CACHE_MODES, ModelConfig, StepCacheMode
 from engines.errors import InvalidParameter
 
 # The video VAE compresses time 8x around a causal first frame: a clip has 8k+1 frames.
@@ -65,6 +65,7 @@ class GenerationParams:
     guidance_rescale: float | None = None
     audio_guidance_rescale: float | None = None
     enhance_prompt: bool = False  # rewrite the prompt with the model's prompt enhancer first
+    cache: StepCacheMode | None = None  # reuse the DiT's work between steps: off, balanced, fast (model.step_cache)
 
     @property
     def size(self) -> str:
@@ -106,6 +107,7 @@ class GenerationParams:
             guidance_rescale=d.guidance_rescale if self.guidance_rescale is None else self.guidance_rescale,
             audio_guidance_rescale=(d.audio_guidance_rescale if self.audio_guidance_rescale is None
                                     else self.audio_guidance_rescale),
+            cache=config.step_cache.default if self.cache is None else self.cache,
         )
         _check_text("prompt", p.prompt, lim.max_prompt_chars, required=True)
         _check_text("negative_prompt", p.negative_prompt, lim.max_prompt_chars, required=False)
@@ -131,6 +133,8 @@ class GenerationParams:
             _check_float(name, getattr(p, name), *lim.guidance_range)
         for name in ("guidance_rescale", "audio_guidance_rescale"):
             _check_float(name, getattr(p, name), *lim.rescale_range)
+        if p.cache not in STEP_CACHE_MODES:
+            raise InvalidParameter("cache", p.cache, "one of " + ", ".join(STEP_CACHE_MODES))
         if p.enhance_prompt is not False and not (p.enhance_prompt is True and config.enhancer.enabled):
             raise InvalidParameter("enhance_prompt", p.enhance_prompt,
                                    "false: this model has no prompt enhancer (model.enhancer.enabled is false)"

@@ -1,1 +1,2 @@
-"""Optimised DiT backends behind `engines.dit_backend.DiTBackend`: torch.compile, ONNX export, TensorRT."""
+"""Optimised DiT backends behind `engines.dit_backend.DiTBackend`: torch.compile, FP8, int8, ONNX export,
+TensorRT."""

@@ -13,6 +13,7 @@ class CompiledBackend(EagerBackend):
     """The eager call, through `torch.compile` (dynamic shapes: batch and token counts vary)."""
 
     name = "compile"
+    runs_block_hooks = False  # one graph over the whole model: per-request hooks would break or specialise it
 
     def __init__(self, transformer: torch.nn.Module, mode: str | None = None) -> None:
         if transformer.device.type == "cpu" and not (shutil.which("c++") or shutil.which("g++")):

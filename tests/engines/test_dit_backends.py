@@ -31,6 +31,8 @@ def test_fallback_chain_orders_tensorrt_compile_eager():
     assert fallback_chain("tensorrt", "cpu") == ["tensorrt", "compile", "eager"]
     assert fallback_chain("compile", "cuda") == ["compile", "eager"]
     assert fallback_chain("eager", "cuda") == ["eager"]
+    assert fallback_chain("fp8", "cuda") == ["fp8", "compile", "eager"]  # opt-in: auto never trades precision
+    assert fallback_chain("int8", "cuda") == ["int8", "eager"]
     with pytest.raises(ValueError, match="unknown DiT backend 'onnx'"):
         fallback_chain("onnx", "cpu")
 
@@ -42,6 +44,15 @@ def test_tensorrt_on_cpu_falls_back_to_compile_with_one_log_line(staged, tiny_co
     [record] = caplog.records
     assert "tensorrt unavailable" in record.message and "CUDA is not available" in record.message
     assert record.message.endswith("falling back to compile")
+
+
+def test_fp8_on_cpu_falls_back_to_compile_with_one_log_line(staged, tiny_config, caplog):
+    with caplog.at_level(logging.WARNING, logger="engines.dit_backend"):
+        backend = create_backend("fp8", staged.components.transformer, tiny_config)
+    assert backend.name == "compile"
+    [record] = caplog.records
+    assert record.message == ("DiT backend fp8 unavailable (FP8 needs an NVIDIA GPU and CUDA is not available "
+                              "here); falling back to compile")
 
 
 def test_each_unavailable_backend_logs_why_and_the_last_one_raises(staged, tiny_config, caplog):
