@@ -174,6 +174,7 @@ class DenoiseLoop:
 
     async def _step(self, bucket: Hashable, request_ids: tuple[str, ...]) -> None:
         states = [self._requests[rid].state for rid in request_ids]
+        skipped_before = sum(s.steps_skipped for s in states)
         started = time.perf_counter()
         try:
             await asyncio.to_thread(self.engine.step, states)
@@ -192,6 +193,8 @@ class DenoiseLoop:
             return
         took = time.perf_counter() - started
         self.metrics.denoise_step(took, len(states), sum(map(tokens_of, states)))
+        skipped = sum(s.steps_skipped for s in states) - skipped_before
+        self.metrics.step_cache(computed=len(states) - skipped, skipped=skipped)
         per_request = took / len(states)
         self.request_step_seconds = per_request if self.request_step_seconds is None else (
             0.9 * self.request_step_seconds + 0.1 * per_request)

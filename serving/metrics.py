@@ -35,6 +35,10 @@ class Metrics(ABC):
     def denoise_step(self, seconds: float, batch_size: int, tokens: int) -> None: ...
 
     @abstractmethod
+    def step_cache(self, computed: int, skipped: int) -> None:
+        """Request-steps of one forward that ran every DiT block, and that reused their step cache."""
+
+    @abstractmethod
     def batch_measured(self, bucket: str, step_seconds: dict[int, float], cap: int) -> None:
         """A Denoiser replica timed a step of `bucket` at these batch sizes and capped it at `cap`."""
 
@@ -54,6 +58,7 @@ class NoMetrics(Metrics):
     def stage_seconds(self, stage: str, seconds: float) -> None: pass
     def job_counts(self, queued: int, in_progress: int) -> None: pass
     def denoise_step(self, seconds: float, batch_size: int, tokens: int) -> None: pass
+    def step_cache(self, computed: int, skipped: int) -> None: pass
     def batch_measured(self, bucket: str, step_seconds: dict[int, float], cap: int) -> None: pass
     def artifact_written(self, size_bytes: int) -> None: pass
     def api_call(self, protocol: str, method: str, code: str) -> None: pass

@@ -44,6 +44,11 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
                  " / sum(rate(ray_kino_denoise_step_seconds_count[5m]))"),
         ("p95", "histogram_quantile(0.95, sum by (le) (rate(ray_kino_denoise_batch_size_bucket[5m])))")]),
     ("Latent tokens per second", "short", [("tokens/s", "sum(rate(ray_kino_denoise_tokens_total[5m]))")]),
+    ("Step cache: share of request-steps skipped", "percentunit", [
+        ("skipped", 'sum(rate(ray_kino_denoise_cached_request_steps_total{result="skipped"}[5m]))'
+                    " / sum(rate(ray_kino_denoise_cached_request_steps_total[5m]))")]),
+    ("Denoise batch cap by bucket (measured)", "short", [
+        ("{{bucket}}", "max by (bucket) (ray_kino_denoise_batch_cap)")]),
     ("API errors by code", "reqps", [
         ("{{protocol}} {{code}}", 'sum by (protocol, code) (rate(ray_kino_api_requests_total{code!~"OK|2.."}[5m]))')]),
     ("Artifact bytes written per second", "Bps", [("bytes/s", "sum(rate(ray_kino_artifact_bytes_total[5m]))")]),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from fractions import Fraction
 
-from engines.config import DIT_BACKENDS, DTYPES, PRESETS
+from engines.config import DIT_BACKENDS, DTYPES, PRESETS, STEP_CACHE_MODES
 from engines.params import GenerationParams, parse_fps, parse_size
 
 
@@ -38,6 +38,10 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--negative-prompt", help="what to steer away from")
     g.add_argument("--guidance-scale", type=float, help="video classifier-free guidance (1 = off, up to 20)")
     g.add_argument("--audio-guidance-scale", type=float, help="audio classifier-free guidance (1 = off, up to 20)")
+    g.add_argument("--cache", choices=STEP_CACHE_MODES,
+                   help="step caching: off (every step computes every block: the exact path), balanced (reuses a "
+                        "request's DiT work where it barely changes, ~1.6x faster denoising at >= 40 dB PSNR "
+                        "measured), fast (more); default: the server's (model.step_cache.default)")
 
 
 def params_from_args(args: argparse.Namespace) -> GenerationParams:
@@ -45,7 +49,7 @@ def params_from_args(args: argparse.Namespace) -> GenerationParams:
     return GenerationParams(
         prompt=args.prompt, negative_prompt=args.negative_prompt, width=width, height=height,
         seconds=args.seconds, fps=args.fps, seed=args.seed, steps=args.steps,
-        guidance_scale=args.guidance_scale, audio_guidance_scale=args.audio_guidance_scale)
+        guidance_scale=args.guidance_scale, audio_guidance_scale=args.audio_guidance_scale, cache=args.cache)
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:

@@ -94,6 +94,8 @@ def create_request(args: argparse.Namespace) -> pb.CreateVideoRequest:
         req.size = args.size
     if args.fps is not None:
         req.fps = f"{args.fps.numerator}/{args.fps.denominator}"
+    if getattr(args, "cache", None):
+        req.cache = pb.StepCache.Value(f"STEP_CACHE_{args.cache.upper()}")
     for name in ("seconds", "seed", "steps", "guidance_scale", "audio_guidance_scale", "priority"):
         value = getattr(args, name, None)
         if value is not None:

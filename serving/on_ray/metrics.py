@@ -28,6 +28,9 @@ class RayMetrics(Metrics):
         self._tokens = m.Counter("kino_denoise_tokens_total", "Latent tokens (video + audio) processed by steps")
         # Exact, unlike a histogram's _sum (Ray derives that one from bucket boundaries).
         self._request_steps = m.Counter("kino_denoise_request_steps_total", "Requests advanced by one step, summed")
+        self._cache = m.Counter("kino_denoise_cached_request_steps_total", "Request-steps by whether they ran every "
+                                "DiT block (computed) or reused the request's step cache (skipped)",
+                                tag_keys=("result",))
         self._cap = m.Gauge("kino_denoise_batch_cap", "Measured batch cap of a shape bucket", tag_keys=("bucket",))
         self._measured = m.Gauge("kino_denoise_measured_step_seconds", "One step of a bucket at a batch size, "
                                  "measured when the bucket appeared", tag_keys=("bucket", "batch_size"))
@@ -57,6 +60,12 @@ class RayMetrics(Metrics):
         self._batch.observe(batch_size)
         self._request_steps.inc(batch_size)
         self._tokens.inc(tokens)
+
+    def step_cache(self, computed: int, skipped: int) -> None:
+        if computed:
+            self._cache.inc(computed, tags={"result": "computed"})
+        if skipped:
+            self._cache.inc(skipped, tags={"result": "skipped"})
 
     def batch_measured(self, bucket: str, step_seconds: dict[int, float], cap: int) -> None:
         self._cap.set(cap, tags={"bucket": bucket})

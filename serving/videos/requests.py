@@ -52,6 +52,7 @@ class CreateVideo:
     cameo_id: str | None = None
     visibility: Visibility = Visibility.PRIVATE
     enhance_prompt: bool = False
+    cache: str | None = None  # step caching: off, balanced, fast (None: the server's default)
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def generation_params(req: CreateVideo, model: ModelConfig) -> GenerationParams:
     return validated(GenerationParams(
         prompt=req.prompt, negative_prompt=req.negative_prompt, width=width, height=height,
         seconds=req.seconds, fps=fps, seed=req.seed, steps=req.steps, guidance_scale=req.guidance_scale,
-        audio_guidance_scale=req.audio_guidance_scale, enhance_prompt=req.enhance_prompt), model)
+        audio_guidance_scale=req.audio_guidance_scale, enhance_prompt=req.enhance_prompt, cache=req.cache), model)
 
 
 def validated(params: GenerationParams, model: ModelConfig) -> GenerationParams:

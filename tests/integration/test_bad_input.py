@@ -53,6 +53,7 @@ CREATE_CASES = [
     ("priority too high", C(prompt="ok", priority=10), INVALID, "priority"),
     ("idempotency key too long", C(prompt="ok", idempotency_key="k" * 129), INVALID, "idempotency_key"),
     ("unknown model", C(prompt="ok", model="sora-2-pro"), INVALID, "model"),
+    ("unknown step cache", C(prompt="ok", cache=42), INVALID, "cache"),
 ]
 
 

@@ -93,6 +93,10 @@ def test_run_in_process_moderates_marks_and_signs(tmp_path):
     assert frames and all(detect(f)[0] for f in frames)
     root = (tmp_path / "credentials" / "root.pem").read_bytes()
     assert verify(out, root).state == "Trusted"
+    cached = subprocess.run(KINO + ["run", "a kite over dunes", "--seconds", "1", "--size", "64x64", "--steps", "6",
+                                    "--cache", "balanced", "-o", str(tmp_path / "cached.mp4")],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert cached.returncode == 0 and StageTimes.parse(cached.stdout).denoise > 0, cached.stdout + cached.stderr
     refused = subprocess.run(KINO + ["run", "a gory decapitation scene", "-o", str(tmp_path / "no.mp4")],
                              capture_output=True, text=True, timeout=300, env=env)
     assert refused.returncode == 2 and "graphic_violence" in refused.stdout and not (tmp_path / "no.mp4").exists()

@@ -123,3 +123,28 @@ def test_enhanced_prompt_is_generated_stored_and_shown_to_its_owner(stub, tmp_pa
     assert stub.GetVideo(pb.GetVideoRequest(id=plain.id)).enhanced_prompt == ""  # opt-in only
     # Same seed, different conditioning text: a visibly different video.
     assert abs(_frames(stub, video.id, tmp_path) - _frames(stub, plain.id, tmp_path)).mean() > 1.0
+
+
+def test_step_caching_is_chosen_per_request_and_recorded(stub, cluster):
+    """balanced on gRPC, fast as the REST extra field, the server's default (off) when unsaid."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    cached = stub.CreateVideo(pb.CreateVideoRequest(prompt="a drum solo", seconds=1.0, steps=12, seed=5,
+                                                    cache=pb.STEP_CACHE_BALANCED))
+    plain = stub.CreateVideo(pb.CreateVideoRequest(prompt="a drum solo", seconds=1.0, steps=12, seed=5))
+    body = json.dumps({"prompt": "a drum solo", "seconds": "1", "size": "64x64", "cache": "fast"}).encode()
+    rest = json.loads(urllib.request.urlopen(urllib.request.Request(
+        f"{cluster.rest_url}/videos", data=body, headers={"content-type": "application/json"})).read())
+    for video_id in (cached.id, plain.id, rest["id"]):
+        assert wait_done(stub, video_id)[-1].status == pb.VIDEO_STATUS_COMPLETED
+    got = {v: stub.GetVideo(pb.GetVideoRequest(id=v)).cache for v in (cached.id, plain.id, rest["id"])}
+    assert got == {cached.id: pb.STEP_CACHE_BALANCED, plain.id: pb.STEP_CACHE_OFF, rest["id"]: pb.STEP_CACHE_FAST}
+    bad = json.dumps({"prompt": "x", "cache": "turbo"}).encode()
+    try:
+        urllib.request.urlopen(urllib.request.Request(f"{cluster.rest_url}/videos", data=bad,
+                                                      headers={"content-type": "application/json"}))
+        raise AssertionError("an unknown cache was accepted")
+    except urllib.error.HTTPError as e:
+        assert e.code == 400 and json.loads(e.read())["error"]["param"] == "cache"

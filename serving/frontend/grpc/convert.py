@@ -30,6 +30,8 @@ STAGE_TO_PB = {
 }
 
 
+CACHE_TO_PB = {"off": pb.STEP_CACHE_OFF, "balanced": pb.STEP_CACHE_BALANCED, "fast": pb.STEP_CACHE_FAST}
+PB_TO_CACHE = {v: k for k, v in CACHE_TO_PB.items()}
 VISIBILITY_TO_PB = {Visibility.PRIVATE: pb.VISIBILITY_PRIVATE, Visibility.PUBLIC: pb.VISIBILITY_PUBLIC}
 REVIEW_TO_PB = {Review.NONE: pb.REVIEW_NONE, Review.PENDING: pb.REVIEW_PENDING, Review.APPROVED: pb.REVIEW_APPROVED}
 
@@ -63,6 +65,13 @@ def _fps(fps: Fraction | None) -> str:
     return str(fps.numerator) if fps.denominator == 1 else f"{fps.numerator}/{fps.denominator}"
 
 
+def cache(value: int) -> str | None:
+    """A StepCache as the domain's name (an unknown number goes on as text, for the domain to refuse)."""
+    if value == pb.STEP_CACHE_UNSPECIFIED:
+        return None
+    return PB_TO_CACHE.get(value, str(value))
+
+
 def create_request(req: pb.CreateVideoRequest) -> CreateVideo:
     def opt(name: str):
         return getattr(req, name) if req.HasField(name) else None
@@ -73,7 +82,7 @@ def create_request(req: pb.CreateVideoRequest) -> CreateVideo:
         guidance_scale=opt("guidance_scale"), audio_guidance_scale=opt("audio_guidance_scale"),
         priority=opt("priority"), idempotency_key=req.idempotency_key or None, model=req.model or None,
         image=req.image or None, cameo_id=req.cameo_id or None, visibility=visibility(req.visibility),
-        enhance_prompt=req.enhance_prompt)
+        enhance_prompt=req.enhance_prompt, cache=cache(req.cache))
 
 
 def remix_request(req: pb.RemixVideoRequest) -> RemixVideo:
@@ -96,7 +105,7 @@ def video(job: Job) -> pb.Video:
         visibility=VISIBILITY_TO_PB[job.visibility], parent_id=job.conditioning.parent_id or "",
         cameo_id=job.conditioning.cameo_id or "", review=REVIEW_TO_PB[job.review],
         image_conditioned=bool(job.conditioning.image_key and not job.conditioning.cameo_id),
-        enhanced_prompt=job.enhanced_prompt or "")
+        enhanced_prompt=job.enhanced_prompt or "", cache=CACHE_TO_PB.get(p.cache, pb.STEP_CACHE_UNSPECIFIED))
     if job.error_code:
         msg.error.code, msg.error.message = job.error_code, job.error_message or ""
     if job.artifact is not None:

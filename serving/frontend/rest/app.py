@@ -1,6 +1,7 @@
 """OpenAI-compatible routes over the domain services: parse, call, translate; no decisions here.
 
-    POST   /v1/videos                 create (multipart or JSON: prompt, model, seconds, size, input_reference)
+    POST   /v1/videos                 create (multipart or JSON: prompt, model, seconds, size, input_reference;
+                                      Kino's extra: cache = off | balanced | fast)
     GET    /v1/videos                 list (after, limit, order)
     GET    /v1/videos/{id}            retrieve
     DELETE /v1/videos/{id}            delete
@@ -103,9 +104,11 @@ def create_rest_app(videos: VideoService, authenticate: Authenticate, metrics: M
             fields = await _json_object(request)
         if not isinstance(fields.get("prompt"), str):
             raise InvalidArgument("prompt is required: the text that describes the video", field="prompt")
+        # Kino's extra field beside OpenAI's (clients that do not send it get the server's default).
         req = CreateVideo(prompt=fields["prompt"], size=fields.get("size") or None,
                           seconds=_seconds(fields.get("seconds")), model=fields.get("model") or None,
-                          image=image, idempotency_key=request.headers.get("idempotency-key") or None)
+                          image=image, idempotency_key=request.headers.get("idempotency-key") or None,
+                          cache=fields.get("cache") or None)
         job, _ = await videos.create(who, req)
         return JSONResponse(convert.video(job))
 
