@@ -31,6 +31,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from engines.config import ModelConfig
 from engines.dit_backend import DiTBackend, DiTInputs, create_backend
+from engines.errors import OutOfMemory
 from engines.model_loader import DENOISER_PARTS, Components, ComponentSource
 from engines.params import GenerationParams
 from engines.runtime import configure_threads
@@ -204,11 +205,18 @@ class Denoiser:
             if s.done:
                 raise ValueError(f"request {s.request_id} has finished all {s.num_steps} steps")
         inputs = self._batch(states)
-        if any(s.cache is not None for s in states):
-            video_v, audio_v, skipped = self._cached_forward(states, inputs)
-        else:
-            video_v, audio_v = self.backend.forward(inputs)
-            skipped = [False] * len(states)
+        try:
+            if any(s.cache is not None for s in states):
+                video_v, audio_v, skipped = self._cached_forward(states, inputs)
+            else:
+                video_v, audio_v = self.backend.forward(inputs)
+                skipped = [False] * len(states)
+        except torch.OutOfMemoryError as e:  # before any state moved: the step can be retried smaller
+            del inputs
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise OutOfMemory(f"a forward of {len(states)} requests ({sum(s.rows for s in states)} rows of "
+                              f"{states[0].shape.video_tokens} video tokens) ran out of device memory: {e}") from None
         row = 0
         for s, skip in zip(states, skipped, strict=True):
             n = s.rows

@@ -66,3 +66,27 @@ def test_step_rejects_mixed_shapes_and_finished_states(staged, tiny_config):
         staged.denoiser.step([s1])
     with pytest.raises(ValueError, match="at step 0 of 1"):
         staged.denoiser.result(s2)
+
+
+def test_running_out_of_device_memory_is_an_engine_error_and_leaves_the_states_as_they_were(staged, tiny_config):
+    import torch
+
+    from engines.denoiser import Denoiser
+    from engines.errors import OutOfMemory
+
+    class NoMemory:
+        """A backend on a device that is full (a fake: this CPU cannot run out)."""
+
+        name, runs_block_hooks = "full", False
+
+        def forward(self, inputs):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    p = GenerationParams(prompt="a cat", seed=1, steps=2).validated(tiny_config)
+    [emb] = staged.text_encoder.encode([PromptPair(p.prompt, p.negative_prompt)])
+    full = Denoiser(tiny_config, staged.components, backend=NoMemory())
+    state = full.prepare(DenoiseRequest("a", p, emb))
+    before = state.latents.clone()
+    with pytest.raises(OutOfMemory, match="ran out of device memory"):
+        full.step([state])
+    assert state.step_index == 0 and torch.equal(state.latents, before)
