@@ -70,12 +70,16 @@ class AccountStore:
                                   "1 to 63 characters", field="tenant")
         if not 0 <= priority <= 9:
             raise InvalidArgument(f"priority={priority} is not allowed: an integer in [0, 9]", field="priority")
-        with self.db.write() as conn:
-            if conn.execute(sa.select(tenants.c.id).where(tenants.c.id == tenant_id)).first():
-                raise FailedPrecondition(f"tenant {tenant_id!r} already exists", field="tenant")
-            conn.execute(tenants.insert().values(
-                id=tenant_id, name=name or tenant_id, priority=priority, max_concurrent=quota.max_concurrent,
-                max_queued=quota.max_queued, seconds_per_day=quota.seconds_per_day, created_at=time.time()))
+        exists = FailedPrecondition(f"tenant {tenant_id!r} already exists", field="tenant")
+        try:
+            with self.db.write() as conn:
+                if conn.execute(sa.select(tenants.c.id).where(tenants.c.id == tenant_id)).first():
+                    raise exists
+                conn.execute(tenants.insert().values(
+                    id=tenant_id, name=name or tenant_id, priority=priority, max_concurrent=quota.max_concurrent,
+                    max_queued=quota.max_queued, seconds_per_day=quota.seconds_per_day, created_at=time.time()))
+        except sa.exc.IntegrityError:  # inserted by another process between our check and our insert
+            raise exists from None
         return self.tenant(tenant_id)
 
     def ensure_tenant(self, tenant_id: str, **kw: Any) -> Tenant:

@@ -76,3 +76,29 @@ def test_bootstrap_keys_from_a_file(store, tmp_path):
 
     with pytest.raises(ConfigError, match="line 1"):
         service.bootstrap(keys)
+
+
+
+def test_a_tenant_inserted_by_another_process_meanwhile_is_found_not_an_error(postgres):
+    """Two front doors' first calls race on a fresh PostgreSQL: the other one's insert is not yet
+    committed when we look, so we insert too and wait on the key; when it commits our insert fails
+    the unique key, and ensure_tenant returns the tenant (the soak's CreateVideo calls failed with
+    UNKNOWN and a unique-key violation here)."""
+    import threading
+    import time
+
+    from serving.accounts.store import tenants
+
+    url = postgres.new_database()
+    ours, theirs = AccountStore(Database(url)), Database(url)
+    with theirs.engine.connect() as conn:
+        transaction = conn.begin()
+        conn.execute(tenants.insert().values(id="local", name="theirs", priority=5, max_concurrent=0,
+                                             max_queued=0, seconds_per_day=0.0, created_at=time.time()))
+        result: list = []
+        racer = threading.Thread(target=lambda: result.append(ours.ensure_tenant("local", name="ours")))
+        racer.start()
+        time.sleep(0.5)  # our insert now waits on theirs
+        transaction.commit()
+        racer.join(10)
+    assert [t.name for t in result] == ["theirs"]
