@@ -1,0 +1,158 @@
+"""One video across several ranks (engines/parallel) equals one rank: real gloo processes on this
+host, Kino's real Denoiser on rank 0 (this process) with the parallel backend, followers spawned.
+
+One world of 4 processes serves every case in turn (spawning costs seconds per process); the
+failure case breaks it on purpose, so it comes last.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from engines.config import DecodeConfig, from_mapping, preset
+from engines.decoder import Decoder
+from engines.errors import ConfigError, ParallelError
+from engines.model_loader import ALL_PARTS, ComponentSource
+from engines.parallel import ParallelBackend, ParallelLayout, ParallelUnitRunner
+from engines.parallel.decode import unit_owner
+from engines.params import GenerationParams
+from engines.staged_pipeline import StagedPipeline
+from loadtests.parallel_world import EngineSpec, World
+from tests.engines.parallel_cases import media, run_batched_requests, tiled_latents
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def world():
+    w = World(4)  # the followers start now and load while rank 0 computes its references
+    yield w
+    w.close()
+
+
+@pytest.fixture(scope="module")
+def rank0():
+    """Rank 0's own components (parallelizing must not touch the session's `staged` fixture)."""
+    config = preset("tiny")
+    return config, ComponentSource(config).load(ALL_PARTS)
+
+
+@pytest.fixture(scope="module")
+def reference(rank0):
+    """The same requests on one rank (EagerBackend)."""
+    config, components = rank0
+    pipe = StagedPipeline(config, components)
+    results, forwards = run_batched_requests(pipe, config)
+    return media(pipe, results), forwards
+
+
+@pytest.mark.parametrize("cfg, ulysses", [(2, 1), (1, 2), (2, 2)], ids=["cfg2", "ulysses2", "cfg2xulysses2"])
+def test_split_forward_gives_the_frames_and_audio_of_one_rank(world, reference, rank0, cfg, ulysses):
+    config, components = rank0
+    expected, forwards = reference
+    engine = world.engine(cfg, ulysses)
+    backend = ParallelBackend(components.transformer, engine.leader)
+    try:
+        pipe = StagedPipeline(config, components, backend=backend)
+        results, ran = run_batched_requests(pipe, config)
+    finally:
+        backend.close()
+    stats = world.finish(engine)
+    assert ran == forwards
+    # Every follower computed its share of every forward.
+    assert [s.forwards for s in stats[1:cfg * ulysses]] == [forwards] * (cfg * ulysses - 1)
+    for (frames, audio), (ref_frames, ref_audio) in zip(media(pipe, results), expected, strict=True):
+        assert frames.shape == ref_frames.shape
+        assert (frames - ref_frames).abs().max().item() <= TOL
+        assert np.abs(audio - ref_audio).max() <= TOL
+
+
+def test_ulysses_refuses_a_video_it_cannot_split_and_keeps_serving(world, rank0):
+    config, components = rank0
+    engine = world.engine(1, 2)
+    backend = ParallelBackend(components.transformer, engine.leader)
+    try:
+        pipe = StagedPipeline(config, components, backend=backend)
+        odd = GenerationParams(prompt="x", seed=1, steps=1, width=96, height=96, seconds=0.5).validated(config)
+        with pytest.raises(ConfigError, match=r"model\.parallel\.ulysses: 2 does not divide the 27 video tokens"):
+            pipe.denoise([("odd", odd)])
+        even = GenerationParams(prompt="x", seed=1, steps=1).validated(config)
+        pipe.denoise([("even", even)])  # refused before any message: the group is still in step
+    finally:
+        backend.close()
+    assert world.finish(engine)[1].forwards == 1
+
+
+def test_parallel_decode_is_bit_identical_to_one_rank(world, rank0):
+    config, components = rank0
+    tiled = DecodeConfig(chunk_latent_frames=2, context_latent_frames=1, tile_latent_size=2, tile_halo_latents=1,
+                         whole_max_latents=0)  # 3 chunks x 2x3 tiles
+    one = Decoder(config.replace(decode=tiled), components)
+    g = one.geometry
+    latents = tiled_latents(g.latent_channels, g.audio_latent_channels * g.latent_mel_bins)
+    expected = list(one.iter_video(latents))
+    engine = world.engine(1, 2)
+    spread = Decoder(config.replace(decode=tiled), components, runner=ParallelUnitRunner(engine.leader))
+    plan = spread.chunk_plan((1, 8, 5, 3, 5), tiled)
+    chunks = list(spread.iter_video(latents))
+    # A caller that stops reading after one chunk leaves the group in step (the rest is drained).
+    stream = spread.iter_video(latents)
+    next(stream)
+    stream.close()
+    again = list(spread.iter_video(latents))
+    stats = world.finish(engine)
+    assert len(chunks) == len(expected) == 3
+    for got, ref in zip(chunks + again, expected + expected, strict=True):
+        assert torch.equal(got, ref)
+    owned = sum(unit_owner(c, k, 2) == 1 for c, ch in enumerate(plan) for k in range(len(ch.units)))
+    assert 0 < owned < sum(len(ch.units) for ch in plan)
+    assert stats[1].decode_units == 3 * owned  # three decodes, each unit of rank 1 decoded there
+
+
+def test_parallel_config_bounds():
+    assert from_mapping({"parallel": {"cfg": 2, "ulysses": 2}}).parallel.world_size == 4
+    with pytest.raises(ConfigError, match=r"model\.parallel\.cfg"):
+        from_mapping({"parallel": {"cfg": 3}})
+    with pytest.raises(ConfigError, match=r"model\.parallel\.ulysses: 4 must divide the video \(2\)"):
+        from_mapping({"parallel": {"ulysses": 4}})  # tiny has 2 heads
+    layout = ParallelLayout(cfg=2, ulysses=2, ranks=(4, 5, 6, 7))
+    assert [layout.ulysses_group_ranks(c) for c in (0, 1)] == [[4, 5], [6, 7]]
+    assert [layout.cfg_group_ranks(u) for u in (0, 1)] == [[4, 6], [5, 7]]
+
+
+def test_a_dead_or_wedged_follower_fails_rank_0_within_the_timeout(world, rank0):
+    """Last: it kills one follower and stops another, which breaks the world."""
+    config, components = rank0
+    timeout = 3.0
+    killed, wedged = world.engines(EngineSpec(2, 1, (0, 1), timeout), EngineSpec(2, 1, (0, 2), timeout))
+    pids = {1: world.processes[0].pid, 2: world.processes[1].pid}
+    params = GenerationParams(prompt="x", seed=1, steps=6).validated(config)
+    try:
+        for engine, follower, sig in ((killed, 1, signal.SIGKILL), (wedged, 2, signal.SIGSTOP)):
+            backend = ParallelBackend(components.transformer, engine.leader)
+            pipe = StagedPipeline(config, components, backend=backend)
+            struck: list[float] = []
+
+            def strike(done: int, _total: int, pid=pids[follower], sig=sig, struck=struck) -> None:
+                if done == 2:
+                    os.kill(pid, sig)
+                    struck.append(time.perf_counter())
+
+            try:
+                with pytest.raises(ParallelError, match=r"a DiT step failed .*model\.parallel: cfg=2") as e:
+                    pipe.denoise([("r", params)], on_step=strike)
+                waited = time.perf_counter() - struck[0]
+                assert waited < timeout + 5, f"rank 0 waited {waited:.1f} s for a {sig.name}'d follower"
+                with pytest.raises(ParallelError, match="cannot be reused"):  # and refuses at once from then on
+                    pipe.denoise([("r", params)])
+            finally:
+                backend.close()
+            assert isinstance(e.value.__cause__, RuntimeError)
+    finally:
+        world.discard()
