@@ -162,6 +162,16 @@ class VocoderConfig:
                 "needs one kernel size per upsample factor")
 
 
+@section("model.architecture.latent_upsampler")
+class LatentUpsamplerConfig:
+    """LTX-2's x2 spatial latent upsampler (`LTX2LatentUpsamplerModel`) for two-stage generation."""
+
+    mid_channels: Annotated[int, Field(gt=0, multiple_of=32)] = 32
+    """Width of its blocks (a multiple of 32: every norm is GroupNorm(32, ...); the real one is 1024)."""
+    num_blocks_per_stage: Positive = 1
+    """Residual blocks before and after the upsampling (the real one has 4)."""
+
+
 @section("model.architecture")
 class Architecture:
     """Component sizes for weights built in code (the random-weight presets)."""
@@ -178,6 +188,8 @@ class Architecture:
     """The audio VAE."""
     vocoder: VocoderConfig = field(default_factory=VocoderConfig)
     """The vocoder."""
+    latent_upsampler: LatentUpsamplerConfig = field(default_factory=LatentUpsamplerConfig)
+    """The latent upsampler of two-stage generation."""
 
     def __post_init__(self) -> None:
         hidden = self.text_encoder.hidden_size
@@ -327,6 +339,47 @@ class TensorRTConfig:
     """Transformer rows per forward (a CFG request takes 2)."""
 
 
+# The distilled LTX-2 checkpoint's schedules (diffusers.pipelines.ltx2.utils; Lightricks' ltx_pipelines).
+DISTILLED_SIGMAS = (1.0, 0.99375, 0.9875, 0.98125, 0.975, 0.909375, 0.725, 0.421875)
+STAGE_2_SIGMAS = (0.909375, 0.725, 0.421875)
+
+
+@section("model.schedule")
+class ScheduleConfig:
+    """The denoising schedules: one-stage (and stage 1) and the refine of two-stage generation.
+
+    Read from a checkpoint's ``scheduler/scheduler_config.json`` keys ``sigmas`` and
+    ``stage_2_sigmas`` where present (a distilled checkpoint's fixed lists)."""
+
+    sigmas: Annotated[tuple[float, ...], Field(min_length=1)] | None = None
+    """A fixed sigma list (e.g. the distilled checkpoint's 8): every request then runs exactly these
+    steps; None: the pipeline's shifted schedule for the request's step count."""
+    refine_sigmas: Annotated[tuple[float, ...], Field(min_length=1)] = STAGE_2_SIGMAS
+    """Stage 2 of two-stage generation: it re-noises the upsampled latents to the first of these and
+    takes one step per sigma (the distilled stage-2 schedule: 0.909375, 0.725, 0.421875)."""
+
+    def __post_init__(self) -> None:
+        for name in ("sigmas", "refine_sigmas"):
+            values = getattr(self, name)
+            ok = values is None or (all(0 < v <= 1 for v in values) and list(values) == sorted(values, reverse=True))
+            require(ok, name, "must be decreasing sigmas in (0, 1]")
+
+    @property
+    def refine_start(self) -> float:
+        """The sigma stage 2 starts from (its noise scale)."""
+        return self.refine_sigmas[0]
+
+
+@section("model.two_stage")
+class TwoStageConfig:
+    """LTX-2's recipe for high resolution: generate at half width and height, upsample the latents
+    2x (the latent upsampler), refine at full size with a few steps from a middle sigma."""
+
+    min_pixels: Positive | None = None
+    """A request that does not say runs in two stages when its width x height is at least this
+    (e.g. 921600: 1280x720 and up); None: only when it asks."""
+
+
 @section("model.step_cache")
 class StepCacheConfig:
     """Per-request first-block caching (engines/step_cache.py): a request reuses its own cached
@@ -417,12 +470,25 @@ class ModelConfig:
     """Per-request first-block caching of the DiT (what ``cache`` off/balanced/fast mean)."""
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     """How one video spreads over several devices (1 x 1: one device)."""
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    """The denoising schedules (fixed sigma lists of a distilled checkpoint, the refine's)."""
+    two_stage: TwoStageConfig = field(default_factory=TwoStageConfig)
+    """When a request runs in two stages by default."""
+
+    @property
+    def has_latent_upsampler(self) -> bool:
+        """Whether two-stage generation is possible: random-weight presets build one; a checkpoint needs
+        its ``latent_upsampler/`` folder."""
+        return self.checkpoint_dir is None or (Path(self.checkpoint_dir) / "latent_upsampler").is_dir()
 
     def __post_init__(self) -> None:
         require((self.architecture is None) != (self.checkpoint_dir is None), "checkpoint_dir",
                 "exactly one of architecture (random weights) or checkpoint_dir must be set")
         d, lim = self.defaults, self.limits
         require(d.steps <= lim.max_steps, "defaults.steps", f"must be in [1, {lim.max_steps}]")
+        fixed = self.schedule.sigmas
+        require(fixed is None or d.steps == len(fixed), "defaults.steps",
+                f"must be {len(fixed or ())}: the length of schedule.sigmas")
         require(d.fps in lim.allowed_fps, "defaults.fps", "must be one of limits.allowed_fps")
         if self.architecture is not None:  # a checkpoint's head counts are checked when it is parallelized
             tr, n = self.architecture.transformer, self.parallel.ulysses
@@ -488,10 +554,24 @@ def checkpoint(path: str | Path, **overrides: Any) -> ModelConfig:
     if not (path / "model_index.json").is_file():
         raise ConfigError("model.checkpoint_dir", f"{str(path)!r} holds no model_index.json "
                           "(expected a diffusers LTX-2 checkpoint directory)")
-    kwargs: dict[str, Any] = dict(name="checkpoint", checkpoint_dir=path, defaults=CHECKPOINT_DEFAULTS,
+    schedule = _checkpoint_schedule(path)
+    defaults = CHECKPOINT_DEFAULTS if schedule.sigmas is None else dataclasses.replace(
+        CHECKPOINT_DEFAULTS, steps=len(schedule.sigmas))
+    kwargs: dict[str, Any] = dict(name="checkpoint", checkpoint_dir=path, defaults=defaults, schedule=schedule,
                                   num_threads=None, tokenizer_max_length=_prompt_tokens(path))
     kwargs.update(overrides)
     return ModelConfig(**kwargs)
+
+
+def _checkpoint_schedule(path: Path) -> ScheduleConfig:
+    """The fixed sigma lists a checkpoint's scheduler config carries (a distilled checkpoint's), if any."""
+    try:
+        conf = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+    except (OSError, ValueError):
+        conf = {}
+    found = {key: tuple(conf[name]) for key, name in (("sigmas", "sigmas"), ("refine_sigmas", "stage_2_sigmas"))
+             if isinstance(conf.get(name), list)}
+    return load(ScheduleConfig, found, "model.schedule")
 
 
 def _prompt_tokens(path: Path) -> int:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from diffusers import LTX2Pipeline
+from diffusers import FlowMatchEulerDiscreteScheduler, LTX2Pipeline
 from diffusers.pipelines.ltx2.pipeline_ltx2 import calculate_shift, rescale_noise_cfg, retrieve_timesteps
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -122,8 +122,10 @@ class Denoiser:
     def prepare(self, request: DenoiseRequest) -> DenoiseState:
         p, g, cond = request.params, self.geometry, request.conditioning
         shape = LatentShape.for_params(p, g)
+        if cond is not None and cond.kind == "refine":
+            return self._prepare_refine(request, shape)
         generator = torch.Generator("cpu").manual_seed(p.seed)
-        sigmas, timesteps = self._schedule(p.steps, shape.video_tokens)
+        sigmas, timesteps = self._schedule(p.steps, shape.video_tokens, self.config.schedule.sigmas)
         mask, start = None, 0
         # Same draws, in the same order, as the LTX-2 pipelines (video noise, then audio noise).
         if cond is None or cond.kind == "first_frame":
@@ -146,7 +148,36 @@ class Denoiser:
         audio = randn_tensor((1, g.audio_latent_channels, shape.audio_frames, g.latent_mel_bins),
                              generator=generator, device=self.device, dtype=torch.float32)
         audio = LTX2Pipeline._pack_audio_latents(audio)
-        emb = request.embedding
+        return self._state(request, shape, video, audio, sigmas, timesteps, mask=mask, start=start)
+
+    def _prepare_refine(self, request: DenoiseRequest, shape: LatentShape) -> DenoiseState:
+        """Stage 2 of two-stage generation, as LTX2Pipeline enters it with ``latents=``, ``audio_latents=``,
+        ``sigmas=`` and ``noise_scale=``: the upsampled video and the stage-1 audio re-noised to the
+        refine schedule's first sigma (noise drawn in the packed layout, video first), then denoised over
+        that schedule used as is (engines/two_stage.py)."""
+        cond, refine = request.conditioning, self.config.schedule.refine_sigmas
+        assert cond is not None and cond.audio is not None
+        if request.params.steps != len(refine):
+            raise ValueError(f"a refine request takes {len(refine)} steps (model.schedule.refine_sigmas), "
+                             f"not {request.params.steps}")
+        video = torch.from_numpy(cond.latents).to(self.device)[None]
+        audio = torch.from_numpy(cond.audio).to(self.device)[None]
+        if video.shape[1] != shape.video_tokens or audio.shape[1] != shape.audio_frames:
+            raise ValueError(f"refine latents of {video.shape[1]} video and {audio.shape[1]} audio tokens do not "
+                             f"fit {request.params.size} for {request.params.seconds:g} s ({shape})")
+        # Seed + 1: stage 1 drew its noise from the seed; the refine's is another draw.
+        generator = torch.Generator("cpu").manual_seed(request.params.seed + 1)
+        video_noise = randn_tensor(video.shape, generator=generator, device=self.device, dtype=torch.float32)
+        audio_noise = randn_tensor(audio.shape, generator=generator, device=self.device, dtype=torch.float32)
+        s0 = self.config.schedule.refine_start
+        sigmas, timesteps = self._schedule(len(refine), shape.video_tokens, refine, shifted=False)
+        return self._state(request, shape, s0 * video_noise + (1 - s0) * video,
+                           s0 * audio_noise + (1 - s0) * audio, sigmas, timesteps)
+
+    def _state(self, request: DenoiseRequest, shape: LatentShape, video: torch.Tensor, audio: torch.Tensor,
+               sigmas: torch.Tensor, timesteps: torch.Tensor, *, mask: torch.Tensor | None = None,
+               start: int = 0) -> DenoiseState:
+        p, emb = request.params, request.embedding
         rows = [0, 1] if p.use_cfg else [1]
         video_coords, audio_coords = self._rope_coords(shape, float(p.fps))
         return DenoiseState(
@@ -172,14 +203,19 @@ class Denoiser:
             return None
         return StepCacheState(policy)
 
-    def _schedule(self, steps: int, video_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The pipeline's shifted flow-matching schedule, from a private copy of the scheduler."""
-        sched = copy.deepcopy(self.scheduler)
+    def _schedule(self, steps: int, video_tokens: int, sigmas: Sequence[float] | None = None, *,
+                  shifted: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pipeline's flow-matching schedule from a private copy of the scheduler: `sigmas` (a fixed
+        list, e.g. a distilled checkpoint's) or LTX2Pipeline's linspace for `steps`, shifted for the
+        resolution as the scheduler is configured to (`shifted=False`: the list as is, as the diffusers
+        two-stage recipe runs stage 2)."""
+        sched = copy.deepcopy(self.scheduler) if shifted else FlowMatchEulerDiscreteScheduler.from_config(
+            self.scheduler.config, use_dynamic_shifting=False, shift_terminal=None)
         cfg = sched.config
         mu = calculate_shift(video_tokens, cfg.get("base_image_seq_len", 1024), cfg.get("max_image_seq_len", 4096),
                              cfg.get("base_shift", 0.95), cfg.get("max_shift", 2.05))
-        timesteps, _ = retrieve_timesteps(sched, steps, self.device,
-                                          sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
+        given = list(sigmas) if sigmas is not None else np.linspace(1.0, 1 / steps, steps)
+        timesteps, _ = retrieve_timesteps(sched, len(given), self.device, sigmas=given, mu=mu)
         return sched.sigmas.to(self.device), timesteps
 
     def _rope_coords(self, shape: LatentShape, fps: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -38,14 +38,20 @@ DEFAULT_CLASSES: dict[str, tuple[str, str]] = {
     "audio_vae": ("diffusers", "AutoencoderKLLTX2Audio"),
     "vocoder": ("diffusers.pipelines.ltx2", "LTX2Vocoder"),
     "scheduler": ("diffusers", "FlowMatchEulerDiscreteScheduler"),
+    # Two-stage generation only; a checkpoint holds it beside the pipeline's (its model_index.json
+    # does not list it: LTX2Pipeline has no such argument).
+    "latent_upsampler": ("diffusers.pipelines.ltx2", "LTX2LatentUpsamplerModel"),
 }
+OPTIONAL_PARTS = ("latent_upsampler",)  # a checkpoint without one serves one-stage requests only
 # What each stage engine needs.
 TEXT_ENCODER_PARTS = ("tokenizer", "text_encoder", "connectors")
 DENOISER_PARTS = ("transformer", "scheduler")
 DECODER_PARTS = ("vae", "audio_vae", "vocoder")
+UPSAMPLER_PARTS = ("vae", "latent_upsampler")
 VIDEO_ENCODER_PARTS = ("vae",)
 ALL_PARTS = tuple(DEFAULT_CLASSES)
-_NN_PARTS = ("text_encoder", "connectors", "transformer", "vae", "audio_vae", "vocoder")
+PIPELINE_PARTS = tuple(n for n in DEFAULT_CLASSES if n not in OPTIONAL_PARTS)  # what LTX2Pipeline takes
+_NN_PARTS = ("text_encoder", "connectors", "transformer", "vae", "audio_vae", "vocoder", "latent_upsampler")
 
 
 @dataclass
@@ -60,18 +66,21 @@ class Components:
     audio_vae: Any = None
     vocoder: Any = None
     scheduler: Any = None
+    latent_upsampler: Any = None
 
-    def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+    def pipeline_parts(self) -> dict[str, Any]:
+        """What diffusers' LTX-2 pipelines take (every component but the latent upsampler)."""
+        return {name: getattr(self, name) for name in PIPELINE_PARTS}
 
     def pipeline(self):
-        """The diffusers `LTX2Pipeline` over these very modules (needs all of them)."""
+        """The diffusers `LTX2Pipeline` over these very modules (needs all of its own)."""
         from diffusers import LTX2Pipeline
 
-        missing = [k for k, v in self.as_dict().items() if v is None]
+        parts = self.pipeline_parts()
+        missing = [k for k, v in parts.items() if v is None]
         if missing:
             raise ValueError(f"LTX2Pipeline needs every component; missing {missing}")
-        pipe = LTX2Pipeline(**self.as_dict())
+        pipe = LTX2Pipeline(**parts)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -125,6 +134,10 @@ def _architecture_configs(arch: Architecture, vocab_size: int) -> dict[str, dict
         "text_encoder": {**{f.name: getattr(te, f.name) for f in fields(te)},
                          "vocab_size": te.vocab_size or vocab_size},
         "scheduler": {},
+        "latent_upsampler": dict(
+            in_channels=v.latent_channels, mid_channels=arch.latent_upsampler.mid_channels,
+            num_blocks_per_stage=arch.latent_upsampler.num_blocks_per_stage, dims=3, spatial_upsample=True,
+            temporal_upsample=False, rational_spatial_scale=2.0, use_rational_resampler=True),
     }
 
 
@@ -175,7 +188,8 @@ class ComponentSource:
         raise CheckpointError(f"component {name}: class {library}.{cls} cannot be imported")
 
     def load(self, names: Iterable[str]) -> Components:
-        names = list(dict.fromkeys(names))
+        """The named components; an optional one this model does not have stays None."""
+        names = [n for n in dict.fromkeys(names) if n not in OPTIONAL_PARTS or self.has(n)]
         unknown = [n for n in names if n not in DEFAULT_CLASSES]
         if unknown:
             raise ValueError(f"unknown components {unknown}; known: {list(DEFAULT_CLASSES)}")
@@ -207,6 +221,10 @@ class ComponentSource:
                 return _build_gemma(conf, tokenizer)
             return self._class(name).from_config(conf)
 
+    def has(self, name: str) -> bool:
+        """Whether this model has the component (an optional one may be absent from a checkpoint)."""
+        return self.config.checkpoint_dir is None or (self.config.checkpoint_dir / name).is_dir()
+
     def _from_checkpoint(self, name: str, root: Path) -> Any:
         sub = root / name
         if not sub.is_dir():
@@ -219,10 +237,19 @@ class ComponentSource:
                 return AutoTokenizer.from_pretrained(sub, local_files_only=True)
             if name == "scheduler":
                 return cls.from_pretrained(root, subfolder=name, local_files_only=True)
-            return cls.from_pretrained(root, subfolder=name, local_files_only=True,
-                                       torch_dtype=torch_dtype(self.config.dtype))
+            if name != "latent_upsampler":
+                return cls.from_pretrained(root, subfolder=name, local_files_only=True,
+                                           torch_dtype=torch_dtype(self.config.dtype))
+            module, info = cls.from_pretrained(root, subfolder=name, local_files_only=True, output_loading_info=True,
+                                               torch_dtype=torch_dtype(self.config.dtype))
         except (OSError, ValueError) as e:
             raise CheckpointError(f"cannot load {name} from {sub}: {e}") from e
+        # Strict: the upsampler's two resampler layouts compute the same thing under different keys, and
+        # published configs name them inconsistently; a mismatch must not load default-initialized layers.
+        bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+        if bad:
+            raise CheckpointError(f"cannot load {name} from {sub}: its weights do not match its config: {bad}")
+        return module
 
     def geometry(self) -> LatentGeometry:
         """Latent shapes, read off config-only (meta-device) instances: no weights are loaded."""
@@ -277,8 +304,11 @@ def load_components(config: ModelConfig, names: Iterable[str] = ALL_PARTS) -> Co
 
 
 def save_checkpoint(components: Components, path: str | Path) -> Path:
-    """Write a diffusers checkpoint directory (what `checkpoint(path)` loads back)."""
+    """Write a diffusers checkpoint directory (what `checkpoint(path)` loads back), with the latent
+    upsampler in its own folder when there is one."""
     path = Path(path)
     components.pipeline().save_pretrained(path, safe_serialization=True)
+    if components.latent_upsampler is not None:
+        components.latent_upsampler.save_pretrained(path / "latent_upsampler", safe_serialization=True)
     log.info("wrote checkpoint to %s", path)
     return path

@@ -66,6 +66,9 @@ class GenerationParams:
     audio_guidance_rescale: float | None = None
     enhance_prompt: bool = False  # rewrite the prompt with the model's prompt enhancer first
     cache: StepCacheMode | None = None  # reuse the DiT's work between steps: off, balanced, fast (model.step_cache)
+    # Generate at half width and height, upsample the latents 2x, refine at full size (engines/two_stage.py);
+    # None: as model.two_stage says for the size.
+    two_stage: bool | None = None
 
     @property
     def size(self) -> str:
@@ -129,17 +132,43 @@ class GenerationParams:
             raise InvalidParameter("seconds", p.seconds, f"[{lim.min_seconds:g}, {lim.max_seconds:g}]")
         _check_int("seed", p.seed, 0, lim.max_seed)
         _check_int("steps", p.steps, 1, lim.max_steps)
+        fixed = config.schedule.sigmas
+        if fixed is not None and p.steps != len(fixed):
+            raise InvalidParameter("steps", p.steps, f"{len(fixed)}: this model runs a fixed schedule "
+                                                     "(model.schedule.sigmas)")
         for name in ("guidance_scale", "audio_guidance_scale"):
             _check_float(name, getattr(p, name), *lim.guidance_range)
         for name in ("guidance_rescale", "audio_guidance_rescale"):
             _check_float(name, getattr(p, name), *lim.rescale_range)
         if p.cache not in STEP_CACHE_MODES:
             raise InvalidParameter("cache", p.cache, "one of " + ", ".join(STEP_CACHE_MODES))
+        p = dataclasses.replace(p, two_stage=_two_stage(p, config))
         if p.enhance_prompt is not False and not (p.enhance_prompt is True and config.enhancer.enabled):
             raise InvalidParameter("enhance_prompt", p.enhance_prompt,
                                    "false: this model has no prompt enhancer (model.enhancer.enabled is false)"
                                    if p.enhance_prompt is True else "true or false")
         return p
+
+
+def _two_stage(p: GenerationParams, config: ModelConfig) -> bool:
+    """Whether `p` runs in two stages: as asked, else by model.two_stage.min_pixels; an explicit ask is
+    checked (the model has an upsampler; half of each side is still a valid side)."""
+    lim, asked = config.limits, p.two_stage
+    half_fits = all(v % (2 * lim.side_multiple) == 0 and v // 2 >= lim.min_side for v in (p.width, p.height))
+    if asked is None:
+        threshold = config.two_stage.min_pixels
+        return (threshold is not None and p.width * p.height >= threshold and half_fits
+                and config.has_latent_upsampler)
+    if not isinstance(asked, bool):
+        raise InvalidParameter("two_stage", asked, "true or false")
+    if asked and not config.has_latent_upsampler:
+        raise InvalidParameter("two_stage", asked, "false: this model has no latent upsampler (a "
+                                                   "latent_upsampler/ folder in its checkpoint)")
+    if asked and not half_fits:
+        raise InvalidParameter("size", p.size, f"with two_stage, width and height multiples of "
+                                               f"{2 * lim.side_multiple} and at least {2 * lim.min_side} "
+                                               "(stage 1 runs at half of each)")
+    return asked
 
 
 def _fmt_fps(fps: Fraction) -> str:

@@ -104,8 +104,12 @@ class VideoConditioning:
       tokens stay clean (timestep 0) while the rest is denoised, as in LTX2ImageToVideoPipeline.
     - ``source_video``: a whole clip (remix); re-noised to `strength` and denoised with the new
       prompt from the matching point of the schedule.
+    - ``refine``: stage 2 of two-stage generation: the upsampled stage-1 video and the stage-1
+      audio, both re-noised to the refine schedule's first sigma and denoised over it at full size
+      (LTX2Pipeline's ``latents=``, ``audio_latents=``, ``noise_scale=`` entry).
     """
 
-    kind: Literal["first_frame", "source_video"]
-    latents: np.ndarray  # first_frame: [h*w, C]; source_video: [frames*h*w, C]
+    kind: Literal["first_frame", "source_video", "refine"]
+    latents: np.ndarray  # first_frame: [h*w, C]; source_video, refine: [frames*h*w, C]
     strength: float = 1.0
+    audio: np.ndarray | None = None  # refine: the stage-1 audio latents [audio tokens, C_a]

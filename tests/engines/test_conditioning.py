@@ -34,7 +34,7 @@ def _check(staged, latents, ref):
 def test_image_to_video_reproduces_ltx2_image_to_video_pipeline(staged, tiny_config):
     from diffusers import LTX2ImageToVideoPipeline
 
-    pipe = LTX2ImageToVideoPipeline(**staged.components.as_dict())
+    pipe = LTX2ImageToVideoPipeline(**staged.components.pipeline_parts())
     pipe.set_progress_bar_config(disable=True)
     rng = np.random.default_rng(0)
     image = PIL.Image.fromarray(rng.integers(0, 255, (80, 112, 3), dtype=np.uint8))  # resized to the request
