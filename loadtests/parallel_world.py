@@ -1,29 +1,28 @@
 """Real torch.distributed worlds on one host, for the engines/parallel tests and benchmark.
 
 `World` spawns followers (torch.multiprocessing, spawn) and makes the calling process global rank
-0; the rendezvous is a FileStore in a fresh temporary directory (gloo then binds its own ephemeral
-ports on this host). One world hosts several engines in turn: rank 0 announces on the default
+0; the rendezvous is Kino's own (engines/parallel/world.py: rank 0's TCPStore on a port the
+kernel picks). One world hosts several engines in turn: rank 0 announces on the default
 group which engines come next (per engine: cfg, ulysses, timeout and its global ranks; a test
 protocol, not Kino's), every rank builds their groups, each follower serves the engine it belongs
 to until STOP, and all ranks report what they did. Followers load the preset's DiT and VAE parts:
-the same seeded weights as rank 0's.
+the same seeded weights as rank 0's. A single engine as Kino runs it (`kino run`) is
+`engines.parallel.world.LocalRanks`; this world exists to reuse processes across test cases.
 
 On gloo every process runs one CPU thread; on NCCL rank r computes on cuda:r.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from engines.parallel import FollowerStats, Leader, ParallelGroups, ParallelLayout
+from engines.parallel.world import Rendezvous, join_world, rank_device
 
 WORLD_TIMEOUT = timedelta(seconds=180)  # the default group: the test protocol, waited on while engines run
 MAX_ENGINE_RANKS = 8
@@ -40,17 +39,15 @@ class EngineSpec:
 
 
 def device_of(backend: str, rank: int) -> str:
-    return "cpu" if backend == "gloo" else f"cuda:{rank}"
+    return rank_device("cpu" if backend == "gloo" else "cuda", rank)
 
 
-def _init(rank: int, world_size: int, store: str, backend: str) -> None:
-    if backend == "gloo":
+def _init(rank: int, rendezvous: Rendezvous, store: dist.Store | None = None) -> None:
+    if rendezvous.backend == "gloo":
         torch.set_num_threads(1)
     else:
-        os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "1")  # a timed-out collective raises in the caller
         torch.cuda.set_device(rank)
-    dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world_size,
-                            timeout=WORLD_TIMEOUT)
+    join_world(rendezvous, rank, store or rendezvous.connect())
 
 
 def _announce(specs: list[EngineSpec] | None) -> list[EngineSpec]:
@@ -92,14 +89,15 @@ def _report(stats: FollowerStats) -> list[FollowerStats]:
     return [FollowerStats(*t.tolist()) for t in every]
 
 
-def follower_main(rank: int, world_size: int, store: str, preset_name: str, backend: str) -> None:
+def follower_main(rank: int, rendezvous: Rendezvous, preset_name: str) -> None:
     """A follower process: serve each engine rank 0 announces, until it announces none."""
     from engines.config import preset
     from engines.decoder import Decoder
     from engines.model_loader import DECODER_PARTS, DENOISER_PARTS, ComponentSource
     from engines.parallel import serve_follower
 
-    _init(rank, world_size, store, backend)
+    _init(rank, rendezvous)
+    backend = rendezvous.backend
     config = preset(preset_name, device=device_of(backend, rank))
     components = ComponentSource(config).load(DENOISER_PARTS + DECODER_PARTS)
     decoder = Decoder(config, components)
@@ -129,11 +127,10 @@ class World:
 
     def __init__(self, size: int, preset_name: str = "tiny", backend: str = "gloo") -> None:
         self.size, self.backend = size, backend
-        self._dir = tempfile.TemporaryDirectory(prefix="kino-parallel-")
-        self._store = str(Path(self._dir.name) / "store")
+        self._rendezvous, self._store = Rendezvous.open(size, backend)
         ctx = mp.get_context("spawn")
-        self.processes = [ctx.Process(target=follower_main, args=(r, size, self._store, preset_name, backend),
-                                      daemon=True) for r in range(1, size)]
+        self.processes = [ctx.Process(target=follower_main, args=(r, self._rendezvous, preset_name), daemon=True)
+                          for r in range(1, size)]
         for p in self.processes:
             p.start()
         self._joined = self._closed = False
@@ -141,7 +138,7 @@ class World:
     def engines(self, *specs: EngineSpec) -> list[Engine]:
         """Announce and build engines (each over its global ranks; rank 0 leads all of them)."""
         if not self._joined:
-            _init(0, self.size, self._store, self.backend)
+            _init(0, self._rendezvous, self._store)
             self._joined = True
         _announce(list(specs))
         built = [_build(s, self.backend) for s in specs]
@@ -182,4 +179,3 @@ class World:
         if self._joined and dist.is_initialized():
             dist.destroy_process_group()
             _PROTOCOL.clear()
-        self._dir.cleanup()

@@ -18,7 +18,9 @@ Rank 0 (the leader) runs the Denoiser and the Decoder as usual, with parallel pa
 Modules: layout (who is where; the process groups and their timeouts), transformer (the hooks
 that split one forward; why not diffusers' own enable_parallelism), messages (what rank 0 sends;
 failures as ParallelError), backend (rank 0's DiTBackend), decode (the spread tile decode),
-follower (the followers' loop).
+follower (the followers' loop), world (starting the ranks: the rendezvous on a port bound by 0,
+`EngineLead` for rank 0, `run_follower`, `LocalRanks` for followers as local processes, which
+`kino run --cfg-parallel/--ulysses` uses; serving/on_ray/parallel.py places them as Ray actors).
 """
 
 from engines.parallel.backend import ParallelBackend

@@ -63,6 +63,12 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dit-backend", choices=DIT_BACKENDS,
                    help="how the DiT runs: auto (GPUs: TensorRT, then torch.compile; CPUs: eager), or one of them "
                         "(falling back down that chain with a log line saying why)")
+    g.add_argument("--cfg-parallel", type=int, choices=(1, 2), metavar="{1,2}",
+                   help="2: the unconditional and conditional rows of every DiT step on two groups of ranks "
+                        "(model.parallel.cfg; default: the config's, 1)")
+    g.add_argument("--ulysses", type=int, metavar="N",
+                   help="split each video's tokens over N ranks, 1 to 8, dividing the attention head counts "
+                        "(model.parallel.ulysses; default: the config's, 1); the engine spans cfg x ulysses ranks")
 
 
 def model_mapping_from_args(args: argparse.Namespace) -> dict:
@@ -71,4 +77,8 @@ def model_mapping_from_args(args: argparse.Namespace) -> dict:
     for key in ("checkpoint_dir", "device", "dtype", "dit_backend"):
         if getattr(args, key, None) is not None:
             m[key] = getattr(args, key)
+    parallel = {k: v for k, v in (("cfg", getattr(args, "cfg_parallel", None)),
+                                  ("ulysses", getattr(args, "ulysses", None))) if v is not None}
+    if parallel:
+        m["parallel"] = parallel
     return m

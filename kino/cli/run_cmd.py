@@ -9,11 +9,18 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from kino.cli.options import add_generation_options, add_model_options, model_mapping_from_args, params_from_args
+
+if TYPE_CHECKING:
+    from engines.config import ModelConfig
+    from engines.parallel.world import LocalRanks
+    from engines.params import GenerationParams
+    from serving.config import KinoConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,15 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uuid
-
     from engines.config import from_mapping
-    from engines.staged_pipeline import StagedPipeline, StageTimes
+    from engines.parallel.world import LocalRanks
     from serving.config import load_config
     from serving.moderation import RuleModerator
-    from serving.provenance.claim import Claim, prompt_sha256
-    from serving.provenance.credentials import ContentCredentials
-    from serving.rendering import Renderer
 
     console = Console()
     settings = load_config()  # provenance and moderation settings, with KINO_* overrides
@@ -46,9 +48,37 @@ def run(args: argparse.Namespace) -> int:
     if not verdict.allowed:  # (a negative prompt steers away from what it names: not moderated)
         console.print(f"[red]prompt rejected by moderation: category {verdict.category}: {verdict.reason}")
         return 2
+    # An engine over several ranks: its followers start loading now, in processes of their own.
+    ranks = LocalRanks(config) if config.parallel.world_size > 1 else None
+    try:
+        return _generate(args, config, params, settings, console, ranks)
+    finally:
+        if ranks is not None:
+            ranks.close()
+
+
+def _generate(args: argparse.Namespace, config: ModelConfig, params: GenerationParams, settings: KinoConfig,
+              console: Console, ranks: LocalRanks | None) -> int:
+    import uuid
+
+    from engines.decoder import Decoder
+    from engines.model_loader import ALL_PARTS, ComponentSource
+    from engines.staged_pipeline import StagedPipeline, StageTimes
+    from serving.provenance.claim import Claim, prompt_sha256
+    from serving.provenance.credentials import ContentCredentials
+    from serving.rendering import Renderer
+
     with console.status(f"loading model {config.model_id}"):
-        pipeline = StagedPipeline(config)
-    renderer = Renderer(pipeline.decoder, pipeline.media, None, ContentCredentials(settings.provenance),
+        components = ComponentSource(config).load(ALL_PARTS)
+        lead = ranks.lead() if ranks is not None else None  # waits for the followers to load and join
+        pipeline = StagedPipeline(config, components, backend=lead.backend(components.transformer) if lead else None)
+        decoder = Decoder(config, components, runner=lead.runner()) if lead else pipeline.decoder
+    if lead is not None:
+        p = config.parallel
+        console.print(f"  one engine over {p.world_size} ranks (cfg {p.cfg} x ulysses {p.ulysses}, "
+                      f"{lead.leader.groups.device.type}); followers: pids "
+                      f"{', '.join(str(proc.pid) for proc in ranks.processes)}")
+    renderer = Renderer(decoder, pipeline.media, None, ContentCredentials(settings.provenance),
                         settings.provenance.watermark)
     times = StageTimes()
     with Progress(TextColumn("[bold]denoising"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
