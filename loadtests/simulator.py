@@ -16,12 +16,25 @@ clusters far bigger than this machine (10 to 1000 GPUs). The model, and its assu
   replica), within [1, its max]; an added replica serves after `cold_start` seconds (loading
   weights); an idle surplus replica is removed at once.
 - A GPU budget is split between the stages by their share of the work per job; each replica is
-  one GPU. Networking, the job store and the front door are assumed never to be the bottleneck.
+  one GPU, but a denoiser replica spread over ``ranks`` GPUs (model.parallel) takes that many.
+  Networking, the job store and the front door are assumed never to be the bottleneck.
+
+Per-step latency against ranks (`ParallelStep`): a replica over cfg x ulysses GPUs runs the step
+as Kino splits it (engines/parallel/transformer.py): the CFG rows over cfg groups, each row's
+video tokens over ulysses ranks (a `redundant` share of the step, the audio stream and the text
+side, repeats on every rank), then collectives that are not overlapped with compute:
+six all-to-alls of a video-sized tensor per block under Ulysses (q, k, v and the output of the
+video self-attention; k and v of the video-to-audio attention), one all-gather of the video output
+over the Ulysses ranks and one over the CFG groups, and the broadcast of the step's inputs from
+rank 0. Each collective costs a launch latency plus the bytes each rank sends over its slowest
+link: NVLink inside a node, the NIC between nodes (`Network`; the defaults are an H100 node's
+nominal figures derated, assumptions, not measurements). The step time at one rank is measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import heapq
 import itertools
 import math
@@ -32,31 +45,92 @@ from serving.autoscaling import DenoiseLoad, denoise_replicas
 
 
 @dataclass(frozen=True)
+class Network:
+    """The links of one engine's GPUs. Defaults: an 8 x H100 node, nominal figures derated (assumed)."""
+
+    intra_gbytes: float = 300.0  # per-GPU all-to-all bandwidth in a node, GB/s (NVLink 4: 450 per direction)
+    inter_gbytes: float = 40.0  # per-GPU bandwidth between nodes, GB/s (one 400 Gb/s NIC per GPU)
+    latency_s: float = 20e-6  # launch and synchronisation of one collective
+    gpus_per_node: int = 8
+
+    def seconds(self, bytes_sent: float, group: int, span: int) -> float:
+        """One collective in which each rank sends `bytes_sent`; its group's ranks lie `span` engine ranks
+        apart (1: neighbours), so the group leaves the node when group x span > gpus_per_node."""
+        if group <= 1:
+            return 0.0
+        on_node_members = min(group, max(1, self.gpus_per_node // span))
+        off_node = (group - on_node_members) / (group - 1)  # share of a rank's peers on other nodes
+        on_node = bytes_sent * (1.0 - off_node) / (self.intra_gbytes * 1e9)
+        across = bytes_sent * off_node / (self.inter_gbytes * 1e9)
+        return self.latency_s + max(on_node, across)  # NVLink and the NICs move data at the same time
+
+
+@dataclass(frozen=True)
+class ParallelStep:
+    """One DiT step of one request over cfg x ulysses GPUs (see the module docstring)."""
+
+    step_1: float  # measured: the step on one GPU at batch 1 (both CFG rows)
+    video_tokens: int
+    hidden: int  # width of the video stream (attention inner dim)
+    layers: int
+    rows: int = 2  # CFG: unconditional and conditional
+    bytes_per_value: int = 2  # bfloat16 activations
+    latent_channels: int = 128  # the video output gathered after proj_out, and the inputs rank 0 sends (fp32)
+    redundant: float = 0.05  # share of step_1 every Ulysses rank repeats (audio stream, text side)
+    network: Network = field(default_factory=Network)
+
+    def parts(self, cfg: int, ulysses: int) -> dict[str, float]:
+        """Seconds of compute, all-to-all and the gathers and broadcast of one step."""
+        net, rows = self.network, math.ceil(self.rows / cfg)
+        compute = self.step_1 * rows / self.rows * (self.redundant + (1.0 - self.redundant) / ulysses)
+        shard = rows * self.video_tokens / ulysses * self.hidden * self.bytes_per_value
+        a2a = 6 * self.layers * net.seconds(shard * (ulysses - 1) / ulysses, ulysses, 1)
+        out = rows * self.video_tokens / ulysses * self.latent_channels * 4
+        gathers = net.seconds(out * (ulysses - 1), ulysses, 1) + net.seconds(out * ulysses * (cfg - 1), cfg, ulysses)
+        inputs = self.rows * self.video_tokens * self.latent_channels * 4
+        broadcast = net.seconds(inputs, cfg * ulysses, 1) if cfg * ulysses > 1 else 0.0
+        return {"compute": compute, "all_to_all": a2a, "gathers": gathers + broadcast}
+
+    def seconds(self, cfg: int, ulysses: int) -> float:
+        return sum(self.parts(cfg, ulysses).values())
+
+
+@dataclass(frozen=True)
 class Timings:
     """Per-job service times in seconds (measured on the target hardware, or stated assumptions)."""
 
     encode: float
-    step_1: float  # one denoising step of one request at batch 1
+    step_1: float  # one denoising step of one request at batch 1 (on the replica's `ranks` GPUs)
     steps: int
     decode: float
     alpha: float  # marginal cost of one more request in a step, relative to step_1
     max_batch: int = 8
+    ranks: int = 1  # GPUs one denoiser replica spans (model.parallel: cfg x ulysses)
 
     def step_time(self, b: int) -> float:
         return self.step_1 * (1 + self.alpha * (max(b, 1) - 1))
 
+    def _gpu_seconds(self) -> dict[str, float]:
+        """GPU-seconds each stage spends on one job (at full batches)."""
+        den = self.steps * self.step_time(self.max_batch) / self.max_batch * self.ranks
+        return {"encode": self.encode, "denoise": den, "decode": self.decode}
+
     def work_share(self) -> dict[str, float]:
-        den = self.steps * self.step_time(self.max_batch) / self.max_batch
-        w = {"encode": self.encode, "denoise": den, "decode": self.decode}
+        w = self._gpu_seconds()
         total = sum(w.values())
         return {k: v / total for k, v in w.items()}
 
+    def replicas(self, gpus: int) -> dict[str, int]:
+        """Replicas per stage a budget holds, split by work share (a denoiser takes `ranks` GPUs)."""
+        share = self.work_share()
+        per = {"encode": 1, "denoise": self.ranks, "decode": 1}
+        return {s: max(1, math.floor(gpus * share[s] / per[s])) for s in share}
+
     def capacity(self, gpus: int) -> float:
         """Jobs per second a budget sustains at full batches, when split by work share."""
-        share = self.work_share()
         per_job = {"encode": self.encode, "denoise": self.steps * self.step_time(self.max_batch) / self.max_batch,
                    "decode": self.decode}
-        return min(max(1, math.floor(gpus * share[s])) / per_job[s] for s in per_job)
+        return min(n / per_job[s] for s, n in self.replicas(gpus).items())
 
 
 @dataclass
@@ -73,8 +147,7 @@ class Scenario:
     seed: int = 0
 
     def max_replicas(self) -> dict[str, int]:
-        share = self.timings.work_share()
-        return {s: max(1, math.floor(self.gpus * share[s])) for s in share}
+        return self.timings.replicas(self.gpus)
 
 
 @dataclass
@@ -272,10 +345,42 @@ def simulate(scenario: Scenario) -> Result:
     return _Sim(scenario).run()
 
 
+LAYOUTS = ((1, 1), (2, 1), (1, 2), (2, 2), (1, 4), (2, 4), (1, 8), (2, 8))  # (cfg, ulysses) Kino accepts
+
+
+def _cluster_row(g: int, timings: Timings, rate: float, args: argparse.Namespace) -> str:
+    r = simulate(Scenario(gpus=g, rate=rate, timings=timings, cold_start=args.cold_start, duration=args.duration))
+    return (f"{rate:.2f} | {r.throughput:.2f} | {r.p50:.1f} | {r.p95:.1f} | "
+            f"{r.replicas['encode']:.1f} / {r.max_replicas['encode']} | "
+            f"{r.replicas['denoise']:.1f} / {r.max_replicas['denoise']} | "
+            f"{r.replicas['decode']:.1f} / {r.max_replicas['decode']} |")
+
+
+def ranks_tables(args: argparse.Namespace, base: Timings, model: ParallelStep) -> None:
+    """Per-step latency of every layout, then each layout's cluster at every budget and one arrival rate."""
+    one = model.seconds(1, 1)
+    print("| cfg x ulysses | GPUs | step s | compute s | all-to-all s | gathers s | speed-up | efficiency |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for cfg, u in LAYOUTS:
+        parts, t = model.parts(cfg, u), model.seconds(cfg, u)
+        print(f"| {cfg} x {u} | {cfg * u} | {t:.3f} | {parts['compute']:.3f} | {parts['all_to_all']:.3f} | "
+              f"{parts['gathers']:.4f} | {one / t:.2f}x | {one / t / (cfg * u):.0%} |", flush=True)
+    print()
+    print("| GPUs | cfg x ulysses | arrivals/s | throughput/s | p50 s | p95 s | encoders | denoisers | decoders |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for g in (int(x) for x in args.gpus.split(",")):
+        rate = args.load * base.capacity(g)  # the same arrivals for every layout: 80 % of what 1-GPU replicas hold
+        for cfg, u in LAYOUTS:
+            timings = dataclasses.replace(base, step_1=model.seconds(cfg, u), ranks=cfg * u)
+            if cfg * u > g * timings.work_share()["denoise"]:
+                continue  # not one replica of this size fits the denoise share of the budget
+            print(f"| {g} | {cfg} x {u} | {_cluster_row(g, timings, rate, args)}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--encode", type=float, required=True, help="seconds to encode one prompt")
-    ap.add_argument("--step", type=float, required=True, help="seconds of one denoising step at batch 1")
+    ap.add_argument("--step", type=float, required=True, help="seconds of one denoising step at batch 1 on one GPU")
     ap.add_argument("--steps", type=int, required=True)
     ap.add_argument("--decode", type=float, required=True, help="seconds to decode and mux one video")
     ap.add_argument("--alpha", type=float, required=True, help="marginal cost of one more request in a step")
@@ -284,18 +389,35 @@ def main() -> None:
     ap.add_argument("--load", type=float, default=0.8, help="arrival rate as a fraction of the budget's capacity")
     ap.add_argument("--cold-start", type=float, default=60.0)
     ap.add_argument("--duration", type=float, default=1800.0)
+    g = ap.add_argument_group("one video over several GPUs (model.parallel; see ParallelStep)")
+    g.add_argument("--cfg-parallel", type=int, choices=(1, 2), default=1, help="CFG groups per denoiser replica")
+    g.add_argument("--ulysses", type=int, choices=range(1, 9), default=1, metavar="1..8",
+                   help="Ulysses ranks per CFG group")
+    g.add_argument("--ranks-table", action="store_true",
+                   help="per-step latency of every cfg x ulysses layout, then each layout's cluster at every budget")
+    g.add_argument("--video-tokens", type=int, help="video tokens per request (needed with ranks > 1)")
+    g.add_argument("--hidden", type=int, default=4096, help="video stream width (LTX-2: 4096)")
+    g.add_argument("--layers", type=int, default=48, help="transformer blocks (LTX-2: 48)")
+    g.add_argument("--redundant", type=float, default=0.05, help="share of a step every Ulysses rank repeats")
+    g.add_argument("--intra-gbytes", type=float, default=300.0, help="per-GPU bandwidth in a node, GB/s")
+    g.add_argument("--inter-gbytes", type=float, default=40.0, help="per-GPU bandwidth between nodes, GB/s")
+    g.add_argument("--gpus-per-node", type=int, default=8)
     args = ap.parse_args()
-    timings = Timings(args.encode, args.step, args.steps, args.decode, args.alpha, args.max_batch)
+    base = Timings(args.encode, args.step, args.steps, args.decode, args.alpha, args.max_batch)
+    spread = args.ranks_table or args.cfg_parallel * args.ulysses > 1
+    if spread and not args.video_tokens:
+        ap.error("--video-tokens is needed to cost the collectives of a replica over several GPUs")
+    model = ParallelStep(args.step, args.video_tokens or 0, args.hidden, args.layers, redundant=args.redundant,
+                         network=Network(args.intra_gbytes, args.inter_gbytes, gpus_per_node=args.gpus_per_node))
+    if args.ranks_table:
+        ranks_tables(args, base, model)
+        return
+    timings = dataclasses.replace(base, step_1=model.seconds(args.cfg_parallel, args.ulysses),
+                                  ranks=args.cfg_parallel * args.ulysses) if spread else base
     print("| GPUs | arrivals/s | throughput/s | p50 s | p95 s | encoders | denoisers | decoders |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for g in (int(x) for x in args.gpus.split(",")):
-        rate = args.load * timings.capacity(g)
-        r = simulate(Scenario(gpus=g, rate=rate, timings=timings, cold_start=args.cold_start,
-                              duration=args.duration))
-        print(f"| {g} | {rate:.2f} | {r.throughput:.2f} | {r.p50:.1f} | {r.p95:.1f} | "
-              f"{r.replicas['encode']:.1f} / {r.max_replicas['encode']} | "
-              f"{r.replicas['denoise']:.1f} / {r.max_replicas['denoise']} | "
-              f"{r.replicas['decode']:.1f} / {r.max_replicas['decode']} |", flush=True)
+    for n in (int(x) for x in args.gpus.split(",")):
+        print(f"| {n} | {_cluster_row(n, timings, args.load * timings.capacity(n), args)}", flush=True)
 
 
 if __name__ == "__main__":
