@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv bench-engines bench-serving clean protos
+.PHONY: demo test venv bench-engines bench-serving clean protos train-demo
 
 venv: $(STAMP)
 
@@ -25,6 +25,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -m "not gpu" -q
+
+# Train the demo preset's weights on the synthetic world (engines/weights/demo/; loss curves in out/train_demo/).
+train-demo: $(STAMP)
+	nice -n 10 $(PY) -m training.train_demo
 
 bench-engines: $(STAMP)
 	$(PY) -m loadtests.bench_engines

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("engines", "serving", "kino", "loadtests")
+PACKAGES = ("engines", "serving", "kino", "loadtests", "training")
 
 
 def _is_type_checking(node: ast.If) -> bool:
@@ -80,6 +80,8 @@ TRANSPORT = ("ray", "grpc", "grpc_health", "grpc_reflection", "google.protobuf",
      _files("engines/"), (*TRANSPORT, "serving", "kino", "loadtests", "training")),
     ("only the front door and the API clients speak the generated protocol",
      _files("", but=("serving/frontend/", "kino/client.py", "kino/cli/", "loadtests/")), ("kino.v1",)),
+    ("training stands on the engines alone: no server, no Ray, no CLI or client, no transport",
+     _files("training/"), (*TRANSPORT, "serving", "kino", "loadtests")),
     ("the server is below its clients, the load tests and the CLI",
      _files("serving/"), ("loadtests", "kino.cli", "kino.client", "training")),
     ("only protocol adapters import protocol types",

@@ -1,0 +1,95 @@
+"""The demo training run in miniature (every stage a few steps, training/recipe.py SMOKE): it writes a diffusers
+checkpoint the normal loading path takes as the ``demo`` preset, and that checkpoint generates a video with audio."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engines.config import preset
+from engines.model_loader import ALL_PARTS, PIPELINE_PARTS, ComponentSource
+from engines.params import GenerationParams
+from engines.staged_pipeline import StagedPipeline
+from training import truth
+from training.dit import training_sigmas
+from training.recipe import SMOKE
+from training.train_demo import train
+from training.world import GEOMETRY
+
+MiB = 2**20
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """As ``python -m training.train_demo`` runs (on shared cores, two torch threads mostly wait on each other)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, one_thread):
+    root = tmp_path_factory.mktemp("demo_smoke")
+    record = train(SMOKE, root / "checkpoint", root / "report")
+    return root, record
+
+
+def test_every_stage_ran_and_the_run_is_recorded(trained):
+    root, record = trained
+    ckpt = root / "checkpoint"
+    assert json.loads((ckpt / "training.json").read_text()) == record
+    assert set(record["final_losses"]) == {"video VAE", "audio VAE", "vocoder", "DiT"}
+    losses = [v for stage in record["final_losses"].values() for v in stage.values()]
+    assert losses and all(math.isfinite(v) for v in losses)
+    assert record["recipe"]["dit"]["steps"] == SMOKE.dit.steps
+    assert min(record["caption_separability"].values()) > 0  # the frozen encoder tells one-word changes apart
+    png = root / "report" / "loss_curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_checkpoint_is_small_safetensors_in_diffusers_layout(trained):
+    ckpt = trained[0] / "checkpoint"
+    index = json.loads((ckpt / "model_index.json").read_text())
+    assert index["_class_name"] == "LTX2Pipeline"
+    assert set(PIPELINE_PARTS) <= set(index) and all((ckpt / p).is_dir() for p in PIPELINE_PARTS)
+    files = [f for f in ckpt.rglob("*") if f.is_file()]
+    weights = [f for f in files if f.suffix in (".safetensors", ".bin", ".pt", ".pth")]
+    assert weights and all(f.suffix == ".safetensors" for f in weights)
+    assert max(f.stat().st_size for f in files) < 5 * MiB
+    assert sum(f.stat().st_size for f in files) < 12 * MiB
+
+
+def test_it_loads_as_the_demo_preset_and_generates(trained, tmp_path):
+    ckpt = trained[0] / "checkpoint"
+    config = preset("demo", checkpoint_dir=ckpt)
+    source = ComponentSource(config)
+    components = source.load(ALL_PARTS)
+    assert all(getattr(components, p) is not None for p in PIPELINE_PARTS)
+    g = source.geometry()
+    assert (g.mel_compression, g.audio_temporal_compression) == (4, 4)  # the three-level audio VAE
+    staged = StagedPipeline(config, components)
+    # The sampler's grid is the training's sigma map over a uniform grid: what was trained is what is sampled.
+    sigmas, _ = staged.denoiser._schedule(8, 12)
+    grid = torch.linspace(1.0, 1 / 8, 8)
+    assert torch.allclose(sigmas[:-1].float(), training_sigmas(components.scheduler, 12, grid), atol=1e-5)
+    params = GenerationParams(prompt="a red ball bouncing on a dark floor, a click at every bounce", seed=3, steps=2)
+    result = staged.generate(params, tmp_path / "demo.mp4")
+    frames, audio, rate, fps = truth.read_mp4(result.path)
+    assert frames.shape == (GEOMETRY.frames, GEOMETRY.height, GEOMETRY.width, 3)
+    assert (rate, fps) == (GEOMETRY.sample_rate, GEOMETRY.fps) and audio.shape[0] == 2
+    assert abs(audio.shape[1] / rate - GEOMETRY.seconds) < 0.05
+
+
+def test_the_run_is_deterministic(trained, tmp_path):
+    again = train(SMOKE, tmp_path / "checkpoint", tmp_path / "report")
+    first = trained[0] / "checkpoint"
+    for part in ("transformer", "vae", "audio_vae", "vocoder", "connectors"):
+        a = load_file(first / part / "diffusion_pytorch_model.safetensors")
+        b = load_file(tmp_path / "checkpoint" / part / "diffusion_pytorch_model.safetensors")
+        assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a), part
+    assert again["final_losses"] == trained[1]["final_losses"]

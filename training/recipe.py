@@ -1,0 +1,107 @@
+"""How the demo model is trained: one typed recipe per stage (engines' config schema: bounds, a docstring each).
+
+`FULL` is what ``python -m training.train_demo`` runs (about 13 CPU-minutes on one thread: under an hour on two
+CPU cores shared with other work); `SMOKE` runs
+every stage for a few steps on a few clips, for the test suite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import field
+from typing import Annotated
+
+from pydantic import Field
+
+from engines.schema import section
+
+Positive = Annotated[int, Field(gt=0)]
+Rate = Annotated[float, Field(gt=0, lt=1)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+@section("training.video_vae")
+class VideoVAERecipe:
+    """Stage 1a: the video VAE, as a plain autoencoder of the world's clips."""
+
+    steps: Positive = 1500
+    """Optimizer steps."""
+    image_batch: Positive = 16
+    """Single frames per image step. A lone frame is the causal first latent frame, what image-to-video
+    conditions on, at 1/17 of a clip's cost: most steps are image steps."""
+    clip_batch: Positive = 2
+    """Whole clips per clip step (they teach the temporal layers)."""
+    clip_every: Positive = 2
+    """Every n-th step is a clip step."""
+    lr: Rate = 1e-3
+    """Peak AdamW learning rate (one-cycle schedule)."""
+    latent_noise: Annotated[float, Field(ge=0)] = 0.05
+    """Gaussian noise added to the latents before decoding, so the decoder tolerates the DiT's imprecision."""
+    latent_l2: Annotated[float, Field(ge=0)] = 1e-4
+    """Weight of the latents' squared norm: keeps their scale bounded (in place of a KL term)."""
+    object_weight: Annotated[float, Field(ge=0)] = 4.0
+    """Extra loss weight on the object's pixels (they are a few percent of the frame and all its content)."""
+
+
+@section("training.audio")
+class AudioRecipe:
+    """Stage 1b: the audio VAE on log-mel spectrograms, then the vocoder from log-mel back to a waveform."""
+
+    vae_steps: Positive = 600
+    """Audio VAE optimizer steps."""
+    vocoder_steps: Positive = 700
+    """Vocoder optimizer steps."""
+    batch: Positive = 16
+    """Clips per audio VAE step."""
+    vocoder_batch: Positive = 8
+    """Clips per vocoder step (a vocoder step costs 5x an audio VAE step)."""
+    lr: Rate = 2e-3
+    """Peak AdamW learning rate of both."""
+    latent_noise: Annotated[float, Field(ge=0)] = 0.05
+    """Noise added to the audio latents before decoding."""
+    latent_l2: Annotated[float, Field(ge=0)] = 1e-4
+    """Weight of the audio latents' squared norm."""
+    mel_noise: Annotated[float, Field(ge=0)] = 0.1
+    """Noise added to the log-mel the vocoder reads (it will read the audio VAE's imperfect mels)."""
+
+
+@section("training.dit")
+class DiTRecipe:
+    """Stage 2: the DiT and the text connectors, flow matching on the joint video+audio latents."""
+
+    steps: Positive = 3000
+    """Optimizer steps."""
+    batch: Positive = 16
+    """Clips per step."""
+    lr: Rate = 1e-3
+    """Peak AdamW learning rate."""
+    uncond_prob: Fraction = 0.1
+    """Share of rows trained on the empty prompt (what classifier-free guidance subtracts)."""
+    first_frame_prob: Fraction = 0.2
+    """Share of rows whose first latent frame is given clean at timestep 0 (image-to-video)."""
+    ema_decay: Rate = 0.999
+    """Exponential moving average of the weights; the average is what ships."""
+
+
+@section("training")
+class Recipe:
+    """The whole demo training run."""
+
+    seed: int = 0
+    """Seeds the world, the weights' initialisation and every random draw of training."""
+    clips: Positive = 1536
+    """World clips rendered for training (every prompt class equally often)."""
+    video_vae: VideoVAERecipe = field(default_factory=VideoVAERecipe)
+    """Stage 1a."""
+    audio: AudioRecipe = field(default_factory=AudioRecipe)
+    """Stage 1b."""
+    dit: DiTRecipe = field(default_factory=DiTRecipe)
+    """Stage 2."""
+
+
+FULL = Recipe()
+SMOKE = Recipe(
+    clips=4,
+    video_vae=VideoVAERecipe(steps=2, image_batch=2, clip_batch=1),
+    audio=AudioRecipe(vae_steps=2, vocoder_steps=2, batch=2, vocoder_batch=2),
+    dit=DiTRecipe(steps=3, batch=2),
+)

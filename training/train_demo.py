@@ -1,0 +1,144 @@
+"""Train Kino's ``demo`` model on the synthetic world, on a CPU, and write it where the ``demo`` preset loads it.
+
+    python -m training.train_demo                       # the full run (engines/weights/demo/)
+    python -m training.train_demo --smoke --out /tmp/x  # every stage for a few steps (seconds)
+
+Stages, in order, each with a progress bar; seeded, so a run is reproducible on the same machine:
+
+1. render the world's clips (`training.world`);
+2. the video VAE, then its latent statistics (`training.video_vae`);
+3. the audio VAE on log-mels, its latent statistics, then the vocoder (`training.audio`);
+4. the frozen tiny Gemma's states for every caption (`training.text`), then the DiT and the text connectors by
+   flow matching on the normalized latents (`training.dit`).
+
+The checkpoint is a diffusers directory (`engines.model_loader.save_checkpoint`: model_index.json and one folder
+per component) plus ``training.json`` (recipe, seconds per stage, final losses, sizes). Loss curves go to
+``--report`` (default out/train_demo/loss_curves.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engines.config import DEMO_CHECKPOINT_DIR
+from engines.model_loader import ComponentSource, save_checkpoint
+from engines.params import GenerationParams
+from engines.stage_io import LatentShape
+from training.architecture import PROMPT_TOKENS, TRAINABLE, TRAINING_CONFIG, build_components, parameter_count
+from training.audio import (
+    encode_audio_latents,
+    fit_audio_statistics,
+    mel_clip_frames,
+    normalize_audio,
+    train_audio_vae,
+    train_vocoder,
+)
+from training.dit import DiTData, train_dit
+from training.mel import LogMel
+from training.progress import LossLog, StageProgress
+from training.recipe import FULL, SMOKE, Recipe
+from training.text import frozen_text_states, separability
+from training.video_vae import encode_latents, fit_latent_statistics, pack, train_video_vae
+from training.world import GEOMETRY, dataset, prompt_classes
+
+
+def latent_shape() -> LatentShape:
+    """The latent grid of one world clip, computed as the Denoiser computes it for such a request."""
+    params = GenerationParams(prompt="x", width=GEOMETRY.width, height=GEOMETRY.height, seconds=GEOMETRY.seconds,
+                              fps=GEOMETRY.fps).validated(TRAINING_CONFIG)
+    return LatentShape.for_params(params, ComponentSource(TRAINING_CONFIG).geometry())
+
+
+def train(recipe: Recipe, out: Path, report_dir: Path) -> dict:
+    """Run every stage and write the checkpoint to `out`; returns the training record (also in training.json)."""
+    started = time.perf_counter()
+    torch.manual_seed(recipe.seed)
+    log = LossLog()
+    g = GEOMETRY
+    with StageProgress(log) as progress:
+        with progress.stage("world", recipe.clips) as report:
+            clips = dataset(recipe.clips, recipe.seed)
+            report(recipe.clips - 1, {})
+        comps = build_components(recipe.seed)
+        videos = torch.from_numpy(np.stack([c.video for c in clips]))
+        masks = torch.from_numpy(np.stack([c.masks for c in clips]))
+        waves = torch.from_numpy(np.stack([c.audio for c in clips]))
+
+        with progress.stage("video VAE", recipe.video_vae.steps) as report:
+            train_video_vae(comps.vae, videos, masks, recipe.video_vae, recipe.seed + 1, report)
+        raw = encode_latents(comps.vae, videos)
+        fit_latent_statistics(comps.vae, raw)
+        video_tokens = pack(comps.vae, raw)
+
+        log_mel = LogMel.for_audio_vae(comps.audio_vae, comps.vocoder.config.output_sampling_rate)
+        shape = latent_shape()
+        mels = log_mel(waves)[:, :, : mel_clip_frames(shape.audio_frames)]
+        with progress.stage("audio VAE", recipe.audio.vae_steps) as report:
+            train_audio_vae(comps.audio_vae, mels, recipe.audio, recipe.seed + 2, report)
+        packed_audio = encode_audio_latents(comps.audio_vae, mels)
+        fit_audio_statistics(comps.audio_vae, packed_audio)
+        audio_tokens = normalize_audio(comps.audio_vae, packed_audio)
+        with progress.stage("vocoder", recipe.audio.vocoder_steps) as report:
+            train_vocoder(comps.vocoder, log_mel, mels, waves, recipe.audio, recipe.seed + 3, report)
+
+        classes = prompt_classes()
+        captions = [c.caption for c in classes]
+        states, states_mask = frozen_text_states(comps.tokenizer, comps.text_encoder, [*captions, ""], PROMPT_TOKENS)
+        text_gap = separability(states[:-1], states_mask[:-1], classes,
+                                comps.text_encoder.config.text_config.hidden_size)
+        data = DiTData(video=video_tokens, audio=audio_tokens,
+                       caption=torch.tensor([captions.index(c.caption) for c in clips]),
+                       text=states, text_mask=states_mask, shape=shape, fps=float(g.fps))
+        with progress.stage("DiT", recipe.dit.steps) as report:
+            averaged = train_dit(comps.transformer, comps.connectors, comps.scheduler, data, recipe.dit,
+                                 recipe.seed + 4, report)
+        comps.transformer, comps.connectors = averaged["transformer"], averaged["connectors"]
+
+    for name in TRAINABLE:
+        getattr(comps, name).eval().requires_grad_(False)
+    if out.exists():
+        shutil.rmtree(out)
+    save_checkpoint(comps, out)
+    record = {
+        "recipe": dataclasses.asdict(recipe),
+        "geometry": dataclasses.asdict(g),
+        "seconds": {**log.seconds, "total": time.perf_counter() - started},
+        "threads": torch.get_num_threads(),
+        "final_losses": {stage: log.last(stage) for stage in log.curves if stage != "world"},
+        "caption_separability": text_gap,
+        "parameters": {name: parameter_count(getattr(comps, name)) for name in (*TRAINABLE, "text_encoder")},
+        "checkpoint_bytes": sum(f.stat().st_size for f in out.rglob("*") if f.is_file()),
+    }
+    (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    log.plot(report_dir / "loss_curves.png")
+    (report_dir / "loss_curves.json").write_text(json.dumps(log.curves))
+    return record
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m training.train_demo", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=DEMO_CHECKPOINT_DIR, help="checkpoint directory to (re)write")
+    ap.add_argument("--report", type=Path, default=Path("out/train_demo"), help="where loss curves go")
+    # One thread: on two cores shared with other work, a second torch thread mostly waits at barriers (a
+    # video VAE step measured 3.5 s with two threads, 0.5 s with one, on a loaded 2-core machine).
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    ap.add_argument("--smoke", action="store_true", help="a few steps of every stage on a few clips")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    record = train(SMOKE if args.smoke else FULL, args.out, args.report)
+    secs = record["seconds"]
+    print(f"wrote {args.out} ({record['checkpoint_bytes'] / 2**20:.2f} MiB) in {secs['total'] / 60:.1f} min: "
+          + ", ".join(f"{k} {v / 60:.1f} min" for k, v in secs.items() if k != "total"))
+    print(f"loss curves: {args.report / 'loss_curves.png'}")
+
+
+if __name__ == "__main__":
+    main()
