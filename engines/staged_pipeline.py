@@ -85,8 +85,7 @@ class StagedPipeline:
         self.denoiser = Denoiser(config, self.components, geometry, backend=backend)
         self.decoder = Decoder(config, self.components, geometry)
         self.media = MediaEncoder(config, self.components, geometry)
-        self.upsampler = (LatentUpsampler(config, self.components, geometry)
-                          if self.components.latent_upsampler is not None else None)
+        self.upsampler = LatentUpsampler(config, self.components, geometry)
 
     def denoise(self, requests: Sequence[tuple[str, GenerationParams]], on_step: StepCallback | None = None,
                 conditioning: Sequence[VideoConditioning | None] | None = None,
@@ -121,8 +120,6 @@ class StagedPipeline:
                           times: StageTimes | None = None) -> DenoisedLatents:
         """A validated two-stage request (engines/two_stage.py): stage 1 at half size, the latents upsampled,
         the refine at full size; `on_step` counts the steps of both stages."""
-        if self.upsampler is None:
-            raise InvalidParameter("two_stage", True, f"false: {self.config.model_id} has no latent upsampler")
         times = times if times is not None else StageTimes()
         one, two = stage_one(params), stage_two(params, self.config.schedule)
         total = one.steps + two.steps

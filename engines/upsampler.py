@@ -25,25 +25,23 @@ class LatentUpsampler:
         configure_threads(config)
         source = ComponentSource(config)
         comps = components or source.load(UPSAMPLER_PARTS)
-        if comps.latent_upsampler is None:
-            raise CheckpointError(f"{config.model_id} has no latent_upsampler/ component: two-stage generation "
-                                  "needs one (LTX-2's spatial x2 upsampler)")
-        self.vae, self.upsampler = comps.vae, comps.latent_upsampler
+        self.model_id = config.model_id
+        self.vae, self.upsampler = comps.vae, comps.latent_upsampler  # None: this model has none
         self.geometry = geometry or source.geometry()
         self.device = torch.device(config.device)
 
     @classmethod
-    def beside(cls, decoder: Decoder, config: ModelConfig) -> LatentUpsampler | None:
-        """One sharing a Decoder's VAE (no second copy of its weights); None if the model has no upsampler."""
-        source = ComponentSource(config)
-        if not source.has("latent_upsampler"):
-            return None
-        upsampler = source.load(["latent_upsampler"]).latent_upsampler
+    def beside(cls, decoder: Decoder, config: ModelConfig) -> LatentUpsampler:
+        """One sharing a Decoder's VAE (no second copy of its weights)."""
+        upsampler = ComponentSource(config).load(["latent_upsampler"]).latent_upsampler
         return cls(config, Components(vae=decoder.vae, latent_upsampler=upsampler), decoder.geometry)
 
     @torch.inference_mode()
     def upsample(self, stage1: DenoisedLatents) -> VideoConditioning:
         """The stage-2 conditioning: stage 1's video at twice the width and height, its audio as is."""
+        if self.upsampler is None:
+            raise CheckpointError(f"{self.model_id} has no latent_upsampler/ component: two-stage generation "
+                                  "needs one (LTX-2's spatial x2 upsampler)")
         g, s, vae = self.geometry, stage1.shape, self.vae
         z = LTX2Pipeline._unpack_latents(torch.from_numpy(stage1.video).to(self.device)[None], s.frames, s.height,
                                          s.width, g.patch_size, g.patch_size_t)

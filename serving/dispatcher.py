@@ -31,8 +31,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from engines.config import ScheduleConfig
 from engines.errors import OutOfMemory
 from engines.params import GenerationParams
+from engines.two_stage import stage_one, stage_two
 from serving.async_view import AsyncView, in_thread
 from serving.config import QueueConfig
 from serving.errors import ErrorCode, KinoError, as_kino_error
@@ -79,12 +81,46 @@ class _Held:
     settling: bool = False  # its end (completed, failed, cancelled) is being recorded
 
 
+@dataclass
+class _DenoiseRun:
+    """The denoise part of one job's attempt: its steps (stage 1, stage 2 of a two-stage job, else 0), how much
+    a stage-2 step costs against a stage-1 step (its tokens: 4x), and the ETA over both."""
+
+    started: float
+    decode_seconds: float
+    steps: tuple[int, int] = (0, 0)
+    cost_ratio: float = 1.0
+    first_step: float | None = None
+
+    def plan(self, stage_one: int, stage_two: int, cost_ratio: float = 1.0) -> None:
+        self.steps, self.cost_ratio = (stage_one, stage_two), cost_ratio
+
+    @property
+    def total(self) -> int:
+        return self.steps[0] + self.steps[1]
+
+    def _cost(self, step: int) -> float:
+        one = min(step, self.steps[0])
+        return one + (step - one) * self.cost_ratio
+
+    def done_share(self, step: int) -> float:
+        """Share of the denoise work done after `step` steps of the job."""
+        return self._cost(step) / self._cost(self.total)
+
+    def eta(self, step: int) -> float:
+        elapsed = time.monotonic() - self.started
+        done = self._cost(step)
+        return elapsed / done * (self._cost(self.total) - done) + self.decode_seconds
+
+
 class Dispatcher:
     def __init__(self, store: DispatchQueue, stages: StageClient, config: QueueConfig,
                  on_finished: Callable[[Job], None] | None = None, metrics: Metrics | None = None,
                  moderator: Moderator | None = None, progress: ProgressSink | None = None,
-                 owner: str | None = None, window: Callable[[], int] | None = None) -> None:
-        """`window`: how many jobs the stages hold now (all dispatchers together), within `max_in_flight`."""
+                 owner: str | None = None, window: Callable[[], int] | None = None,
+                 schedule: ScheduleConfig | None = None) -> None:
+        """`window`: how many jobs the stages hold now (all dispatchers together), within `max_in_flight`;
+        `schedule`: the model's (how many steps the refine of a two-stage job takes)."""
         self.store, self.stages, self.config = AsyncView(store), stages, config
         self.moderator = moderator  # checks what the prompt enhancer writes, as the front door checked the prompt
         self.on_finished = on_finished  # e.g. tell a cameo's owner
@@ -92,6 +128,7 @@ class Dispatcher:
         self.progress = progress or NoProgress()
         self.owner = owner or dispatcher_id()
         self.window = window or (lambda: config.max_in_flight)
+        self.schedule = schedule or ScheduleConfig()
         self._held: dict[str, _Held] = {}
         self._stopping = False
         self._wake = asyncio.Event()
@@ -250,30 +287,19 @@ class Dispatcher:
         await self._progress(held, Stage.ENCODING, progress=0.0, message="encoding prompt")
         embedding = self.stages.encode(job.id, params)
         conditioning = self.stages.condition(job.id, params, job.conditioning)
-        started = time.monotonic()
-        first_step: float | None = None
-        latents = None
-        stream = self.stages.denoise(attempt_id(job.id, held.lease.generation), params, embedding, job.priority,
-                                     conditioning)
-        try:
-            async for ev in stream:
-                if ev.latents is not None:
-                    latents = ev.latents
-                    continue
-                if first_step is None:
-                    first_step = time.monotonic()
-                    self.metrics.stage_seconds("encode", first_step - started)  # encode + wait for a slot
-                elapsed = time.monotonic() - started
-                eta = elapsed / ev.step * (ev.total_steps - ev.step) + (self._decode_seconds or 0.0)
-                await self._progress(held, Stage.DENOISING, step=ev.step, total_steps=ev.total_steps,
-                                     progress=_ENCODED + _DENOISE_SPAN * ev.step / ev.total_steps,
-                                     eta_seconds=eta, batch_size=ev.batch_size)
-        finally:
-            await stream.aclose()
-        if latents is None:
-            raise StageUnavailable("the denoiser ended the stream without latents")
-        self.metrics.stage_seconds("denoise", time.monotonic() - (first_step or started))
-        await self._progress(held, Stage.DECODING, step=params.steps, total_steps=params.steps,
+        run = _DenoiseRun(started=time.monotonic(), decode_seconds=self._decode_seconds or 0.0)
+        if params.two_stage:
+            one, two = stage_one(params), stage_two(params, self.schedule)
+            run.plan(one.steps, two.steps, cost_ratio=(params.width * params.height) / (one.width * one.height))
+            low = await self._denoise(held, run, one, embedding, conditioning, stage=1)
+            await self._progress(held, Stage.DENOISING, step=one.steps, total_steps=run.total, message="upsampling",
+                                 progress=_ENCODED + _DENOISE_SPAN * run.done_share(one.steps), milestone=True)
+            latents = await self._denoise(held, run, two, embedding, self.stages.upsample(job.id, low), stage=2)
+        else:
+            run.plan(params.steps, 0)
+            latents = await self._denoise(held, run, params, embedding, conditioning, stage=1)
+        self.metrics.stage_seconds("denoise", time.monotonic() - (run.first_step or run.started))
+        await self._progress(held, Stage.DECODING, step=run.total, total_steps=run.total,
                              progress=_DECODING, eta_seconds=self._decode_seconds, message="decoding")
         t = time.monotonic()
         claim = Claim(video_id=job.id, model=job.model, prompt_sha256=prompt_sha256(params.prompt),
@@ -284,6 +310,33 @@ class Dispatcher:
         self.metrics.stage_seconds("decode", took)
         self._decode_seconds = took if self._decode_seconds is None else 0.8 * self._decode_seconds + 0.2 * took
         return result
+
+    async def _denoise(self, held: _Held, run: _DenoiseRun, params: GenerationParams, embedding: Any,
+                       conditioning: Any, *, stage: int) -> Any:
+        """One denoise request of the job (a two-stage job makes two), its steps pushed as progress counted
+        over the whole job; returns the latents' reference."""
+        job, latents = held.job, None
+        offset = 0 if stage == 1 else run.steps[0]
+        stream = self.stages.denoise(attempt_id(job.id, held.lease.generation, stage), params, embedding,
+                                     job.priority, conditioning)
+        try:
+            async for ev in stream:
+                if ev.latents is not None:
+                    latents = ev.latents
+                    continue
+                if run.first_step is None:
+                    run.first_step = time.monotonic()
+                    self.metrics.stage_seconds("encode", run.first_step - run.started)  # encode + wait for a slot
+                step = offset + ev.step
+                message = f"stage {stage} of 2: step {ev.step}/{ev.total_steps}" if run.steps[1] else ""
+                await self._progress(held, Stage.DENOISING, step=step, total_steps=run.total,
+                                     progress=_ENCODED + _DENOISE_SPAN * run.done_share(step),
+                                     eta_seconds=run.eta(step), batch_size=ev.batch_size, message=message)
+        finally:
+            await stream.aclose()
+        if latents is None:
+            raise StageUnavailable("the denoiser ended the stream without latents")
+        return latents
 
     async def _enhance(self, held: _Held, params: GenerationParams) -> GenerationParams:
         """The params with the enhanced prompt, when the request asked for one. A rewrite is
@@ -306,13 +359,14 @@ class Dispatcher:
             self._push(held, Stage.ENCODING, message=message)
         return dataclasses.replace(params, prompt=text)
 
-    async def _progress(self, held: _Held, stage: Stage, **values: Any) -> None:
-        """Push every event; write it to the store on a stage change, the last step, or once per
-        `progress_write_seconds` (the write also says whether a cancel was requested)."""
+    async def _progress(self, held: _Held, stage: Stage, *, milestone: bool = False, **values: Any) -> None:
+        """Push every event; write it to the store on a stage change, the last step, a `milestone` (the
+        upsampling between two stages), or once per `progress_write_seconds` (the write also says whether
+        a cancel was requested)."""
         self._push(held, stage, **values)
         now = time.monotonic()
         last_step = stage == Stage.DENOISING and values.get("step") == values.get("total_steps")
-        if stage == held.written_stage and not last_step \
+        if stage == held.written_stage and not last_step and not milestone \
                 and now - held.written_at < self.config.progress_write_seconds:
             return
         held.written_at, held.written_stage = now, stage

@@ -63,6 +63,9 @@ class LocalStages(StageClient):
             elif not isinstance(item, LatentsFollow):  # the latents
                 yield DenoiseEvent(step=last.step, total_steps=last.total_steps, batch_size=0, latents=item)
 
+    def upsample(self, job_id: str, latents: Any) -> Any:
+        return asyncio.ensure_future(in_thread(self.pipeline.upsampler.upsample, latents))
+
     async def decode(self, job_id: str, params: GenerationParams, latents: Any, artifact_key: str,
                      claim: Claim, parent_key: str | None = None) -> Artifact:
         return await in_thread(self.renderer.render, latents, params, artifact_key, claim, parent_key)

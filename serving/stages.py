@@ -8,6 +8,8 @@ Both sides import this module: the dispatcher (through a `StageClient`) and the 
   reference for the decoder). On the wire from a Denoiser replica the stream is: one event per
   step, then `LATENTS_FOLLOW`, then the `DenoisedLatents` as the last item (so a caller can pass
   that item's reference to the Decoder without fetching it);
+- `upsample` starts the latent upsampler of two-stage generation on stage 1's latents (where the VAE
+  runs); its opaque reference is the stage-2 request's conditioning;
 - `decode` returns the `Artifact` it put in the artifact store: the same record the job keeps.
 """
 
@@ -49,10 +51,10 @@ class LatentsFollow:
 LATENTS_FOLLOW = LatentsFollow()
 
 
-def attempt_id(job_id: str, generation: int) -> str:
-    """The denoise request id of one claim of a job: a retry after a lost dispatcher is a new request,
-    and supersedes the old one wherever that still runs."""
-    return f"{job_id}@{generation}"
+def attempt_id(job_id: str, generation: int, stage: int = 1) -> str:
+    """The denoise request id of one claim of a job (`stage` 2: the refine of a two-stage job): a retry
+    after a lost dispatcher is a new request, and supersedes the old one wherever that still runs."""
+    return f"{job_id}@{generation}" if stage == 1 else f"{job_id}@{generation}.{stage}"
 
 
 def job_of(request_id: str) -> str:
@@ -79,6 +81,11 @@ class StageClient(ABC):
                 conditioning: Any = None) -> AsyncIterator[DenoiseEvent]:
         """One event per step; the last carries the latents. Closing the iterator cancels the request.
         `request_id` is `attempt_id(job, lease generation)`."""
+
+    @abstractmethod
+    def upsample(self, job_id: str, latents: Any) -> Any:
+        """Start upsampling stage-1 latents (a `DenoiseEvent.latents` reference) for the refine; returns an
+        opaque reference the denoiser accepts as conditioning."""
 
     @abstractmethod
     async def decode(self, job_id: str, params: GenerationParams, latents: Any, artifact_key: str,

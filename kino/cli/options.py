@@ -42,6 +42,10 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
                    help="step caching: off (every step computes every block: the exact path), balanced (reuses a "
                         "request's DiT work where it barely changes, ~1.6x faster denoising at >= 40 dB PSNR "
                         "measured), fast (more); default: the server's (model.step_cache.default)")
+    g.add_argument("--two-stage", action=argparse.BooleanOptionalAction, default=None,
+                   help="LTX-2's recipe for high resolution: generate at half width and height, upsample the "
+                        "latents 2x, refine at full size in a few steps (sides multiples of 64; not with an "
+                        "image); default: the server's rule for the size (model.two_stage.min_pixels)")
 
 
 def params_from_args(args: argparse.Namespace) -> GenerationParams:
@@ -49,7 +53,8 @@ def params_from_args(args: argparse.Namespace) -> GenerationParams:
     return GenerationParams(
         prompt=args.prompt, negative_prompt=args.negative_prompt, width=width, height=height,
         seconds=args.seconds, fps=args.fps, seed=args.seed, steps=args.steps,
-        guidance_scale=args.guidance_scale, audio_guidance_scale=args.audio_guidance_scale, cache=args.cache)
+        guidance_scale=args.guidance_scale, audio_guidance_scale=args.audio_guidance_scale, cache=args.cache,
+        two_stage=args.two_stage)
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:

@@ -84,8 +84,14 @@ def _generate(args: argparse.Namespace, config: ModelConfig, params: GenerationP
     with Progress(TextColumn("[bold]denoising"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task("denoise", total=params.steps)
-        [latents] = pipeline.denoise([("run", params)], times=times,
-                                     on_step=lambda done, total: bar.update(task, completed=done))
+
+        def on_step(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        if params.two_stage:  # stage 1 at half size, upsampling, the refine: one bar over both stages
+            latents = pipeline.denoise_two_stage(params, on_step=on_step, times=times)
+        else:
+            [latents] = pipeline.denoise([("run", params)], times=times, on_step=on_step)
     started = time.perf_counter()
     claim = Claim(video_id=f"run_{uuid.uuid4().hex}", model=config.model_id, prompt_sha256=prompt_sha256(params.prompt))
     media = renderer.render_file(latents, params, args.output, claim)
@@ -93,5 +99,7 @@ def _generate(args: argparse.Namespace, config: ModelConfig, params: GenerationP
     console.print(f"wrote [bold]{args.output.resolve()}[/bold] (watermarked, C2PA-signed)")
     console.print(f"  {media.summary()}")
     console.print(f"  seed {params.seed}, {params.steps} steps, model {config.model_id}")
+    if times.two_stage_line():
+        print(times.two_stage_line(), flush=True)
     print(times, flush=True)
     return 0

@@ -96,7 +96,7 @@ def create_request(args: argparse.Namespace) -> pb.CreateVideoRequest:
         req.fps = f"{args.fps.numerator}/{args.fps.denominator}"
     if getattr(args, "cache", None):
         req.cache = pb.StepCache.Value(f"STEP_CACHE_{args.cache.upper()}")
-    for name in ("seconds", "seed", "steps", "guidance_scale", "audio_guidance_scale", "priority"):
+    for name in ("seconds", "seed", "steps", "guidance_scale", "audio_guidance_scale", "priority", "two_stage"):
         value = getattr(args, name, None)
         if value is not None:
             setattr(req, name, value)

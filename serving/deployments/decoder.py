@@ -1,7 +1,8 @@
 """Decoder deployment: one `Renderer` per replica (latents -> marked, signed MP4 in the artifact store).
 
-It also hosts the VAE *encoder* side (same weights): first frames and remix sources become
-conditioning latents here and go straight to the Denoiser through the object store.
+It also hosts the VAE *encoder* side (same weights) and the latent upsampler: first frames, remix
+sources and two-stage jobs' stage-1 latents become conditioning here and go straight to the Denoiser
+through the object store.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from engines.media_encoder import MediaEncoder
 from engines.model_loader import Components, ComponentSource
 from engines.params import GenerationParams
 from engines.stage_io import VideoConditioning
+from engines.upsampler import LatentUpsampler
 from serving.artifacts import Artifact, LocalArtifactStore
 from serving.config import load_config
 from serving.on_ray.metrics import RayMetrics
@@ -34,15 +36,20 @@ class DecoderDeployment:
         media = MediaEncoder(cfg.model, components=Components(vae=decoder.vae), geometry=geometry)
         self.renderer = Renderer(decoder, media, LocalArtifactStore(cfg.storage.artifacts_dir),
                                  ContentCredentials(cfg.provenance), cfg.provenance.watermark)
+        self.upsampler = LatentUpsampler.beside(decoder, cfg.model)
         self.metrics = RayMetrics()
-        # One video at a time: the replica's thread budget is its engine's. Decoding several at once
-        # only splits the same cores (and, on a shared node, starves the Denoiser mid-step); the
-        # others wait here in arrival order, and still count towards autoscaling.
+        # One video at a time (the replica's thread budget is its engine's; several at once split the cores and
+        # starve a Denoiser on the same node): the others wait here in order, counted by autoscaling.
         self._one_at_a_time = asyncio.Lock()
 
     async def encode_condition(self, params: GenerationParams, image_key: str | None, parent_key: str | None,
                                strength: float) -> VideoConditioning:
         return await asyncio.to_thread(self.renderer.condition, params, image_key, parent_key, strength)
+
+    async def upsample(self, latents: list) -> VideoConditioning:
+        stage1 = await latents[0]
+        async with self._one_at_a_time:
+            return await asyncio.to_thread(self.upsampler.upsample, stage1)
 
     async def decode(self, job_id: str, params: GenerationParams, latents: list, key: str, claim: Claim,
                      parent_key: str | None = None) -> Artifact:

@@ -9,6 +9,7 @@ import ray.exceptions as rex
 import ray.serve.exceptions as sex
 from ray.serve.handle import DeploymentHandle
 
+from engines.errors import ParallelError
 from engines.params import GenerationParams
 from engines.stage_io import PromptPair
 from serving.artifacts import Artifact
@@ -17,10 +18,11 @@ from serving.on_ray.compat import object_ref_stream
 from serving.provenance.claim import Claim
 from serving.stages import DenoiseEvent, LatentsFollow, StageClient, StageUnavailable
 
-# Failures of a replica or of the objects it owned: retrying the job on another replica helps.
+# Failures of a replica or of the objects it owned: retrying the job on another replica helps. A
+# ParallelError is a replica spread over several ranks that lost one (it is being replaced).
 _UNAVAILABLE = (rex.RayActorError, rex.ActorUnavailableError, rex.ObjectLostError, rex.OwnerDiedError,
                 rex.WorkerCrashedError, rex.NodeDiedError, sex.DeploymentUnavailableError,
-                sex.ReplicaUnavailableError, sex.BackPressureError)
+                sex.ReplicaUnavailableError, sex.BackPressureError, ParallelError)
 
 
 def _is_unavailable(exc: BaseException) -> bool:
@@ -80,6 +82,11 @@ class ServeStages(StageClient):
             raise
         finally:
             stream.cancel()  # the caller left early (cancel): stop the replica's generator too
+
+    def upsample(self, job_id: str, latents: Any) -> Any:
+        # The upsampler lives in the Decoder replicas beside the VAE; like the stage-1 latents it reads, its
+        # result goes from replica to replica without passing here.
+        return self.decoder.upsample.remote(latents)
 
     async def decode(self, job_id: str, params: GenerationParams, latents: Any, artifact_key: str,
                      claim: Claim, parent_key: str | None = None) -> Artifact:

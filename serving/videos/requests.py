@@ -53,6 +53,7 @@ class CreateVideo:
     visibility: Visibility = Visibility.PRIVATE
     enhance_prompt: bool = False
     cache: str | None = None  # step caching: off, balanced, fast (None: the server's default)
+    two_stage: bool | None = None  # half size, upsample, refine (None: the server's default for the size)
 
 
 @dataclass(frozen=True)
@@ -89,10 +90,17 @@ def generation_params(req: CreateVideo, model: ModelConfig) -> GenerationParams:
     check_idempotency_key(req.idempotency_key)
     for name in ("prompt", "negative_prompt"):
         check_printable(name, getattr(req, name))
+    two_stage = req.two_stage
+    if req.image or req.cameo_id:  # the refine would not see the first frame: one stage
+        if two_stage:
+            raise InvalidArgument("two_stage=true is not allowed with an image or a cameo: false or unset "
+                                  "(image-to-video runs in one stage)", field="two_stage")
+        two_stage = False
     return validated(GenerationParams(
         prompt=req.prompt, negative_prompt=req.negative_prompt, width=width, height=height,
         seconds=req.seconds, fps=fps, seed=req.seed, steps=req.steps, guidance_scale=req.guidance_scale,
-        audio_guidance_scale=req.audio_guidance_scale, enhance_prompt=req.enhance_prompt, cache=req.cache), model)
+        audio_guidance_scale=req.audio_guidance_scale, enhance_prompt=req.enhance_prompt, cache=req.cache,
+        two_stage=two_stage), model)
 
 
 def validated(params: GenerationParams, model: ModelConfig) -> GenerationParams:

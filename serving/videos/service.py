@@ -125,7 +125,7 @@ class VideoService:
                                      "can be remixed", field="video_id")
         strength = rq.remix_strength(req.strength, self.config.cameos.default_remix_strength)
         params = rq.validated(replace(parent.generation, prompt=req.prompt, negative_prompt=None, seed=req.seed,
-                                      enhance_prompt=req.enhance_prompt), self.model)
+                                      enhance_prompt=req.enhance_prompt, two_stage=False), self.model)
         if self.capacity is not None:
             await in_thread(self.capacity.check, params)
         cameo = None

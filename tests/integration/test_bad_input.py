@@ -54,6 +54,8 @@ CREATE_CASES = [
     ("idempotency key too long", C(prompt="ok", idempotency_key="k" * 129), INVALID, "idempotency_key"),
     ("unknown model", C(prompt="ok", model="sora-2-pro"), INVALID, "model"),
     ("unknown step cache", C(prompt="ok", cache=42), INVALID, "cache"),
+    ("two-stage sides not multiples of 64", C(prompt="ok", size="96x128", two_stage=True), INVALID, "size"),
+    ("two-stage with an image", C(prompt="ok", two_stage=True, image=b"\x89PNG"), INVALID, "two_stage"),
 ]
 
 

@@ -125,6 +125,29 @@ def test_enhanced_prompt_is_generated_stored_and_shown_to_its_owner(stub, tmp_pa
     assert abs(_frames(stub, video.id, tmp_path) - _frames(stub, plain.id, tmp_path)).mean() > 1.0
 
 
+def test_a_two_stage_video_streams_both_stages_and_is_full_size(stub, cluster, tmp_path):
+    """gRPC two_stage: WatchVideo shows stage 1, the upsampling and stage 2 counted over the whole job; the MP4
+    is at the asked size. REST's two_stage extra field is recorded on the video."""
+    import json
+    import urllib.request
+
+    video = stub.CreateVideo(pb.CreateVideoRequest(prompt="a lighthouse", size="128x128", seconds=1.0, steps=3,
+                                                   seed=2, two_stage=True))
+    assert video.two_stage
+    events = wait_done(stub, video.id)
+    assert events[-1].status == pb.VIDEO_STATUS_COMPLETED
+    messages = [e.message for e in events if e.stage == pb.STAGE_DENOISING]
+    assert "upsampling" in messages and messages[-1] == "stage 2 of 2: step 3/3", messages
+    assert messages.index("upsampling") > max(i for i, m in enumerate(messages) if m.startswith("stage 1 of 2"))
+    assert {e.total_steps for e in events if e.stage == pb.STAGE_DENOISING} == {6}
+    assert _frames(stub, video.id, tmp_path).shape[1:3] == (128, 128)
+    body = json.dumps({"prompt": "a lighthouse", "seconds": "1", "size": "128x128", "two_stage": "false"}).encode()
+    rest = json.loads(urllib.request.urlopen(urllib.request.Request(
+        f"{cluster.rest_url}/videos", data=body, headers={"content-type": "application/json"})).read())
+    assert not stub.GetVideo(pb.GetVideoRequest(id=rest["id"])).two_stage
+    stub.CancelVideo(pb.CancelVideoRequest(id=rest["id"]))
+
+
 def test_step_caching_is_chosen_per_request_and_recorded(stub, cluster):
     """balanced on gRPC, fast as the REST extra field, the server's default (off) when unsaid."""
     import json

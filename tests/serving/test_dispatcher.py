@@ -289,3 +289,88 @@ def test_every_step_is_pushed_while_the_store_gets_a_few_writes(setup, staged, t
     assert steps == list(range(1, 41)) and pushed[-1].status == JobStatus.COMPLETED
     stored = [e.step for e in store.events(jid) if e.stage == Stage.DENOISING]
     assert stored[-1] == 40 and len(stored) < 40  # coalesced: the last step and a few in between
+
+
+class SlowUpsampling(InProcessStages):
+    """The upsampler takes a while (as at 1080p), so a cancel lands in that phase."""
+
+    def upsample(self, job_id: str, latents: Any) -> Any:
+        async def slow():
+            await asyncio.sleep(1.0)
+            return await super(SlowUpsampling, self).upsample(job_id, latents)
+        return asyncio.ensure_future(slow())
+
+
+def _two_stage_job(store, tiny_config, steps: int) -> str:
+    p = GenerationParams(prompt="two stages", seed=1, steps=steps, width=128, height=128,
+                         two_stage=True).validated(tiny_config)
+    job, _ = store.create(NewJob(id="video_two", tenant="t", model="m", priority=5, params=params_to_dict(p),
+                                 request_hash="two"), max_queued=100)
+    return job.id
+
+
+def _watching(hub, jid, until):
+    pushed: list = []
+
+    async def watch():
+        async for p in hub.subscribe(jid):
+            pushed.append(p)
+            if until(p):
+                return
+
+    return pushed, asyncio.create_task(watch())
+
+
+def test_a_two_stage_job_shows_both_stages_and_the_upsampling(setup, staged, tiny_config, tmp_path):
+    import av
+
+    from serving.progress import ProgressHub
+
+    store, artifacts, _ = setup
+    jid = _two_stage_job(store, tiny_config, steps=4)
+    hub = ProgressHub(backlog=1000)
+    d = Dispatcher(store, InProcessStages(staged, artifacts, tmp_path), QueueConfig(poll_seconds=0.05), progress=hub)
+
+    async def scenario():
+        pushed, watcher = _watching(hub, jid, lambda p: p.status.terminal)
+        await asyncio.sleep(0)
+        await _run_until(d, store, [jid])
+        await asyncio.wait_for(watcher, 10)
+        return pushed
+
+    pushed = asyncio.run(scenario())
+    denoising = [(p.step, p.total_steps, p.message) for p in pushed if p.stage == Stage.DENOISING]
+    assert denoising == ([(i, 7, f"stage 1 of 2: step {i}/4") for i in range(1, 5)] + [(4, 7, "upsampling")]
+                         + [(4 + j, 7, f"stage 2 of 2: step {j}/3") for j in range(1, 4)])
+    shares = [p.progress for p in pushed if p.stage == Stage.DENOISING]
+    assert shares == sorted(shares) and shares[3] < 0.5  # a stage-2 step weighs its 4x tokens
+    job = store.get(jid)
+    assert job.status == JobStatus.COMPLETED and (job.step, job.total_steps) == (7, 7)
+    with av.open(str(artifacts.local_path(job.artifact.key))) as mp4:
+        stream = mp4.streams.video[0]
+        assert (stream.width, stream.height) == (128, 128) and mp4.streams.audio
+
+
+def test_a_cancel_while_upsampling_stops_the_job(setup, staged, tiny_config, tmp_path):
+    from serving.progress import ProgressHub
+
+    store, artifacts, _ = setup
+    jid = _two_stage_job(store, tiny_config, steps=2)
+    hub = ProgressHub(backlog=1000)
+    d = Dispatcher(store, SlowUpsampling(staged, artifacts, tmp_path), QueueConfig(poll_seconds=0.05), progress=hub)
+
+    async def scenario():
+        pushed, watcher = _watching(hub, jid, lambda p: p.message == "upsampling")
+        await asyncio.sleep(0)
+        task = asyncio.create_task(d.run())
+        async with asyncio.timeout(60):
+            await watcher
+            store.request_cancel(jid)
+            assert await d.cancel(jid)
+            while store.get(jid).status != JobStatus.CANCELLED:
+                await asyncio.sleep(0.01)
+        task.cancel()
+
+    asyncio.run(scenario())
+    job = store.get(jid)
+    assert job.error_code == "cancelled" and job.artifact is None and job.step == 2

@@ -82,7 +82,7 @@ def create_request(req: pb.CreateVideoRequest) -> CreateVideo:
         guidance_scale=opt("guidance_scale"), audio_guidance_scale=opt("audio_guidance_scale"),
         priority=opt("priority"), idempotency_key=req.idempotency_key or None, model=req.model or None,
         image=req.image or None, cameo_id=req.cameo_id or None, visibility=visibility(req.visibility),
-        enhance_prompt=req.enhance_prompt, cache=cache(req.cache))
+        enhance_prompt=req.enhance_prompt, cache=cache(req.cache), two_stage=opt("two_stage"))
 
 
 def remix_request(req: pb.RemixVideoRequest) -> RemixVideo:
@@ -105,7 +105,8 @@ def video(job: Job) -> pb.Video:
         visibility=VISIBILITY_TO_PB[job.visibility], parent_id=job.conditioning.parent_id or "",
         cameo_id=job.conditioning.cameo_id or "", review=REVIEW_TO_PB[job.review],
         image_conditioned=bool(job.conditioning.image_key and not job.conditioning.cameo_id),
-        enhanced_prompt=job.enhanced_prompt or "", cache=CACHE_TO_PB.get(p.cache, pb.STEP_CACHE_UNSPECIFIED))
+        enhanced_prompt=job.enhanced_prompt or "", cache=CACHE_TO_PB.get(p.cache, pb.STEP_CACHE_UNSPECIFIED),
+        two_stage=bool(p.two_stage))
     if job.error_code:
         msg.error.code, msg.error.message = job.error_code, job.error_message or ""
     if job.artifact is not None:

@@ -1,7 +1,7 @@
 """OpenAI-compatible routes over the domain services: parse, call, translate; no decisions here.
 
     POST   /v1/videos                 create (multipart or JSON: prompt, model, seconds, size, input_reference;
-                                      Kino's extra: cache = off | balanced | fast)
+                                      Kino's extras: cache = off | balanced | fast, two_stage = true | false)
     GET    /v1/videos                 list (after, limit, order)
     GET    /v1/videos/{id}            retrieve
     DELETE /v1/videos/{id}            delete
@@ -43,6 +43,17 @@ def _seconds(value: Any) -> float | None:
     except (TypeError, ValueError):
         raise InvalidArgument(f"seconds={value!r} is not allowed: a number of seconds, e.g. \"4\"",
                               field="seconds") from None
+
+
+def _flag(value: Any, field: str) -> bool | None:
+    """A JSON boolean, or a form field's "true" / "false"; absent or "": None (the server's default)."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise InvalidArgument(f"{field}={value!r} is not allowed: true or false", field=field)
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
@@ -104,11 +115,11 @@ def create_rest_app(videos: VideoService, authenticate: Authenticate, metrics: M
             fields = await _json_object(request)
         if not isinstance(fields.get("prompt"), str):
             raise InvalidArgument("prompt is required: the text that describes the video", field="prompt")
-        # Kino's extra field beside OpenAI's (clients that do not send it get the server's default).
+        # Kino's extra fields beside OpenAI's (clients that do not send them get the server's defaults).
         req = CreateVideo(prompt=fields["prompt"], size=fields.get("size") or None,
                           seconds=_seconds(fields.get("seconds")), model=fields.get("model") or None,
                           image=image, idempotency_key=request.headers.get("idempotency-key") or None,
-                          cache=fields.get("cache") or None)
+                          cache=fields.get("cache") or None, two_stage=_flag(fields.get("two_stage"), "two_stage"))
         job, _ = await videos.create(who, req)
         return JSONResponse(convert.video(job))
 
