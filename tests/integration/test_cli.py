@@ -97,6 +97,11 @@ def test_run_in_process_moderates_marks_and_signs(tmp_path):
                                     "--cache", "balanced", "-o", str(tmp_path / "cached.mp4")],
                             capture_output=True, text=True, timeout=300, env=env)
     assert cached.returncode == 0 and StageTimes.parse(cached.stdout).denoise > 0, cached.stdout + cached.stderr
+    two = subprocess.run(KINO + ["run", "a kite over dunes", "--seconds", "0.5", "--size", "128x128", "--steps", "2",
+                                 "--two-stage", "-o", str(tmp_path / "two.mp4")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert two.returncode == 0 and "two-stage: stage 1 " in two.stdout, two.stdout + two.stderr
+    assert (probe(tmp_path / "two.mp4").width, probe(tmp_path / "two.mp4").height) == (128, 128)
     refused = subprocess.run(KINO + ["run", "a gory decapitation scene", "-o", str(tmp_path / "no.mp4")],
                              capture_output=True, text=True, timeout=300, env=env)
     assert refused.returncode == 2 and "graphic_violence" in refused.stdout and not (tmp_path / "no.mp4").exists()
