@@ -192,3 +192,52 @@ def test_services_rules_and_dashboard_come_from_the_repository_files():
 def test_values_schema_rejects_mistakes(bad, message):
     out = subprocess.run([helm(), "template", "kino", str(CHART), *bad], capture_output=True, text=True)
     assert out.returncode != 0 and message in out.stderr, out.stderr
+
+
+SPREAD_GPU = [*PROFILES["gpu"], "--set", "model.parallel.cfg=2", "--set", "model.parallel.ulysses=2",
+              "--set", "workerGroups.dit.gpus=4",
+              "--set-string", "workerGroups.dit.resources.limits.nvidia\\.com/gpu=4",
+              "--set-string", "workerGroups.dit.resources.requests.nvidia\\.com/gpu=4",
+              "--set", "model.parallel.ncclEnv.NCCL_DEBUG=WARN"]
+
+
+def test_a_dit_group_whose_replicas_span_the_gpus_of_a_pod():
+    docs = render(*SPREAD_GPU)
+    config = _serve_config(docs)
+    app = config["applications"][0]
+    assert app["args"]["config"]["model"]["parallel"] == {"cfg": 2, "ulysses": 2}
+    deployments = {d["name"]: d for d in app["deployments"]}
+    # Rank 0 takes one GPU; its placement group takes the pod's other three for the followers.
+    assert deployments["Denoiser"]["ray_actor_options"]["num_gpus"] == 1
+    assert deployments["Decoder"]["ray_actor_options"]["num_gpus"] == 1
+    [rs] = [d for d in docs if d["kind"] == "RayService"]
+    groups = {g["groupName"]: g for g in rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
+    assert groups["dit"]["rayStartParams"]["num-gpus"] == "4"
+    for name, group in groups.items():
+        pod = group["template"]["spec"]
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        shm = [v for v in pod["volumes"] if v["name"] == "dshm"]
+        if name == "dit":
+            assert env["TORCH_NCCL_BLOCKING_WAIT"] == "1" and env["NCCL_DEBUG"] == "WARN"
+            assert shm == [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}]
+            assert {"name": "dshm", "mountPath": "/dev/shm"} in pod["containers"][0]["volumeMounts"]
+        else:
+            assert "TORCH_NCCL_BLOCKING_WAIT" not in env and not shm
+    crds = crd_schemas()
+    OAS30Validator(crds[(rs["apiVersion"], rs["kind"])]).validate(rs)
+    # One rank: nothing of this (the default profile's DiT pods are unchanged).
+    plain = {g["groupName"]: g for g in [d for d in render() if d["kind"] == "RayService"][0]["spec"][
+        "rayClusterConfig"]["workerGroupSpecs"]}
+    assert not [v for v in plain["dit"]["template"]["spec"]["volumes"] if v["name"] == "dshm"]
+
+
+@pytest.mark.parametrize("bad, message", [
+    (SPREAD_GPU[:-8], "workerGroups.dit.gpus must be model.parallel.cfg x ulysses = 4"),
+    (SPREAD_GPU[:-6], "workerGroups.dit.resources.limits.nvidia.com/gpu must be 4"),
+    (["--set", "model.parallel.ulysses=9"], "model/parallel/ulysses"),
+    (["--set", "model.parallel.cfg=3"], "model/parallel/cfg"),
+    (["--set", "model.parallel.ncclEnv.FOO=1"], "model/parallel/ncclEnv"),
+])
+def test_a_spread_dit_group_refuses_what_cannot_run(bad, message):
+    out = subprocess.run([helm(), "template", "kino", str(CHART), *bad], capture_output=True, text=True)
+    assert out.returncode != 0 and message in out.stderr, out.stderr

@@ -20,6 +20,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- .Values.storage.existingClaim | default (printf "%s-state" (include "kino.fullname" .)) -}}
 {{- end -}}
 
+{{/* Ranks one Denoiser replica spans: model.parallel.cfg x ulysses. */}}
+{{- define "kino.parallelWorld" -}}
+{{- $p := .Values.model.parallel | default dict -}}
+{{- mul (int ($p.cfg | default 1)) (int ($p.ulysses | default 1)) -}}
+{{- end -}}
+
 {{/* The Serve config file, with this release's settings: one source for local and Kubernetes. */}}
 {{- define "kino.serveConfig" -}}
 {{- $doc := .Files.Get "files/serve-config.yaml" | fromYaml -}}
@@ -31,6 +37,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $trt := dict "engine_cache_dir" "/var/kino/state/engines" -}}
 {{- with .Values.model.tensorrt }}{{- if .profiles }}{{- $_ := set $trt "profiles" .profiles -}}{{- end -}}{{- end -}}
 {{- $_ := set $model "tensorrt" $trt -}}
+{{- $world := include "kino.parallelWorld" . | int -}}
+{{- with .Values.model.parallel }}{{- $_ := set $model "parallel" (dict "cfg" (int (.cfg | default 1)) "ulysses" (int (.ulysses | default 1))) -}}{{- end -}}
 {{- with .Values.promptEnhancer -}}
 {{- $enh := dict "enabled" .enabled "backend" .backend "max_new_tokens" (int .maxNewTokens) -}}
 {{- if eq .backend "vllm" -}}
@@ -60,6 +68,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $_ := set $opts "resources" (dict (get $groups $d.name) 1) -}}
 {{- with (get $workers $d.name) -}}
 {{- if gt (int .gpus) 0 -}}{{- $_ := set $opts "num_gpus" (int .gpus) -}}{{- end -}}
+{{- if and (eq $d.name "Denoiser") (gt $world 1) (gt (int .gpus) 0) -}}
+{{- /* The replica is rank 0 on one GPU; its placement group takes the pod's other GPUs for the followers. */ -}}
+{{- if ne (int .gpus) $world }}{{- fail (printf "workerGroups.dit.gpus must be model.parallel.cfg x ulysses = %d (one Denoiser replica per DiT pod spans its GPUs), got %d" $world (int .gpus)) }}{{- end -}}
+{{- $limit := dig "limits" "nvidia.com/gpu" "0" (.resources | default dict) | int -}}
+{{- if ne $limit $world }}{{- fail (printf "workerGroups.dit.resources.limits.nvidia.com/gpu must be %d, the GPUs Ray is told the pod has (workerGroups.dit.gpus), got %d" $world $limit) }}{{- end -}}
+{{- $_ := set $opts "num_gpus" 1 -}}
+{{- end -}}
 {{- /* One replica per pod of its group: Serve's autoscaling range follows the group's. */ -}}
 {{- if $d.autoscaling_config -}}
 {{- $_ := set $d.autoscaling_config "min_replicas" (int .minReplicas) -}}
@@ -137,10 +152,22 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   imagePullPolicy: {{ .root.Values.image.pullPolicy }}
   env:
 {{ include "kino.env" .root | indent 4 }}
+{{- if eq (include "kino.spreadDiT" .) "true" }}
+    - name: TORCH_NCCL_BLOCKING_WAIT   # a timed-out collective raises in the caller: the replica fails cleanly
+      value: "1"
+{{- range $k, $v := .root.Values.model.parallel.ncclEnv }}
+    - name: {{ $k }}
+      value: {{ $v | quote }}
+{{- end }}
+{{- end }}
   resources:
 {{ toYaml .group.resources | indent 4 }}
   volumeMounts:
 {{ include "kino.volumeMounts" .root | indent 4 }}
+{{- if eq (include "kino.spreadDiT" .) "true" }}
+    - name: dshm
+      mountPath: /dev/shm
+{{- end }}
   ports:
     - name: metrics
       containerPort: {{ .root.Values.ports.metrics }}
@@ -182,4 +209,15 @@ containers:
 {{ include "kino.container" . }}
 volumes:
 {{ include "kino.volumes" .root | indent 2 }}
+{{- if eq (include "kino.spreadDiT" .) "true" }}
+  - name: dshm
+    emptyDir:
+      medium: Memory
+      sizeLimit: {{ .root.Values.model.parallel.shmSize | default "16Gi" }}
+{{- end }}
+{{- end -}}
+
+{{/* "true" for the DiT group's pods when each Denoiser replica spans several ranks. */}}
+{{- define "kino.spreadDiT" -}}
+{{- and (eq .component "dit") (gt (include "kino.parallelWorld" .root | int) 1) -}}
 {{- end -}}
