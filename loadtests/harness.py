@@ -75,6 +75,8 @@ class KinoTarget(Target):
                                     priority=cls.priority)
         if cls.steps:
             req.steps = cls.steps
+        if cls.cache:
+            req.cache = pb.StepCache.Value(f"STEP_CACHE_{cls.cache.upper()}")
         try:
             video = self.client.create(req)
             record.accepted = time.time()

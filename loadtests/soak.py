@@ -134,12 +134,15 @@ def main() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         pg_port = sock.getsockname()[1]
-    postgres = PostgresServer(base / "pg", pg_port).start()
+    # Its own temp dir: the server runs as `postgres`, which cannot enter a directory private to root.
+    pg_base = Path(tempfile.mkdtemp(prefix="kino-soak-pg-"))
+    postgres = PostgresServer(pg_base, pg_port).start()
     cluster = None
     try:
         url = postgres.new_database()
+        # Six model replicas start together: on a shared 2-core box that takes minutes.
         cluster = start_local_cluster(state_dir=base / "state", overrides=soak_overrides(url),
-                                      deployments=SOAK_DEPLOYMENTS)
+                                      deployments=SOAK_DEPLOYMENTS, deploy_timeout_s=900)
         report = run_soak(cluster.grpc_address, url, jobs=args.jobs, kills=args.kills, clients=args.clients,
                           app_name="kino")
         print(report.table())
@@ -148,6 +151,7 @@ def main() -> None:
             cluster.shutdown()
         postgres.stop()
         shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(pg_base, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@
     max_seconds: 300
     mix:
       - {weight: 3, size: 256x256, seconds: 1.375, priority: 5}
-      - {weight: 1, size: 128x128, seconds: 1.0, priority: 9, steps: 4}
+      - {weight: 1, size: 128x128, seconds: 1.0, priority: 9, steps: 4, cache: balanced}
     slo:
       latency_seconds: 20        # a video meets the SLO when it is done within this
 """
@@ -31,6 +31,7 @@ class RequestClass:
     weight: float = 1.0
     priority: int = 5
     steps: int | None = None
+    cache: str | None = None  # step caching asked of Kino (off, balanced, fast; None: the server's default)
 
     @property
     def label(self) -> str:

@@ -145,8 +145,10 @@ def start_local_cluster(*, state_dir: str | Path, grpc_port: int = 0, serve_conf
                         overrides: dict[str, Any] | None = None, num_cpus: int | None = None,
                         object_store_mb: int = 512, log_to_driver: bool = False,
                         ray_temp_dir: str | None = None, rest_port: int = 0,
-                        metrics_port: int = 0, deployments: dict[str, dict[str, Any]] | None = None) -> LocalCluster:
-    """Start Ray on this machine only, deploy Kino, and return once the gRPC front door serves.
+                        metrics_port: int = 0, deployments: dict[str, dict[str, Any]] | None = None,
+                        deploy_timeout_s: float = 180.0) -> LocalCluster:
+    """Start Ray on this machine only, deploy Kino, and return once the gRPC front door serves (or fail after
+    `deploy_timeout_s`).
 
     `grpc_port=0` picks a free port. Ray's session files go to a short temporary directory
     (Unix socket paths are limited to ~107 characters).
@@ -171,7 +173,7 @@ def start_local_cluster(*, state_dir: str | Path, grpc_port: int = 0, serve_conf
                            ray_temp_dir=temp_dir)
     try:
         cluster.deploy(local_serve_config(serve_config, state_dir=state, grpc_port=port, rest_port=rest,
-                                          overrides=overrides, deployments=deployments))
+                                          overrides=overrides, deployments=deployments), deploy_timeout_s)
     except BaseException:
         cluster.shutdown()
         raise
