@@ -3,6 +3,10 @@
     python -m training.train_demo                       # the full run (engines/weights/demo/)
     python -m training.train_demo --smoke --out /tmp/x  # every stage for a few steps (seconds)
 
+The shipped weights took two runs (`make train-demo` runs both): the full run, then a second one over its
+weights (``--warm-start DIR --recipe warm``, `training.recipe.WARM`) that trains the video VAE further, keeps
+the audio VAE and vocoder, and trains the DiT anew.
+
 Stages, in order, each with a progress bar; seeded, so a run is reproducible on the same machine:
 
 1. render the world's clips (`training.world`);
@@ -28,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engines.config import DEMO_CHECKPOINT_DIR
+from engines.config import DEMO_CHECKPOINT_DIR, preset
 from engines.model_loader import ComponentSource, save_checkpoint
 from engines.params import GenerationParams
 from engines.stage_io import LatentShape
@@ -44,7 +48,7 @@ from training.audio import (
 from training.dit import DiTData, train_dit
 from training.mel import LogMel
 from training.progress import LossLog, StageProgress
-from training.recipe import FULL, SMOKE, Recipe
+from training.recipe import FULL, SMOKE, WARM, Recipe
 from training.text import frozen_text_states, separability
 from training.video_vae import encode_latents, fit_latent_statistics, pack, train_video_vae
 from training.world import GEOMETRY, dataset, prompt_classes
@@ -57,17 +61,31 @@ def latent_shape() -> LatentShape:
     return LatentShape.for_params(params, ComponentSource(TRAINING_CONFIG).geometry())
 
 
-def train(recipe: Recipe, out: Path, report_dir: Path) -> dict:
-    """Run every stage and write the checkpoint to `out`; returns the training record (also in training.json)."""
+RECIPES = {"full": FULL, "warm": WARM, "smoke": SMOKE}
+WARM_PARTS = ("vae", "audio_vae", "vocoder")  # what a warm start takes from the earlier run
+
+
+def train(recipe: Recipe, out: Path, report_dir: Path, warm_start: Path | None = None) -> dict:
+    """Run every stage and write the checkpoint to `out`; returns the training record (also in training.json).
+
+    `warm_start`: an earlier run's checkpoint whose VAEs and vocoder this run starts from; the video VAE trains
+    on for the recipe's steps, the audio VAE and the vocoder are kept as they are, the DiT trains from scratch."""
     started = time.perf_counter()
     torch.manual_seed(recipe.seed)
     log = LossLog()
     g = GEOMETRY
+    earlier = None
+    if warm_start is not None:
+        earlier = json.loads((warm_start / "training.json").read_text())
+        loaded = ComponentSource(preset("demo", checkpoint_dir=warm_start)).load(WARM_PARTS)
     with StageProgress(log) as progress:
         with progress.stage("world", recipe.clips) as report:
             clips = dataset(recipe.clips, recipe.seed)
             report(recipe.clips - 1, {})
         comps = build_components(recipe.seed)
+        if earlier is not None:
+            for name in WARM_PARTS:
+                getattr(comps, name).load_state_dict(getattr(loaded, name).state_dict())
         videos = torch.from_numpy(np.stack([c.video for c in clips]))
         masks = torch.from_numpy(np.stack([c.masks for c in clips]))
         waves = torch.from_numpy(np.stack([c.audio for c in clips]))
@@ -81,13 +99,15 @@ def train(recipe: Recipe, out: Path, report_dir: Path) -> dict:
         log_mel = LogMel.for_audio_vae(comps.audio_vae, comps.vocoder.config.output_sampling_rate)
         shape = latent_shape()
         mels = log_mel(waves)[:, :, : mel_clip_frames(shape.audio_frames)]
-        with progress.stage("audio VAE", recipe.audio.vae_steps) as report:
-            train_audio_vae(comps.audio_vae, mels, recipe.audio, recipe.seed + 2, report)
+        if earlier is None:
+            with progress.stage("audio VAE", recipe.audio.vae_steps) as report:
+                train_audio_vae(comps.audio_vae, mels, recipe.audio, recipe.seed + 2, report)
         packed_audio = encode_audio_latents(comps.audio_vae, mels)
         fit_audio_statistics(comps.audio_vae, packed_audio)
         audio_tokens = normalize_audio(comps.audio_vae, packed_audio)
-        with progress.stage("vocoder", recipe.audio.vocoder_steps) as report:
-            train_vocoder(comps.vocoder, log_mel, mels, waves, recipe.audio, recipe.seed + 3, report)
+        if earlier is None:
+            with progress.stage("vocoder", recipe.audio.vocoder_steps) as report:
+                train_vocoder(comps.vocoder, log_mel, mels, waves, recipe.audio, recipe.seed + 3, report)
 
         classes = prompt_classes()
         captions = [c.caption for c in classes]
@@ -116,6 +136,7 @@ def train(recipe: Recipe, out: Path, report_dir: Path) -> dict:
         "caption_separability": text_gap,
         "parameters": {name: parameter_count(getattr(comps, name)) for name in (*TRAINABLE, "text_encoder")},
         "checkpoint_bytes": sum(f.stat().st_size for f in out.rglob("*") if f.is_file()),
+        "warm_start": earlier,
     }
     (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     log.plot(report_dir / "loss_curves.png")
@@ -131,9 +152,12 @@ def main(argv: list[str] | None = None) -> None:
     # video VAE step measured 3.5 s with two threads, 0.5 s with one, on a loaded 2-core machine).
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--smoke", action="store_true", help="a few steps of every stage on a few clips")
+    ap.add_argument("--recipe", choices=sorted(RECIPES), default="full", help="training.recipe's (default full)")
+    ap.add_argument("--warm-start", type=Path, metavar="DIR",
+                    help="start the VAEs and the vocoder from this checkpoint (see above)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    record = train(SMOKE if args.smoke else FULL, args.out, args.report)
+    record = train(SMOKE if args.smoke else RECIPES[args.recipe], args.out, args.report, args.warm_start)
     secs = record["seconds"]
     print(f"wrote {args.out} ({record['checkpoint_bytes'] / 2**20:.2f} MiB) in {secs['total'] / 60:.1f} min: "
           + ", ".join(f"{k} {v / 60:.1f} min" for k, v in secs.items() if k != "total"))
