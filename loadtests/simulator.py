@@ -23,8 +23,9 @@ Per-step latency against ranks (`ParallelStep`): a replica over cfg x ulysses GP
 as Kino splits it (engines/parallel/transformer.py): the CFG rows over cfg groups, each row's
 video tokens over ulysses ranks (a `redundant` share of the step, the audio stream and the text
 side, repeats on every rank), then collectives that are not overlapped with compute:
-six all-to-alls of a video-sized tensor per block under Ulysses (q, k, v and the output of the
-video self-attention; k and v of the video-to-audio attention), one all-gather of the video output
+eight all-to-alls per block under Ulysses, six of a video-sized tensor (q, k, v and the output of
+the video self-attention; k and v of the video-to-audio attention) and two of the small audio
+queries and output of the latter, one all-gather of the video output
 over the Ulysses ranks and one over the CFG groups, and the broadcast of the step's inputs from
 rank 0. Each collective costs a launch latency plus the bytes each rank sends over its slowest
 link: NVLink inside a node, the NIC between nodes (`Network`; the defaults are an H100 node's
@@ -84,7 +85,9 @@ class ParallelStep:
         net, rows = self.network, math.ceil(self.rows / cfg)
         compute = self.step_1 * rows / self.rows * (self.redundant + (1.0 - self.redundant) / ulysses)
         shard = rows * self.video_tokens / ulysses * self.hidden * self.bytes_per_value
-        a2a = 6 * self.layers * net.seconds(shard * (ulysses - 1) / ulysses, ulysses, 1)
+        # Per block: six video-sized all-to-alls, and two for the audio queries and output (their latency).
+        a2a = self.layers * (6 * net.seconds(shard * (ulysses - 1) / ulysses, ulysses, 1)
+                             + 2 * net.seconds(0, ulysses, 1))
         out = rows * self.video_tokens / ulysses * self.latent_channels * 4
         gathers = net.seconds(out * (ulysses - 1), ulysses, 1) + net.seconds(out * ulysses * (cfg - 1), cfg, ulysses)
         inputs = self.rows * self.video_tokens * self.latent_channels * 4
@@ -368,7 +371,7 @@ def ranks_tables(args: argparse.Namespace, base: Timings, model: ParallelStep) -
     print()
     print("| GPUs | cfg x ulysses | arrivals/s | throughput/s | p50 s | p95 s | encoders | denoisers | decoders |")
     print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for g in (int(x) for x in args.gpus.split(",")):
+    for g in (int(x) for x in args.gpus.split(",") if x):  # --gpus "": the step table only
         rate = args.load * base.capacity(g)  # the same arrivals for every layout: 80 % of what 1-GPU replicas hold
         for cfg, u in LAYOUTS:
             timings = dataclasses.replace(base, step_1=model.seconds(cfg, u), ranks=cfg * u)

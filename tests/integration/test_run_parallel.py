@@ -1,10 +1,13 @@
 """`kino run --cfg-parallel 2` writes the video `kino run` writes on one rank (the issue's done-when, on tiny).
 
 Both commands run as a user runs them (real processes; the parallel one spawns its follower and
-joins it over gloo). The DiT outputs of the split agree with one rank within 1e-4 (tests/engines/
-test_parallel.py); in the MP4 that shows as a few 8-bit values rounding the other way, which the
-H.264 encoder can spread over a block of the next frames, so the frames are compared by PSNR:
-measured, cfg=2 against one rank 46 dB (most frames bit-identical), another seed against it 18 dB.
+joins it over gloo). The split changes the latents and the decoded float frames by ~1e-6
+(tests/engines/test_parallel.py and tests/serving/test_parallel_loop.py hold them within 1e-4),
+but H.264 is chaotic in such differences: the
+few 8-bit values that round the other way change the encoder's choices for whole blocks of this
+noise-like (random-weight) video. Measured on tiny, the same float frames within 1.1e-6 come out
+of the MP4 at 31-46 dB PSNR (some frames bit-identical), another seed at 18 dB; so the frames are
+compared by PSNR against 25 dB, and the audio (AAC of the same samples), which comes out exact.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from engines.staged_pipeline import StageTimes
 from kino.cli.main import main
 
 KINO = [sys.executable, "-m", "kino.cli.main"]
-SAME_VIDEO_DB = 40.0
+SAME_VIDEO_DB = 25.0  # the same video after H.264 (see above); another seed's is ~18 dB
 
 
 def _frames(path) -> np.ndarray:
