@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from engines.model_loader import ComponentSource
 from serving.accounts.service import AccountService
@@ -30,6 +31,9 @@ from serving.scheduler import StepScheduler
 from serving.stages import StageClient
 from serving.videos import DispatcherLink, VideoService
 from serving.videos.capacity import DenoiseCapacity
+
+if TYPE_CHECKING:
+    from engines.parallel.world import EngineLead
 
 DENOISE_MAX_TOKENS = "denoise_max_tokens"  # what Denoiser replicas record they hold per forward
 
@@ -62,14 +66,20 @@ class DomainServices:
         return cls(videos, CameoService(cfg, cameo_store, jobs, artifacts, videos, dispatcher), account_service)
 
 
-def open_denoise_loop(cfg: KinoConfig, metrics: Metrics) -> DenoiseLoop:
+def open_denoise_loop(cfg: KinoConfig, metrics: Metrics, lead: Callable[[], EngineLead] | None = None) -> DenoiseLoop:
     """A Denoiser replica's loop: the engine, its token budget (the config's, or less where the GPU's memory
-    profile says so, recorded for every front door) and the scheduler."""
+    profile says so, recorded for every front door) and the scheduler. `lead`: an engine over several ranks
+    (model.parallel), called once this replica's own parts are loaded (its followers load meanwhile)."""
     from engines.denoiser import Denoiser
     from engines.memory import device_token_budget
+    from engines.model_loader import DENOISER_PARTS
 
     b = cfg.batching
-    engine = Denoiser(cfg.model)
+    if lead is None:
+        engine = Denoiser(cfg.model)
+    else:
+        components = ComponentSource(cfg.model).load(DENOISER_PARTS)
+        engine = Denoiser(cfg.model, components, backend=lead().backend(components.transformer))
     max_tokens = min(b.max_tokens, device_token_budget(engine, b.gpu_memory_utilization) or b.max_tokens)
     store = SqlJobStore(Database(cfg.storage.database_url))
     try:

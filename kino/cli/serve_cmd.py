@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import threading
 from pathlib import Path
@@ -58,9 +59,12 @@ def _start(args: argparse.Namespace, grpc_port: int, rest_port: int = 0, metrics
     if args.max_batch_size is not None:
         overrides["batching"] = {"max_batch_size": args.max_batch_size,
                                  "max_running": max(32, args.max_batch_size)}
+    # A Denoiser over several ranks places its followers beside it, each with the replica's CPU share:
+    # count one logical CPU more per follower (Ray's CPUs are bookkeeping here; the cores are shared).
+    followers = (args.cfg_parallel or 1) * (args.ulysses or 1) - 1
     return start_local_cluster(state_dir=args.state_dir, grpc_port=grpc_port, serve_config=args.config,
                                overrides=overrides, ray_temp_dir=args.ray_temp_dir, rest_port=rest_port,
-                               metrics_port=metrics_port)
+                               metrics_port=metrics_port, num_cpus=(os.cpu_count() or 2) + followers)
 
 
 def serve_forever(args: argparse.Namespace) -> int:

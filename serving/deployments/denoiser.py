@@ -17,6 +17,7 @@ from engines.stage_io import PromptEmbedding, VideoConditioning
 from serving.async_view import in_thread
 from serving.config import load_config
 from serving.on_ray.metrics import RayMetrics
+from serving.on_ray.parallel import RayRanks
 from serving.services import DenoiseStats, open_denoise_loop
 
 
@@ -24,7 +25,9 @@ from serving.services import DenoiseStats, open_denoise_loop
 class DenoiserDeployment:
     def __init__(self, config: dict[str, Any]) -> None:
         cfg = load_config(config)
-        self.loop = open_denoise_loop(cfg, RayMetrics())
+        # model.parallel: this replica is rank 0 of an engine whose followers it places (serving/on_ray/parallel.py)
+        self.ranks = RayRanks(cfg.model) if cfg.model.parallel.world_size > 1 else None
+        self.loop = open_denoise_loop(cfg, RayMetrics(), lead=self.ranks.lead if self.ranks else None)
         self.stats = DenoiseStats(cfg, self.loop)
 
     async def denoise(self, request_id: str, params: GenerationParams, embedding: PromptEmbedding,
@@ -34,6 +37,12 @@ class DenoiserDeployment:
 
     def check_health(self) -> None:
         self.loop.check()
+        if self.ranks is not None:
+            self.ranks.check_health()
+
+    def __del__(self) -> None:
+        if self.ranks is not None:
+            self.ranks.close()
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """For the backlog autoscaling policy (serving/on_ray/autoscaling.py)."""
