@@ -94,8 +94,9 @@ def run_follower(config: ModelConfig, rendezvous: Rendezvous, rank: int,
     from engines.decoder import Decoder
     from engines.model_loader import DECODER_PARTS, DENOISER_PARTS, ComponentSource
 
-    if config.device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(config.device))
+    device = torch.device(config.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device.index or 0)  # "cuda" (a Ray actor's one visible GPU) is cuda:0
     components = ComponentSource(config).load(DENOISER_PARTS + DECODER_PARTS)
     decoder = Decoder(config, components)  # (sets this process's torch threads from the config)
     store = rendezvous.connect()
