@@ -39,7 +39,7 @@ class LossLog:
         import matplotlib.pyplot as plt
         import numpy as np
 
-        stages = list(self.curves)
+        stages = [stage for stage, curves in self.curves.items() if curves]  # stages that reported losses
         fig, axes = plt.subplots(1, len(stages), figsize=(4.2 * len(stages), 3.4), squeeze=False)
         for ax, stage in zip(axes[0], stages, strict=True):
             for name, points in self.curves[stage].items():
@@ -52,8 +52,7 @@ class LossLog:
             ax.set_xlabel("step")
             if all(v > 0 for pts in self.curves[stage].values() for _, v in pts):
                 ax.set_yscale("log")
-            if self.curves[stage]:
-                ax.legend(fontsize=7)
+            ax.legend(fontsize=7)
         fig.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110)
