@@ -17,7 +17,8 @@ import statistics
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 APP = "kino-soak"
@@ -27,13 +28,14 @@ APP = "kino-soak"
 class SoakReport:
     jobs: int
     completed: int
-    lost: int  # accepted and not completed
+    lost: int  # accepted and not completed (failed, cancelled or never ended)
     finished_twice: int  # more than one terminal event
     requeued: int  # claims ended by a lost dispatcher, then run again
     kills: int
     create_ms: tuple[float, float]  # p50, p99
     queue_s: tuple[float, float]  # p50, p99 (created -> first claim)
     wall_s: float
+    not_completed: dict[str, int] = field(default_factory=dict)  # "status: code: message" -> jobs
 
     def table(self) -> str:
         return ("| jobs | completed | lost | finished twice | requeued after a kill | dispatcher kills | "
@@ -41,7 +43,8 @@ class SoakReport:
                 "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
                 f"| {self.jobs} | {self.completed} | {self.lost} | {self.finished_twice} | {self.requeued} | "
                 f"{self.kills} | {self.create_ms[0]:.1f} / {self.create_ms[1]:.1f} | "
-                f"{self.queue_s[0]:.2f} / {self.queue_s[1]:.2f} | {self.wall_s:.0f} |")
+                f"{self.queue_s[0]:.2f} / {self.queue_s[1]:.2f} | {self.wall_s:.0f} |"
+                + "".join(f"\n- {n} x {why}" for why, n in self.not_completed.items()))
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -117,7 +120,9 @@ def run_soak(grpc_address: str, database_url: str, *, jobs: int, kills: int, app
         lost=sum(j.status != JobStatus.COMPLETED for j in finals), finished_twice=sum(n > 1 for n in terminal.values()),
         requeued=sum(any(e.message.startswith("requeued: the lease") for e in ev) for ev in events.values()),
         kills=killed, create_ms=(_pct(create_ms, 50), _pct(create_ms, 99)),
-        queue_s=(_pct(queue_s, 50), _pct(queue_s, 99)), wall_s=wall)
+        queue_s=(_pct(queue_s, 50), _pct(queue_s, 99)), wall_s=wall,
+        not_completed=dict(Counter(f"{j.status.value}: {j.error_code}: {j.error_message}" for j in finals
+                                   if j.status != JobStatus.COMPLETED)))
 
 
 def main() -> None:

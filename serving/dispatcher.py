@@ -136,16 +136,30 @@ class Dispatcher:
 
     # -- control -------------------------------------------------------------------------
     async def run(self) -> None:
-        """Keep the stages fed, the leases renewed and expired leases reaped, until cancelled."""
+        """Keep the stages fed, the leases renewed and expired leases reaped, until cancelled. The leases are
+        renewed by a task of their own, so a long round (claiming a full window on a busy database) never
+        delays a heartbeat past the lease."""
         log.info("dispatcher %s started", self.owner)
+        heartbeat = asyncio.create_task(self._renew_forever(), name=f"heartbeat-{self.owner}")
+        try:
+            await self._dispatch_forever()
+        finally:
+            heartbeat.cancel()
+
+    async def _renew_forever(self) -> None:
+        while True:
+            try:
+                await self._heartbeat()
+            except Exception:  # noqa: BLE001 - a store hiccup must not stop renewing; retry next beat
+                log.exception("lease renewal failed; retrying")
+            await asyncio.sleep(self.config.heartbeat_seconds)
+
+    async def _dispatch_forever(self) -> None:
         c = self.config
-        due = {"heartbeat": 0.0, "reap": 0.0, "counts": 0.0}
+        due = {"reap": 0.0, "counts": 0.0}
         while True:
             try:
                 now = time.monotonic()
-                if now >= due["heartbeat"]:
-                    await self._heartbeat()
-                    due["heartbeat"] = now + c.heartbeat_seconds
                 if now >= due["reap"]:
                     await self._reap()
                     due["reap"] = now + c.heartbeat_seconds
@@ -157,7 +171,7 @@ class Dispatcher:
             except Exception:  # noqa: BLE001 - a store hiccup must not stop the loop; retry next round
                 log.exception("dispatch round failed; retrying")
             self._wake.clear()
-            timeout = max(0.0, min(c.poll_seconds, due["heartbeat"] - time.monotonic()))
+            timeout = max(0.0, min(c.poll_seconds, due["reap"] - time.monotonic()))
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout)
             except TimeoutError:
