@@ -1,0 +1,249 @@
+"""Output truth of the demo model: does it make what the prompt asks for, with the sound in sync?
+
+    python -m loadtests.bench_truth                        # 48 prompt classes x 8 seeds, 16 remixes, 16 images
+    python -m loadtests.bench_truth --seeds 1 --remixes 4 --images 4   # quicker
+
+Every video goes through Kino's serving path in this process (`ServingPath`): jobs in a job store (SQLite), a
+`Dispatcher` driving `LocalStages` (the text encoder, the denoise loop with step batching across jobs, the
+renderer that marks, muxes and signs into the artifact store), the same pieces the Ray deployments wrap. The
+finished MP4s are measured with `training.truth`, from their decoded pixels and samples only:
+
+- text-to-video, every prompt class of the world (colour x shape x motion x background) at each seed: colour
+  adherence, motion adherence, and audio-visual sync (each contact seen in the video has a click onset within
+  one frame, 41.7 ms);
+- remix (the job's parent is a world clip of a sliding object, prompted to slide the other way, at strength
+  0.6): the colour is kept, the first frame's object mask overlaps the source's (IoU), the new direction shows;
+- image-to-video (the job's first-frame image is a world clip's first frame): PSNR of the output's first frame
+  against the image.
+
+Prints a markdown table of the figures against the goals of issue 13.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+
+from engines.config import preset
+from engines.mp4 import Waveform, write_mp4
+from engines.params import GenerationParams, params_to_dict
+from engines.staged_pipeline import StagedPipeline
+from engines.watermark import WatermarkConfig
+from serving.artifacts import LocalArtifactStore
+from serving.config import ProvenanceConfig, QueueConfig
+from serving.dispatcher import Dispatcher
+from serving.jobs import Conditioning, JobStatus, NewJob, open_store
+from serving.local_stages import LocalStages
+from serving.provenance.credentials import ContentCredentials
+from serving.rendering import Renderer
+from training import truth
+from training.world import Clip, PromptClass, dataset, prompt_classes, render, sample_scene
+
+OPPOSITE = {"sliding left": "sliding right", "sliding right": "sliding left"}
+REMIX_STRENGTH = 0.6
+
+
+class ServingPath:
+    """Jobs through Kino's server pieces in this process: store -> dispatcher -> stages -> artifact store."""
+
+    def __init__(self, staged: StagedPipeline, work: Path) -> None:
+        self.staged, self.work = staged, work
+        self.store = open_store(f"sqlite:///{work}/jobs.db")
+        self.artifacts = LocalArtifactStore(work / "artifacts")
+        renderer = Renderer(staged.decoder, staged.media, self.artifacts,
+                            ContentCredentials(ProvenanceConfig(dev_chain_dir=str(work / "credentials"))),
+                            WatermarkConfig())
+        self.dispatcher = Dispatcher(self.store, LocalStages(staged, renderer), QueueConfig(poll_seconds=0.05))
+        self.pending: list[str] = []
+        self.loop = asyncio.new_event_loop()  # one for every run: the denoise loop's task lives on across runs
+
+    def close(self) -> None:
+        for task in asyncio.all_tasks(self.loop):
+            task.cancel()
+        self.loop.run_until_complete(asyncio.sleep(0))
+        self.loop.close()
+        self.store.close()
+
+    def submit(self, name: str, prompt: str, seed: int, conditioning: Conditioning = Conditioning()) -> str:
+        params = GenerationParams(prompt=prompt, seed=seed).validated(self.staged.config)
+        job, _ = self.store.create(NewJob(id=f"video_{name}", tenant="truth", model=self.staged.config.model_id,
+                                          priority=5, params=params_to_dict(params), request_hash=name,
+                                          conditioning=conditioning), max_queued=100_000)
+        self.pending.append(job.id)
+        return job.id
+
+    def put_clip(self, name: str, clip: Clip) -> str:
+        """A world clip as an MP4 in the artifact store (a remix's parent); its key."""
+        g, path = clip.geometry, self.work / f"{name}.mp4"
+        write_mp4(path, [clip.video], width=g.width, height=g.height, fps=Fraction(g.fps), num_frames=g.frames,
+                  audio=Waveform(clip.audio, g.sample_rate))
+        return self.artifacts.put_file(f"sources/{name}.mp4", path).key
+
+    def put_image(self, name: str, image: np.ndarray) -> str:
+        return self.artifacts.put_png(f"images/{name}.png", PIL.Image.fromarray(image)).key
+
+    def run(self, timeout: float = 3600.0) -> dict[str, Path]:
+        """Run the dispatcher until every submitted job finishes; job id -> its MP4."""
+        ids, self.pending = self.pending, []
+
+        async def until_done() -> None:
+            task = asyncio.create_task(self.dispatcher.run())
+            try:
+                async with asyncio.timeout(timeout):
+                    while not all(self.store.get(i).status in (JobStatus.COMPLETED, JobStatus.FAILED) for i in ids):
+                        await asyncio.sleep(0.1)
+            finally:
+                task.cancel()
+
+        self.loop.run_until_complete(until_done())
+        failed = {i: self.store.get(i).error_message for i in ids if self.store.get(i).status != JobStatus.COMPLETED}
+        if failed:
+            raise RuntimeError(f"jobs failed: {failed}")
+        return {i: self.artifacts.local_path(self.store.get(i).artifact.key) for i in ids}
+
+
+def read_video(path: Path) -> truth.Reading:
+    frames, audio, rate, fps = truth.read_mp4(path)
+    return truth.read(frames, audio, rate, fps)
+
+
+@dataclass
+class Tally:
+    colour: list[bool] = field(default_factory=list)
+    motion: list[bool] = field(default_factory=list)
+    contacts: int = 0
+    in_sync: int = 0
+    clips_with_contacts: int = 0
+    remix_iou: list[float] = field(default_factory=list)
+    remix_colour: list[bool] = field(default_factory=list)
+    remix_motion: list[bool] = field(default_factory=list)
+    i2v_psnr: list[float] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add_t2v(self, asked: PromptClass, seen: truth.Reading) -> None:
+        self.colour.append(seen.colour == asked.colour)
+        self.motion.append(seen.motion == asked.motion)
+        self.contacts += seen.sync.contacts
+        self.in_sync += seen.sync.in_sync
+        self.clips_with_contacts += seen.sync.contacts > 0
+
+    @property
+    def sync_share(self) -> float:
+        return self.in_sync / self.contacts if self.contacts else 0.0
+
+
+def text_to_video(path: ServingPath, classes: list[PromptClass], seeds: range, tally: Tally) -> None:
+    asked = {path.submit(f"t2v-{seed}-{i}", c.caption, seed): c for seed in seeds for i, c in enumerate(classes)}
+    for job_id, mp4 in path.run().items():
+        tally.add_t2v(asked[job_id], read_video(mp4))
+
+
+def remix_sources(count: int) -> list[tuple[Clip, PromptClass]]:
+    """World clips of sliding objects and the class that slides them back (both start on the floor, so the
+    object's place at the first frame is well defined for both)."""
+    rng = np.random.default_rng(1234)
+    slides = [c for c in prompt_classes() if c.motion in OPPOSITE]
+    out = []
+    for i in range(count):
+        cls = slides[i % len(slides)]
+        scene = sample_scene(cls, rng)
+        while not 3 <= 15 - scene.first_contact <= 12:  # room to slide back the other way
+            scene = sample_scene(cls, rng)
+        out.append((render(scene), PromptClass(cls.colour, cls.shape, OPPOSITE[cls.motion], cls.background)))
+    return out
+
+
+def remix(path: ServingPath, count: int, strength: float, tally: Tally) -> None:
+    jobs = {}
+    for i, (source, target) in enumerate(remix_sources(count)):
+        key = path.put_clip(f"remix-source-{i}", source)
+        jobs[path.submit(f"remix-{i}", target.caption, 100 + i,
+                         Conditioning(parent_key=key, strength=strength))] = (source, target)
+    for job_id, mp4 in path.run().items():
+        source, target = jobs[job_id]
+        seen = read_video(mp4)
+        tally.remix_iou.append(truth.mask_iou(seen.masks[0], source.masks[0]))
+        tally.remix_colour.append(seen.colour == source.scene.cls.colour)
+        tally.remix_motion.append(seen.motion == target.motion)
+
+
+def image_to_video(path: ServingPath, count: int, tally: Tally) -> None:
+    jobs = {}
+    for i, clip in enumerate(dataset(count, 4321)):
+        key = path.put_image(f"i2v-{i}", clip.video[0])
+        jobs[path.submit(f"i2v-{i}", clip.caption, 200 + i, Conditioning(image_key=key))] = clip
+    for job_id, mp4 in path.run().items():
+        frames, *_ = truth.read_mp4(mp4)
+        tally.i2v_psnr.append(truth.psnr(frames[0], jobs[job_id].video[0]))
+
+
+def _share(hits: list[bool]) -> str:
+    return f"{100 * np.mean(hits):.1f}%" if hits else "-"
+
+
+def table(t: Tally) -> str:
+    rows = [
+        ("colour adherence (object hue = prompt colour)", ">= 90%", _share(t.colour), len(t.colour)),
+        ("motion adherence (centroid path = prompt motion)", ">= 90%", _share(t.motion), len(t.motion)),
+        ("audio-visual sync (contacts with a click onset within 41.7 ms)", ">= 90%",
+         f"{100 * t.sync_share:.1f}%" if t.contacts else "-", t.contacts),
+        ("clips with a visible contact", "-", _share([True] * t.clips_with_contacts
+                                                        + [False] * (len(t.colour) - t.clips_with_contacts)),
+         len(t.colour)),
+        ("remix: first-frame object mask IoU with the source (mean)", ">= 0.5",
+         f"{np.mean(t.remix_iou):.2f}" if t.remix_iou else "-", len(t.remix_iou)),
+        ("remix: IoU >= 0.5", "-", _share([v >= 0.5 for v in t.remix_iou]), len(t.remix_iou)),
+        ("remix: colour kept", "-", _share(t.remix_colour), len(t.remix_colour)),
+        ("remix: the prompt's new motion shows", "-", _share(t.remix_motion), len(t.remix_motion)),
+        ("image-to-video: first-frame PSNR (mean)", ">= 25 dB",
+         f"{np.mean(t.i2v_psnr):.1f} dB" if t.i2v_psnr else "-", len(t.i2v_psnr)),
+        ("image-to-video: PSNR >= 25 dB", "-", _share([v >= 25 for v in t.i2v_psnr]), len(t.i2v_psnr)),
+    ]
+    lines = ["| measure | goal | result | n |", "| --- | --- | ---: | ---: |"]
+    lines += [f"| {m} | {goal} | {result} | {n} |" for m, goal, result, n in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="demo", help="model preset (default demo)")
+    ap.add_argument("--seeds", type=int, default=8, help="seeds per prompt class (default 8)")
+    ap.add_argument("--classes", type=int, default=48, help="prompt classes, of the world's 48 (default all)")
+    ap.add_argument("--remixes", type=int, default=16, help="remix generations (default 16)")
+    ap.add_argument("--strength", type=float, default=REMIX_STRENGTH, help="remix strength (default 0.6)")
+    ap.add_argument("--images", type=int, default=16, help="image-to-video generations (default 16)")
+    args = ap.parse_args()
+    staged = StagedPipeline(preset(args.preset))
+    tally = Tally()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = ServingPath(staged, Path(tmp))
+        try:
+            for name, run in (
+                    ("text-to-video", lambda: text_to_video(path, prompt_classes()[: args.classes],
+                                                            range(args.seeds), tally)),
+                    ("remix", lambda: remix(path, args.remixes, args.strength, tally)),
+                    ("image-to-video", lambda: image_to_video(path, args.images, tally))):
+                started = time.perf_counter()
+                run()
+                tally.seconds[name] = time.perf_counter() - started
+        finally:
+            path.close()
+    d = staged.config.defaults
+    print(f"Preset {args.preset}: {d.width}x{d.height}, {d.seconds * float(d.fps):.0f} frames at {d.fps} fps, "
+          f"{d.steps} steps, guidance {d.guidance_scale:g} (audio {d.audio_guidance_scale:g}); "
+          f"{args.classes} prompt classes x {args.seeds} seeds, {args.remixes} remixes at strength "
+          f"{args.strength:g}, {args.images} images\n")
+    print(table(tally))
+    print("\nseconds: " + ", ".join(f"{k} {v:.0f}" for k, v in tally.seconds.items()))
+
+
+if __name__ == "__main__":
+    main()
