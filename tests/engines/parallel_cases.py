@@ -44,6 +44,15 @@ def media(pipe: StagedPipeline, results: list[DenoisedLatents]) -> list[tuple[to
     return [(pipe.decoder.decode_video(r).cpu(), pipe.decoder.decode_audio(r).samples) for r in results]
 
 
+def assert_same_media(got: list[tuple[torch.Tensor, np.ndarray]], expected: list[tuple[torch.Tensor, np.ndarray]],
+                      tol: float) -> None:
+    """Frames and waveforms of each request agree with one rank's within `tol`."""
+    for (frames, audio), (ref_frames, ref_audio) in zip(got, expected, strict=True):
+        assert frames.shape == ref_frames.shape
+        assert (frames - ref_frames).abs().max().item() <= tol
+        assert np.abs(audio - ref_audio).max() <= tol
+
+
 def tiled_latents(latent_channels: int, audio_channels: int, frames: int = 5, height: int = 3,
                   width: int = 5) -> DenoisedLatents:
     """Random latents whose decode is chunked and tiled under a small DecodeConfig."""
