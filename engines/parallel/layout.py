@@ -13,9 +13,11 @@ order, members of the engine or not.
 Timeouts. Every collective of a forward or a decode runs on groups created with `timeout`: a
 rank that dies fails the others at once (its sockets close); a rank that hangs fails them when
 `timeout` has passed. Only the small header that tells the followers what comes next travels on a
-separate control group (gloo, CPU) with a very long timeout: a follower waits there between
-requests for as long as the server is idle. It cannot mask a dead follower: the leader's next
-collective after the header is on the timed groups. On NCCL, set ``TORCH_NCCL_BLOCKING_WAIT=1``
+separate control group (gloo, CPU) whose timeout is each process's own: very long on a follower,
+which waits there between requests for as long as the server is idle, and `timeout` on the
+leader. The leader's side must be bounded too: gloo's sender waits until the receiver has posted
+its receive, so a follower stopped before it came back for the next header would otherwise hold
+the leader's send for the long timeout (a hang, not an error). On NCCL, set ``TORCH_NCCL_BLOCKING_WAIT=1``
 before init so a timed-out collective raises in the caller instead of aborting the process from
 NCCL's watchdog thread.
 """
@@ -107,7 +109,7 @@ class ParallelGroups:
     rank: int | None
     """This process's engine rank; None when it is not part of the engine."""
     control: dist.ProcessGroup | None = field(repr=False)
-    """gloo, IDLE_TIMEOUT: the message headers."""
+    """gloo: the message headers (IDLE_TIMEOUT on a follower, `timeout` on the leader)."""
     data: dist.ProcessGroup | None = field(repr=False)
     """The default backend, `timeout`: message tensors and decode parts."""
     ulysses_group: dist.ProcessGroup | None = field(repr=False)
@@ -128,7 +130,8 @@ class ParallelGroups:
         me = dist.get_rank()
         rank = layout.ranks.index(me) if me in layout.ranks else None
         ranks = list(layout.ranks)
-        control = dist.new_group(ranks, timeout=IDLE_TIMEOUT, backend="gloo")
+        # A gloo group's timeout is per process: the followers wait idle, the leader's sends are bounded.
+        control = dist.new_group(ranks, timeout=timeout if rank == 0 else IDLE_TIMEOUT, backend="gloo")
         data = dist.new_group(ranks, timeout=timeout)
         ulysses_group = cfg_group = None
         if layout.ulysses > 1:
