@@ -1,8 +1,8 @@
 """How engine rank 0 tells its followers what to do next.
 
 A message is a header and then its tensors. The header is one fixed-size int64 tensor, broadcast
-from rank 0 over the control group (gloo, CPU, IDLE_TIMEOUT: followers wait there between
-requests)::
+from rank 0 over the control group (gloo, CPU; followers wait there between requests for
+IDLE_TIMEOUT, rank 0's send gives up after the engine's timeout)::
 
     [MAGIC, kind, count, then per tensor: dtype code (-1: None), ndim, size of each dim (MAX_DIMS slots)]
 
