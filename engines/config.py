@@ -40,6 +40,10 @@ Dtype = Literal["float32", "bfloat16", "float16"]
 DiTBackendName = Literal["auto", "eager", "compile", "tensorrt", "fp8", "int8"]
 EnhancerBackend = Literal["transformers", "vllm"]
 StepCacheMode = Literal["off", "balanced", "fast"]
+SpatialCompression = Literal[8, 32]
+TemporalCompression = Literal[4, 8]
+# (spatial, temporal) compressions the video VAE can be built with (engines.model_loader holds each layout).
+VIDEO_VAE_LAYOUTS: tuple[tuple[int, int], ...] = ((32, 8), (8, 8), (8, 4))
 STEP_CACHE_MODES: tuple[str, ...] = get_args(StepCacheMode)
 DTYPES: tuple[str, ...] = get_args(Dtype)
 DIT_BACKENDS: tuple[str, ...] = get_args(DiTBackendName)
@@ -115,19 +119,30 @@ class TransformerConfig:
 
 @section("model.architecture.video_vae")
 class VideoVAEConfig:
-    """Video VAE (`AutoencoderKLLTX2Video`): 32x spatial, 8x temporal compression like LTX-2."""
+    """Video VAE (`AutoencoderKLLTX2Video`): 8x temporal compression like LTX-2, and 32x spatial like LTX-2 or
+    8x for small frames."""
 
     latent_channels: Positive = 8
     """Channels of the video latents (the DiT's in_channels)."""
     encoder_block_out_channels: Annotated[tuple[int, ...], Field(min_length=4, max_length=4)] = (8, 8, 8, 8)
-    """4 entries: spatial, temporal, 2x spatiotemporal downsampling."""
+    """4 entries, one per encoder block (see `spatial_compression` for what each block downsamples)."""
     decoder_block_out_channels: Annotated[tuple[int, ...], Field(min_length=3, max_length=3)] = (8, 16, 32)
-    """3 entries (3 spatiotemporal upsampling blocks), doubling per block."""
+    """3 entries (3 upsampling blocks), doubling per block."""
+    spatial_compression: SpatialCompression = 32
+    """Pixels per latent side: 32 as LTX-2 (4x4 patches, then spatial, temporal and two spatiotemporal
+    downsamplings), or 8 (2x2 patches and two more spatial halvings), so that a 64x64 frame is an 8x8 latent
+    instead of 2x2: what a model trained at toy frame sizes needs to say where an object is."""
+    temporal_compression: TemporalCompression = 8
+    """Frames per latent frame after the causal first one: 8 as LTX-2, or 4 (with `spatial_compression` 8),
+    so that a latent frame holds half as much motion. Requests still ask for 8k+1 frames, which are 4k+1 too."""
 
     def __post_init__(self) -> None:
         dec = self.decoder_block_out_channels
         require(all(dec[i + 1] == 2 * dec[i] for i in range(len(dec) - 1)), "decoder_block_out_channels",
                 "channels must double per block")
+        require((self.spatial_compression, self.temporal_compression) in VIDEO_VAE_LAYOUTS, "temporal_compression",
+                f"with spatial_compression {self.spatial_compression}, one of "
+                f"{sorted(t for s, t in VIDEO_VAE_LAYOUTS if s == self.spatial_compression)}")
 
 
 @section("model.architecture.audio_vae")

@@ -85,6 +85,24 @@ class Components:
         return pipe
 
 
+# What each encoder block downsamples and each decoder block upsamples, per `VideoVAEConfig`'s (spatial,
+# temporal) compression (`engines.config.VIDEO_VAE_LAYOUTS`); a block whose scaling is False keeps its size.
+_VIDEO_VAE_LAYOUTS: dict[tuple[int, int], dict[str, Any]] = {
+    (32, 8): dict(patch_size=4, spatio_temporal_scaling=(True, True, True, True),
+                  downsample_type=("spatial", "temporal", "spatiotemporal", "spatiotemporal"),
+                  decoder_spatio_temporal_scaling=(True, True, True), upsample_type=("spatiotemporal",) * 3,
+                  upsample_factor=(2, 2, 2)),
+    (8, 8): dict(patch_size=2, spatio_temporal_scaling=(True, True, True, False),
+                 downsample_type=("temporal", "spatiotemporal", "spatiotemporal", "spatial"),
+                 decoder_spatio_temporal_scaling=(True, True, True),
+                 upsample_type=("spatiotemporal", "spatiotemporal", "temporal"), upsample_factor=(2, 2, 2)),
+    (8, 4): dict(patch_size=2, spatio_temporal_scaling=(True, True, False, False),
+                 downsample_type=("spatiotemporal", "spatiotemporal", "spatial", "spatial"),
+                 decoder_spatio_temporal_scaling=(False, True, True),  # the last decoder block keeps its size
+                 upsample_type=("spatiotemporal",) * 3, upsample_factor=(1, 2, 2)),
+}
+
+
 def _architecture_configs(arch: Architecture, vocab_size: int) -> dict[str, dict[str, Any]]:
     """Constructor configs of each component for an in-code architecture (LTX-2 shape couplings)."""
     te, cn, tr = arch.text_encoder, arch.connectors, arch.transformer
@@ -110,18 +128,17 @@ def _architecture_configs(arch: Architecture, vocab_size: int) -> dict[str, dict
             audio_num_attention_heads=tr.audio_num_heads, audio_attention_head_dim=tr.audio_head_dim,
             audio_cross_attention_dim=tr.audio_num_heads * tr.audio_head_dim,
             audio_sampling_rate=a.sample_rate, audio_hop_length=a.mel_hop_length,
-            vae_scale_factors=(8, 32, 32), num_layers=tr.num_layers, caption_channels=te.hidden_size,
+            vae_scale_factors=(v.temporal_compression, v.spatial_compression, v.spatial_compression),
+            num_layers=tr.num_layers, caption_channels=te.hidden_size,
             rope_double_precision=False, rope_type="split"),
         "vae": dict(
             in_channels=3, out_channels=3, latent_channels=v.latent_channels,
             block_out_channels=v.encoder_block_out_channels, layers_per_block=(1, 1, 1, 1, 1),
-            spatio_temporal_scaling=(True, True, True, True),
-            downsample_type=("spatial", "temporal", "spatiotemporal", "spatiotemporal"),
             decoder_block_out_channels=v.decoder_block_out_channels, decoder_layers_per_block=(1, 1, 1, 1),
-            decoder_spatio_temporal_scaling=(True, True, True), decoder_inject_noise=(False,) * 4,
-            upsample_type=("spatiotemporal",) * 3, upsample_residual=(True, True, True),
-            upsample_factor=(2, 2, 2), timestep_conditioning=False, patch_size=4, patch_size_t=1,
-            spatial_compression_ratio=32, temporal_compression_ratio=8),
+            decoder_inject_noise=(False,) * 4, upsample_residual=(True, True, True),
+            timestep_conditioning=False, patch_size_t=1,
+            **_VIDEO_VAE_LAYOUTS[(v.spatial_compression, v.temporal_compression)],
+            spatial_compression_ratio=v.spatial_compression, temporal_compression_ratio=v.temporal_compression),
         "audio_vae": dict(
             base_channels=a.latent_channels * latent_mel,  # also the size of latents_mean/std
             output_channels=2, ch_mult=(1,), num_res_blocks=1, in_channels=2, resolution=32,

@@ -29,6 +29,10 @@ def test_presets_are_valid_and_frozen(name):
         (dict(architecture={"vocoder": {"upsample_factors": (6, 5, 7)}}),
          "model.architecture.vocoder.upsample_factors"),
         (dict(architecture=None), "model.checkpoint_dir"),
+        (dict(architecture={"video_vae": {"spatial_compression": 16}}),
+         "model.architecture.video_vae.spatial_compression"),
+        (dict(architecture={"video_vae": {"temporal_compression": 4}}),  # 4 only with spatial 8
+         "model.architecture.video_vae.temporal_compression"),
     ],
 )
 def test_bad_values_name_the_key(change, key):
