@@ -2,7 +2,7 @@
 
 Frames are encoded as they arrive, so a long clip never sits in memory whole. Frame rates
 are exact fractions (30000/1001 stays 30000/1001), and the audio is padded or trimmed to the
-video's duration so both streams end together.
+video's duration so both streams end together (its ends faded over 5 ms, so neither adds a click).
 """
 
 from __future__ import annotations
@@ -65,11 +65,20 @@ def _fps_str(fps: Fraction) -> str:
     return str(fps.numerator) if fps.denominator == 1 else f"{fps.numerator}/{fps.denominator} (~{float(fps):.3f})"
 
 
-def fit_audio(samples: np.ndarray, length: int) -> np.ndarray:
-    """Pad with silence or trim to exactly `length` samples ([channels, samples])."""
-    if samples.shape[1] >= length:
-        return samples[:, :length]
-    return np.pad(samples, ((0, 0), (0, length - samples.shape[1])))
+FADE_SECONDS = 0.005
+
+
+def fit_audio(samples: np.ndarray, length: int, sample_rate: int) -> np.ndarray:
+    """Pad with silence or trim to exactly `length` samples ([channels, samples]), the ends faded in and out
+    over `FADE_SECONDS`: a waveform that starts away from zero, is cut, or stops short of the video (the causal
+    audio VAE's output is ~30 ms short) would otherwise step to or from silence there, and a step is a click."""
+    out = np.array(samples[:, :length], dtype=np.float32)
+    n = min(round(FADE_SECONDS * sample_rate), out.shape[1] // 2)
+    if n > 0:
+        ramp = (0.5 - 0.5 * np.cos(np.pi * (np.arange(n) + 0.5) / n)).astype(np.float32)
+        out[:, :n] *= ramp
+        out[:, -n:] *= ramp[::-1]
+    return np.pad(out, ((0, 0), (0, length - out.shape[1])))
 
 
 class Mp4Writer:
@@ -88,7 +97,7 @@ class Mp4Writer:
         self._audio_sent = 0
         if audio is not None:
             total = round(num_frames / self.fps * audio.sample_rate)
-            self._samples = np.ascontiguousarray(fit_audio(audio.samples, total), dtype=np.float32)
+            self._samples = np.ascontiguousarray(fit_audio(audio.samples, total, audio.sample_rate), dtype=np.float32)
             self._rate = audio.sample_rate
             self._audio_stream = self._container.add_stream("aac", rate=audio.sample_rate)
             self._audio_stream.layout = "stereo" if self._samples.shape[0] == 2 else "mono"

@@ -6,7 +6,7 @@ import av
 import numpy as np
 import pytest
 
-from engines.mp4 import Mp4Writer, Waveform, probe
+from engines.mp4 import FADE_SECONDS, Mp4Writer, Waveform, fit_audio, probe
 from engines.params import GenerationParams
 
 
@@ -43,6 +43,20 @@ def test_audio_is_padded_or_trimmed_to_the_video(tmp_path, audio_seconds):
     with av.open(str(path)) as c:
         samples = sum(f.samples for f in c.decode(audio=0))
     assert abs(samples - 2.0 * sr) <= 2048  # AAC codes whole 1024-sample frames (+ priming)
+
+
+def test_a_dc_waveform_padded_to_the_video_fades_instead_of_stepping():
+    """A waveform that starts away from zero and stops short of the video would step from and to silence (a
+    click, broadband); it is faded over FADE_SECONDS at both ends and unchanged between."""
+    sr = 24000
+    held = np.full((2, sr // 2), 0.5, np.float32)
+    out = fit_audio(held, sr, sr)
+    n = round(FADE_SECONDS * sr)
+    assert out.shape == (2, sr) and not out[:, sr // 2:].any()
+    assert np.abs(np.diff(out, axis=1)).max() < 0.5 / n * 2  # no sample-to-sample step, only the ramps
+    assert np.array_equal(out[:, n:sr // 2 - n], held[:, n:-n])
+    trimmed = fit_audio(np.full((2, 2 * sr), 0.5, np.float32), sr, sr)
+    assert trimmed.shape == (2, sr) and abs(trimmed[0, -1]) < 0.01 and abs(trimmed[0, 0]) < 0.01
 
 
 def test_writer_refuses_a_short_clip(tmp_path):
