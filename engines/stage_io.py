@@ -34,10 +34,13 @@ class LatentGeometry:
     def latent_mel_bins(self) -> int:
         return self.mel_bins // self.mel_compression
 
+    @property
+    def audio_latents_per_second(self) -> float:
+        return self.audio_sample_rate / self.audio_hop_length / float(self.audio_temporal_compression)
+
     def audio_latent_frames(self, num_frames: int, fps: float) -> int:
         """Latent audio length for a clip, as LTX2Pipeline computes it."""
-        per_second = self.audio_sample_rate / self.audio_hop_length / float(self.audio_temporal_compression)
-        return round(num_frames / fps * per_second)
+        return round(num_frames / fps * self.audio_latents_per_second)
 
 
 @dataclass(frozen=True)

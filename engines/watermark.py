@@ -65,12 +65,13 @@ def badge(height: int, label: str = "AI") -> np.ndarray:
     return np.asarray(im, dtype=np.uint8)
 
 
-def _box(frame_h: int, frame_w: int, config: WatermarkConfig) -> tuple[int, int, int]:
+def badge_region(frame_h: int, frame_w: int, config: WatermarkConfig = WatermarkConfig()) -> tuple[slice, slice]:
+    """The rows and columns of a frame that the badge covers."""
     h = _badge_height(frame_h, frame_w, config.size)
     margin = max(2, frame_h // 50)
     y0 = frame_h - h - margin if config.position.startswith("bottom") else margin
     x0 = frame_w - 4 * h - margin if config.position.endswith("right") else margin
-    return y0, x0, h
+    return slice(y0, y0 + h), slice(x0, x0 + 4 * h)
 
 
 def stamp(frames: np.ndarray, config: WatermarkConfig = WatermarkConfig()) -> np.ndarray:
@@ -78,20 +79,20 @@ def stamp(frames: np.ndarray, config: WatermarkConfig = WatermarkConfig()) -> np
     if not config.enabled:
         return frames
     out = frames.copy()
-    y0, x0, h = _box(frames.shape[-3], frames.shape[-2], config)
-    mark = badge(h, config.label).astype(np.float32)[..., None]
-    region = out[..., y0:y0 + h, x0:x0 + 4 * h, :].astype(np.float32)
+    rows, cols = badge_region(frames.shape[-3], frames.shape[-2], config)
+    mark = badge(rows.stop - rows.start, config.label).astype(np.float32)[..., None]
+    region = out[..., rows, cols, :].astype(np.float32)
     blended = (1 - config.opacity) * region + config.opacity * mark
-    out[..., y0:y0 + h, x0:x0 + 4 * h, :] = np.clip(blended.round(), 0, 255).astype(np.uint8)
+    out[..., rows, cols, :] = np.clip(blended.round(), 0, 255).astype(np.uint8)
     return out
 
 
 def detect(frame: np.ndarray, config: WatermarkConfig = WatermarkConfig()) -> tuple[bool, float]:
     """(marked, correlation) for one uint8 RGB frame [H, W, 3]."""
-    y0, x0, h = _box(frame.shape[0], frame.shape[1], config)
-    region = frame[y0:y0 + h, x0:x0 + 4 * h].astype(np.float32)
+    rows, cols = badge_region(frame.shape[0], frame.shape[1], config)
+    region = frame[rows, cols].astype(np.float32)
     luma = 0.299 * region[..., 0] + 0.587 * region[..., 1] + 0.114 * region[..., 2]
-    template = badge(h, config.label).astype(np.float32)
+    template = badge(rows.stop - rows.start, config.label).astype(np.float32)
     a, b = luma - luma.mean(), template - template.mean()
     score = float((a * b).sum() / (np.sqrt((a * a).sum() * (b * b).sum()) + 1e-6))
     return score >= config.threshold, score

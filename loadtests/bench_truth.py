@@ -2,6 +2,7 @@
 
     python -m loadtests.bench_truth                        # 48 prompt classes x 8 seeds, 16 remixes, 16 images
     python -m loadtests.bench_truth --seeds 1 --remixes 4 --images 4   # quicker
+    python -m loadtests.bench_truth --checkpoint-dir out/train_demo/run   # a training run's weights, before they ship
 
 Every video goes through Kino's serving path in this process (`ServingPath`): jobs in a job store (SQLite), a
 `Dispatcher` driving `LocalStages` (the text encoder, the denoise loop with step batching across jobs, the
@@ -14,7 +15,8 @@ finished MP4s are measured with `training.truth`, from their decoded pixels and 
 - remix (the job's parent is a world clip of a sliding object, prompted to slide the other way, at strength
   0.6): the colour is kept, the first frame's object mask overlaps the source's (IoU), the new direction shows;
 - image-to-video (the job's first-frame image is a world clip's first frame): PSNR of the output's first frame
-  against the image.
+  against the image, outside the watermark's badge (which covers 6% of a 64x64 frame and alone would hold the
+  PSNR under 19 dB).
 
 Prints a markdown table of the figures against the goals of issue 13.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -182,7 +185,7 @@ def image_to_video(path: ServingPath, count: int, tally: Tally) -> None:
         jobs[path.submit(f"i2v-{i}", clip.caption, 200 + i, Conditioning(image_key=key))] = clip
     for job_id, mp4 in path.run().items():
         frames, *_ = truth.read_mp4(mp4)
-        tally.i2v_psnr.append(truth.psnr(frames[0], jobs[job_id].video[0]))
+        tally.i2v_psnr.append(truth.psnr(frames[0], jobs[job_id].video[0], truth.unmarked(*frames.shape[1:3])))
 
 
 def _share(hits: list[bool]) -> str:
@@ -203,7 +206,7 @@ def table(t: Tally) -> str:
         ("remix: IoU >= 0.5", "-", _share([v >= 0.5 for v in t.remix_iou]), len(t.remix_iou)),
         ("remix: colour kept", "-", _share(t.remix_colour), len(t.remix_colour)),
         ("remix: the prompt's new motion shows", "-", _share(t.remix_motion), len(t.remix_motion)),
-        ("image-to-video: first-frame PSNR (mean)", ">= 25 dB",
+        ("image-to-video: first-frame PSNR outside the badge (mean)", ">= 25 dB",
          f"{np.mean(t.i2v_psnr):.1f} dB" if t.i2v_psnr else "-", len(t.i2v_psnr)),
         ("image-to-video: PSNR >= 25 dB", "-", _share([v >= 25 for v in t.i2v_psnr]), len(t.i2v_psnr)),
     ]
@@ -220,8 +223,15 @@ def main() -> None:
     ap.add_argument("--remixes", type=int, default=16, help="remix generations (default 16)")
     ap.add_argument("--strength", type=float, default=REMIX_STRENGTH, help="remix strength (default 0.6)")
     ap.add_argument("--images", type=int, default=16, help="image-to-video generations (default 16)")
+    ap.add_argument("--checkpoint-dir", type=Path, metavar="DIR",
+                    help="the preset's weights from this directory instead (a training run's --out, before it ships)")
+    ap.add_argument("--steps", type=int, help="denoising steps (default: the preset's)")
+    ap.add_argument("--guidance", type=float, help="guidance scale of video and audio (default: the preset's)")
     args = ap.parse_args()
-    staged = StagedPipeline(preset(args.preset))
+    config = preset(args.preset, **({"checkpoint_dir": args.checkpoint_dir} if args.checkpoint_dir else {}))
+    sampling = {k: v for k, v in (("steps", args.steps), ("guidance_scale", args.guidance),
+                                  ("audio_guidance_scale", args.guidance)) if v is not None}
+    staged = StagedPipeline(config.replace(defaults=dataclasses.replace(config.defaults, **sampling)))
     tally = Tally()
     with tempfile.TemporaryDirectory() as tmp:
         path = ServingPath(staged, Path(tmp))

@@ -9,7 +9,8 @@ truth is known (tests/training/test_truth.py):
 - audio-visual sync: contacts seen in the VIDEO (the frames where a bouncing object's bottom edge is lowest,
   or where a sliding object reaches the wall and stops) against click onsets heard in the AUDIO (a rise of
   the energy above the hum's band); a contact is in sync if the nearest onset is within one frame;
-- remix and image-to-video fidelity: IoU of the object's masks, PSNR of a frame against an image.
+- remix and image-to-video fidelity: IoU of the object's masks, PSNR of a frame against an image (outside the
+  watermark's badge, `unmarked`).
 
 The object is found by saturation: the world's floors and walls are grey, its objects strongly coloured, so a
 pixel belongs to the object when its chroma (max - min of R, G, B) is above half the least saturated object's.
@@ -24,6 +25,7 @@ import av
 import numpy as np
 from matplotlib.colors import rgb_to_hsv
 
+from engines.watermark import badge_region
 from training.world import COLOURS
 
 CHROMA_THRESHOLD = 70  # of 255: half the least saturated object colour's chroma (green, 140); surfaces are < 15
@@ -171,9 +173,10 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two uint8 images."""
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+def psnr(a: np.ndarray, b: np.ndarray, keep: np.ndarray | None = None) -> float:
+    """PSNR in dB of two uint8 images ``[H, W, 3]``, over the pixels where `keep` ``[H, W]`` is True (all: None)."""
+    err = (a.astype(np.float64) - b.astype(np.float64)) ** 2
+    mse = np.mean(err if keep is None else err[keep])
     return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
@@ -197,6 +200,14 @@ def read(frames: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float) ->
     contacts = video_contacts(tr, how)
     onsets = click_onsets(audio, sample_rate)
     return Reading(dominant_colour(frames, masks), how, contacts, onsets, masks, sync(contacts, onsets, fps))
+
+
+def unmarked(height: int, width: int) -> np.ndarray:
+    """bool ``[H, W]``: the pixels Kino's visible watermark leaves alone (a comparison with an unmarked image
+    skips the badge, which every Kino frame carries on purpose)."""
+    keep = np.ones((height, width), bool)
+    keep[badge_region(height, width)] = False
+    return keep
 
 
 def read_mp4(path: str | Path) -> tuple[np.ndarray, np.ndarray, int, float]:

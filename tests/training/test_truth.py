@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from engines.mp4 import Waveform, write_mp4
+from engines.watermark import stamp
 from training import truth
 from training.world import COLOURS, GEOMETRY, PromptClass, dataset, render, sample_scene
 
@@ -109,3 +110,13 @@ def test_iou_and_psnr():
     img = np.full((4, 4, 3), 100, np.uint8)
     assert truth.psnr(img, img) == float("inf")
     assert truth.psnr(img, img + 1) == pytest.approx(10 * np.log10(255**2))
+
+
+def test_psnr_outside_the_watermark_badge(clips):
+    """Every Kino frame carries the badge on purpose: an image compared with a marked frame of itself is equal
+    outside the badge, while the badge alone holds the whole frame's PSNR under 20 dB at 64x64."""
+    image = clips[0].video[0]
+    marked = stamp(image)
+    keep = truth.unmarked(*image.shape[:2])
+    assert 0.9 < keep.mean() < 1.0
+    assert truth.psnr(marked, image, keep) == float("inf") and truth.psnr(marked, image) < 20
