@@ -1,8 +1,9 @@
 """Stage 1b: the LTX-2 audio VAE (`AutoencoderKLLTX2Audio`) on log-mel spectrograms, then the vocoder
 (`LTX2Vocoder`) from log-mel back to the 24 kHz waveform.
 
-The audio VAE trains as a plain autoencoder on its posterior's mode (as the video VAE does) over mel clips of
-``4 L - 3`` frames, the length its causal decoder returns for ``L`` latent frames, so encoding and decoding a
+The audio VAE trains as a plain autoencoder on its posterior's mode (as the video VAE does), its L1 loss weighted
+towards the frames where a click rises above the hum (`transient_weights`), over mel clips of ``4 L - 3`` frames,
+the length its causal decoder returns for ``L`` latent frames, so encoding and decoding a
 clip's mel round-trips exactly what Kino's decoder will ask of it. The vocoder trains on the world's own
 (mel, waveform) pairs with a multi-resolution STFT loss plus a mel loss, on slightly noised mels because it will
 read the audio VAE's reconstructions; no discriminator: the world's sounds (a hum and clicks) need none.
@@ -27,6 +28,14 @@ def mel_clip_frames(latent_frames: int) -> int:
     return 4 * latent_frames - 3
 
 
+def transient_weights(mels: torch.Tensor, strength: float) -> torch.Tensor:
+    """Per mel frame loss weights ``[B, 1, T, 1]``: 1, plus `strength` times how far the frame rises above the
+    clip's median frame (relative to the clip's largest rise). Clicks are a few frames of a clip otherwise
+    filled by the hum; unweighted, an L1 loss is best served by smoothing them away."""
+    rise = (mels - mels.median(dim=2, keepdim=True).values).clamp_min(0).mean(dim=(1, 3), keepdim=True)
+    return 1 + strength * rise / rise.amax(dim=2, keepdim=True).clamp_min(1e-6)
+
+
 def train_audio_vae(audio_vae, mels: torch.Tensor, recipe: AudioRecipe, seed: int, on_step: StepReport) -> None:
     """Train `audio_vae` in place on log-mels ``[N, 2, T, mel_bins]`` (T = `mel_clip_frames`)."""
     r = recipe
@@ -36,9 +45,10 @@ def train_audio_vae(audio_vae, mels: torch.Tensor, recipe: AudioRecipe, seed: in
     audio_vae.train()
     for step in range(r.vae_steps):
         x = mels[torch.randint(0, len(mels), (r.batch,), generator=gen)]
+        weight = transient_weights(x, r.transient_weight)
         z = audio_vae.encode(x).latent_dist.mode()
         y = audio_vae.decode(z + r.latent_noise * torch.randn(z.shape, generator=gen), return_dict=False)[0]
-        reconstruction = (y - x).abs().mean()
+        reconstruction = ((y - x).abs() * weight).mean() / weight.mean()
         loss = reconstruction + r.latent_l2 * z.square().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -103,3 +113,15 @@ def fit_audio_statistics(audio_vae, packed: torch.Tensor) -> None:
 
 def normalize_audio(audio_vae, packed: torch.Tensor) -> torch.Tensor:
     return LTX2Pipeline._normalize_audio_latents(packed, audio_vae.latents_mean, audio_vae.latents_std)
+
+
+def click_tokens(contact_frames: list[tuple[int, ...]], fps: float, audio_tokens: int,
+                 latents_per_second: float) -> torch.Tensor:
+    """``[N, audio tokens]`` float: 1 for the audio latent frames around each contact's click (the one its start
+    falls in and the next, which the causal decoder also draws it from), else 0."""
+    out = torch.zeros(len(contact_frames), audio_tokens)
+    for row, frames in enumerate(contact_frames):
+        for frame in frames:
+            i = int(frame / fps * latents_per_second)
+            out[row, i: i + 2] = 1.0
+    return out

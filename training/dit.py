@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 from diffusers.pipelines.ltx2.pipeline_ltx2 import calculate_shift
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from engines.dit_backend import DiTInputs, EagerBackend
 from engines.stage_io import LatentShape
@@ -41,6 +41,8 @@ class DiTData:
     """Training examples as the Denoiser sees them."""
 
     video: torch.Tensor  # [N, video tokens, C] normalized, packed
+    object_tokens: torch.Tensor  # [N, video tokens] 1 where the token's pixels hold part of the object, else 0
+    click_tokens: torch.Tensor  # [N, audio tokens] 1 where the token's time holds the start of a click, else 0
     audio: torch.Tensor  # [N, audio tokens, C_a] normalized, packed
     caption: torch.Tensor  # [N] long: row of `text` holding each clip's caption
     text: torch.Tensor  # [K, text tokens, D x (layers + 1)] frozen Gemma hidden states; the last row is ""
@@ -109,10 +111,29 @@ class FlowMatching:
             timestep=timestep, video_timestep=video_timestep,
             video_coords=self.video_coords.expand(b, -1, -1, -1), audio_coords=self.audio_coords.expand(b, -1, -1, -1))
         pred_video, pred_audio = velocity(self.backend, inputs)
-        keep = (1 - clean)[..., None]
-        video_loss = ((pred_video - (noise_v - x0_video)).square() * keep).sum() / (keep.sum() * x0_video.shape[-1])
-        audio_loss = (pred_audio - (noise_a - x0_audio)).square().mean()
-        return video_loss + audio_loss, {"video_mse": video_loss.item(), "audio_mse": audio_loss.item()}
+        # Loss weights: the object's tokens count `object_weight` times more (a few percent of a clip's tokens,
+        # and all of what the prompt asks for); the given first frame of image-to-video rows not at all.
+        keep = ((1 - clean) * (1 + recipe.object_weight * d.object_tokens[idx]))[..., None]
+        error = (pred_video - (noise_v - x0_video)).square()
+        video_loss = (error * keep).sum() / (keep.sum() * x0_video.shape[-1])
+        video_mse = error.mean().item()
+        audio_error = (pred_audio - (noise_a - x0_audio)).square()
+        audio_weight = (1 + recipe.click_weight * d.click_tokens[idx])[..., None]
+        audio_loss = (audio_error * audio_weight).sum() / (audio_weight.sum() * x0_audio.shape[-1])
+        return video_loss + audio_loss, {"video_mse": video_mse, "video_weighted": video_loss.item(),
+                                         "audio_mse": audio_error.mean().item(), "audio_weighted": audio_loss.item()}
+
+
+def warm_ema(decay: float):
+    """`AveragedModel`'s update for an exponential moving average whose decay warms up, ``min(decay, (1 + n) /
+    (10 + n))`` after n updates: a fixed 0.999 over a run of a few thousand steps keeps a third of the first
+    thousand steps' (untrained) weights in the average."""
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        n = float(num_averaged)
+        torch._foreach_lerp_(averaged, current, 1 - min(decay, (1 + n) / (10 + n)))
+
+    return update
 
 
 def train_dit(transformer, connectors, scheduler, data: DiTData, recipe: DiTRecipe, seed: int,
@@ -121,7 +142,7 @@ def train_dit(transformer, connectors, scheduler, data: DiTData, recipe: DiTReci
     r = recipe
     gen = torch.Generator().manual_seed(seed)
     model = torch.nn.ModuleDict({"transformer": transformer, "connectors": connectors}).train()
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(r.ema_decay), use_buffers=True)
+    ema = AveragedModel(model, multi_avg_fn=warm_ema(r.ema_decay), use_buffers=True)
     opt = torch.optim.AdamW(model.parameters(), lr=r.lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r.lr, total_steps=r.steps, pct_start=0.05)
     objective = FlowMatching(transformer, connectors, scheduler, data)

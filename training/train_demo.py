@@ -35,9 +35,10 @@ import torch
 from engines.config import DEMO_CHECKPOINT_DIR, preset
 from engines.model_loader import ComponentSource, save_checkpoint
 from engines.params import GenerationParams
-from engines.stage_io import LatentShape
+from engines.stage_io import LatentGeometry, LatentShape
 from training.architecture import PROMPT_TOKENS, TRAINABLE, TRAINING_CONFIG, build_components, parameter_count
 from training.audio import (
+    click_tokens,
     encode_audio_latents,
     fit_audio_statistics,
     mel_clip_frames,
@@ -50,15 +51,16 @@ from training.mel import LogMel
 from training.progress import LossLog, StageProgress
 from training.recipe import FULL, SMOKE, WARM, Recipe
 from training.text import frozen_text_states, separability
-from training.video_vae import encode_latents, fit_latent_statistics, pack, train_video_vae
+from training.video_vae import encode_latents, fit_latent_statistics, object_tokens, pack, train_video_vae
 from training.world import GEOMETRY, dataset, prompt_classes
 
 
-def latent_shape() -> LatentShape:
+def latent_shape() -> tuple[LatentShape, LatentGeometry]:
     """The latent grid of one world clip, computed as the Denoiser computes it for such a request."""
     params = GenerationParams(prompt="x", width=GEOMETRY.width, height=GEOMETRY.height, seconds=GEOMETRY.seconds,
                               fps=GEOMETRY.fps).validated(TRAINING_CONFIG)
-    return LatentShape.for_params(params, ComponentSource(TRAINING_CONFIG).geometry())
+    geometry = ComponentSource(TRAINING_CONFIG).geometry()
+    return LatentShape.for_params(params, geometry), geometry
 
 
 RECIPES = {"full": FULL, "warm": WARM, "smoke": SMOKE}
@@ -97,7 +99,7 @@ def train(recipe: Recipe, out: Path, report_dir: Path, warm_start: Path | None =
         video_tokens = pack(comps.vae, raw)
 
         log_mel = LogMel.for_audio_vae(comps.audio_vae, comps.vocoder.config.output_sampling_rate)
-        shape = latent_shape()
+        shape, geometry = latent_shape()
         mels = log_mel(waves)[:, :, : mel_clip_frames(shape.audio_frames)]
         if earlier is None:
             with progress.stage("audio VAE", recipe.audio.vae_steps) as report:
@@ -115,6 +117,10 @@ def train(recipe: Recipe, out: Path, report_dir: Path, warm_start: Path | None =
         text_gap = separability(states[:-1], states_mask[:-1], classes,
                                 comps.text_encoder.config.text_config.hidden_size)
         data = DiTData(video=video_tokens, audio=audio_tokens,
+                       object_tokens=object_tokens(masks, comps.vae.spatial_compression_ratio,
+                                                   comps.vae.temporal_compression_ratio),
+                       click_tokens=click_tokens([c.contact_frames for c in clips], g.fps, shape.audio_frames,
+                                                 geometry.audio_latents_per_second),
                        caption=torch.tensor([captions.index(c.caption) for c in clips]),
                        text=states, text_mask=states_mask, shape=shape, fps=float(g.fps))
         with progress.stage("DiT", recipe.dit.steps) as report:

@@ -1,8 +1,8 @@
 """Stage 1a: the LTX-2 video VAE (`AutoencoderKLLTX2Video`) as an autoencoder of the world's clips.
 
-The VAE is causal in time, so a lone frame encodes to exactly the first latent frame of a clip that starts with
-it: most steps train on batches of single frames (the spatial layers, and the first frame image-to-video keeps)
-and every few steps on whole clips (the temporal layers). It trains as a plain autoencoder on the posterior's mode,
+The demo's VAE compresses 8x in space and 4x in time (`training.architecture`): a clip's first frame is a latent
+frame of its own (what image-to-video keeps), each later one holds four frames of motion. It trains on whole clips,
+its loss weighted towards the object's pixels, as a plain autoencoder on the posterior's mode,
 the latents LTX-2's pipelines condition on, with a little latent noise so the decoder tolerates imprecise latents,
 and a small penalty on the latents' norm in place of the KL term (the latents are normalized by their measured
 statistics before the DiT sees them, as in LTX-2).
@@ -32,16 +32,10 @@ def train_video_vae(vae, videos: torch.Tensor, masks: torch.Tensor, recipe: Vide
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(vae.parameters(), lr=r.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r.lr, total_steps=r.steps, pct_start=0.05)
-    n, frames = videos.shape[:2]
     vae.train()
     for step in range(r.steps):
-        if step % r.clip_every == r.clip_every - 1:
-            idx = torch.randint(0, n, (r.clip_batch,), generator=gen)
-            clip, mask = videos[idx], masks[idx]
-        else:
-            idx = torch.randint(0, n, (r.image_batch,), generator=gen)
-            frame = torch.randint(0, frames, (r.image_batch,), generator=gen)
-            clip, mask = videos[idx, frame][:, None], masks[idx, frame][:, None]
+        idx = torch.randint(0, len(videos), (r.batch,), generator=gen)
+        clip, mask = videos[idx], masks[idx]
         x = to_pixels(clip)
         weight = 1.0 + r.object_weight * mask[:, None].float()
         z = vae.encode(x).latent_dist.mode()
@@ -80,3 +74,15 @@ def pack(vae, latents: torch.Tensor) -> torch.Tensor:
     normalization and packing; patch size 1)."""
     z = LTX2Pipeline._normalize_latents(latents, vae.latents_mean, vae.latents_std, vae.config.scaling_factor)
     return LTX2Pipeline._pack_latents(z, 1, 1)
+
+
+def object_tokens(masks: torch.Tensor, spatial: int, temporal: int) -> torch.Tensor:
+    """Object masks ``[N, F, H, W]`` (bool) -> ``[N, tokens]`` float, 1 for each latent token whose pixels hold
+    any of the object, in `pack`'s token order: the causal first frame is a latent frame of its own, then every
+    `temporal` frames make one, and every ``spatial x spatial`` pixels one token."""
+    m = masks.float()
+    first = m[:, :1]
+    rest = m[:, 1:].unflatten(1, (-1, temporal)).amax(dim=2)
+    grid = torch.cat([first, rest], dim=1)  # [N, latent frames, H, W]
+    pooled = torch.nn.functional.max_pool2d(grid, spatial)  # [N, f, h, w]
+    return pooled.flatten(1)
