@@ -7,7 +7,10 @@ but H.264 is chaotic in such differences: the
 few 8-bit values that round the other way change the encoder's choices for whole blocks of this
 noise-like (random-weight) video. Measured on tiny, the same float frames within 1.1e-6 come out
 of the MP4 at 31-46 dB PSNR (some frames bit-identical), another seed at 18 dB; so the frames are
-compared by PSNR against 25 dB, and the audio (AAC of the same samples), which comes out exact.
+compared by PSNR against 25 dB. FFmpeg's AAC encoder is as chaotic: samples within 1e-6 come out
+exact, but 1e-5 apart (what the split's float differences can grow to through the vocoder) its rate
+control allocates bits differently in some runs and noise-like audio comes back 14-51 dB SNR apart (measured over 12
+perturbations of white noise), another audio at -3 dB; so the audio is compared by SNR against 10 dB.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from kino.cli.main import main
 
 KINO = [sys.executable, "-m", "kino.cli.main"]
 SAME_VIDEO_DB = 25.0  # the same video after H.264 (see above); another seed's is ~18 dB
+SAME_AUDIO_DB = 10.0  # the same audio after AAC (see above); another audio's is ~-3 dB
 
 
 def _frames(path) -> np.ndarray:
@@ -34,6 +38,11 @@ def _frames(path) -> np.ndarray:
 def _audio(path) -> np.ndarray:
     with av.open(str(path)) as c:
         return np.concatenate([f.to_ndarray() for f in c.decode(audio=0)], axis=1)
+
+
+def _snr(reference: np.ndarray, other: np.ndarray) -> float:
+    noise = float(((reference - other) ** 2).mean())
+    return float("inf") if noise == 0 else 10 * np.log10(float((reference**2).mean()) / noise)
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -57,7 +66,8 @@ def test_cfg_parallel_run_writes_the_video_of_one_rank(tmp_path):
     one, cfg2 = _frames(tmp_path / "one.mp4"), _frames(tmp_path / "cfg2.mp4")
     assert one.shape == cfg2.shape
     assert _psnr(one, cfg2) >= SAME_VIDEO_DB, f"cfg2 vs one rank: {_psnr(one, cfg2):.1f} dB"
-    assert np.abs(_audio(tmp_path / "one.mp4") - _audio(tmp_path / "cfg2.mp4")).max() <= 1e-3
+    sound = _snr(_audio(tmp_path / "one.mp4"), _audio(tmp_path / "cfg2.mp4"))
+    assert sound >= SAME_AUDIO_DB, f"cfg2 vs one rank: audio {sound:.1f} dB SNR"
 
 
 def test_an_ulysses_degree_the_heads_cannot_split_is_refused_naming_the_key(tmp_path, capsys):
