@@ -26,11 +26,10 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -m "not gpu" -q
 
-# Train the demo preset's weights on the synthetic world in two runs (training/train_demo.py): the full run, then
-# the warm one over its weights, into engines/weights/demo/ (loss curves in out/train_demo/).
+# Train the demo preset's weights on the synthetic world (training/train_demo.py) into engines/weights/demo/
+# (loss curves in out/train_demo/; about an hour on two CPU cores).
 train-demo: $(STAMP)
-	nice -n 10 $(PY) -m training.train_demo --out out/train_demo/full --report out/train_demo/full
-	nice -n 10 $(PY) -m training.train_demo --recipe warm --warm-start out/train_demo/full --report out/train_demo
+	$(PY) -m training.train_demo --report out/train_demo
 
 bench-engines: $(STAMP)
 	$(PY) -m loadtests.bench_engines

@@ -105,10 +105,6 @@ class Recipe:
 
 
 FULL = Recipe()
-# The second run over FULL's weights (``--warm-start``): the video VAE goes on with its object's pixels weighted
-# four times as much (after FULL alone it drew the floor and walls well and the object as a smear), the audio
-# VAE and the vocoder stay as FULL made them, and the DiT and the connectors train anew on the new latents.
-WARM = Recipe(video_vae=VideoVAERecipe(steps=1000, lr=5e-4, object_weight=16.0), dit=DiTRecipe(steps=2500))
 SMOKE = Recipe(
     clips=4,
     video_vae=VideoVAERecipe(steps=2, batch=1),

@@ -1,16 +1,13 @@
 """Train Kino's ``demo`` model on the synthetic world, on a CPU, and write it where the ``demo`` preset loads it.
 
-    python -m training.train_demo                       # the full run (engines/weights/demo/)
+    python -m training.train_demo                       # the full run (engines/weights/demo/); make train-demo
     python -m training.train_demo --smoke --out /tmp/x  # every stage for a few steps (seconds)
-
-The shipped weights took two runs (`make train-demo` runs both): the full run, then a second one over its
-weights (``--warm-start DIR --recipe warm``, `training.recipe.WARM`) that trains the video VAE further, keeps
-the audio VAE and vocoder, and trains the DiT anew.
+    python -m training.train_demo --warm-start engines/weights/demo --out /tmp/y   # the DiT alone, on those VAEs
 
 Stages, in order, each with a progress bar; seeded, so a run is reproducible on the same machine:
 
 1. render the world's clips (`training.world`);
-2. the video VAE, then its latent statistics (`training.video_vae`);
+2. the video VAE, then its latent statistics (`training.video_vae`), and beside it, on the other core,
 3. the audio VAE on log-mels, its latent statistics, then the vocoder (`training.audio`);
 4. the frozen tiny Gemma's states for every caption (`training.text`), then the DiT and the text connectors by
    flow matching on the normalized latents (`training.dit`).
@@ -27,6 +24,7 @@ import dataclasses
 import json
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +47,7 @@ from training.audio import (
 from training.dit import DiTData, train_dit
 from training.mel import LogMel
 from training.progress import LossLog, StageProgress
-from training.recipe import FULL, SMOKE, WARM, Recipe
+from training.recipe import FULL, SMOKE, Recipe
 from training.text import frozen_text_states, separability
 from training.video_vae import encode_latents, fit_latent_statistics, object_tokens, pack, train_video_vae
 from training.world import GEOMETRY, dataset, prompt_classes
@@ -63,15 +61,15 @@ def latent_shape() -> tuple[LatentShape, LatentGeometry]:
     return LatentShape.for_params(params, geometry), geometry
 
 
-RECIPES = {"full": FULL, "warm": WARM, "smoke": SMOKE}
+RECIPES = {"full": FULL, "smoke": SMOKE}
 WARM_PARTS = ("vae", "audio_vae", "vocoder")  # what a warm start takes from the earlier run
 
 
 def train(recipe: Recipe, out: Path, report_dir: Path, warm_start: Path | None = None) -> dict:
     """Run every stage and write the checkpoint to `out`; returns the training record (also in training.json).
 
-    `warm_start`: an earlier run's checkpoint whose VAEs and vocoder this run starts from; the video VAE trains
-    on for the recipe's steps, the audio VAE and the vocoder are kept as they are, the DiT trains from scratch."""
+    `warm_start`: an earlier run's checkpoint whose VAEs and vocoder this run takes as they are; only the DiT
+    and the connectors train (from scratch), on the latents of those VAEs."""
     started = time.perf_counter()
     torch.manual_seed(recipe.seed)
     log = LossLog()
@@ -92,24 +90,34 @@ def train(recipe: Recipe, out: Path, report_dir: Path, warm_start: Path | None =
         masks = torch.from_numpy(np.stack([c.masks for c in clips]))
         waves = torch.from_numpy(np.stack([c.audio for c in clips]))
 
-        with progress.stage("video VAE", recipe.video_vae.steps) as report:
-            train_video_vae(comps.vae, videos, masks, recipe.video_vae, recipe.seed + 1, report)
-        raw = encode_latents(comps.vae, videos)
-        fit_latent_statistics(comps.vae, raw)
-        video_tokens = pack(comps.vae, raw)
+        def video_stage() -> torch.Tensor:
+            if earlier is None:
+                with progress.stage("video VAE", recipe.video_vae.steps) as report:
+                    train_video_vae(comps.vae, videos, masks, recipe.video_vae, recipe.seed + 1, report)
+            raw = encode_latents(comps.vae, videos)
+            fit_latent_statistics(comps.vae, raw)
+            return pack(comps.vae, raw)
+
+        def audio_stage() -> torch.Tensor:
+            mels = log_mel(waves)[:, :, : mel_clip_frames(shape.audio_frames)]
+            if earlier is None:
+                with progress.stage("audio VAE", recipe.audio.vae_steps) as report:
+                    train_audio_vae(comps.audio_vae, mels, recipe.audio, recipe.seed + 2, report)
+            packed_audio = encode_audio_latents(comps.audio_vae, mels)
+            fit_audio_statistics(comps.audio_vae, packed_audio)
+            if earlier is None:
+                with progress.stage("vocoder", recipe.audio.vocoder_steps) as report:
+                    train_vocoder(comps.vocoder, log_mel, mels, waves, recipe.audio, recipe.seed + 3, report)
+            return normalize_audio(comps.audio_vae, packed_audio)
 
         log_mel = LogMel.for_audio_vae(comps.audio_vae, comps.vocoder.config.output_sampling_rate)
         shape, geometry = latent_shape()
-        mels = log_mel(waves)[:, :, : mel_clip_frames(shape.audio_frames)]
-        if earlier is None:
-            with progress.stage("audio VAE", recipe.audio.vae_steps) as report:
-                train_audio_vae(comps.audio_vae, mels, recipe.audio, recipe.seed + 2, report)
-        packed_audio = encode_audio_latents(comps.audio_vae, mels)
-        fit_audio_statistics(comps.audio_vae, packed_audio)
-        audio_tokens = normalize_audio(comps.audio_vae, packed_audio)
-        if earlier is None:
-            with progress.stage("vocoder", recipe.audio.vocoder_steps) as report:
-                train_vocoder(comps.vocoder, log_mel, mels, waves, recipe.audio, recipe.seed + 3, report)
+        # The video and the audio autoencoders share nothing: they train side by side, one core each (each
+        # stage draws from its own seeded generator, so the run stays deterministic).
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            video_future = pool.submit(video_stage)
+            audio_tokens = audio_stage()
+            video_tokens = video_future.result()
 
         classes = prompt_classes()
         captions = [c.caption for c in classes]
@@ -160,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--smoke", action="store_true", help="a few steps of every stage on a few clips")
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="full", help="training.recipe's (default full)")
     ap.add_argument("--warm-start", type=Path, metavar="DIR",
-                    help="start the VAEs and the vocoder from this checkpoint (see above)")
+                    help="take the VAEs and the vocoder of this checkpoint as they are and train only the DiT "
+                         "and the connectors (to try a DiT recipe without the hour)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     record = train(SMOKE if args.smoke else RECIPES[args.recipe], args.out, args.report, args.warm_start)
