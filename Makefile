@@ -24,7 +24,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -m "not gpu" -q
+	$(PY) -m pytest -m "not gpu" -q --durations=25
 
 # Train the demo preset's weights on the synthetic world (training/train_demo.py) into engines/weights/demo/
 # (loss curves in out/train_demo/; about an hour on two CPU cores).

@@ -4,7 +4,7 @@ finished twice (both must be 0) and reports CreateVideo latency and queue time p
 
     .venv/bin/python -m loadtests.soak --jobs 1000 --kills 2          # the issue's soak (~15-25 min here)
 
-A short version runs in `make test` (tests/integration/test_soak.py) on the suite's cluster.
+A short version runs in `make test` (tests/integration/test_on_postgresql.py) on the suite's cluster.
 """
 
 from __future__ import annotations

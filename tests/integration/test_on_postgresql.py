@@ -1,5 +1,10 @@
-"""A real Prometheus server scrapes a running Kino (its jobs kept in a real PostgreSQL) and sees
-the job counters and the denoising step histograms move."""
+"""One Kino app on a real PostgreSQL, in the soak's configuration (loadtests/soak.py: 2 dispatchers, 2
+denoisers, short leases), shared by two scenarios:
+
+- a real Prometheus server scrapes it and sees the job counters and the denoising step histograms move;
+- the soak's short version (the script runs the long one): tiny jobs from 8 clients, a Dispatcher replica
+  killed mid-run: nothing lost, nothing finished twice.
+"""
 
 from __future__ import annotations
 
@@ -15,22 +20,22 @@ import yaml
 
 from kino.v1 import video_service_pb2 as pb
 from kino.v1 import video_service_pb2_grpc as pb_grpc
+from loadtests.soak import APP, SOAK_DEPLOYMENTS, run_soak, soak_overrides
 from serving.on_ray.cluster import free_port, local_serve_config
 from tests.integration.conftest import wait_done
 from tests.tools import prometheus
 
 
 @pytest.fixture(scope="module")
-def metrics_app(cluster, postgres, tmp_path_factory):
-    port = free_port()
-    url = postgres.new_database()
-    cluster.deploy(local_serve_config(state_dir=tmp_path_factory.mktemp("metrics"), grpc_port=port,
-                                      app_name="kino-metrics", overrides={"storage": {"database_url": url}}))
+def postgres_app(cluster, postgres, tmp_path_factory):
+    port, url = free_port(), postgres.new_database()
+    cluster.deploy(local_serve_config(state_dir=tmp_path_factory.mktemp("on-postgresql"), grpc_port=port,
+                                      app_name=APP, overrides=soak_overrides(url), deployments=SOAK_DEPLOYMENTS))
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     grpc.channel_ready_future(channel).result(timeout=30)
-    yield pb_grpc.VideoServiceStub(channel), url
+    yield {"stub": pb_grpc.VideoServiceStub(channel), "url": url, "address": f"127.0.0.1:{port}"}
     channel.close()
-    cluster.delete("kino-metrics")
+    cluster.delete(APP)
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +81,8 @@ def wait_above(base: str, expr: str, floor: float, timeout: float = 90) -> float
     return value
 
 
-def test_prometheus_sees_jobs_and_steps_move(metrics_app, prometheus_server):
-    stub, _ = metrics_app
+def test_prometheus_sees_jobs_and_steps_move(postgres_app, prometheus_server):
+    stub = postgres_app["stub"]
     base = prometheus_server
     assert wait_above(base, 'up{job="kino"}', 0, timeout=30) == 1.0  # the first scrape
     completed = 'sum(ray_kino_jobs_finished_total{status="completed"})'
@@ -100,11 +105,18 @@ def test_prometheus_sees_jobs_and_steps_move(metrics_app, prometheus_server):
     assert wait_above(base, "sum(ray_kino_artifact_bytes_total)", 0) > 0
 
 
-def test_jobs_were_kept_in_postgresql(metrics_app):
-    _, url = metrics_app
+def test_jobs_were_kept_in_postgresql(postgres_app):
+    url = postgres_app["url"]
     from serving.jobs import JobStatus, open_store
 
     store = open_store(url)
     counts = store.count_by_status()
     store.close()
     assert counts[JobStatus.COMPLETED] >= 3
+
+
+def test_a_short_soak_with_a_dispatcher_killed(postgres_app):
+    report = run_soak(postgres_app["address"], postgres_app["url"], jobs=24, kills=1)
+    print(report.table())
+    assert report.jobs == 24 and report.kills == 1
+    assert report.lost == 0 and report.finished_twice == 0 and report.completed == 24
