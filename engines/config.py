@@ -11,8 +11,9 @@ Presets:
   few seconds on a 2-core CPU; the benchmark preset.
 - ``demo``: the same classes at toy sizes, *trained* (on a CPU, by ``python -m training.train_demo``) on a
   synthetic world: a red, green, blue or yellow ball or square bouncing or sliding left or right on a dark or
-  light floor, with a click at every contact. It makes what a prompt in those words asks for, at 64x64,
-  17 frames; the weights ship in the repository (engines/weights/demo/) and load as a checkpoint.
+  light floor, with a click at every contact, to make what a prompt in those words asks for at 64x64,
+  17 frames (how well: docs/benchmarks.md, "Output truth"); the weights ship in the repository
+  (engines/weights/demo/) and load as a checkpoint.
 - ``checkpoint``: a local directory holding a diffusers LTX-2 checkpoint (``model_index.json``
   plus one subfolder per component), loaded with ``local_files_only``.
 

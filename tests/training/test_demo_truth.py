@@ -4,9 +4,9 @@ marks, muxes and signs), measured on the finished MP4s alone (training/truth.py)
 
 A few seeds of a spread of prompt classes, so the bounds are looser than the goals; the figures over 8 seeds of
 every class are in docs/benchmarks.md (``python -m loadtests.bench_truth``). The weights shipped today steer the
-colour, not yet the motion or the clicks (their video VAE blurs the object, their audio VAE smooths the clicks
-away: docs/benchmarks.md), so motion, sync, remix IoU and image-to-video PSNR are measured there and not
-asserted here until weights that meet them ship."""
+colour, keep a remix's object and an image's first frame; they do not yet move the object along the prompt's
+path (the DiT places it frame by frame, not along a path: docs/benchmarks.md), so motion and sync are measured
+there and not asserted here until weights that meet them ship."""
 
 from __future__ import annotations
 
@@ -46,7 +46,19 @@ def test_every_job_made_a_measurable_video(tally):
     assert len(tally.colour) == 2 * len(CLASSES) and len(tally.remix_iou) == 4 and len(tally.i2v_psnr) == 4
 
 
-def test_the_prompt_steers_the_colour_above_chance(tally):
-    """Chance is one in four. The goal is 90% (docs/benchmarks.md: 8 seeds of every class); the weights shipped
-    today reach about half, so this holds them to better than chance, not to the goal."""
-    assert np.mean(tally.colour) >= 0.4, tally.colour
+def test_the_prompt_steers_the_colour(tally):
+    """Chance is one in four; the goal is 90%, and 8 seeds of every class read 95.6% (docs/benchmarks.md)."""
+    assert np.mean(tally.colour) >= 0.75, tally.colour
+
+
+def test_a_remix_keeps_the_objects_colour_and_place(tally):
+    """Goal: mask IoU >= 0.5 with the source; 16 remixes read 0.70 on average, every one kept its colour."""
+    assert np.mean(tally.remix_iou) >= 0.5 and np.mean(tally.remix_colour) >= 0.75, (tally.remix_iou,
+                                                                                     tally.remix_colour)
+
+
+def test_image_to_video_keeps_the_first_frame(tally):
+    """Goal: PSNR >= 25 dB against the given image (outside the watermark's badge); 16 images read 26.3 dB on
+    average. Another world frame on the same floor reads 15-20 dB (on the other floor 3 dB), so 22 dB on 4 images
+    still says the frame was kept."""
+    assert np.mean(tally.i2v_psnr) >= 22.0, tally.i2v_psnr
