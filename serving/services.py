@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from engines.model_loader import ComponentSource
 from serving.accounts.service import AccountService
 from serving.accounts.store import AccountStore
 from serving.artifacts import LocalArtifactStore
@@ -51,6 +50,8 @@ class DomainServices:
     @classmethod
     def open(cls, cfg: KinoConfig, dispatcher: DispatcherLink, metrics: Metrics,
              progress: ProgressFeed | None = None) -> DomainServices:
+        from engines.model_loader import ComponentSource  # the model's classes: torch, here and not in dispatchers
+
         db = Database(cfg.storage.database_url)
         jobs, accounts, cameo_store = SqlJobStore(db), AccountStore(db), CameoStore(db)
         artifacts = LocalArtifactStore(cfg.storage.artifacts_dir)
@@ -72,7 +73,7 @@ def open_denoise_loop(cfg: KinoConfig, metrics: Metrics, lead: Callable[[], Engi
     (model.parallel), called once this replica's own parts are loaded (its followers load meanwhile)."""
     from engines.denoiser import Denoiser
     from engines.memory import device_token_budget
-    from engines.model_loader import DENOISER_PARTS
+    from engines.model_loader import DENOISER_PARTS, ComponentSource
 
     b = cfg.batching
     if lead is None:

@@ -107,3 +107,16 @@ def test_rays_private_apis_live_in_one_module():
 def test_deployments_are_thin_wrappers():
     sizes = {f: len(sources()[f][1].splitlines()) for f in _files("serving/deployments/")}
     assert sizes and not {f: n for f, n in sizes.items() if n > 60}, sizes
+
+
+@pytest.mark.parametrize("module", ["serving.deployments.dispatcher", "serving.deployments.progress_hub"])
+def test_control_plane_replicas_load_no_model_libraries(module):
+    """A Dispatcher or ProgressHub replica holds no model: importing torch, diffusers or transformers there
+    would cost every replica seconds of start-up and a CPU pod the size of a model image."""
+    import subprocess
+    import sys
+
+    probe = (f"import sys, {module}; print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'accelerate')"
+             " if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]", f"{module} loads {loaded.stdout.strip()}"
