@@ -65,12 +65,16 @@ RECIPES = {"full": FULL, "smoke": SMOKE}
 WARM_PARTS = ("vae", "audio_vae", "vocoder")  # what a warm start takes from the earlier run
 
 
-def train(recipe: Recipe, out: Path, report_dir: Path, warm_start: Path | None = None) -> dict:
+def train(recipe: Recipe, out: Path, report_dir: Path, warm_start: Path | None = None,
+          dit_threads: int | None = None) -> dict:
     """Run every stage and write the checkpoint to `out`; returns the training record (also in training.json).
 
     `warm_start`: an earlier run's checkpoint whose VAEs and vocoder this run takes as they are; only the DiT
-    and the connectors train (from scratch), on the latents of those VAEs."""
+    and the connectors train (from scratch), on the latents of those VAEs. `dit_threads`: torch threads of the
+    DiT stage, which runs alone (default: as many as the side-by-side stages each use)."""
     started = time.perf_counter()
+    stage_threads = torch.get_num_threads()
+    dit_threads = dit_threads or stage_threads
     torch.manual_seed(recipe.seed)
     log = LossLog()
     g = GEOMETRY
@@ -131,9 +135,13 @@ def train(recipe: Recipe, out: Path, report_dir: Path, warm_start: Path | None =
                                                  geometry.audio_latents_per_second),
                        caption=torch.tensor([captions.index(c.caption) for c in clips]),
                        text=states, text_mask=states_mask, shape=shape, fps=float(g.fps))
-        with progress.stage("DiT", recipe.dit.steps) as report:
-            averaged = train_dit(comps.transformer, comps.connectors, comps.scheduler, data, recipe.dit,
-                                 recipe.seed + 4, report)
+        torch.set_num_threads(dit_threads)
+        try:
+            with progress.stage("DiT", recipe.dit.steps) as report:
+                averaged = train_dit(comps.transformer, comps.connectors, comps.scheduler, data, recipe.dit,
+                                     recipe.seed + 4, report)
+        finally:
+            torch.set_num_threads(stage_threads)
         comps.transformer, comps.connectors = averaged["transformer"], averaged["connectors"]
 
     for name in TRAINABLE:
@@ -145,7 +153,7 @@ def train(recipe: Recipe, out: Path, report_dir: Path, warm_start: Path | None =
         "recipe": dataclasses.asdict(recipe),
         "geometry": dataclasses.asdict(g),
         "seconds": {**log.seconds, "total": time.perf_counter() - started},
-        "threads": torch.get_num_threads(),
+        "threads": {"side-by-side stages": stage_threads, "DiT": dit_threads},
         "final_losses": {stage: log.last(stage) for stage in log.curves if stage != "world"},
         "caption_separability": text_gap,
         "parameters": {name: parameter_count(getattr(comps, name)) for name in (*TRAINABLE, "text_encoder")},
@@ -164,7 +172,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--report", type=Path, default=Path("out/train_demo"), help="where loss curves go")
     # One thread: on two cores shared with other work, a second torch thread mostly waits at barriers (a
     # video VAE step measured 3.5 s with two threads, 0.5 s with one, on a loaded 2-core machine).
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads of each of the two stages that train side by side (default 1)")
+    # The DiT trains alone, after the autoencoders: it takes both cores (a step measured 0.38 s with two
+    # threads, 0.53 s with one, on an otherwise idle 2-core machine; the same losses to the last digit).
+    ap.add_argument("--dit-threads", type=int, default=2, help="torch CPU threads of the DiT stage (default 2)")
     ap.add_argument("--smoke", action="store_true", help="a few steps of every stage on a few clips")
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="full", help="training.recipe's (default full)")
     ap.add_argument("--warm-start", type=Path, metavar="DIR",
@@ -172,7 +184,8 @@ def main(argv: list[str] | None = None) -> None:
                          "and the connectors (to try a DiT recipe without the hour)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    record = train(SMOKE if args.smoke else RECIPES[args.recipe], args.out, args.report, args.warm_start)
+    record = train(SMOKE if args.smoke else RECIPES[args.recipe], args.out, args.report, args.warm_start,
+                   args.dit_threads)
     secs = record["seconds"]
     print(f"wrote {args.out} ({record['checkpoint_bytes'] / 2**20:.2f} MiB) in {secs['total'] / 60:.1f} min: "
           + ", ".join(f"{k} {v / 60:.1f} min" for k, v in secs.items() if k != "total"))

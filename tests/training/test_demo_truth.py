@@ -4,9 +4,8 @@ marks, muxes and signs), measured on the finished MP4s alone (training/truth.py)
 
 A few seeds of a spread of prompt classes, so the bounds are looser than the goals; the figures over 8 seeds of
 every class are in docs/benchmarks.md (``python -m loadtests.bench_truth``). The weights shipped today steer the
-colour, keep a remix's object and an image's first frame; they do not yet move the object along the prompt's
-path (the DiT places it frame by frame, not along a path: docs/benchmarks.md), so motion and sync are measured
-there and not asserted here until weights that meet them ship."""
+colour and the motion, keep a remix's object and an image's first frame, and click near what they show; sync
+misses its goal (docs/benchmarks.md), so its bound here is the floor of what ships, not the goal."""
 
 from __future__ import annotations
 
@@ -47,12 +46,26 @@ def test_every_job_made_a_measurable_video(tally):
 
 
 def test_the_prompt_steers_the_colour(tally):
-    """Chance is one in four; the goal is 90%, and 8 seeds of every class read 95.6% (docs/benchmarks.md)."""
+    """Chance is one in four; the goal is 90%, and 8 seeds of every class read 99.2% (docs/benchmarks.md)."""
     assert np.mean(tally.colour) >= 0.75, tally.colour
 
 
+def test_the_prompt_steers_the_motion(tally):
+    """Bouncing, sliding left or right: chance is one in three (and a still object reads as none); the goal is
+    90%, and 8 seeds of every class read 85.9%; the DiT trained half as long read 31.8%."""
+    assert np.mean(tally.motion) >= 0.6, tally.motion
+
+
+def test_clicks_come_with_what_the_video_shows(tally):
+    """Contacts seen with a click onset within a frame: the goal is 90%, 8 seeds of every class read 47.6% of 378
+    contacts (the DiT trained half as long: 15.5% of 168). What this asserts is that contacts are seen and clicks
+    land on a good share of them, where random weights show neither."""
+    assert tally.clips_with_contacts >= len(tally.colour) // 2 and tally.sync_share >= 0.25, (
+        tally.clips_with_contacts, tally.contacts, tally.in_sync)
+
+
 def test_a_remix_keeps_the_objects_colour_and_place(tally):
-    """Goal: mask IoU >= 0.5 with the source; 16 remixes read 0.70 on average, every one kept its colour."""
+    """Goal: mask IoU >= 0.5 with the source; 16 remixes read 0.73 on average, every one kept its colour."""
     assert np.mean(tally.remix_iou) >= 0.5 and np.mean(tally.remix_colour) >= 0.75, (tally.remix_iou,
                                                                                      tally.remix_colour)
 
