@@ -1,5 +1,5 @@
 # Kino: the two commands the README promises, and the ones developers use.
-#   make demo   set up .venv, start a local cluster on the tiny model, generate a video with audio
+#   make demo   set up .venv, start a local cluster on the demo model, generate a video with audio
 #   make test   set up .venv and run the test suite (GPU tests deselected)
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)

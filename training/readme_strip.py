@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from training import truth
-
-DEFAULT_PROMPT = "a red ball bouncing on a dark floor, a click at every bounce"
+from training.world import EXAMPLE_PROMPT
 
 
 def generate(prompt: str, seed: int, path: Path) -> Path:
@@ -73,7 +72,7 @@ def draw(mp4: Path, out: Path, title: str, every: int = 2) -> Path:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m training.readme_strip", description=__doc__.split("\n\n")[0])
     ap.add_argument("mp4", nargs="?", type=Path, help="a video to draw (default: generate one)")
-    ap.add_argument("--prompt", default=DEFAULT_PROMPT, help="what to generate (without an MP4)")
+    ap.add_argument("--prompt", default=EXAMPLE_PROMPT, help="what to generate (without an MP4)")
     ap.add_argument("--seed", type=int, default=7, help="noise seed (default 7)")
     ap.add_argument("--out", type=Path, default=Path("docs/demo_strip.png"), help="default: docs/demo_strip.png")
     args = ap.parse_args(argv)

@@ -97,6 +97,10 @@ class PromptClass:
         return cls(find(COLOURS), find(SHAPES), find(MOTIONS), find(BACKGROUNDS))
 
 
+EXAMPLE_PROMPT = PromptClass("yellow", "ball", "sliding right", "dark").caption
+"""The prompt `kino demo` and the README's strip use: a world caption whose motion reads at a glance."""
+
+
 def prompt_classes() -> list[PromptClass]:
     """Every combination the world renders (4 colours x 2 shapes x 3 motions x 2 backgrounds = 48)."""
     return [PromptClass(*c) for c in itertools.product(COLOURS, SHAPES, MOTIONS, BACKGROUNDS)]

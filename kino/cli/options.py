@@ -61,7 +61,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--preset", default="tiny", choices=[*PRESETS, "checkpoint"],
                    help="tiny: embedded random weights (output is noise, runs anywhere); small: larger random "
-                        "weights for benchmarks; checkpoint: a local LTX-2 diffusers directory (default: tiny)")
+                        "weights for benchmarks; demo: weights trained here on a synthetic world of coloured "
+                        "balls and squares (64x64, 17 frames); checkpoint: a local LTX-2 diffusers directory "
+                        "(default: tiny; demo for kino demo)")
     g.add_argument("--checkpoint-dir", metavar="DIR", help="the checkpoint directory, with --preset checkpoint")
     g.add_argument("--device", help="cpu or cuda[:N] (default: the preset's)")
     g.add_argument("--dtype", choices=DTYPES, help="weights dtype (default: the preset's)")

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from kino.cli.options import add_model_options, model_mapping_from_args
 from serving.on_ray.cluster import DEFAULT_SERVE_CONFIG
+from training.world import EXAMPLE_PROMPT as DEMO_PROMPT
 
 
 def _cluster_options(p: argparse.ArgumentParser) -> None:
@@ -43,13 +44,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="The main job in one command: a local cluster on the chosen model, one video "
                                    "with audio generated through the gRPC API with a progress bar, then a clean "
                                    "shutdown.")
-    d.add_argument("prompt", nargs="?", default="a robot dancing on the beach, waves and a steel drum",
-                   help="what the video shows and sounds like (default: a robot dancing on the beach, ...)")
+    d.add_argument("prompt", nargs="?", default=DEMO_PROMPT,
+                   help=f"what the video shows and sounds like (default: {DEMO_PROMPT!r}; the demo model knows red, "
+                        "green, blue or yellow balls or squares bouncing or sliding left or right on a dark or "
+                        "light floor)")
     d.add_argument("-o", "--output", type=Path, default=Path("out/demo.mp4"), help="default: out/demo.mp4")
-    d.add_argument("--seconds", type=float, default=2.0, help="duration in seconds (default 2)")
+    d.add_argument("--seconds", type=float, help="duration in seconds (default: the model's, 17/24 s for demo)")
     d.add_argument("--seed", type=int, default=7, help="noise seed: the same seed gives the same video (default 7)")
     _cluster_options(d)
-    d.set_defaults(func=demo)
+    # The trained demo model, not tiny's random weights: a video that shows what the prompt asks for.
+    d.set_defaults(func=demo, preset="demo")
 
 
 def _start(args: argparse.Namespace, grpc_port: int, rest_port: int = 0, metrics_port: int = 0):
@@ -92,7 +96,7 @@ def demo(args: argparse.Namespace) -> int:
     from kino.cli.videos_cmd import generate
 
     console = Console()
-    with console.status("starting a local cluster (Ray + Serve + gRPC) on the tiny model"):
+    with console.status(f"starting a local cluster (Ray + Serve + gRPC) on the {args.preset} model"):
         cluster = _start(args, 0)
     console.print(f"cluster up; gRPC on {cluster.grpc_address}")
     try:

@@ -30,6 +30,17 @@ def test_every_command_explains_itself(command):
     assert f"usage: kino {command}" in out and "--" in out
 
 
+def test_demo_runs_the_trained_model_on_a_prompt_of_its_world():
+    """`make demo` is `kino demo`: the demo preset (not tiny's noise) and a prompt the demo model was trained on."""
+    from kino.cli.main import build_parser
+    from training.world import PromptClass, prompt_classes
+
+    args = build_parser().parse_args(["demo"])
+    assert args.preset == "demo" and args.seconds is None  # the model's own length
+    assert PromptClass.parse(args.prompt) in prompt_classes()
+    assert build_parser().parse_args(["run", "x"]).preset == "tiny"
+
+
 def test_generate_list_get_download_delete(cluster, tmp_path):
     addr = ["--address", cluster.grpc_address]
     out = tmp_path / "cli.mp4"
