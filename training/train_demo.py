@@ -183,6 +183,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="take the VAEs and the vocoder of this checkpoint as they are and train only the DiT "
                          "and the connectors (to try a DiT recipe without the hour)")
     args = ap.parse_args(argv)
+    for flag, value in (("--threads", args.threads), ("--dit-threads", args.dit_threads)):
+        if value < 1:
+            ap.error(f"{flag} must be an integer >= 1, got {value}")
     torch.set_num_threads(args.threads)
     record = train(SMOKE if args.smoke else RECIPES[args.recipe], args.out, args.report, args.warm_start,
                    args.dit_threads)

@@ -110,3 +110,12 @@ def test_the_run_is_deterministic(trained, tmp_path):
         b = load_file(tmp_path / "checkpoint" / part / "diffusion_pytorch_model.safetensors")
         assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a), part
     assert again["final_losses"] == trained[1]["final_losses"]
+
+
+@pytest.mark.parametrize("flag", ["--threads", "--dit-threads"])
+def test_thread_counts_below_one_are_refused_by_name(flag, capsys):
+    from training.train_demo import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--smoke", flag, "0"])
+    assert exit_info.value.code == 2 and f"{flag} must be an integer >= 1, got 0" in capsys.readouterr().err
