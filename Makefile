@@ -7,17 +7,24 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv bench-engines bench-serving clean protos train-demo
+.PHONY: demo test venv lock bench-engines bench-serving clean protos train-demo
 
 venv: $(STAMP)
 
-# torch first and pinned: on CPU machines 2.13.0 is a local wheel; anything else pulls CUDA builds.
-$(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+# The venv is exactly requirements/dev.lock: every package at its locked version, checked against its
+# hashes, nothing resolved at install time. torch in it is the CPU build that lies on this machine's disk
+# (pip's find-links); pip itself and the build backend are locked too. A changed lock or pyproject.toml
+# makes the venv anew, so nothing stays from the last one. `make lock` rewrites the locks.
+$(STAMP): requirements/dev.lock pyproject.toml
+	$(PYTHON) -m venv --clear $(VENV)
+	$(PY) -m pip install -q --no-cache-dir --require-hashes --no-deps -r requirements/dev.lock
+	$(PY) -m pip install -q --no-cache-dir --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $(STAMP)
+
+# Rewrite requirements/{dev,runtime,gpu}.lock from pyproject.toml (needs the package index; ~15 min).
+lock: $(STAMP)
+	$(PY) requirements/lock.py
 
 demo: $(STAMP)
 	$(VENV)/bin/kino demo -o out/demo.mp4
@@ -40,6 +47,7 @@ bench-serving: $(STAMP)
 clean:
 	rm -rf $(VENV) out .pytest_cache
 
-# Regenerate kino/v1/*_pb2*.py from protos/ (generated code lives apart, in kino/; never edit it).
+# Regenerate kino/v1/*_pb2*.py from protos/ with the locked grpcio-tools (generated code lives apart, in
+# kino/; never edit it; tests/serving/test_protos.py fails when it differs from this generator's output).
 protos: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. protos/kino/v1/*.proto

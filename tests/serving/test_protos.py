@@ -1,6 +1,8 @@
-"""Generated code matches protos/: regenerated here and compared byte for byte (`make protos`)."""
+"""Generated code matches protos/: regenerated here with the locked grpcio-tools and compared byte for byte
+(`make protos`); tests/test_lock.py holds the venv to the lock, so this is the lock's generator."""
 
 import filecmp
+import importlib.metadata
 import subprocess
 import sys
 from pathlib import Path
@@ -15,4 +17,6 @@ def test_generated_code_is_up_to_date(tmp_path):
     generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.py*"))
     assert generated, "protoc produced nothing"
     for rel in generated:
-        assert filecmp.cmp(tmp_path / rel, ROOT / rel, shallow=False), f"{rel} is stale: run `make protos`"
+        assert filecmp.cmp(tmp_path / rel, ROOT / rel, shallow=False), (
+            f"{rel} differs from what grpcio-tools {importlib.metadata.version('grpcio-tools')} generates: "
+            "run `make protos`")
