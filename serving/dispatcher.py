@@ -76,6 +76,7 @@ class _Held:
     task: asyncio.Task | None = None
     written_at: float = 0.0
     written_stage: Stage | None = None
+    step: int | None = None  # the last denoising step pushed: where a cancelled or failed job's record ends
     stop: _Stop | None = None  # set when the task is cancelled to let go of the job
     cancelling: bool = False  # a client cancel is stopping it
     settling: bool = False  # its end (completed, failed, cancelled) is being recorded
@@ -378,6 +379,8 @@ class Dispatcher:
         upsampling between two stages), or once per `progress_write_seconds` (the write also says whether
         a cancel was requested)."""
         self._push(held, stage, **values)
+        if stage == Stage.DENOISING and "step" in values:
+            held.step = values["step"]
         now = time.monotonic()
         last_step = stage == Stage.DENOISING and values.get("step") == values.get("total_steps")
         if stage == held.written_stage and not last_step and not milestone \
@@ -408,7 +411,8 @@ class Dispatcher:
             current = await self.store.get(held.job.id)
             done = await self.store.finish(held.lease, JobStatus.CANCELLED,
                                            error_code=current.cancel_reason or "cancelled",
-                                           error_message=current.error_message or "cancelled by the client")
+                                           error_message=current.error_message or "cancelled by the client",
+                                           step=held.step)
             await self._finished(done)
         except StaleLease:
             pass
@@ -416,7 +420,8 @@ class Dispatcher:
     async def _fail(self, held: _Held, code: str, message: str) -> None:
         held.settling = True
         try:
-            done = await self.store.finish(held.lease, JobStatus.FAILED, error_code=code, error_message=message)
+            done = await self.store.finish(held.lease, JobStatus.FAILED, error_code=code, error_message=message,
+                                           step=held.step)
             await self._finished(done)
         except StaleLease:
             pass

@@ -131,6 +131,11 @@ class SqlJobStore(JobStore):
     def close(self) -> None:
         self.db.dispose()
 
+    def _any(self, where: Any) -> bool:
+        """Whether a row matches (a read through an index, before a write transaction is worth taking)."""
+        with self._read() as conn:
+            return conn.execute(sa.select(jobs.c.id).where(where).limit(1)).first() is not None
+
     def record_capacity(self, name: str, value: int) -> None:
         key = f"capacity:{name}"
         with self._write() as conn:
@@ -280,6 +285,8 @@ class SqlJobStore(JobStore):
                        message: str = "cancelled by the client") -> Job:
         with self._write() as conn:
             job = self._get(conn, job_id, lock=True)
+            if job.status == JobStatus.CANCELLED:  # its dispatcher, told first, has already stopped it
+                return job
             if job.status == JobStatus.QUEUED:
                 return self._set_status(conn, job, JobStatus.CANCELLED, error_code=reason, error_message=message,
                                         completed_at=time.time(), message=f"{message} (while queued)")
@@ -300,6 +307,8 @@ class SqlJobStore(JobStore):
 
     # -- dispatcher ------------------------------------------------------------------------------
     def claim_next(self, owner: str, lease_seconds: float, *, max_in_progress: int | None = None) -> Job | None:
+        if not self._any(jobs.c.status == JobStatus.QUEUED.value):
+            return None  # an idle cluster takes no write lock
         with self._write() as conn:
             if max_in_progress is not None:
                 self._lock(conn, "claims")  # PostgreSQL: claims count the window one at a time
@@ -334,6 +343,10 @@ class SqlJobStore(JobStore):
             return set(conn.execute(sa.select(jobs.c.id).where(mine)).scalars())
 
     def reap_expired(self, max_attempts: int) -> list[Job]:
+        lapsed = sa.and_(jobs.c.status == JobStatus.IN_PROGRESS.value,
+                         sa.or_(jobs.c.lease_expires_at.is_(None), jobs.c.lease_expires_at < time.time()))
+        if not self._any(lapsed):
+            return []  # nothing expired: no write lock
         with self._write() as conn:
             expired = conn.execute(sa.select(jobs).where(
                 jobs.c.status == JobStatus.IN_PROGRESS.value,
@@ -380,12 +393,12 @@ class SqlJobStore(JobStore):
             return self._get(conn, job.id)
 
     def finish(self, lease: Lease, status: JobStatus, *, artifact: Artifact | None = None,
-               error_code: str | None = None, error_message: str | None = None) -> Job:
+               error_code: str | None = None, error_message: str | None = None, step: int | None = None) -> Job:
         if not status.terminal or status == JobStatus.DELETED:
             raise ValueError(f"finish() takes completed, failed or cancelled, not {status.value}")
         with self._write() as conn:
             job = self._held(conn, lease)
-            extra: dict[str, Any] = {}
+            extra: dict[str, Any] = {} if step is None else {"step": step}
             if artifact is not None:
                 extra.update(artifact_key=artifact.key, artifact_size=artifact.size_bytes,
                              artifact_sha256=artifact.sha256, artifact_content_type=artifact.content_type)

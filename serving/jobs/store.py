@@ -76,8 +76,9 @@ class SubmissionStore(_Reads):
     @abstractmethod
     def request_cancel(self, job_id: str, *, reason: str = "cancelled",
                        message: str = "cancelled by the client") -> Job:
-        """Queued: cancelled at once. In progress: flagged for the dispatcher. Finished: FailedPrecondition.
-        `reason` becomes the job's error code (e.g. "cancelled", "consent_revoked")."""
+        """Queued: cancelled at once. In progress: flagged for the dispatcher. Cancelled already (its dispatcher,
+        told first, stopped it): as it is. Completed, failed or deleted: FailedPrecondition. `reason` becomes
+        the job's error code (e.g. "cancelled", "consent_revoked")."""
 
     @abstractmethod
     def delete(self, job_id: str) -> Job:
@@ -117,8 +118,9 @@ class DispatchQueue(_Reads):
 
     @abstractmethod
     def finish(self, lease: Lease, status: JobStatus, *, artifact: Artifact | None = None,
-               error_code: str | None = None, error_message: str | None = None) -> Job:
-        """Move an in-progress job to completed, failed or cancelled. Raises StaleLease."""
+               error_code: str | None = None, error_message: str | None = None, step: int | None = None) -> Job:
+        """Move an in-progress job to completed, failed or cancelled; `step`, when given, is the last step it
+        took (a cancelled or failed job's record ends where its pushed progress did). Raises StaleLease."""
 
     @abstractmethod
     def requeue(self, lease: Lease, message: str, *, count_attempt: bool = True) -> Job:

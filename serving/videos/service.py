@@ -11,6 +11,7 @@ read (get, download) or remixed. Everything else answers NOT_FOUND, never reveal
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
@@ -220,9 +221,18 @@ class VideoService:
 
     # -- change ------------------------------------------------------------------------------
     async def cancel(self, principal: Principal, video_id: str) -> Job:
-        await self.own(principal, video_id)
-        job = await self.store.request_cancel(video_id)
-        if job.status == JobStatus.IN_PROGRESS:
+        """A queued job is cancelled at once; a running one stops at its next denoising step. The dispatcher
+        that runs it is told beside the store write, not after it: under load a write waits its turn for the
+        database, and every step run meanwhile is one the client did not want."""
+        job = await self.own(principal, video_id)
+        told = asyncio.ensure_future(self.dispatcher.cancel(video_id)) if job.status == JobStatus.IN_PROGRESS \
+            else None
+        try:
+            job = await self.store.request_cancel(video_id)
+        finally:
+            if told is not None:
+                await told
+        if told is None and job.status == JobStatus.IN_PROGRESS:  # it started between the two reads
             await self.dispatcher.cancel(video_id)
         return job
 

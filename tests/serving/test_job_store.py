@@ -144,6 +144,37 @@ def test_cancel_queued_and_in_progress(store):
     assert store.finish(lease, JobStatus.CANCELLED, error_code="cancelled").status == JobStatus.CANCELLED
 
 
+def test_a_cancel_that_crosses_its_dispatchers_own_returns_the_cancelled_job(store):
+    """The front door tells the dispatcher beside its store write: the dispatcher may record the end first."""
+    job, _ = store.create(new_job(), max_queued=10)
+    _, lease = claim(store)
+    stopped = store.finish(lease, JobStatus.CANCELLED, error_code="cancelled", step=3)
+    assert (stopped.status, stopped.step) == (JobStatus.CANCELLED, 3)  # the record ends where the job stopped
+    again = store.request_cancel(job.id)
+    assert again.status == JobStatus.CANCELLED and again.step == 3 and again.error_code == "cancelled"
+
+
+def test_an_idle_dispatch_round_takes_no_write_lock(store, monkeypatch):
+    """Nothing queued and no lease lapsed: claim_next and reap_expired only read."""
+    from contextlib import contextmanager
+
+    job, _ = store.create(new_job(), max_queued=10)
+    claim(store)  # held, its lease fresh
+    writes, real = [], store.db.write
+
+    @contextmanager
+    def counted():
+        writes.append(1)
+        with real() as conn:
+            yield conn
+
+    monkeypatch.setattr(store.db, "write", counted)
+    assert store.claim_next("d2", LEASE) is None and store.reap_expired(max_attempts=3) == []
+    assert writes == []
+    queued, _ = store.create(new_job(), max_queued=10)
+    assert store.claim_next("d2", LEASE).id == queued.id
+
+
 def test_delete_only_finished_jobs_then_not_found(store):
     job, _ = store.create(new_job(key="dk"), max_queued=10)
     with pytest.raises(FailedPrecondition, match="cancel it before deleting"):
