@@ -66,8 +66,9 @@ class QueueConfig:
     max_attempts: AtLeastOne = 3
     """A job is claimed at most this many times (a dispatcher lost with it uses one), and a stage replica
     that died under it is retried up to this many times within a claim."""
-    poll_seconds: Annotated[float, Field(gt=0)] = 0.2
-    """A dispatcher looks for new work at least this often (a create wakes one at once)."""
+    poll_seconds: Annotated[float, Field(gt=0)] = 2.0
+    """The fallback: a dispatcher looks for new work at least this often. Work is found by events (a create
+    wakes a dispatcher, a finished or reaped job wakes its own), and a look at an idle queue only reads."""
     lease_seconds: Annotated[float, Field(ge=1.0)] = 10.0
     """How long a dispatcher's hold on a job lasts without renewal; a job whose dispatcher died is
     requeued this long after its last heartbeat."""
@@ -148,6 +149,9 @@ class AuthConfig:
     """That tenant's priority."""
     bootstrap_keys_file: str = ""
     """Lines "tenant:user:kino_sk_..." registered at start (a mounted Secret)."""
+    key_cache_seconds: Annotated[float, Field(ge=0, le=300)] = 10.0
+    """A front door remembers a known API key this long instead of reading the database on every call: a
+    revoked key stops working within it. 0: read on every call."""
 
 
 @section("moderation")

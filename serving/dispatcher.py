@@ -166,7 +166,7 @@ class Dispatcher:
                     due["reap"] = now + c.heartbeat_seconds
                 await self._fill()
                 if now >= due["counts"]:
-                    counts = await self.store.count_by_status()
+                    counts = await self.store.count_by_status(JobStatus.QUEUED, JobStatus.IN_PROGRESS)
                     self.metrics.job_counts(counts[JobStatus.QUEUED], counts[JobStatus.IN_PROGRESS])
                     due["counts"] = now + 1.0
             except Exception:  # noqa: BLE001 - a store hiccup must not stop the loop; retry next round
@@ -370,7 +370,9 @@ class Dispatcher:
                 text = params.prompt
                 message = (f"enhanced prompt rejected by moderation (category {verdict.category}); "
                            "using the prompt as written")
-            await self.store.set_enhanced_prompt(held.lease, text, message)
+            # The job as stored from now on: a retry within this claim (a stage replica lost) encodes the
+            # same rewrite instead of asking the enhancer again.
+            held.job = await self.store.set_enhanced_prompt(held.lease, text, message)
             self._push(held, Stage.ENCODING, message=message)
         return dataclasses.replace(params, prompt=text)
 

@@ -115,7 +115,7 @@ class DenoiseStats:
         self.store = SqlJobStore(Database(cfg.storage.database_url))
 
     def read(self) -> dict[str, float]:
-        counts = self.store.count_by_status()
+        counts = self.store.count_by_status(JobStatus.QUEUED, JobStatus.IN_PROGRESS)
         return {"queued": counts[JobStatus.QUEUED], "in_progress": counts[JobStatus.IN_PROGRESS],
                 "per_replica": self.cfg.batching.max_running, "steps_per_job": self.loop.steps_per_request,
                 "request_step_seconds": self.loop.request_step_seconds or 0.0,

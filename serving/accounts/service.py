@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+from cachetools import TTLCache
+
 from engines.errors import ConfigError
-from serving.accounts.models import AuditEvent, Principal, Tenant
-from serving.accounts.store import AccountStore
+from serving.accounts.models import ApiKey, AuditEvent, Principal, Tenant
+from serving.accounts.store import AccountStore, hash_key
 from serving.config import AuthConfig
 from serving.errors import InvalidArgument, Unauthenticated
 
@@ -16,10 +21,27 @@ AUDIT_LIMIT_RANGE = (1, 1000)
 
 
 class AccountService:
-    def __init__(self, store: AccountStore, auth: AuthConfig) -> None:
+    def __init__(self, store: AccountStore, auth: AuthConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        """`clock`: the key cache's (tests pass their own)."""
         self.store, self.auth = store, auth
         self._local: Tenant | None = None
         self._told_unknown_key = False
+        # Known keys by their hash (never the secret), for auth.key_cache_seconds: a call reads no database
+        # when its key was seen lately. Unknown keys are not remembered: a key created a moment ago works.
+        self._known: TTLCache[str, tuple[ApiKey, Tenant]] | None = TTLCache(
+            maxsize=10_000, ttl=auth.key_cache_seconds, timer=clock) if auth.key_cache_seconds > 0 else None
+        self._known_lock = threading.Lock()  # calls authenticate in several threads
+
+    def _lookup(self, secret: str) -> tuple[ApiKey, Tenant] | None:
+        if self._known is None:
+            return self.store.lookup(secret)
+        digest = hash_key(secret)
+        with self._known_lock:
+            found = self._known.get(digest)
+        if found is None and (found := self.store.lookup(secret)) is not None:
+            with self._known_lock:
+                self._known[digest] = found
+        return found
 
     def local_principal(self) -> Principal:
         if self._local is None:
@@ -53,7 +75,7 @@ class AccountService:
                 raise Unauthenticated("authorization: missing API key: send metadata "
                                       "'authorization: Bearer kino_sk_...'", field="authorization")
             return self.local_principal()
-        found = self.store.lookup(secret)
+        found = self._lookup(secret)
         if found is None:
             if self.auth.required:
                 raise Unauthenticated("authorization: invalid or revoked API key", field="authorization")

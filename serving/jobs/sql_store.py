@@ -274,10 +274,13 @@ class SqlJobStore(JobStore):
             return conn.execute(sa.select(sa.func.count()).select_from(jobs).where(
                 jobs.c.status == JobStatus.QUEUED.value, ahead)).scalar_one()
 
-    def count_by_status(self) -> dict[JobStatus, int]:
+    def count_by_status(self, *statuses: JobStatus) -> dict[JobStatus, int]:
+        q = sa.select(jobs.c.status, sa.func.count())
+        if statuses:
+            q = q.where(jobs.c.status.in_([s.value for s in statuses]))
         with self._read() as conn:
-            rows = conn.execute(sa.select(jobs.c.status, sa.func.count()).group_by(jobs.c.status)).all()
-        counts = {s: 0 for s in JobStatus}
+            rows = conn.execute(q.group_by(jobs.c.status)).all()
+        counts = {s: 0 for s in (statuses or JobStatus)}
         counts.update({JobStatus(s): n for s, n in rows})
         return counts
 

@@ -88,7 +88,9 @@ class DispatchQueue(_Reads):
     """The dispatcher's side: the queue of work and the writes that move a job along."""
 
     @abstractmethod
-    def count_by_status(self) -> dict[JobStatus, int]: ...
+    def count_by_status(self, *statuses: JobStatus) -> dict[JobStatus, int]:
+        """Jobs in each of `statuses` (all statuses when none is named); the active ones (queued, in
+        progress) are read through an index, whatever the length of the history."""
 
     @abstractmethod
     def claim_next(self, owner: str, lease_seconds: float, *, max_in_progress: int | None = None) -> Job | None:

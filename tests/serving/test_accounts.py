@@ -63,6 +63,32 @@ def test_authentication_modes(store, caplog):
         strict.authenticate("kino_sk_wrong")  # keys required: a wrong key is refused
 
 
+def test_a_known_key_is_remembered_for_the_ttl_and_a_revoked_one_stops_within_it(store, monkeypatch):
+    store.create_tenant("acme")
+    key, secret = store.create_key("acme")
+    now = [0.0]
+    auth = AccountService(store, AuthConfig(required=True, key_cache_seconds=10), clock=lambda: now[0])
+    reads = []
+    real = store.lookup
+    monkeypatch.setattr(store, "lookup", lambda s: reads.append(1) or real(s))
+    assert auth.authenticate(secret).tenant.id == "acme"
+    assert auth.authenticate(secret).tenant.id == "acme" and len(reads) == 1  # the second call read nothing
+    store.revoke_key(key.id)
+    now[0] = 9.9
+    assert auth.authenticate(secret).tenant.id == "acme"  # within the TTL the cached key still works
+    now[0] = 10.1
+    with pytest.raises(Unauthenticated, match="revoked"):
+        auth.authenticate(secret)  # past it, the revocation holds
+    with pytest.raises(Unauthenticated):
+        auth.authenticate("kino_sk_unknown")
+    _, fresh = store.create_key("acme")  # unknown keys are not remembered: a new key works at once
+    assert auth.authenticate(fresh).tenant.id == "acme"
+    uncached = AccountService(store, AuthConfig(required=True, key_cache_seconds=0))
+    reads.clear()
+    uncached.authenticate(fresh), uncached.authenticate(fresh)
+    assert len(reads) == 2
+
+
 def test_bootstrap_keys_from_a_file(store, tmp_path):
     keys = tmp_path / "keys"
     keys.write_text("# tenant:user:key\nacme:ann:kino_sk_provisioned_aaaaaaaaaaaaaaaaaaaa\n\n")

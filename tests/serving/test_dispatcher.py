@@ -207,6 +207,19 @@ def test_a_resumed_job_reuses_its_stored_rewrite(setup, staged, tiny_config, tmp
     assert enhancer.calls == 0 and stages.encoded == ["a ginger cat on a windowsill"]
 
 
+def test_a_retry_within_the_claim_encodes_the_stored_rewrite_without_asking_again(setup, staged, tiny_config,
+                                                                                   tmp_path):
+    store, artifacts, _ = setup
+    jid = _add_enhanced(store, tiny_config)
+    enhancer = ScriptedEnhancer("a ginger cat on a windowsill")
+    stages = FlakyStages(staged, artifacts, tmp_path, enhancer)  # the first decode finds its replica gone
+    asyncio.run(_run_until(Dispatcher(store, stages, QueueConfig(poll_seconds=0.05)), store, [jid]))
+    job = store.get(jid)
+    assert job.status == JobStatus.COMPLETED and job.attempts == 1  # retried within its one claim
+    assert enhancer.calls == 1, "the retry asked the enhancer again instead of using the stored rewrite"
+    assert stages.encoded == ["a ginger cat on a windowsill"] * 2
+
+
 # -- leases, hand back, pushed progress ---------------------------------------------------------
 class CountingStages(InProcessStages):
     """Counts the MP4s rendered: a job run twice would render twice."""

@@ -44,7 +44,8 @@ class GrpcServer:
 
 async def start_grpc_server(videos: VideoService, cameos: CameoService, accounts: AccountService,
                             config: GrpcConfig, *, health_probe: HealthProbe | None = None,
-                            health_poll_seconds: float = 1.0, metrics: Metrics | None = None) -> GrpcServer:
+                            health_poll_seconds: float = 1.0, health_recheck_seconds: float = 5.0,
+                            metrics: Metrics | None = None) -> GrpcServer:
     """Serve on config.host:config.port (0: a free port; `GrpcServer.port` says which)."""
     options = [
         ("grpc.so_reuseport", 0),  # a second server on the same port fails instead of sharing it
@@ -70,13 +71,17 @@ async def start_grpc_server(videos: VideoService, cameos: CameoService, accounts
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, initial)
     if health_probe is not None:
-        out._tasks.append(asyncio.create_task(_watch_health(health_servicer, health_probe, health_poll_seconds)))
+        out._tasks.append(asyncio.create_task(_watch_health(health_servicer, health_probe, health_poll_seconds,
+                                                            health_recheck_seconds)))
     log.info("gRPC listening on %s:%d", config.host, port)
     return out
 
 
-async def _watch_health(servicer: health.aio.HealthServicer, probe: HealthProbe, every: float) -> None:
-    """SERVING only while the probe (the Serve application's status) says healthy."""
+async def _watch_health(servicer: health.aio.HealthServicer, probe: HealthProbe, every: float,
+                        recheck: float) -> None:
+    """SERVING only while the probe (the Serve application's status) says healthy: asked `every` seconds until
+    it is, then every `recheck` seconds (each probe is a call to Serve's controller; Kubernetes' readiness
+    probe itself looks every 10 s)."""
     last = None
     while True:
         try:
@@ -88,4 +93,4 @@ async def _watch_health(servicer: health.aio.HealthServicer, probe: HealthProbe,
             for name in ("", SERVICE_NAME):
                 await servicer.set(name, status)
             last = status
-        await asyncio.sleep(every)
+        await asyncio.sleep(recheck if ok else every)
