@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv lock bench-engines bench-serving clean protos train-demo
+.PHONY: demo test venv lock image image-smoke bench-engines bench-serving clean protos train-demo
 
 venv: $(STAMP)
 
@@ -26,6 +26,14 @@ $(STAMP): requirements/dev.lock pyproject.toml
 lock: $(STAMP)
 	$(PY) requirements/lock.py
 
+# Kino's CPU image from deploy/image/Containerfile on a Debian base made here by debootstrap (deploy/image/build.sh;
+# needs root for debootstrap and podman), then the smoke test: kino --help, kino demo and kino serve in podman.
+image:
+	bash deploy/image/build.sh
+
+image-smoke: $(STAMP)
+	$(PY) deploy/image/smoke.py
+
 demo: $(STAMP)
 	$(VENV)/bin/kino demo -o out/demo.mp4
 
@@ -35,7 +43,15 @@ test: $(STAMP)
 
 # Train the demo preset's weights on the synthetic world (training/train_demo.py) into engines/weights/demo/
 # (loss curves in out/train_demo/; about an hour on two CPU cores).
-train-demo: $(STAMP)
+train-# Kino's CPU image from deploy/image/Containerfile on a Debian base made here by debootstrap (deploy/image/build.sh;
+# needs root for debootstrap and podman), then the smoke test: kino --help, kino demo and kino serve in podman.
+image:
+	bash deploy/image/build.sh
+
+image-smoke: $(STAMP)
+	$(PY) deploy/image/smoke.py
+
+demo: $(STAMP)
 	$(PY) -m training.train_demo --report out/train_demo
 
 bench-engines: $(STAMP)

@@ -1,16 +1,21 @@
 """Write the lock files from pyproject.toml (`make lock`); `--check` says whether they are current.
 
-Three locks, each an exact version and the sha256 hashes of every file pip may install, for every
+Five locks, each an exact version and the sha256 hashes of every file pip may install, for every
 direct and transitive dependency (pip-tools' pip-compile, run by pip itself so it sees what pip sees):
 
 - `dev.lock`: what `make demo`, `make test` and `.ci/run` install: Kino, its `dev` extra, and the
   build backend for the editable install. torch is the CPU build (`2.13.0+cpu`), which pip finds on
   this kind of machine's local disk (its `find-links`); PyPI's `torch==2.13.0` is a CUDA build.
 - `runtime.lock`: Kino alone (the CPU image), at the versions of `dev.lock`.
-- `gpu.lock`: Kino with the `gpu` and `dev` extras for NVIDIA hosts, resolved against the package
-  index alone so torch is PyPI's CUDA build; everything else at the versions of `dev.lock`. TensorRT
+- `build.lock`: the build backend alone (setuptools, wheel), at the versions of `dev.lock`: what an image's
+  build stage installs Kino with, and removes again.
+- `gpu.lock`: Kino with the `gpu` extra for NVIDIA hosts and the GPU image, resolved against the package
+  index alone so torch is PyPI's CUDA build; everything else at the versions of `dev.lock`.
+- `gpu-dev.lock`: the same with the `dev` extra, for a GPU host that runs the suite (`pytest -m gpu`).
+
+  In both, TensorRT
   is the exception: its libraries are wheels on NVIDIA's own package index only (PyPI holds a stub
-  that fetches them from there at install time), which this machine cannot reach. So gpu.lock leaves
+  that fetches them from there at install time), which this machine cannot reach. So the GPU locks leave
   `tensorrt` out unless `KINO_LOCK_NVIDIA_INDEX` names that index (set it where it is reachable and
   `make lock` pins TensorRT with its hashes too); without it the GPU host installs TensorRT after the
   lock, from NVIDIA's index (README, "GPU engines").
@@ -18,7 +23,7 @@ direct and transitive dependency (pip-tools' pip-compile, run by pip itself so i
 Each lock's header carries a fingerprint of the pyproject.toml sections it was made from; the suite
 (tests/test_lock.py) fails when pyproject.toml changed and the locks did not.
 
-    python requirements/lock.py            # regenerate all three (needs the package index), as `make lock`
+    python requirements/lock.py            # regenerate all five (needs the package index), as `make lock`
     python requirements/lock.py --check    # exit 1 naming any lock whose fingerprint is stale
 """
 
@@ -48,6 +53,7 @@ class Lock:
     local_wheels: bool  # resolve with this machine's pip config (the CPU torch on disk), or the index alone
     build_deps: bool = False  # pin the build backend too (an editable install without build isolation)
     off_index: tuple[str, ...] = ()  # requirements whose files are not on the package index (see above)
+    project: bool = True  # Kino's own dependencies (False: only the build backend)
 
     @property
     def path(self) -> Path:
@@ -57,7 +63,9 @@ class Lock:
 LOCKS = (
     Lock("dev", ("dev",), local_wheels=True, build_deps=True),
     Lock("runtime", (), local_wheels=True),
-    Lock("gpu", ("gpu", "dev"), local_wheels=False, build_deps=True, off_index=("tensorrt",)),
+    Lock("gpu", ("gpu",), local_wheels=False, off_index=("tensorrt",)),
+    Lock("gpu-dev", ("gpu", "dev"), local_wheels=False, build_deps=True, off_index=("tensorrt",)),
+    Lock("build", (), local_wheels=True, build_deps=True, project=False),
 )
 
 
@@ -68,7 +76,7 @@ def pyproject() -> dict:
 def requirements_of(lock: Lock, project: dict | None = None) -> list[str]:
     """The requirement strings a lock is made from: the dependencies, its extras, the build system's."""
     project = project or pyproject()
-    reqs = list(project["project"]["dependencies"])
+    reqs = list(project["project"]["dependencies"]) if lock.project else []
     for extra in lock.extras:
         reqs += project["project"]["optional-dependencies"][extra]
     if lock.build_deps:
@@ -149,13 +157,17 @@ def _constraints_from(path: Path, drop: set[str]) -> Path:
 
 
 def write_all(only: set[str] | None = None) -> None:
-    dev, runtime, gpu = LOCKS
+    dev, runtime, gpu, gpu_dev, build = LOCKS
     if not only or "dev" in only:
         _compile(dev, None)
     if not only or "runtime" in only:
         _compile(runtime, _constraints_from(dev.path, drop=set()))
-    if not only or "gpu" in only:  # CUDA torch brings its own nvidia-* and triton; the rest follows dev.lock
-        _compile(gpu, _constraints_from(dev.path, drop={"torch"}))
+    if not only or "gpu-dev" in only:  # CUDA torch brings its own nvidia-* and triton; the rest follows dev.lock
+        _compile(gpu_dev, _constraints_from(dev.path, drop={"torch"}))
+    if not only or "gpu" in only:
+        _compile(gpu, _constraints_from(gpu_dev.path, drop=set()))
+    if not only or "build" in only:
+        _compile(build, _constraints_from(dev.path, drop=set()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="only say whether every lock matches pyproject.toml")
     ap.add_argument("--only", action="append", choices=[lk.name for lk in LOCKS],
-                    help="rewrite only this lock (repeatable; runtime and gpu follow dev.lock's versions)")
+                    help="rewrite only this lock (repeatable; the others follow dev.lock's versions)")
     args = ap.parse_args(argv)
     if args.check:
         stale = [lk.path.name for lk in LOCKS if written_fingerprint(lk) != fingerprint(lk)]

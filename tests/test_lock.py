@@ -59,12 +59,14 @@ def test_the_locks_agree_with_each_other():
     """The image (runtime.lock) and the GPU hosts (gpu.lock) run the versions the suite tested."""
     dev = lock.pins(lock.HERE / "dev.lock")
     assert dev["torch"].endswith("+cpu"), "dev.lock must pin the CPU torch that lies on this machine's disk"
-    for other, free in (("runtime.lock", set()), ("gpu.lock", {"torch"})):
+    for other, free in (("runtime.lock", set()), ("build.lock", set()), ("gpu.lock", {"torch"}),
+                        ("gpu-dev.lock", {"torch"})):
         for name, version in lock.pins(lock.HERE / other).items():
             if name in dev and name not in free:
                 assert version == dev[name], f"{other} pins {name}=={version}, dev.lock {dev[name]}"
-    gpu = lock.pins(lock.HERE / "gpu.lock")
+    gpu, gpu_dev = lock.pins(lock.HERE / "gpu.lock"), lock.pins(lock.HERE / "gpu-dev.lock")
     assert Version(gpu["torch"]).public == Version(dev["torch"]).public and "+cpu" not in gpu["torch"]
+    assert {n: v for n, v in gpu_dev.items() if n in gpu} == gpu, "gpu.lock and gpu-dev.lock differ"
 
 
 def test_the_environment_under_test_is_dev_lock():
