@@ -74,9 +74,6 @@ class QueueConfig:
     requeued this long after its last heartbeat."""
     heartbeat_seconds: Annotated[float, Field(gt=0)] = 2.5
     """How often a dispatcher renews its leases and requeues expired ones (well under lease_seconds)."""
-    progress_write_seconds: Annotated[float, Field(ge=0)] = 0.25
-    """A running job's step progress is written to the store at most this often (watchers get every
-    step pushed); stage changes, the last step and the end are always written."""
 
     def __post_init__(self) -> None:
         require(self.heartbeat_seconds * 2 < self.lease_seconds, "heartbeat_seconds",

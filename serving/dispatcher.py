@@ -12,10 +12,12 @@ upgrade). Each holds the jobs it runs with leases (see `serving.jobs.store`):
 - every write carries the lease and is refused when stale, so a job is finished once;
 - stopping (`stop()`) hands its jobs back to the queue at once, without using an attempt.
 
-Progress is pushed to watchers at every step (`ProgressSink`) and written to the store, which stays
-the truth for a late watcher and for resume, at most every `progress_write_seconds` per job; queued,
-started, stage changes and the end are always written. The stages are reached through a
-`StageClient`, so this module imports no Ray and no torch.
+Progress is pushed to watchers at every step (`ProgressSink`); the store, the truth for a late watcher
+and for resume, gets the state changes only: queued, started, each stage change (with the step it was
+reached at), the upsampling between two stages, the last step and the end. A cancel comes through the hub
+(`cancel`), or, for a job whose hub did not hear it (another cluster's front door during an upgrade),
+from the store's flag, read with every heartbeat. The stages are reached through a `StageClient`, so
+this module imports no Ray and no torch.
 """
 
 from __future__ import annotations
@@ -74,7 +76,6 @@ class _Held:
     job: Job
     lease: Lease
     task: asyncio.Task | None = None
-    written_at: float = 0.0
     written_stage: Stage | None = None
     step: int | None = None  # the last denoising step pushed: where a cancelled or failed job's record ends
     stop: _Stop | None = None  # set when the task is cancelled to let go of the job
@@ -229,6 +230,8 @@ class Dispatcher:
             if held is not None and not held.settling:
                 log.warning("job %s: lease lost (it expired and was requeued); dropping it here", jid)
                 self._let_go(held, hand_back=False)
+        for jid in await self.store.cancels_requested(still) if still else ():
+            await self.cancel(jid)  # flagged in the store, not heard through this cluster's hub
 
     async def _reap(self) -> None:
         """Requeue jobs whose lease expired, whoever held them."""
@@ -377,18 +380,16 @@ class Dispatcher:
         return dataclasses.replace(params, prompt=text)
 
     async def _progress(self, held: _Held, stage: Stage, *, milestone: bool = False, **values: Any) -> None:
-        """Push every event; write it to the store on a stage change, the last step, a `milestone` (the
-        upsampling between two stages), or once per `progress_write_seconds` (the write also says whether
-        a cancel was requested)."""
+        """Push every event; write it to the store only on a stage change, the last step, or a `milestone`
+        (the upsampling between two stages): steps travel by push (the write also says whether a cancel
+        was requested)."""
         self._push(held, stage, **values)
         if stage == Stage.DENOISING and "step" in values:
             held.step = values["step"]
-        now = time.monotonic()
         last_step = stage == Stage.DENOISING and values.get("step") == values.get("total_steps")
-        if stage == held.written_stage and not last_step and not milestone \
-                and now - held.written_at < self.config.progress_write_seconds:
+        if stage == held.written_stage and not last_step and not milestone:
             return
-        held.written_at, held.written_stage = now, stage
+        held.written_stage = stage
         if await self.store.record_progress(held.lease, stage=stage, **values):
             raise _CancelRequested()
 

@@ -13,7 +13,7 @@ import asyncio
 import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from serving.jobs import Job, JobStatus, Stage
@@ -71,6 +71,11 @@ class ProgressFeed(ABC):
     def subscribe(self, video_id: str) -> AsyncIterator[Progress]:
         """Events of `video_id` from now on; ends after a terminal one (or when the feed goes away)."""
 
+    @abstractmethod
+    async def latest(self, video_ids: Sequence[str]) -> dict[str, Progress]:
+        """The last event pushed for each of `video_ids` still running (none for the others): a running job's
+        step lives here, the store holds its stage changes (best effort: {} when the feed is unreachable)."""
+
 
 class NoProgress(ProgressSink):
     """For a dispatcher with no watchers to push to (tests, `kino run`)."""
@@ -86,8 +91,13 @@ class ProgressHub(ProgressSink, ProgressFeed):
         self.backlog = backlog
         self._watchers: dict[str, set[asyncio.Queue[Progress]]] = defaultdict(set)
         self._cancel_listeners: set[asyncio.Queue[str]] = set()
+        self._latest: dict[str, Progress] = {}  # running jobs only: a terminal event removes its job
 
     def publish(self, progress: Progress) -> None:
+        if progress.terminal:
+            self._latest.pop(progress.video_id, None)
+        else:
+            self._latest[progress.video_id] = progress
         for queue in self._watchers.get(progress.video_id, ()):
             if queue.full():  # a slow watcher misses steps, never the end
                 queue.get_nowait()
@@ -106,6 +116,9 @@ class ProgressHub(ProgressSink, ProgressFeed):
             self._watchers[video_id].discard(queue)
             if not self._watchers[video_id]:
                 del self._watchers[video_id]
+
+    async def latest(self, video_ids: Sequence[str]) -> dict[str, Progress]:
+        return {v: self._latest[v] for v in video_ids if v in self._latest}
 
     def cancel(self, video_id: str) -> None:
         for queue in self._cancel_listeners:

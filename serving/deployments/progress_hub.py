@@ -22,6 +22,9 @@ class ProgressHubDeployment:
         async for progress in self.hub.subscribe(video_id):
             yield progress
 
+    async def latest(self, video_ids: list[str]) -> dict[str, Progress]:
+        return await self.hub.latest(video_ids)
+
     async def cancel(self, video_id: str) -> None:
         self.hub.cancel(video_id)
 

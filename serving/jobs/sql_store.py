@@ -336,6 +336,13 @@ class SqlJobStore(JobStore):
                                     stage=Stage.ENCODING, lease_owner=owner, lease_generation=job.lease_generation + 1,
                                     lease_expires_at=now + lease_seconds, message="started")
 
+    def cancels_requested(self, job_ids: Collection[str]) -> set[str]:
+        if not job_ids:
+            return set()
+        with self._read() as conn:
+            return set(conn.execute(sa.select(jobs.c.id).where(jobs.c.id.in_(list(job_ids)),
+                                                                jobs.c.cancel_requested)).scalars())
+
     def renew(self, owner: str, job_ids: Collection[str], lease_seconds: float) -> set[str]:
         if not job_ids:
             return set()

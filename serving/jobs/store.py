@@ -99,6 +99,10 @@ class DispatchQueue(_Reads):
         `max_in_progress` jobs are in progress already, whoever holds them (the cluster-wide window)."""
 
     @abstractmethod
+    def cancels_requested(self, job_ids: Collection[str]) -> set[str]:
+        """Which of `job_ids` a client asked to cancel (a read: the heartbeat's fallback to the hub)."""
+
+    @abstractmethod
     def renew(self, owner: str, job_ids: Collection[str], lease_seconds: float) -> set[str]:
         """Extend `owner`'s leases on `job_ids` (the jobs it is working on); the ids it still holds. A job
         it holds but no longer works on (a lost task) is not renewed: its lease expires and it is requeued."""

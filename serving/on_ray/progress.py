@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from ray.serve.handle import DeploymentHandle
 
@@ -46,6 +46,16 @@ class ServeProgressFeed(ProgressFeed):
             log.info("progress feed for %s ended: %r", video_id, e)
         finally:
             stream.cancel()
+
+
+    async def latest(self, video_ids: Sequence[str]) -> dict[str, Progress]:
+        if not video_ids:
+            return {}
+        try:
+            return await self.hub.latest.remote(list(video_ids))
+        except Exception as e:  # noqa: BLE001 - the hub is being replaced: the store's stage-level progress remains
+            log.info("latest progress unavailable: %r", e)
+            return {}
 
 
 async def relay_cancellations(hub: DeploymentHandle, cancel: Callable[[str], Awaitable[bool]]) -> None:

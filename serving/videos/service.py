@@ -203,7 +203,24 @@ class VideoService:
             job = await self._readable(principal, video_id)
         except NotFound as e:
             raise NotFound(f"id {video_id!r} not found: no such video", field="id") from e
+        [job] = await self._live([job])
         return job if job.tenant == principal.tenant_id else _public_view(job)
+
+    async def _live(self, jobs: list[Job]) -> list[Job]:
+        """The jobs with their running ones' latest pushed step: the store holds a running job's stage
+        changes, its steps travel by push (GetVideo, ListVideos and REST retrieve show them all the same)."""
+        running = [j.id for j in jobs if j.status == JobStatus.IN_PROGRESS]
+        if not running or self.progress is None:
+            return jobs
+        latest = await self.progress.latest(running)
+        out = []
+        for job in jobs:
+            live = latest.get(job.id)
+            if live is not None and live.status == job.status and live.is_news_after(Progress.of_job(job, None, "")):
+                job = replace(job, stage=live.stage, step=live.step, total_steps=live.total_steps,
+                              progress=live.progress, eta_seconds=live.eta_seconds)
+            out.append(job)
+        return out
 
     async def list(self, principal: Principal, *, status: str | None = None, page_size: int | None = None,
                    page_token: str | None = None, after_id: str | None = None, ascending: bool = False,
@@ -213,7 +230,7 @@ class VideoService:
                                             page_size=rq.page_size(page_size, page_size_field),
                                             page_token=page_token or None, after_id=after_id or None,
                                             ascending=ascending)
-        return Page(jobs, token)
+        return Page(await self._live(jobs), token)
 
     async def list_public(self, page_size: int | None = None, page_token: str | None = None) -> Page:
         jobs, token = await self.store.list_public(page_size=rq.page_size(page_size), page_token=page_token or None)

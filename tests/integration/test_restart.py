@@ -118,7 +118,7 @@ def test_an_upgrade_two_clusters_on_one_database_then_the_old_one_killed_loses_n
         new_stub = pb_grpc.VideoServiceStub(channels[-1])
         ids = [old_stub.CreateVideo(pb.CreateVideoRequest(prompt=f"upgrade {i}", size="256x256", seconds=2.0,
                                                           steps=60, seed=i)).id for i in range(6)]
-        from serving.jobs import JobStatus, open_store
+        from serving.jobs import JobStatus, Stage, open_store
 
         store = open_store(f"sqlite:///{state / 'jobs.db'}")
         # Wait until the old cluster runs something, then delete it without warning.
@@ -126,7 +126,7 @@ def test_an_upgrade_two_clusters_on_one_database_then_the_old_one_killed_loses_n
 
         def held_by_old() -> list[str]:
             jobs = [store.get(i) for i in ids]
-            return [j.id for j in jobs if j.status == JobStatus.IN_PROGRESS and j.step >= 2
+            return [j.id for j in jobs if j.status == JobStatus.IN_PROGRESS and j.stage == Stage.DENOISING
                     and (j.lease_owner or "-").split("-")[-2] in old_dispatchers]
 
         try:

@@ -66,3 +66,35 @@ def test_a_job_finishing_as_the_watch_starts_still_ends_the_watch(tmp_path, tiny
 
     seen = asyncio.run(watch())
     assert seen[-1].status == JobStatus.CANCELLED and seen[-1].error_code == "cancelled"
+
+
+def test_get_and_list_show_a_running_jobs_pushed_step_the_store_does_not_hold(tmp_path, tiny_config):
+    """The store gets a running job's stage changes; GetVideo, ListVideos (and REST retrieve) take its step from
+    the pushed progress, and the store's record again once the job ends."""
+    import time
+
+    from serving.jobs import Stage
+    from serving.progress import Progress, ProgressHub
+
+    db = Database(f"sqlite:///{tmp_path}/jobs.db")
+    store = SqlJobStore(db)
+    params = GenerationParams(prompt="a cat", seed=1, steps=30).validated(tiny_config)
+    store.create(NewJob(id="video_1", tenant="t", model="m", priority=5, params=params_to_dict(params),
+                        request_hash="1"), max_queued=10)
+    lease = store.claim_next("d1", 30.0).lease
+    store.record_progress(lease, stage=Stage.DENOISING, step=1, total_steps=30, progress=0.05)
+    hub = ProgressHub()
+    videos = VideoService(load_config({}), store, LocalArtifactStore(tmp_path / "artifacts"), NoDispatcher(),
+                          moderator=RuleModerator([]), accounts=AccountStore(db), cameos=CameoStore(db), progress=hub)
+    who = Principal(Tenant("t", "t"))
+    hub.publish(Progress(video_id="video_1", status=JobStatus.IN_PROGRESS, stage=Stage.DENOISING, at=time.time(),
+                         step=17, total_steps=30, progress=0.55, eta_seconds=3.0))
+    got = asyncio.run(videos.get(who, "video_1"))
+    assert (got.stage, got.step, got.total_steps, got.progress, got.eta_seconds) == (Stage.DENOISING, 17, 30, 0.55, 3.0)
+    assert store.get("video_1").step == 1  # the store holds the stage change, not the step
+    [listed] = asyncio.run(videos.list(who)).jobs
+    assert listed.step == 17
+    done = store.finish(lease, JobStatus.CANCELLED, error_code="cancelled", step=18)
+    hub.publish(Progress.of_job(done, None, "cancelled"))
+    got = asyncio.run(videos.get(who, "video_1"))
+    assert (got.status, got.step) == (JobStatus.CANCELLED, 18)  # the end is the store's
