@@ -131,6 +131,9 @@ class StorageConfig:
     """The artifact directory (a shared volume on Kubernetes)."""
     download_chunk_bytes: AtLeastOne = 2**20
     """Downloads stream in chunks of this size, whatever the protocol."""
+    events_retention_days: Annotated[float, Field(gt=0)] = 30.0
+    """A finished job's progress events (job_events) are deleted this long after it ended; the job's own
+    record, its final state, stays. Dispatchers prune once an hour, a bounded batch at a time."""
 
 
 @section("auth")

@@ -49,6 +49,8 @@ from serving.stages import StageClient, StageUnavailable, attempt_id
 
 log = logging.getLogger(__name__)
 
+PRUNE_SECONDS = 3600.0  # how often a dispatcher deletes finished jobs' old progress events
+
 # Share of the progress bar each stage fills.
 _ENCODED, _DENOISE_SPAN, _DECODING = 0.03, 0.87, 0.92
 
@@ -120,9 +122,10 @@ class Dispatcher:
                  on_finished: Callable[[Job], None] | None = None, metrics: Metrics | None = None,
                  moderator: Moderator | None = None, progress: ProgressSink | None = None,
                  owner: str | None = None, window: Callable[[], int] | None = None,
-                 schedule: ScheduleConfig | None = None) -> None:
+                 schedule: ScheduleConfig | None = None, events_retention_seconds: float = 30 * 86400) -> None:
         """`window`: how many jobs the stages hold now (all dispatchers together), within `max_in_flight`;
-        `schedule`: the model's (how many steps the refine of a two-stage job takes)."""
+        `schedule`: the model's (how many steps the refine of a two-stage job takes);
+        `events_retention_seconds`: how long a finished job's progress events are kept (storage config)."""
         self.store, self.stages, self.config = AsyncView(store), stages, config
         self.moderator = moderator  # checks what the prompt enhancer writes, as the front door checked the prompt
         self.on_finished = on_finished  # e.g. tell a cameo's owner
@@ -131,6 +134,7 @@ class Dispatcher:
         self.owner = owner or dispatcher_id()
         self.window = window or (lambda: config.max_in_flight)
         self.schedule = schedule or ScheduleConfig()
+        self.events_retention_seconds = events_retention_seconds
         self._held: dict[str, _Held] = {}
         self._stopping = False
         self._wake = asyncio.Event()
@@ -158,13 +162,19 @@ class Dispatcher:
 
     async def _dispatch_forever(self) -> None:
         c = self.config
-        due = {"reap": 0.0, "counts": 0.0}
+        due = {"reap": 0.0, "counts": 0.0, "prune": 0.0}
         while True:
             try:
                 now = time.monotonic()
                 if now >= due["reap"]:
                     await self._reap()
                     due["reap"] = now + c.heartbeat_seconds
+                if now >= due["prune"]:
+                    pruned = await self.store.prune_events(time.time() - self.events_retention_seconds)
+                    due["prune"] = now + (1.0 if pruned else PRUNE_SECONDS)  # a backlog goes batch by batch
+                    if pruned:
+                        log.info("pruned %d progress events of jobs that ended over %.0f days ago", pruned,
+                                 self.events_retention_seconds / 86400)
                 await self._fill()
                 if now >= due["counts"]:
                     counts = await self.store.count_by_status(JobStatus.QUEUED, JobStatus.IN_PROGRESS)

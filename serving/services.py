@@ -104,7 +104,8 @@ def open_dispatcher(cfg: KinoConfig, stages: StageClient, metrics: Metrics, prog
             return dispatch_window(denoisers_running(), cfg.batching.max_running, cfg.queue.max_in_flight)
     return Dispatcher(SqlJobStore(db), stages, cfg.queue, on_finished=lambda job: notify_finished(cameos, job),
                       metrics=metrics, moderator=RuleModerator.from_file(cfg.moderation.rules_file),
-                      progress=progress, window=window, schedule=cfg.model.schedule)
+                      progress=progress, window=window, schedule=cfg.model.schedule,
+                      events_retention_seconds=cfg.storage.events_retention_days * 86400)
 
 
 class DenoiseStats:

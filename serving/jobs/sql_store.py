@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 from serving.db import Database, metadata
 from serving.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from serving.jobs.models import Artifact, Conditioning, Job, JobEvent, Lease, NewJob, Quota, Review, Stage, Visibility
-from serving.jobs.states import JobStatus, check_transition
+from serving.jobs.states import TERMINAL, JobStatus, check_transition
 from serving.jobs.store import JobStore, StaleLease
 
 jobs = sa.Table(
@@ -335,6 +335,18 @@ class SqlJobStore(JobStore):
             return self._set_status(conn, job, JobStatus.IN_PROGRESS, started_at=now, attempts=job.attempts + 1,
                                     stage=Stage.ENCODING, lease_owner=owner, lease_generation=job.lease_generation + 1,
                                     lease_expires_at=now + lease_seconds, message="started")
+
+    def prune_events(self, ended_before: float, limit: int = 10_000) -> int:
+        ended = sa.select(jobs.c.id).where(jobs.c.status.in_([s.value for s in TERMINAL]),
+                                           jobs.c.completed_at < ended_before)
+        old = sa.select(events.c.id).where(events.c.job_id.in_(ended)).limit(limit)
+        with self._read() as conn:
+            if conn.execute(old.limit(1)).first() is None:
+                return 0
+        with self._write() as conn:
+            ids = list(conn.execute(old).scalars())
+            conn.execute(events.delete().where(events.c.id.in_(ids)))
+            return len(ids)
 
     def cancels_requested(self, job_ids: Collection[str]) -> set[str]:
         if not job_ids:

@@ -99,6 +99,11 @@ class DispatchQueue(_Reads):
         `max_in_progress` jobs are in progress already, whoever holds them (the cluster-wide window)."""
 
     @abstractmethod
+    def prune_events(self, ended_before: float, limit: int = 10_000) -> int:
+        """Delete up to `limit` progress events of jobs that ended before `ended_before` (a time.time());
+        how many went. Only reads when there is nothing to delete."""
+
+    @abstractmethod
     def cancels_requested(self, job_ids: Collection[str]) -> set[str]:
         """Which of `job_ids` a client asked to cancel (a read: the heartbeat's fallback to the hub)."""
 

@@ -175,6 +175,23 @@ def test_an_idle_dispatch_round_takes_no_write_lock(store, monkeypatch):
     assert store.claim_next("d2", LEASE).id == queued.id
 
 
+def test_old_progress_events_of_finished_jobs_are_pruned_in_batches(store):
+    old, _ = store.create(new_job(), max_queued=10)
+    _, lease = claim(store)
+    for step in range(1, 4):
+        store.record_progress(lease, stage=Stage.DENOISING, step=step, total_steps=3)
+    store.finish(lease, JobStatus.COMPLETED, artifact=Artifact("k.mp4", 10, "ab" * 32))
+    running, _ = store.create(new_job(), max_queued=10)
+    claim(store)
+    n_old, n_running = len(store.events(old.id)), len(store.events(running.id))
+    assert store.prune_events(ended_before=time.time() - 3600) == 0  # ended too recently
+    assert store.prune_events(ended_before=time.time() + 1, limit=2) == 2  # a bounded batch
+    assert store.prune_events(ended_before=time.time() + 1) == n_old - 2
+    assert store.events(old.id) == [] and len(store.events(running.id)) == n_running  # only finished jobs
+    assert store.get(old.id).status == JobStatus.COMPLETED  # the job's own record stays
+    assert store.prune_events(ended_before=time.time() + 1) == 0
+
+
 def test_delete_only_finished_jobs_then_not_found(store):
     job, _ = store.create(new_job(key="dk"), max_queued=10)
     with pytest.raises(FailedPrecondition, match="cancel it before deleting"):
