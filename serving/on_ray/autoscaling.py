@@ -45,9 +45,12 @@ def scale_on_backlog(ctx: AutoscalingContext) -> tuple[int, dict[str, Any]]:
 
 
 class CachedCount:
-    """A count read off the Serve controller every few seconds in the background, read at once when asked."""
+    """A count read off the Serve controller every `every_seconds` in the background, read at once when asked.
+    Not more often: `serve.status()` builds the whole application's status (pydantic models, a pickled router
+    class) in the caller and in the controller, the largest share of an idle Dispatcher's CPU at 2 s; the
+    Denoiser pool changes on the autoscaler's pace (tens of seconds) anyway."""
 
-    def __init__(self, read: Callable[[], int], every_seconds: float = 2.0) -> None:
+    def __init__(self, read: Callable[[], int], every_seconds: float = 10.0) -> None:
         self.read, self.every = read, every_seconds
         self.current = 1
 
