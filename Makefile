@@ -22,7 +22,7 @@ $(STAMP): requirements/dev.lock pyproject.toml
 	$(PY) -m pip check
 	touch $(STAMP)
 
-# Rewrite requirements/{dev,runtime,gpu}.lock from pyproject.toml (needs the package index; ~15 min).
+# Rewrite requirements/*.lock from pyproject.toml (needs the package index; ~15 min).
 lock: $(STAMP)
 	$(PY) requirements/lock.py
 
@@ -43,15 +43,7 @@ test: $(STAMP)
 
 # Train the demo preset's weights on the synthetic world (training/train_demo.py) into engines/weights/demo/
 # (loss curves in out/train_demo/; about an hour on two CPU cores).
-train-# Kino's CPU image from deploy/image/Containerfile on a Debian base made here by debootstrap (deploy/image/build.sh;
-# needs root for debootstrap and podman), then the smoke test: kino --help, kino demo and kino serve in podman.
-image:
-	bash deploy/image/build.sh
-
-image-smoke: $(STAMP)
-	$(PY) deploy/image/smoke.py
-
-demo: $(STAMP)
+train-demo: $(STAMP)
 	$(PY) -m training.train_demo --report out/train_demo
 
 bench-engines: $(STAMP)
