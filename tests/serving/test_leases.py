@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from engines.params import GenerationParams, params_to_dict
-from serving.jobs import JobStatus, NewJob, open_store
+from serving.jobs import JobStatus, NewJob, Stage, open_store
 
 WORKER = Path(__file__).with_name("lease_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,6 +35,27 @@ def _wait(predicate, timeout: float, what: str):
     return value
 
 
+def _freeze_outside_a_write(pid: int, db_path: Path) -> None:
+    """SIGSTOP `pid` at a moment it holds no write transaction. SQLite has one writer: a process frozen inside
+    a write holds the whole database's lock until it runs again, and no other dispatcher (nor this test) can
+    write at all; the scenario here is a dispatcher frozen with a lease it cannot renew, not with SQLite's lock."""
+    import sqlite3
+
+    for _ in range(200):
+        os.kill(pid, signal.SIGSTOP)
+        probe = sqlite3.connect(db_path, timeout=0.2, isolation_level=None)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:  # frozen mid-write: let it finish and try again
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.02)
+        finally:
+            probe.close()
+    raise AssertionError("the dispatcher was inside a write every time it was frozen")
+
+
 def test_a_dispatcher_paused_past_its_lease_is_fenced_and_the_job_finishes_once(tmp_path, tiny_config):
     db_url, artifacts = f"sqlite:///{tmp_path}/jobs.db", tmp_path / "artifacts"
     store = open_store(db_url)
@@ -44,8 +65,8 @@ def test_a_dispatcher_paused_past_its_lease_is_fenced_and_the_job_finishes_once(
     first = _start(db_url, artifacts, "first", tmp_path / "first.log")
     second = None
     try:
-        _wait(lambda: store.get("video_1").step >= 3, 60, "the first dispatcher to start denoising")
-        os.kill(first.pid, signal.SIGSTOP)  # frozen mid-job: it holds a lease it cannot renew
+        _wait(lambda: store.get("video_1").stage == Stage.DENOISING, 60, "the first dispatcher to start denoising")
+        _freeze_outside_a_write(first.pid, tmp_path / "jobs.db")  # frozen mid-job: a lease it cannot renew
         frozen_at = store.get("video_1")
         assert frozen_at.lease_owner == "first"
         second = _start(db_url, artifacts, "second", tmp_path / "second.log")
