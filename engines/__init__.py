@@ -1,7 +1,7 @@
 """Kino's model engines: the LTX-2 stages as plain Python classes (no Ray, no gRPC, no jobs).
 
-    from engines import preset, GenerationParams, StagedPipeline
-    StagedPipeline(preset("tiny")).generate(GenerationParams(prompt="a cat"), "cat.mp4")
+    from engines import preset, GenerationRequest, StagedPipeline
+    StagedPipeline(preset("tiny")).generate(GenerationRequest(prompt="a cat"), "cat.mp4")
 
 Names are imported lazily so that light users (`engines.params`) do not pay for torch.
 """
@@ -16,6 +16,7 @@ _EXPORTS = {
     "preset": "engines.config",
     "checkpoint": "engines.config",
     "GenerationParams": "engines.params",
+    "GenerationRequest": "engines.params",
     "InvalidParameter": "engines.errors",
     "ConfigError": "engines.errors",
     "TextEncoder": "engines.text_encoder",

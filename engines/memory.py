@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from engines.denoiser import Denoiser, DenoiseRequest
-from engines.params import GenerationParams
+from engines.params import GenerationRequest
 from engines.stage_io import PromptEmbedding
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 def probe_request(denoiser: Denoiser) -> DenoiseRequest:
     """A request of the model's default size with a zero prompt: what a profile forward runs."""
     config = denoiser.config
-    params = GenerationParams(prompt="probe", seed=0, steps=2).validated(config)
+    params = GenerationRequest(prompt="probe", seed=0, steps=2).validated(config)
     width = denoiser.transformer.config.caption_channels
     zeros = np.zeros((2, config.tokenizer_max_length, width), np.float32)
     embedding = PromptEmbedding(video=zeros, audio=zeros, mask=np.ones((2, config.tokenizer_max_length), np.float32))

@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import init_empty_weights
-from diffusers.pipelines.ltx2.utils import DEFAULT_IMAGE_CRF, LTX2_5_IMAGE_CRF
 
 from engines.config import Architecture, ModelConfig
 from engines.errors import CheckpointError
+from engines.geometry import latent_geometry
 from engines.runtime import torch_dtype
 from engines.stage_io import LatentGeometry
 from engines.tokenizer import build_tokenizer
@@ -269,51 +268,8 @@ class ComponentSource:
         return module
 
     def geometry(self) -> LatentGeometry:
-        """Latent shapes, read off config-only (meta-device) instances: no weights are loaded."""
-        mods = {}
-        for name in ("vae", "audio_vae", "transformer"):
-            cls = self._class(name)
-            if self.config.checkpoint_dir is not None:
-                conf = cls.load_config(self.config.checkpoint_dir, subfolder=name, local_files_only=True)
-            else:
-                assert self.config.architecture is not None
-                conf = _architecture_configs(self.config.architecture, 0)[name]
-            with init_empty_weights():
-                mods[name] = cls.from_config(conf)
-        vae, audio_vae, tr = mods["vae"], mods["audio_vae"], mods["transformer"]
-        vocoder_rate = self._vocoder_rate()
-        return LatentGeometry(
-            spatial_compression=vae.spatial_compression_ratio,
-            temporal_compression=vae.temporal_compression_ratio,
-            latent_channels=tr.config.in_channels,
-            patch_size=tr.config.patch_size,
-            patch_size_t=tr.config.patch_size_t,
-            audio_latent_channels=audio_vae.config.latent_channels,
-            mel_bins=audio_vae.config.mel_bins,
-            mel_compression=audio_vae.mel_compression_ratio,
-            audio_temporal_compression=audio_vae.temporal_compression_ratio,
-            audio_sample_rate=audio_vae.config.sample_rate,
-            audio_hop_length=audio_vae.config.mel_hop_length,
-            audio_output_sample_rate=vocoder_rate,
-            timestep_conditioned_vae=bool(vae.config.timestep_conditioning),
-            image_crf=(LTX2_5_IMAGE_CRF if self._text_model_type() in ("gemma4", "gemma4_unified")
-                       else DEFAULT_IMAGE_CRF),
-        )
-
-    def _text_model_type(self) -> str:
-        """The text encoder's family decides the image-conditioning CRF (as diffusers does)."""
-        if self.config.checkpoint_dir is None:
-            return "gemma3"
-        conf = self.config.checkpoint_dir / "text_encoder" / "config.json"
-        return json.loads(conf.read_text()).get("model_type", "") if conf.is_file() else ""
-
-    def _vocoder_rate(self) -> int:
-        if self.config.checkpoint_dir is not None:
-            conf = json.loads((self.config.checkpoint_dir / "vocoder" / "config.json").read_text())
-            return int(conf.get("output_sampling_rate", 24000))
-        assert self.config.architecture is not None
-        return self.config.architecture.vocoder.output_sample_rate
-
+        """Latent shapes, from the config alone (engines/geometry.py): no weights, no model classes."""
+        return latent_geometry(self.config)
 
 def load_components(config: ModelConfig, names: Iterable[str] = ALL_PARTS) -> Components:
     """The named components for `config` on its device and dtype, in eval mode."""

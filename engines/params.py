@@ -7,12 +7,14 @@ import math
 import secrets
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 from engines.config import STEP_CACHE_MODES, ModelConfig, StepCacheMode
 from engines.errors import InvalidParameter
 
-# The video VAE compresses time 8x around a causal first frame: a clip has 8k+1 frames.
-TEMPORAL_COMPRESSION = 8
+# LTX-2's video VAE compresses time 8x around a causal first frame: a clip has 8k+1 frames. Jobs stored before
+# `num_frames` was recorded were generated this way.
+LTX2_TEMPORAL_COMPRESSION = 8
 
 
 def frames_for(seconds: float, fps: Fraction) -> int:
@@ -20,10 +22,11 @@ def frames_for(seconds: float, fps: Fraction) -> int:
     return max(1, round(seconds * fps))
 
 
-def model_frames_for(output_frames: int) -> int:
-    """Smallest 8k+1 frame count that covers `output_frames` (the model generates these)."""
-    k = math.ceil((output_frames - 1) / TEMPORAL_COMPRESSION)
-    return TEMPORAL_COMPRESSION * k + 1
+def model_frames_for(output_frames: int, temporal_compression: int = LTX2_TEMPORAL_COMPRESSION) -> int:
+    """Smallest tk+1 frame count that covers `output_frames` (the model generates these; t: the video VAE's
+    temporal compression)."""
+    k = math.ceil((output_frames - 1) / temporal_compression)
+    return temporal_compression * k + 1
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -45,11 +48,11 @@ def parse_fps(value: float | str | Fraction) -> Fraction:
 
 
 @dataclass(frozen=True)
-class GenerationParams:
-    """One text(+audio)-to-video request. `None` means "the model's default".
+class GenerationRequest:
+    """One text(+audio)-to-video request as asked, from any door. `None` means "the model's default".
 
-    Call `validated(config)` to get a copy with defaults filled in and every field checked;
-    the engines accept only validated params.
+    `validated(config)` fills the defaults and checks every field in one pass, returning `GenerationParams`:
+    the only type the engines, the job store and the stages take.
     """
 
     prompt: str
@@ -70,30 +73,8 @@ class GenerationParams:
     # None: as model.two_stage says for the size.
     two_stage: bool | None = None
 
-    @property
-    def size(self) -> str:
-        """"WIDTHxHEIGHT", as the APIs write it."""
-        return f"{self.width}x{self.height}"
-
-    @property
-    def output_frames(self) -> int:
-        """Frames in the delivered MP4."""
-        assert self.seconds is not None and self.fps is not None, "validate first"
-        return frames_for(self.seconds, self.fps)
-
-    @property
-    def num_frames(self) -> int:
-        """Frames the model generates (8k+1, >= output_frames)."""
-        return model_frames_for(self.output_frames)
-
-    @property
-    def use_cfg(self) -> bool:
-        """Classifier-free guidance needs an unconditional pass (like LTX2Pipeline's rule)."""
-        assert self.guidance_scale is not None and self.audio_guidance_scale is not None
-        return self.guidance_scale > 1.0 or self.audio_guidance_scale > 1.0
-
     def validated(self, config: ModelConfig) -> GenerationParams:
-        """Fill defaults from `config`, then check every field; raises `InvalidParameter`."""
+        """Fill defaults from `config`, then check every field; raises `InvalidParameter` naming it."""
         d, lim = config.defaults, config.limits
         p = dataclasses.replace(
             self,
@@ -142,15 +123,79 @@ class GenerationParams:
             _check_float(name, getattr(p, name), *lim.rescale_range)
         if p.cache not in STEP_CACHE_MODES:
             raise InvalidParameter("cache", p.cache, "one of " + ", ".join(STEP_CACHE_MODES))
-        p = dataclasses.replace(p, two_stage=_two_stage(p, config))
+        two_stage = _two_stage(p, config)
         if p.enhance_prompt is not False and not (p.enhance_prompt is True and config.enhancer.enabled):
             raise InvalidParameter("enhance_prompt", p.enhance_prompt,
                                    "false: this model has no prompt enhancer (model.enhancer.enabled is false)"
                                    if p.enhance_prompt is True else "true or false")
-        return p
+        assert p.negative_prompt is not None and p.width is not None and p.height is not None  # for the type checker
+        assert p.seconds is not None and p.fps is not None and p.seed is not None and p.steps is not None
+        return GenerationParams(
+            prompt=p.prompt, negative_prompt=p.negative_prompt, width=p.width, height=p.height,
+            seconds=float(p.seconds), fps=p.fps, seed=p.seed, steps=p.steps, guidance_scale=float(p.guidance_scale),
+            audio_guidance_scale=float(p.audio_guidance_scale), guidance_rescale=float(p.guidance_rescale),
+            audio_guidance_rescale=float(p.audio_guidance_rescale), enhance_prompt=p.enhance_prompt,
+            cache=p.cache, two_stage=two_stage,
+            num_frames=model_frames_for(frames_for(p.seconds, p.fps), _temporal_compression(config)))
 
 
-def _two_stage(p: GenerationParams, config: ModelConfig) -> bool:
+@dataclass(frozen=True)
+class GenerationParams:
+    """A validated request: every field set and within the model's limits (`GenerationRequest.validated`).
+
+    `num_frames` is what the model generates for `seconds` at `fps`: the smallest count of the video VAE's
+    causal layout (tk+1 frames, t its temporal compression) that covers the delivered frames.
+    """
+
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    seconds: float
+    fps: Fraction
+    seed: int
+    steps: int
+    guidance_scale: float
+    audio_guidance_scale: float
+    guidance_rescale: float
+    audio_guidance_rescale: float
+    enhance_prompt: bool
+    cache: StepCacheMode
+    two_stage: bool
+    num_frames: int
+
+    @property
+    def size(self) -> str:
+        """"WIDTHxHEIGHT", as the APIs write it."""
+        return f"{self.width}x{self.height}"
+
+    @property
+    def output_frames(self) -> int:
+        """Frames in the delivered MP4."""
+        return frames_for(self.seconds, self.fps)
+
+    @property
+    def use_cfg(self) -> bool:
+        """Classifier-free guidance needs an unconditional pass (like LTX2Pipeline's rule)."""
+        return self.guidance_scale > 1.0 or self.audio_guidance_scale > 1.0
+
+    def as_request(self, **changes: Any) -> GenerationRequest:
+        """These values as a request again, with `changes` (e.g. a remix's new prompt and seed), to validate anew."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(GenerationRequest)}
+        return GenerationRequest(**{**values, **changes})
+
+    def validated(self, config: ModelConfig) -> GenerationParams:
+        """Checked again against `config` (another model, or after a change of duration or size)."""
+        return self.as_request().validated(config)
+
+
+def _temporal_compression(config: ModelConfig) -> int:
+    from engines.geometry import latent_geometry  # (it reads a checkpoint's config files: cached per model)
+
+    return latent_geometry(config).temporal_compression
+
+
+def _two_stage(p: GenerationRequest, config: ModelConfig) -> bool:
     """Whether `p` runs in two stages: as asked, else by model.two_stage.min_pixels; an explicit ask is
     checked (the model has an upsampler; half of each side is still a valid side)."""
     lim, asked = config.limits, p.two_stage
@@ -165,7 +210,7 @@ def _two_stage(p: GenerationParams, config: ModelConfig) -> bool:
         raise InvalidParameter("two_stage", asked, "false: this model has no latent upsampler (a "
                                                    "latent_upsampler/ folder in its checkpoint)")
     if asked and not half_fits:
-        raise InvalidParameter("size", p.size, f"with two_stage, width and height multiples of "
+        raise InvalidParameter("size", f"{p.width}x{p.height}", f"with two_stage, width and height multiples of "
                                                f"{2 * lim.side_multiple} and at least {2 * lim.min_side} "
                                                "(stage 1 runs at half of each)")
     return asked
@@ -198,12 +243,14 @@ def _check_float(field: str, value: object, lo: float, hi: float) -> None:
 def params_to_dict(params: GenerationParams) -> dict:
     """JSON-able form (fps as "num/den"), for job stores and logs."""
     d = dataclasses.asdict(params)
-    d["fps"] = None if params.fps is None else f"{params.fps.numerator}/{params.fps.denominator}"
+    d["fps"] = f"{params.fps.numerator}/{params.fps.denominator}"
     return d
 
 
 def params_from_dict(data: dict) -> GenerationParams:
+    """The validated params `params_to_dict` wrote (a job's record)."""
     d = dict(data)
-    if d.get("fps") is not None:
-        d["fps"] = Fraction(d["fps"])
+    d["fps"] = Fraction(d["fps"])
+    if "num_frames" not in d:  # recorded before it was a field: LTX-2's layout
+        d["num_frames"] = model_frames_for(frames_for(d["seconds"], d["fps"]))
     return GenerationParams(**d)

@@ -1,7 +1,10 @@
-"""The three stage engines chained in one process.
+"""The three stage engines chained in one process: the reference chain.
 
-The cluster runs these same engines as separate Serve deployments; this in-process chain
-serves the `kino run` command, the correctness tests and the engine benchmarks.
+The engines live here together, loaded once (`kino run` and the tests take them from here). The
+lock-step `denoise` below is the reference the equivalence and parallelism tests and the engine
+benchmarks compare against: it has no scheduler, token budget or OOM split. Serving, `kino run`
+included, drives the engines through one driver: the Denoiser's `DenoiseLoop` under the dispatcher
+(serving/local_engine.py in one process, the Serve deployments in a cluster).
 """
 
 from __future__ import annotations

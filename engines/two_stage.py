@@ -37,7 +37,3 @@ def stage_two(params: GenerationParams, schedule: ScheduleConfig) -> GenerationP
                                audio_guidance_scale=1.0, guidance_rescale=0.0, audio_guidance_rescale=0.0,
                                cache="off", two_stage=False)
 
-
-def stage_steps(params: GenerationParams, schedule: ScheduleConfig) -> tuple[int, int]:
-    """(stage-1 steps, stage-2 steps) of a two-stage request."""
-    return params.steps or 0, len(schedule.refine_sigmas)

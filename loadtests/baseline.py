@@ -46,9 +46,9 @@ class NaiveLTX2:
     def _generate(self, request: dict[str, Any]) -> bytes:
         from diffusers.utils import encode_video
 
-        from engines.params import GenerationParams
+        from engines.params import GenerationRequest
 
-        p = GenerationParams(prompt=request["prompt"], width=request["width"], height=request["height"],
+        p = GenerationRequest(prompt=request["prompt"], width=request["width"], height=request["height"],
                              seconds=request["seconds"], seed=request["seed"],
                              steps=request.get("steps")).validated(self.config)
         out = self.pipe(prompt=p.prompt, negative_prompt=p.negative_prompt, height=p.height, width=p.width,

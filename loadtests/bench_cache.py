@@ -29,7 +29,7 @@ import torch
 
 from engines.config import ModelConfig, preset
 from engines.denoiser import DenoisedLatents, Denoiser, DenoiseRequest
-from engines.params import GenerationParams
+from engines.params import GenerationParams, GenerationRequest
 from engines.stage_io import PromptEmbedding, PromptPair
 from engines.staged_pipeline import StagedPipeline
 from loadtests.quality import psnr, snr, ssim_luma
@@ -111,7 +111,7 @@ def main() -> None:
     config = preset(args.preset, dit_backend=args.dit_backend)
     pipe = StagedPipeline(config)
     policies = [make_policy(s, config, pipe) for s in ["off", *args.policies.split(",")]]
-    requests = [(f"p{i}-s{seed}", GenerationParams(prompt=PROMPTS[i], seed=seed, steps=args.steps).validated(config))
+    requests = [(f"p{i}-s{seed}", GenerationRequest(prompt=PROMPTS[i], seed=seed, steps=args.steps).validated(config))
                 for i in range(args.prompts) for seed in range(args.seeds)]
     embeddings = pipe.text_encoder.encode([PromptPair(p.prompt, p.negative_prompt) for _, p in requests])
     work = [(rid, p, emb) for (rid, p), emb in zip(requests, embeddings, strict=True)]

@@ -25,7 +25,7 @@ from engines.config import preset
 from engines.decoder import frames_to_uint8
 from engines.denoiser import DenoiseRequest
 from engines.mp4 import write_mp4
-from engines.params import GenerationParams
+from engines.params import GenerationParams, GenerationRequest
 from engines.stage_io import PromptPair
 from engines.staged_pipeline import StagedPipeline
 
@@ -122,7 +122,7 @@ def bench_step_batching(pipe: StagedPipeline, sizes: list[int], steps: int) -> d
     embs = pipe.text_encoder.encode([PromptPair(t) for t in prompts])
     rates = {}
     for b in sizes:
-        states = [pipe.denoiser.prepare(DenoiseRequest(f"r{i}", GenerationParams(
+        states = [pipe.denoiser.prepare(DenoiseRequest(f"r{i}", GenerationRequest(
             prompt=prompts[i], seed=i, steps=steps + 1, width=256, height=256, seconds=33 / 24,
         ).validated(pipe.config), embs[i])) for i in range(b)]
         pipe.denoiser.step(states)  # warm-up at this batch size
@@ -154,7 +154,7 @@ def main() -> None:
     print("## Engine benchmark (`python -m loadtests.bench_engines`)")
     print(f"\nCPU threads per engine: {pipes['tiny'].config.num_threads}; cores: {os.cpu_count()}")
     for name, pipe in pipes.items():
-        params = GenerationParams(prompt=prompt, seed=1, width=256, height=256, seconds=33 / 24)
+        params = GenerationRequest(prompt=prompt, seed=1, width=256, height=256, seconds=33 / 24)
         d = pipe.config.defaults
         _print_stages(f"{name}: 256x256, 33 frames + audio, {d.steps} steps, CFG",
                       bench_stages(pipe, params, args.repeats))
@@ -169,7 +169,7 @@ def main() -> None:
 
     if not args.skip_largest:
         pipe = pipes["tiny"]
-        p = GenerationParams(prompt=prompt, seed=1, width=1920, height=1088, seconds=20.0, steps=1,
+        p = GenerationRequest(prompt=prompt, seed=1, width=1920, height=1088, seconds=20.0, steps=1,
                              guidance_scale=1.0, audio_guidance_scale=1.0)
         out = Path(tempfile.mkdtemp(prefix="kino-bench-")) / "largest.mp4"
         t = time.perf_counter()

@@ -34,7 +34,7 @@ from engines.config import preset
 from engines.decoder import Decoder
 from engines.model_loader import ALL_PARTS, DECODER_PARTS, ComponentSource
 from engines.parallel import ParallelBackend, ParallelUnitRunner
-from engines.params import GenerationParams
+from engines.params import GenerationRequest
 from engines.stage_io import DenoisedLatents, LatentShape
 from engines.staged_pipeline import StagedPipeline, StageTimes
 from loadtests.parallel_world import World
@@ -85,7 +85,7 @@ def _measure(case: Case, run: Callable[[], tuple[float, float]], pids: list[int]
 def bench_denoise(repeats: int) -> list[Case]:
     config = preset("small")
     components = ComponentSource(config).load(ALL_PARTS)
-    params = GenerationParams(prompt="a lighthouse at dusk, waves", seed=1).validated(config)
+    params = GenerationRequest(prompt="a lighthouse at dusk, waves", seed=1).validated(config)
     assert params.use_cfg
     world = World(2, "small")
     eager = StagedPipeline(config, components)
@@ -124,7 +124,7 @@ def bench_denoise(repeats: int) -> list[Case]:
 def bench_decode(repeats: int, seconds: float) -> list[Case]:
     config = preset("tiny")
     components = ComponentSource(config).load(DECODER_PARTS)
-    params = GenerationParams(prompt="x", seed=1, width=1920, height=1088, seconds=seconds, steps=1).validated(config)
+    params = GenerationRequest(prompt="x", seed=1, width=1920, height=1088, seconds=seconds, steps=1).validated(config)
     one = Decoder(config, components)
     shape = LatentShape.for_params(params, one.geometry)
     g = one.geometry

@@ -26,7 +26,7 @@ import torch
 from engines.config import preset
 from engines.denoiser import Denoiser, DenoiseRequest, DenoiseState
 from engines.model_loader import load_components
-from engines.params import GenerationParams
+from engines.params import GenerationRequest
 from engines.stage_io import DenoisedLatents, PromptPair
 from engines.staged_pipeline import StagedPipeline
 from loadtests.bench_cache import PROMPTS
@@ -63,7 +63,7 @@ def main() -> None:
         denoisers[name] = Denoiser(config.replace(dit_backend=name), own, pipe.denoiser.geometry)
         if denoisers[name].backend.name != name:
             raise SystemExit(f"{name} is unavailable here (it fell back to {denoisers[name].backend.name})")
-    requests = [(f"r{i}", GenerationParams(prompt=PROMPTS[i % len(PROMPTS)], seed=i).validated(config))
+    requests = [(f"r{i}", GenerationRequest(prompt=PROMPTS[i % len(PROMPTS)], seed=i).validated(config))
                 for i in range(args.requests)]
     embeddings = pipe.text_encoder.encode([PromptPair(p.prompt, p.negative_prompt) for _, p in requests])
 

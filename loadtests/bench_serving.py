@@ -96,7 +96,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="kino-bench-serving-"))
 
     from engines.config import preset as model_preset
-    from engines.params import GenerationParams
+    from engines.params import GenerationRequest
     from engines.staged_pipeline import StagedPipeline
 
     print("## Serving benchmark (`python -m loadtests.bench_serving`)\n")
@@ -107,7 +107,7 @@ def main() -> None:
             size, seconds = SIZES[preset]
             w, h = (int(x) for x in size.split("x"))
             pipe = StagedPipeline(model_preset(preset))
-            params = GenerationParams(prompt="a robot dancing on the beach", seed=1, width=w, height=h,
+            params = GenerationRequest(prompt="a robot dancing on the beach", seed=1, width=w, height=h,
                                       seconds=seconds)
             pipe.generate(params, tmp / "warm.mp4")
             local = []

@@ -37,7 +37,7 @@ import PIL.Image
 
 from engines.config import preset
 from engines.mp4 import Waveform, write_mp4
-from engines.params import GenerationParams, params_to_dict
+from engines.params import GenerationRequest, params_to_dict
 from engines.staged_pipeline import StagedPipeline
 from engines.watermark import WatermarkConfig
 from serving.artifacts import LocalArtifactStore
@@ -76,7 +76,7 @@ class ServingPath:
         self.store.close()
 
     def submit(self, name: str, prompt: str, seed: int, conditioning: Conditioning = Conditioning()) -> str:
-        params = GenerationParams(prompt=prompt, seed=seed).validated(self.staged.config)
+        params = GenerationRequest(prompt=prompt, seed=seed).validated(self.staged.config)
         job, _ = self.store.create(NewJob(id=f"video_{name}", tenant="truth", model=self.staged.config.model_id,
                                           priority=5, params=params_to_dict(params), request_hash=name,
                                           conditioning=conditioning), max_queued=100_000)

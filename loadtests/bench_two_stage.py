@@ -83,11 +83,11 @@ def _case(name: str, common: list[str], repeats: int, tmp: Path) -> tuple[Arm, A
 def _small_case(repeats: int) -> list[str]:
     """In this process (one engine, both arms), timing each denoise in wall and in CPU seconds."""
     from engines.config import preset
-    from engines.params import GenerationParams
+    from engines.params import GenerationRequest
     from engines.staged_pipeline import StagedPipeline
 
     pipe = StagedPipeline(preset("small"))
-    base = GenerationParams(prompt="a lighthouse at dusk, waves on the rocks", width=512, height=512,
+    base = GenerationRequest(prompt="a lighthouse at dusk, waves on the rocks", width=512, height=512,
                             seconds=33 / 24, steps=40, seed=7)
     arms = {"one stage": base, "two-stage": dataclasses.replace(base, two_stage=True)}
     wall: dict[str, list[float]] = {k: [] for k in arms}

@@ -18,7 +18,7 @@ import torch
 
 from engines.config import preset
 from engines.denoiser import DenoiseRequest
-from engines.params import GenerationParams
+from engines.params import GenerationRequest
 from engines.stage_io import PromptPair
 from engines.staged_pipeline import StagedPipeline
 
@@ -30,7 +30,7 @@ def profile(name: str, sizes: list[int], threads: int, repeats: int) -> list[dic
     rows = []
     base = None
     for b in sizes:
-        params = [GenerationParams(prompt=f"request {i}", seed=i, steps=repeats + 2, width=256, height=256,
+        params = [GenerationRequest(prompt=f"request {i}", seed=i, steps=repeats + 2, width=256, height=256,
                                    seconds=33 / 24).validated(pipe.config) for i in range(b)]
         embs = pipe.text_encoder.encode([PromptPair(p.prompt) for p in params])
         states = [d.prepare(DenoiseRequest(f"r{i}", p, e)) for i, (p, e) in enumerate(zip(params, embs, strict=True))]

@@ -5,7 +5,7 @@ boundary the `StepScheduler` picks the requests that share the next batched forw
 
     loop = DenoiseLoop(engine, scheduler, metrics)
     async for item in loop.denoise(request, priority):   # add + stream + remove
-        ...  # a DenoiseEvent per step, then LATENTS_FOLLOW, then the DenoisedLatents (the last item)
+        ...  # a DenoiseEvent per step, then Denoised(DenoisedLatents) (the last item)
 
 The pieces, for callers (and tests) that drive it by hand:
 - `add(request, priority)`: prepare the request's state (its own noise and schedule) and queue it;
@@ -33,18 +33,20 @@ import logging
 import time
 from collections.abc import AsyncIterator, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol, Union
 
 from engines.errors import InvalidParameter, OutOfMemory
 from serving.metrics import Metrics, NoMetrics
 from serving.scheduler import Batch, StepScheduler
-from serving.stages import LATENTS_FOLLOW, DenoiseEvent, LatentsFollow, job_of
+from serving.stages import Denoised, DenoiseEvent, job_of
 
 if TYPE_CHECKING:
     from engines.denoiser import DenoiseRequest, DenoiseState
     from engines.stage_io import DenoisedLatents
 
 log = logging.getLogger(__name__)
+
+LoopItem = Union[DenoiseEvent, Denoised["DenoisedLatents"]]  # what one request's stream yields
 
 
 class DenoiseEngine(Protocol):
@@ -70,7 +72,7 @@ class BatchMeasure:
 class _Running:
     request: DenoiseRequest
     state: DenoiseState
-    inbox: asyncio.Queue = field(default_factory=asyncio.Queue)  # events, the latents, or an exception
+    inbox: asyncio.Queue = field(default_factory=asyncio.Queue)  # LoopItems, or an exception
 
 
 def tokens_of(state: DenoiseState) -> int:
@@ -91,7 +93,7 @@ class DenoiseLoop:
         self._task: asyncio.Task | None = None
 
     # -- requests come and go -----------------------------------------------------------------
-    async def denoise(self, request: DenoiseRequest, priority: int) -> AsyncIterator[Any]:
+    async def denoise(self, request: DenoiseRequest, priority: int) -> AsyncIterator[LoopItem]:
         """Add `request`, yield what it produces, and free its slot however the caller leaves."""
         self.start()
         self.add(request, priority)
@@ -119,14 +121,14 @@ class DenoiseLoop:
         self.scheduler.add(request.request_id, state.shape, priority, tokens)
         self._wake.set()
 
-    async def stream(self, request_id: str) -> AsyncIterator[Any]:
+    async def stream(self, request_id: str) -> AsyncIterator[LoopItem]:
         inbox = self._requests[request_id].inbox
         while True:
             item = await inbox.get()
             if isinstance(item, BaseException):
                 raise item
             yield item
-            if not isinstance(item, DenoiseEvent | LatentsFollow):  # the latents: always the last item
+            if isinstance(item, Denoised):  # always the last item
                 return
 
     def remove(self, request_id: str) -> None:
@@ -205,8 +207,7 @@ class DenoiseLoop:
             running.inbox.put_nowait(DenoiseEvent(step=state.steps_done, total_steps=state.steps_total,
                                                   batch_size=len(states)))
             if state.done:
-                running.inbox.put_nowait(LATENTS_FOLLOW)
-                running.inbox.put_nowait(self.engine.result(state))
+                running.inbox.put_nowait(Denoised(self.engine.result(state)))
 
     def _fail(self, request_ids: Sequence[str], error: BaseException) -> None:
         for rid in request_ids:

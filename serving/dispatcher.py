@@ -45,7 +45,7 @@ from serving.metrics import Metrics, NoMetrics
 from serving.moderation import Moderator
 from serving.progress import NoProgress, Progress, ProgressSink
 from serving.provenance.claim import Claim, prompt_sha256
-from serving.stages import StageClient, StageUnavailable, attempt_id
+from serving.stages import Denoised, StageClient, StageUnavailable, attempt_id
 
 log = logging.getLogger(__name__)
 
@@ -349,7 +349,7 @@ class Dispatcher:
                                      job.priority, conditioning)
         try:
             async for ev in stream:
-                if ev.latents is not None:
+                if isinstance(ev, Denoised):
                     latents = ev.latents
                     continue
                 if run.first_step is None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from engines.geometry import latent_geometry
 from serving.accounts.service import AccountService
 from serving.accounts.store import AccountStore
 from serving.artifacts import LocalArtifactStore
@@ -32,6 +33,7 @@ from serving.videos import DispatcherLink, VideoService
 from serving.videos.capacity import DenoiseCapacity
 
 if TYPE_CHECKING:
+    from engines.denoiser import Denoiser
     from engines.parallel.world import EngineLead
 
 DENOISE_MAX_TOKENS = "denoise_max_tokens"  # what Denoiser replicas record they hold per forward
@@ -50,12 +52,10 @@ class DomainServices:
     @classmethod
     def open(cls, cfg: KinoConfig, dispatcher: DispatcherLink, metrics: Metrics,
              progress: ProgressFeed | None = None) -> DomainServices:
-        from engines.model_loader import ComponentSource  # the model's classes: torch, here and not in dispatchers
-
         db = Database(cfg.storage.database_url)
         jobs, accounts, cameo_store = SqlJobStore(db), AccountStore(db), CameoStore(db)
         artifacts = LocalArtifactStore(cfg.storage.artifacts_dir)
-        capacity = DenoiseCapacity(cfg.model, ComponentSource(cfg.model).geometry(), cfg.batching.max_tokens,
+        capacity = DenoiseCapacity(cfg.model, latent_geometry(cfg.model), cfg.batching.max_tokens,
                                    recorded=lambda: jobs.capacity(DENOISE_MAX_TOKENS))
         videos = VideoService(cfg, jobs, artifacts, dispatcher, moderator=RuleModerator.from_file(
             cfg.moderation.rules_file), accounts=accounts, cameos=cameo_store, metrics=metrics, progress=progress,
@@ -67,18 +67,20 @@ class DomainServices:
         return cls(videos, CameoService(cfg, cameo_store, jobs, artifacts, videos, dispatcher), account_service)
 
 
-def open_denoise_loop(cfg: KinoConfig, metrics: Metrics, lead: Callable[[], EngineLead] | None = None) -> DenoiseLoop:
+def open_denoise_loop(cfg: KinoConfig, metrics: Metrics, lead: Callable[[], EngineLead] | None = None,
+                      engine: Denoiser | None = None) -> DenoiseLoop:
     """A Denoiser replica's loop: the engine, its token budget (the config's, or less where the GPU's memory
     profile says so, recorded for every front door) and the scheduler. `lead`: an engine over several ranks
-    (model.parallel), called once this replica's own parts are loaded (its followers load meanwhile)."""
+    (model.parallel), called once this replica's own parts are loaded (its followers load meanwhile);
+    `engine`: one already loaded (`kino run`'s)."""
     from engines.denoiser import Denoiser
     from engines.memory import device_token_budget
     from engines.model_loader import DENOISER_PARTS, ComponentSource
 
     b = cfg.batching
-    if lead is None:
+    if engine is None and lead is None:
         engine = Denoiser(cfg.model)
-    else:
+    elif engine is None and lead is not None:
         components = ComponentSource(cfg.model).load(DENOISER_PARTS)
         engine = Denoiser(cfg.model, components, backend=lead().backend(components.transformer))
     max_tokens = min(b.max_tokens, device_token_budget(engine, b.gpu_memory_utilization) or b.max_tokens)

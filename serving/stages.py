@@ -4,10 +4,10 @@ Both sides import this module: the dispatcher (through a `StageClient`) and the 
 (the denoise loop, the renderer). Nothing here knows Ray, torch or a protocol.
 
 - `encode` and `condition` start work and return opaque references the denoiser accepts;
-- `denoise` streams one `DenoiseEvent` per step; the last event carries the latents (an opaque
-  reference for the decoder). On the wire from a Denoiser replica the stream is: one event per
-  step, then `LATENTS_FOLLOW`, then the `DenoisedLatents` as the last item (so a caller can pass
-  that item's reference to the Decoder without fetching it);
+- `denoise` streams one `DenoiseEvent` per step, then `Denoised` with the latents: the
+  `DenoisedLatents` in the Denoiser's loop, whatever handle the transport gives the dispatcher past
+  it (a reference it passes to the Decoder without fetching; how is the transport's business:
+  serving/on_ray/stages.py);
 - `upsample` starts the latent upsampler of two-stage generation on stage 1's latents (where the VAE
   runs); its opaque reference is the stage-2 request's conditioning;
 - `decode` returns the `Artifact` it put in the artifact store: the same record the job keeps.
@@ -18,15 +18,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from engines.params import GenerationParams
 from serving.artifacts import Artifact
 from serving.jobs.models import Conditioning
 from serving.provenance.claim import Claim
 
-__all__ = ["LATENTS_FOLLOW", "Artifact", "DenoiseEvent", "LatentsFollow", "StageClient", "StageUnavailable",
-           "attempt_id", "job_of"]
+__all__ = ["Artifact", "DenoiseEvent", "Denoised", "StageClient", "StageUnavailable", "attempt_id", "job_of"]
+
+L = TypeVar("L")
 
 
 class StageUnavailable(Exception):
@@ -40,15 +41,14 @@ class DenoiseEvent:
     step: int
     total_steps: int
     batch_size: int
-    latents: Any = None  # set on the last event the dispatcher sees: an opaque reference for the decoder
 
 
 @dataclass(frozen=True)
-class LatentsFollow:
-    """Marker in a Denoiser replica's stream: the next (and last) item is the finished latents."""
+class Denoised(Generic[L]):
+    """The request's last item: its finished latents (`DenoisedLatents` where the loop runs; past a transport,
+    the handle it gives the caller to pass on to the decoder)."""
 
-
-LATENTS_FOLLOW = LatentsFollow()
+    latents: L
 
 
 def attempt_id(job_id: str, generation: int, stage: int = 1) -> str:
@@ -78,13 +78,14 @@ class StageClient(ABC):
 
     @abstractmethod
     def denoise(self, request_id: str, params: GenerationParams, embedding: Any, priority: int,
-                conditioning: Any = None) -> AsyncIterator[DenoiseEvent]:
-        """One event per step; the last carries the latents. Closing the iterator cancels the request.
+                conditioning: Any = None) -> AsyncIterator[DenoiseEvent | Denoised[Any]]:
+        """One event per step, then `Denoised` with a handle of the latents the decoder and upsampler accept.
+        Closing the iterator cancels the request.
         `request_id` is `attempt_id(job, lease generation)`."""
 
     @abstractmethod
     def upsample(self, job_id: str, latents: Any) -> Any:
-        """Start upsampling stage-1 latents (a `DenoiseEvent.latents` reference) for the refine; returns an
+        """Start upsampling stage-1 latents (a `Denoised.latents` handle) for the refine; returns an
         opaque reference the denoiser accepts as conditioning."""
 
     @abstractmethod

@@ -120,3 +120,40 @@ def test_control_plane_replicas_load_no_model_libraries(module):
              " if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]", f"{module} loads {loaded.stdout.strip()}"
+
+
+def test_a_frontend_replica_loads_no_model_libraries(tmp_path):
+    """A Frontend replica checks requests against the model (sizes, the token budget of one forward) from the
+    config alone (engines/geometry.py): opening its domain and front door imports no torch or model classes."""
+    import subprocess
+    import sys
+
+    probe = f"""
+import asyncio, sys
+import serving.deployments.frontend
+from serving.config import load_config
+from serving.frontend.front_door import FrontDoor
+from serving.metrics import NoMetrics
+from serving.services import DomainServices
+from serving.videos import CreateVideo, DispatcherLink
+
+class Link(DispatcherLink):
+    async def wake(self): pass
+    async def cancel(self, job_id): pass
+
+async def main():
+    cfg = load_config({{"grpc": {{"port": 0}}, "rest": {{"port": 0}},
+                        "storage": {{"database_url": "sqlite:///{tmp_path}/jobs.db",
+                                    "artifacts_dir": "{tmp_path}/artifacts"}}}}, environ={{}})
+    services = DomainServices.open(cfg, Link(), NoMetrics())
+    door = await FrontDoor.start(cfg, services, NoMetrics())
+    job, _ = await services.videos.create(services.accounts.local_principal(), CreateVideo(prompt="a cat"))
+    await door.stop()
+    print(job.generation.num_frames, sorted(m for m in ("torch", "diffusers", "transformers", "accelerate")
+                                            if m in sys.modules))
+
+asyncio.run(main())
+"""
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.split(maxsplit=1)[1].strip() == "[]", f"a Frontend loads {loaded.stdout.strip()}"

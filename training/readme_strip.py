@@ -23,10 +23,10 @@ from training.world import EXAMPLE_PROMPT
 def generate(prompt: str, seed: int, path: Path) -> Path:
     """One video with the demo preset through the engines (`StagedPipeline.generate`)."""
     from engines.config import preset
-    from engines.params import GenerationParams
+    from engines.params import GenerationRequest
     from engines.staged_pipeline import StagedPipeline
 
-    StagedPipeline(preset("demo")).generate(GenerationParams(prompt=prompt, seed=seed), path)
+    StagedPipeline(preset("demo")).generate(GenerationRequest(prompt=prompt, seed=seed), path)
     return path
 
 

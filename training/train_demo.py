@@ -32,7 +32,7 @@ import torch
 
 from engines.config import DEMO_CHECKPOINT_DIR, preset
 from engines.model_loader import ComponentSource, save_checkpoint
-from engines.params import GenerationParams
+from engines.params import GenerationRequest
 from engines.stage_io import LatentGeometry, LatentShape
 from training.architecture import PROMPT_TOKENS, TRAINABLE, TRAINING_CONFIG, build_components, parameter_count
 from training.audio import (
@@ -55,7 +55,7 @@ from training.world import GEOMETRY, dataset, prompt_classes
 
 def latent_shape() -> tuple[LatentShape, LatentGeometry]:
     """The latent grid of one world clip, computed as the Denoiser computes it for such a request."""
-    params = GenerationParams(prompt="x", width=GEOMETRY.width, height=GEOMETRY.height, seconds=GEOMETRY.seconds,
+    params = GenerationRequest(prompt="x", width=GEOMETRY.width, height=GEOMETRY.height, seconds=GEOMETRY.seconds,
                               fps=GEOMETRY.fps).validated(TRAINING_CONFIG)
     geometry = ComponentSource(TRAINING_CONFIG).geometry()
     return LatentShape.for_params(params, geometry), geometry

@@ -18,7 +18,7 @@ from engines.backends.onnx_export import INPUTS, OUTPUTS, export_onnx, graph_inp
 from engines.config import ModelConfig
 from engines.dit_backend import BackendUnavailable, DiTBackend, DiTInputs
 from engines.model_loader import ComponentSource
-from engines.params import GenerationParams
+from engines.params import GenerationRequest
 from engines.stage_io import LatentShape
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class TensorRTSettings:
         rows = config.tensorrt.max_rows
         profiles = []
         for w, h, seconds in config.tensorrt.profiles:
-            p = GenerationParams(prompt="x", width=w, height=h, seconds=seconds).validated(config)
+            p = GenerationRequest(prompt="x", width=w, height=h, seconds=seconds).validated(config)
             s = LatentShape.for_params(p, geometry)
             profiles.append(Profile(name=f"{w}x{h}x{seconds:g}s", rows=(1, max(1, rows // 2), rows),
                                     video_tokens=(s.video_tokens,) * 3, audio_tokens=(s.audio_frames,) * 3))

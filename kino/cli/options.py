@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 from engines.config import DIT_BACKENDS, DTYPES, PRESETS, STEP_CACHE_MODES
-from engines.params import GenerationParams, parse_fps, parse_size
+from engines.params import parse_fps, parse_size
+
+if TYPE_CHECKING:
+    from serving.videos import CreateVideo
 
 
 def size_option(text: str) -> str:
@@ -48,11 +52,13 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
                         "image); default: the server's rule for the size (model.two_stage.min_pixels)")
 
 
-def params_from_args(args: argparse.Namespace) -> GenerationParams:
-    width, height = parse_size(args.size) if args.size else (None, None)
-    return GenerationParams(
-        prompt=args.prompt, negative_prompt=args.negative_prompt, width=width, height=height,
-        seconds=args.seconds, fps=args.fps, seed=args.seed, steps=args.steps,
+def request_from_args(args: argparse.Namespace) -> CreateVideo:
+    """The create request these options describe, as the front door receives it from any protocol."""
+    from serving.videos import CreateVideo
+
+    return CreateVideo(
+        prompt=args.prompt, negative_prompt=args.negative_prompt, size=args.size, seconds=args.seconds,
+        fps=str(args.fps) if args.fps is not None else None, seed=args.seed, steps=args.steps,
         guidance_scale=args.guidance_scale, audio_guidance_scale=args.audio_guidance_scale, cache=args.cache,
         two_stage=args.two_stage)
 

@@ -22,7 +22,7 @@ from serving.config import KinoConfig
 from serving.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from serving.jobs import Job, JobStatus, JobStore, Review
 from serving.videos import DispatcherLink, Page, VideoService
-from serving.videos.requests import page_size
+from serving.videos.parsing import page_size
 
 MAX_TEXT = 2000
 

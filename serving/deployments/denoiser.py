@@ -1,7 +1,7 @@
 """Denoiser deployment: one `DenoiseLoop` per replica (serving/denoise_loop.py); this file is transport.
 
-The stream a call yields: one `DenoiseEvent` per step, then `LATENTS_FOLLOW`, then the latents as
-the last item, which the caller hands to the Decoder by reference without fetching it.
+A call streams the loop's items in their wire form (serving/on_ray/stages.py `to_wire`): the latents go as
+an item of their own, which the caller hands to the Decoder by reference without fetching it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from serving.async_view import in_thread
 from serving.config import load_config
 from serving.on_ray.metrics import RayMetrics
 from serving.on_ray.parallel import RayRanks
+from serving.on_ray.stages import to_wire
 from serving.services import DenoiseStats, open_denoise_loop
 
 
@@ -32,7 +33,8 @@ class DenoiserDeployment:
 
     async def denoise(self, request_id: str, params: GenerationParams, embedding: PromptEmbedding,
                       priority: int, conditioning: VideoConditioning | None = None) -> AsyncIterator[Any]:
-        async for item in self.loop.denoise(DenoiseRequest(request_id, params, embedding, conditioning), priority):
+        async for item in to_wire(self.loop.denoise(DenoiseRequest(request_id, params, embedding, conditioning),
+                                                   priority)):
             yield item
 
     def check_health(self) -> None:

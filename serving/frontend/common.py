@@ -1,5 +1,5 @@
 """What both protocol adapters share: reading the API key off a call. Everything else they share is
-the domain itself (sizes come from `GenerationParams.size`, page limits from `serving.videos.requests`)."""
+the domain itself (sizes come from `GenerationParams.size`, page limits from `serving.videos.parsing`)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,16 @@
-"""The dispatcher's view of the stages, over Ray Serve handles."""
+"""The dispatcher's view of the stages, over Ray Serve handles, and the Denoiser's stream on the wire.
+
+A Denoiser replica's stream (`to_wire`) is one `DenoiseEvent` per step, then `LATENTS_FOLLOW`, then the
+`DenoisedLatents` as an item of its own: a top-level stream object, whose reference the caller owns and
+passes on to the Decoder without fetching it. `ServeStages.denoise` reads it back into the stage contract's
+`Denoised`, holding that reference in a one-element list (Ray resolves a top-level reference argument
+before a call; nested in a list it arrives as a reference, and the Decoder fetches it itself).
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import ray.exceptions as rex
@@ -11,18 +19,36 @@ from ray.serve.handle import DeploymentHandle
 
 from engines.errors import ParallelError
 from engines.params import GenerationParams
-from engines.stage_io import PromptPair
+from engines.stage_io import DenoisedLatents, PromptPair
 from serving.artifacts import Artifact
 from serving.jobs import Conditioning
 from serving.on_ray.compat import object_ref_stream
 from serving.provenance.claim import Claim
-from serving.stages import DenoiseEvent, LatentsFollow, StageClient, StageUnavailable
+from serving.stages import Denoised, DenoiseEvent, StageClient, StageUnavailable
 
 # Failures of a replica or of the objects it owned: retrying the job on another replica helps. A
 # ParallelError is a replica spread over several ranks that lost one (it is being replaced).
 _UNAVAILABLE = (rex.RayActorError, rex.ActorUnavailableError, rex.ObjectLostError, rex.OwnerDiedError,
                 rex.WorkerCrashedError, rex.NodeDiedError, sex.DeploymentUnavailableError,
                 sex.ReplicaUnavailableError, sex.BackPressureError, ParallelError)
+
+
+@dataclass(frozen=True)
+class LatentsFollow:
+    """Marker in a Denoiser replica's stream: the next (and last) item is the finished latents."""
+
+
+LATENTS_FOLLOW = LatentsFollow()
+
+
+async def to_wire(items: AsyncIterator[DenoiseEvent | Denoised[DenoisedLatents]]) -> AsyncIterator[Any]:
+    """A Denoiser replica's stream as it goes on the wire (see above)."""
+    async for item in items:
+        if isinstance(item, Denoised):
+            yield LATENTS_FOLLOW
+            yield item.latents
+        else:
+            yield item
 
 
 def _is_unavailable(exc: BaseException) -> bool:
@@ -62,7 +88,7 @@ class ServeStages(StageClient):
                                                     conditioning.strength)
 
     async def denoise(self, request_id: str, params: GenerationParams, embedding: Any, priority: int,
-                      conditioning: Any = None) -> AsyncIterator[DenoiseEvent]:
+                      conditioning: Any = None) -> AsyncIterator[DenoiseEvent | Denoised[Any]]:
         stream = self.denoiser.options(stream=True).denoise.remote(request_id, params, embedding, priority,
                                                                    conditioning)
         try:
@@ -73,7 +99,7 @@ class ServeStages(StageClient):
                     # Owned by this process (a top-level stream object, not a reference nested in one),
                     # kept alive by the job until the Decoder has read it.
                     latents = await items.__anext__()
-                    yield DenoiseEvent(step=params.steps, total_steps=params.steps, batch_size=0, latents=[latents])
+                    yield Denoised([latents])
                     return
                 yield item
         except Exception as e:

@@ -1,7 +1,7 @@
 """The videos domain: requests parsed into generation parameters, the service, and watching progress."""
 
 from serving.progress import Progress
-from serving.videos.requests import CreateVideo, RemixVideo
+from serving.videos.parsing import CreateVideo, RemixVideo
 from serving.videos.service import DispatcherLink, Download, Page, VideoService
 
 __all__ = ["CreateVideo", "DispatcherLink", "Download", "Page", "Progress", "RemixVideo", "VideoService"]

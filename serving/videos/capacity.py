@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from engines.config import ModelConfig
-from engines.params import GenerationParams, frames_for
+from engines.params import GenerationParams, frames_for, model_frames_for
 from engines.stage_io import LatentGeometry, LatentShape
 from serving.errors import InvalidArgument
 
@@ -55,16 +55,20 @@ class DenoiseCapacity:
     def _fits(self, params: GenerationParams, budget: int) -> bool:
         return tokens_per_forward(params, self.geometry) <= budget
 
+    def _lasting(self, params: GenerationParams, frames: int) -> GenerationParams:
+        """`params` delivering `frames` frames (and generating the frames the model's layout needs for them)."""
+        return dataclasses.replace(params, seconds=float(frames / params.fps),
+                                   num_frames=model_frames_for(frames, self.geometry.temporal_compression))
+
     def _fit_seconds(self, params: GenerationParams, budget: int) -> str:
         """The longest duration at this size that fits."""
         lim = self.model.limits
         lo, hi = frames_for(lim.min_seconds, params.fps), params.output_frames
-        if not self._fits(dataclasses.replace(params, seconds=float(lo / params.fps)), budget):
+        if not self._fits(self._lasting(params, lo), budget):
             return f"nothing at {params.size}"
         while lo < hi:  # the most frames that fit
             mid = (lo + hi + 1) // 2
-            lo, hi = (mid, hi) if self._fits(dataclasses.replace(params, seconds=float(mid / params.fps)), budget) \
-                else (lo, mid - 1)
+            lo, hi = (mid, hi) if self._fits(self._lasting(params, mid), budget) else (lo, mid - 1)
         return f"{params.size} for {math.floor(lo / params.fps * 10) / 10:g} s"
 
     def _fit_size(self, params: GenerationParams, budget: int) -> str:

@@ -1,7 +1,7 @@
 """The domain: what a client can do with videos, whatever protocol it speaks.
 
 The gRPC servicer and the REST adapter translate their messages into these calls and these
-results back; validation (serving/videos/requests.py), moderation, tenancy, consent and every
+results back; validation (serving/videos/parsing.py), moderation, tenancy, consent and every
 decision live here, once.
 
 Visibility rules: a tenant sees its own videos; another tenant's video exists for it only if
@@ -33,9 +33,9 @@ from serving.metrics import Metrics, NoMetrics
 from serving.moderation import Moderator
 from serving.progress import Progress, ProgressFeed
 from serving.provenance.claim import prompt_sha256
-from serving.videos import requests as rq
+from serving.videos import parsing as rq
 from serving.videos.capacity import DenoiseCapacity
-from serving.videos.requests import CreateVideo, RemixVideo
+from serving.videos.parsing import CreateVideo, RemixVideo
 from serving.videos.watch import follow
 
 
@@ -125,7 +125,7 @@ class VideoService:
             raise FailedPrecondition(f"video_id {req.video_id} is {parent.status.value}; only a completed video "
                                      "can be remixed", field="video_id")
         strength = rq.remix_strength(req.strength, self.config.cameos.default_remix_strength)
-        params = rq.validated(replace(parent.generation, prompt=req.prompt, negative_prompt=None, seed=req.seed,
+        params = rq.validated(parent.generation.as_request(prompt=req.prompt, negative_prompt=None, seed=req.seed,
                                       enhance_prompt=req.enhance_prompt, two_stage=False), self.model)
         if self.capacity is not None:
             await in_thread(self.capacity.check, params)

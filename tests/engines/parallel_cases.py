@@ -8,7 +8,7 @@ import torch
 
 from engines.config import ModelConfig
 from engines.denoiser import DenoiseRequest
-from engines.params import GenerationParams
+from engines.params import GenerationRequest
 from engines.stage_io import DenoisedLatents, LatentShape, PromptPair
 from engines.staged_pipeline import StagedPipeline
 
@@ -20,11 +20,11 @@ def run_batched_requests(pipe: StagedPipeline, config: ModelConfig) -> tuple[lis
     Returns the results and the number of forwards."""
     den = pipe.denoiser
     image = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
-    pa = GenerationParams(prompt="a lighthouse at dusk", seed=1, steps=4).validated(config)
-    pb = GenerationParams(prompt="rain on a window", seed=2, steps=3).validated(config)
-    pc = GenerationParams(prompt="a lighthouse at dusk", seed=3, steps=3, guidance_scale=1.0,
+    pa = GenerationRequest(prompt="a lighthouse at dusk", seed=1, steps=4).validated(config)
+    pb = GenerationRequest(prompt="rain on a window", seed=2, steps=3).validated(config)
+    pc = GenerationRequest(prompt="a lighthouse at dusk", seed=3, steps=3, guidance_scale=1.0,
                           audio_guidance_scale=1.0).validated(config)
-    pd = GenerationParams(prompt="rain on a window", seed=4, steps=2, width=96).validated(config)
+    pd = GenerationRequest(prompt="rain on a window", seed=4, steps=2, width=96).validated(config)
     assert not pc.use_cfg
     embs = pipe.text_encoder.encode([PromptPair(p.prompt) for p in (pa, pb, pc, pd)])
     a = den.prepare(DenoiseRequest("a", pa, embs[0], pipe.media.encode_image(image, pa)))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from engines.denoiser import DenoiseRequest
-from engines.params import GenerationParams
+from engines.params import GenerationRequest
 from engines.stage_io import PromptPair
 
 TOL = 1e-4
@@ -17,12 +17,12 @@ def _solo(staged, rid, p):
 
 def test_batch_of_requests_at_different_steps_equals_solo_runs(staged, tiny_config):
     params = [
-        GenerationParams(prompt="a cat on a sofa", seed=1, steps=6).validated(tiny_config),
-        GenerationParams(prompt="waves crashing", negative_prompt="noise", seed=2, steps=4,
+        GenerationRequest(prompt="a cat on a sofa", seed=1, steps=6).validated(tiny_config),
+        GenerationRequest(prompt="waves crashing", negative_prompt="noise", seed=2, steps=4,
                          guidance_scale=5.0).validated(tiny_config),
-        GenerationParams(prompt="city at night", seed=3, steps=5, guidance_scale=1.0,
+        GenerationRequest(prompt="city at night", seed=3, steps=5, guidance_scale=1.0,
                          audio_guidance_scale=1.0).validated(tiny_config),  # no CFG: one row, not two
-        GenerationParams(prompt="a choir singing", seed=4, steps=3).validated(tiny_config),
+        GenerationRequest(prompt="a choir singing", seed=4, steps=3).validated(tiny_config),
     ]
     ids = [f"r{i}" for i in range(len(params))]
     embeddings = staged.text_encoder.encode([PromptPair(p.prompt, p.negative_prompt) for p in params])
@@ -48,14 +48,14 @@ def test_batch_of_requests_at_different_steps_equals_solo_runs(staged, tiny_conf
 
 def test_requests_differ_from_each_other(staged, tiny_config):
     """Guard against a batch that silently shares state: different seeds give different latents."""
-    a = _solo(staged, "a", GenerationParams(prompt="same", seed=1).validated(tiny_config))
-    b = _solo(staged, "b", GenerationParams(prompt="same", seed=2).validated(tiny_config))
+    a = _solo(staged, "a", GenerationRequest(prompt="same", seed=1).validated(tiny_config))
+    b = _solo(staged, "b", GenerationRequest(prompt="same", seed=2).validated(tiny_config))
     assert np.abs(a.video - b.video).max() > 0.1
 
 
 def test_step_rejects_mixed_shapes_and_finished_states(staged, tiny_config):
-    p64 = GenerationParams(prompt="x", seed=1, steps=1).validated(tiny_config)
-    p96 = GenerationParams(prompt="x", seed=1, steps=1, width=96).validated(tiny_config)
+    p64 = GenerationRequest(prompt="x", seed=1, steps=1).validated(tiny_config)
+    p96 = GenerationRequest(prompt="x", seed=1, steps=1, width=96).validated(tiny_config)
     embs = staged.text_encoder.encode([PromptPair("x"), PromptPair("x")])
     s1 = staged.denoiser.prepare(DenoiseRequest("a", p64, embs[0]))
     s2 = staged.denoiser.prepare(DenoiseRequest("b", p96, embs[1]))
@@ -82,7 +82,7 @@ def test_running_out_of_device_memory_is_an_engine_error_and_leaves_the_states_a
         def forward(self, inputs):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    p = GenerationParams(prompt="a cat", seed=1, steps=2).validated(tiny_config)
+    p = GenerationRequest(prompt="a cat", seed=1, steps=2).validated(tiny_config)
     [emb] = staged.text_encoder.encode([PromptPair(p.prompt, p.negative_prompt)])
     full = Denoiser(tiny_config, staged.components, backend=NoMemory())
     state = full.prepare(DenoiseRequest("a", p, emb))

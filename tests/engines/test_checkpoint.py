@@ -7,7 +7,7 @@ import torch
 from engines.config import checkpoint
 from engines.errors import CheckpointError
 from engines.model_loader import ALL_PARTS, load_components, save_checkpoint
-from engines.params import GenerationParams
+from engines.params import GenerationRequest
 from engines.staged_pipeline import StagedPipeline
 
 
@@ -32,7 +32,7 @@ def test_checkpoint_weights_load_back_bit_identical(staged, ckpt_dir):
 def test_checkpoint_generates_the_same_latents(staged, ckpt_dir, tiny_config):
     cfg = checkpoint(ckpt_dir, num_threads=1)
     from_ckpt = StagedPipeline(cfg)
-    p = GenerationParams(prompt="a lighthouse", seed=4, steps=3).validated(tiny_config)
+    p = GenerationRequest(prompt="a lighthouse", seed=4, steps=3).validated(tiny_config)
     [a] = staged.denoise([("a", p)])
     [b] = from_ckpt.denoise([("a", p.validated(cfg))])
     assert np.array_equal(a.video, b.video) and np.array_equal(a.audio, b.audio)

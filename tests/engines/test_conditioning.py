@@ -8,7 +8,7 @@ import torch
 
 from engines.denoiser import DenoiseRequest
 from engines.media_encoder import _read_frames
-from engines.params import GenerationParams
+from engines.params import GenerationRequest
 from engines.stage_io import PromptPair
 
 TOL = 1e-4
@@ -38,7 +38,7 @@ def test_image_to_video_reproduces_ltx2_image_to_video_pipeline(staged, tiny_con
     pipe.set_progress_bar_config(disable=True)
     rng = np.random.default_rng(0)
     image = PIL.Image.fromarray(rng.integers(0, 255, (80, 112, 3), dtype=np.uint8))  # resized to the request
-    p = GenerationParams(prompt="the photo comes alive", seed=4, width=96, height=64,
+    p = GenerationRequest(prompt="the photo comes alive", seed=4, width=96, height=64,
                          seconds=1.5).validated(tiny_config)
     ref = pipe(image=image, num_inference_steps=p.steps, **_pipe_kwargs(p, tiny_config))
     cond = staged.media.encode_image(image, p)
@@ -53,8 +53,8 @@ def test_conditioned_and_plain_requests_share_a_batch(staged, tiny_config):
     """A first-frame request and a text-only one in the same forward equal their solo runs."""
     rng = np.random.default_rng(1)
     image = PIL.Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
-    p1 = GenerationParams(prompt="first", seed=1, steps=3).validated(tiny_config)
-    p2 = GenerationParams(prompt="second", seed=2, steps=3).validated(tiny_config)
+    p1 = GenerationRequest(prompt="first", seed=1, steps=3).validated(tiny_config)
+    p2 = GenerationRequest(prompt="second", seed=2, steps=3).validated(tiny_config)
     cond = staged.media.encode_image(image, p1)
     embs = staged.text_encoder.encode([PromptPair(p1.prompt), PromptPair(p2.prompt)])
     states = [staged.denoiser.prepare(DenoiseRequest("a", p1, embs[0], cond)),
@@ -68,9 +68,9 @@ def test_conditioned_and_plain_requests_share_a_batch(staged, tiny_config):
 
 @pytest.mark.parametrize("strength", [0.5, 0.8])
 def test_remix_reproduces_ltx2_pipeline_on_source_latents(staged, tiny_config, tmp_path, strength):
-    parent = GenerationParams(prompt="a red ball bouncing", seed=3, seconds=1.0, steps=6).validated(tiny_config)
+    parent = GenerationRequest(prompt="a red ball bouncing", seed=3, seconds=1.0, steps=6).validated(tiny_config)
     src = staged.generate(parent, tmp_path / "parent.mp4").path
-    p = GenerationParams(prompt="a blue ball bouncing", seed=8, seconds=1.0, steps=6).validated(tiny_config)
+    p = GenerationRequest(prompt="a blue ball bouncing", seed=8, seconds=1.0, steps=6).validated(tiny_config)
     cond = staged.media.encode_video(src, p, strength)
     [emb] = staged.text_encoder.encode([PromptPair(p.prompt)])
     state = staged.denoiser.prepare(DenoiseRequest("remix", p, emb, cond))

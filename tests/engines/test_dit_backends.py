@@ -18,7 +18,7 @@ import torch
 from engines.backends.engine_cache import EngineCache, EngineKey, Profile, weights_hash
 from engines.config import preset
 from engines.dit_backend import BackendUnavailable, DiTBackend, DiTInputs, EagerBackend, create_backend, fallback_chain
-from engines.params import GenerationParams
+from engines.params import GenerationRequest
 from engines.staged_pipeline import StagedPipeline
 
 TOL = 1e-4
@@ -176,10 +176,10 @@ def test_exported_graph_matches_eager_under_onnxruntime(staged, tiny_config, onn
     onnx_pipeline = StagedPipeline(tiny_config, staged.components, backend=ort)
     rng = np.random.default_rng(3)
     image = PIL.Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
-    requests = [("i2v", GenerationParams(prompt="a lighthouse at dusk", seed=1, steps=4).validated(tiny_config)),
-                ("plain", GenerationParams(prompt="rain", seed=2, steps=3, guidance_scale=1.0,
+    requests = [("i2v", GenerationRequest(prompt="a lighthouse at dusk", seed=1, steps=4).validated(tiny_config)),
+                ("plain", GenerationRequest(prompt="rain", seed=2, steps=3, guidance_scale=1.0,
                                            audio_guidance_scale=1.0).validated(tiny_config)),
-                ("wide", GenerationParams(prompt="a wide shot", seed=3, steps=2, width=96,
+                ("wide", GenerationRequest(prompt="a wide shot", seed=3, steps=2, width=96,
                                           seconds=1.5).validated(tiny_config))]
     conds = [staged.media.encode_image(image, requests[0][1]), None, None]
     expected = staged.denoise(requests, conditioning=conds)
@@ -227,7 +227,7 @@ def compiled(staged, tiny_config):
 def test_compiled_backend_reproduces_ltx2_pipeline(compiled, reference_pipeline, tiny_config, kw):
     from tests.engines.test_equivalence import _reference
 
-    p = GenerationParams(**kw).validated(tiny_config)
+    p = GenerationRequest(**kw).validated(tiny_config)
     ref_frames, ref_audio = _reference(reference_pipeline, tiny_config, p)
     [latents] = compiled.denoise([("r", p)])
     frames = compiled.decoder.decode_video(latents, chunked=False)

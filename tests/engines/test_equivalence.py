@@ -10,7 +10,7 @@ from fractions import Fraction
 import pytest
 import torch
 
-from engines.params import GenerationParams
+from engines.params import GenerationRequest
 
 TOL = 1e-4
 
@@ -38,7 +38,7 @@ def _reference(pipe, cfg, p):
     ids=["cfg+rescale", "non-square-5-steps", "no-cfg", "ntsc-fps"],
 )
 def test_staged_path_reproduces_ltx2_pipeline(staged, reference_pipeline, tiny_config, kw):
-    p = GenerationParams(**kw).validated(tiny_config)
+    p = GenerationRequest(**kw).validated(tiny_config)
     ref_frames, ref_audio = _reference(reference_pipeline, tiny_config, p)
     [latents] = staged.denoise([("r", p)])
     frames = staged.decoder.decode_video(latents, chunked=False)

@@ -33,12 +33,12 @@ def gpu_configs(tmp_path_factory):
 
 
 def _requests(config):
-    from engines.params import GenerationParams
+    from engines.params import GenerationRequest
 
-    return [("a", GenerationParams(prompt="a lighthouse at dusk", seed=1, steps=4).validated(config)),
-            ("b", GenerationParams(prompt="rain", seed=2, steps=3, guidance_scale=1.0,
+    return [("a", GenerationRequest(prompt="a lighthouse at dusk", seed=1, steps=4).validated(config)),
+            ("b", GenerationRequest(prompt="rain", seed=2, steps=3, guidance_scale=1.0,
                                    audio_guidance_scale=1.0).validated(config)),
-            ("c", GenerationParams(prompt="wide", seed=3, steps=2, width=96, seconds=2.0).validated(config))]
+            ("c", GenerationRequest(prompt="wide", seed=3, steps=2, width=96, seconds=2.0).validated(config))]
 
 
 # float32 engines follow eager to rounding; bf16 ones to bf16's 8 bits of mantissa over a few steps.
@@ -82,7 +82,7 @@ def test_fp8_backend_tracks_bf16_within_its_psnr_bound():
 
     from engines.config import preset
     from engines.model_loader import load_components
-    from engines.params import GenerationParams
+    from engines.params import GenerationRequest
     from engines.staged_pipeline import StagedPipeline
     from loadtests.quality import psnr
 
@@ -94,7 +94,7 @@ def test_fp8_backend_tracks_bf16_within_its_psnr_bound():
     assert fp8.denoiser.backend.name == "fp8"  # no silent fallback on an FP8 GPU
     blocks = own.transformer.transformer_blocks
     assert fp8.denoiser.backend.quantized_linears == sum(isinstance(m, torch.nn.Linear) for m in blocks.modules())
-    requests = [(f"r{seed}", GenerationParams(prompt=prompt, seed=seed).validated(config))
+    requests = [(f"r{seed}", GenerationRequest(prompt=prompt, seed=seed).validated(config))
                 for seed, prompt in enumerate(["a lighthouse at dusk", "rain on a neon street"])]
     for exact, quantized in zip(bf16.denoise(requests), fp8.denoise(requests), strict=True):
         quality = psnr(bf16.decoder.decode_video(quantized), bf16.decoder.decode_video(exact))
@@ -107,14 +107,14 @@ def test_step_cache_on_gpu_skips_and_stays_within_its_psnr_bound():
 
     from engines.config import preset
     from engines.denoiser import DenoiseRequest
-    from engines.params import GenerationParams
+    from engines.params import GenerationRequest
     from engines.stage_io import PromptPair
     from engines.staged_pipeline import StagedPipeline
     from loadtests.quality import psnr
 
     config = preset("small", device="cuda", dtype="bfloat16", dit_backend="eager")
     pipe = StagedPipeline(config)
-    requests = [(f"r{seed}", GenerationParams(prompt="a lighthouse at dusk", seed=seed).validated(config))
+    requests = [(f"r{seed}", GenerationRequest(prompt="a lighthouse at dusk", seed=seed).validated(config))
                 for seed in (1, 2)]
     off = pipe.denoise(requests)
     embeddings = pipe.text_encoder.encode([PromptPair(p.prompt, p.negative_prompt) for _, p in requests])

@@ -16,7 +16,7 @@ import torch
 
 from engines.config import preset
 from engines.model_loader import load_components
-from engines.params import GenerationParams
+from engines.params import GenerationRequest
 from engines.staged_pipeline import StagedPipeline
 from loadtests.quality import psnr, snr
 
@@ -39,7 +39,7 @@ def test_int8_quantizes_the_block_linears_and_tracks_float32(staged, int8, tiny_
     assert backend.quantized_linears == sum(isinstance(m, torch.nn.Linear) for m in blocks.modules())
     assert not any(isinstance(m, torch.nn.Linear) for m in int8.components.transformer.transformer_blocks.modules())
     for seed in (1, 2):
-        p = GenerationParams(prompt="a lighthouse at dusk", seed=seed, steps=8).validated(tiny_config)
+        p = GenerationRequest(prompt="a lighthouse at dusk", seed=seed, steps=8).validated(tiny_config)
         [exact], [quantized] = staged.denoise([("a", p)]), int8.denoise([("a", p)])
         assert LATENT_SNR_DB <= snr(quantized.video, exact.video) < math.inf
         assert LATENT_SNR_DB <= snr(quantized.audio, exact.audio) < math.inf
@@ -51,7 +51,7 @@ def test_the_step_cache_works_on_int8(staged, int8, tiny_config):
     from engines.denoiser import DenoiseRequest
     from engines.stage_io import PromptPair
 
-    p = GenerationParams(prompt="a lighthouse at dusk", seed=1, steps=8).validated(tiny_config)
+    p = GenerationRequest(prompt="a lighthouse at dusk", seed=1, steps=8).validated(tiny_config)
     [exact] = staged.denoise([("a", p)])
     [emb] = staged.text_encoder.encode([PromptPair(p.prompt, p.negative_prompt)])
     state = int8.denoiser.prepare(DenoiseRequest("a", dataclasses.replace(p, cache="balanced"), emb))

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from engines.mp4 import FADE_SECONDS, Mp4Writer, Waveform, fit_audio, probe
-from engines.params import GenerationParams
+from engines.params import GenerationRequest
 
 
 @pytest.mark.parametrize("fps, seconds", [(Fraction(24), 1.0), (Fraction(30000, 1001), 1.5), (Fraction(25), 0.5)])
 def test_generated_mp4_has_h264_and_aac_of_equal_duration(staged, tmp_path, fps, seconds):
-    result = staged.generate(GenerationParams(prompt="a bell ringing", seed=1, fps=fps, seconds=seconds),
+    result = staged.generate(GenerationRequest(prompt="a bell ringing", seed=1, fps=fps, seconds=seconds),
                              tmp_path / "out.mp4")
     info = probe(result.path)
     assert info.video_codec == "h264" and info.pix_fmt == "yuv420p"

@@ -20,7 +20,7 @@ from engines.errors import ConfigError, ParallelError
 from engines.model_loader import ALL_PARTS, ComponentSource
 from engines.parallel import ParallelBackend, ParallelLayout, ParallelUnitRunner
 from engines.parallel.decode import unit_owner
-from engines.params import GenerationParams
+from engines.params import GenerationRequest
 from engines.staged_pipeline import StagedPipeline
 from loadtests.parallel_world import EngineSpec, World
 from tests.engines.parallel_cases import assert_same_media, media, run_batched_requests, tiled_latents
@@ -75,10 +75,10 @@ def test_ulysses_refuses_a_video_it_cannot_split_and_keeps_serving(world, rank0)
     backend = ParallelBackend(components.transformer, engine.leader)
     try:
         pipe = StagedPipeline(config, components, backend=backend)
-        odd = GenerationParams(prompt="x", seed=1, steps=1, width=96, height=96, seconds=0.5).validated(config)
+        odd = GenerationRequest(prompt="x", seed=1, steps=1, width=96, height=96, seconds=0.5).validated(config)
         with pytest.raises(ConfigError, match=r"model\.parallel\.ulysses: 2 does not divide the 27 video tokens"):
             pipe.denoise([("odd", odd)])
-        even = GenerationParams(prompt="x", seed=1, steps=1).validated(config)
+        even = GenerationRequest(prompt="x", seed=1, steps=1).validated(config)
         pipe.denoise([("even", even)])  # refused before any message: the group is still in step
     finally:
         backend.close()
@@ -128,7 +128,7 @@ def test_a_dead_or_wedged_follower_fails_rank_0_within_the_timeout(world, rank0)
     timeout = 3.0
     killed, wedged = world.engines(EngineSpec(2, 1, (0, 1), timeout), EngineSpec(2, 1, (0, 2), timeout))
     pids = {1: world.processes[0].pid, 2: world.processes[1].pid}
-    params = GenerationParams(prompt="x", seed=1, steps=6).validated(config)
+    params = GenerationRequest(prompt="x", seed=1, steps=6).validated(config)
     try:
         for engine, follower, sig in ((killed, 1, signal.SIGKILL), (wedged, 2, signal.SIGSTOP)):
             backend = ParallelBackend(components.transformer, engine.leader)

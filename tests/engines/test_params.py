@@ -5,11 +5,11 @@ from fractions import Fraction
 import pytest
 
 from engines.errors import InvalidParameter
-from engines.params import GenerationParams, model_frames_for, parse_fps
+from engines.params import GenerationRequest, model_frames_for, parse_fps
 
 
 def _params(**kw):
-    return GenerationParams(**{"prompt": "a cat", **kw})
+    return GenerationRequest(**{"prompt": "a cat", **kw})
 
 
 @pytest.mark.parametrize(
@@ -115,3 +115,19 @@ def test_enhance_prompt_is_allowed_when_the_model_has_an_enhancer(tiny_config):
     cfg = tiny_config.replace(enhancer=EnhancerConfig(enabled=True))
     assert _params(enhance_prompt=True).validated(cfg).enhance_prompt is True
     assert _params().validated(cfg).enhance_prompt is False  # opt-in per request
+
+
+def test_the_frames_generated_follow_the_video_vaes_temporal_compression(tiny_config):
+    """tk+1 frames, t the VAE's own compression: LTX-2's 8 (tiny), 4 (demo); an old record keeps 8k+1."""
+    from fractions import Fraction
+
+    from engines.config import preset
+    from engines.params import params_from_dict, params_to_dict
+
+    asked = GenerationRequest(prompt="a ball", seconds=0.5, fps=Fraction(24))
+    eight, four = asked.validated(tiny_config), asked.validated(preset("demo"))
+    assert (eight.output_frames, eight.num_frames, four.num_frames) == (12, 17, 13)
+    assert params_from_dict(params_to_dict(four)) == four
+    stored = params_to_dict(four)
+    del stored["num_frames"]  # a job recorded before the field existed was generated with LTX-2's layout
+    assert params_from_dict(stored).num_frames == 17

@@ -23,7 +23,7 @@ from engines.denoiser import Denoiser, DenoiseRequest, DenoiseState
 from engines.dit_backend import EagerBackend
 from engines.errors import ConfigError, InvalidParameter
 from engines.model_loader import load_components
-from engines.params import GenerationParams
+from engines.params import GenerationParams, GenerationRequest
 from engines.stage_io import PromptPair
 from engines.step_cache import HEAD_HOOK, UnknownBlockArgument, check_block_arguments, slice_block_arguments
 from loadtests.quality import psnr
@@ -47,7 +47,7 @@ def cached(components, tiny_config):
 
 def _params(tiny_config, **kw) -> GenerationParams:
     kw = {"prompt": "a lighthouse at dusk", "seed": 1, "steps": 8, **kw}
-    return GenerationParams(**kw).validated(tiny_config)
+    return GenerationRequest(**kw).validated(tiny_config)
 
 
 def _states(staged, denoiser, params: list[GenerationParams], conditioning=None) -> list[DenoiseState]:

@@ -16,7 +16,7 @@ from diffusers.pipelines.ltx2.pipeline_ltx2_latent_upsample import LTX2LatentUps
 from engines.config import ScheduleConfig, preset
 from engines.errors import InvalidParameter
 from engines.model_loader import ALL_PARTS, ComponentSource
-from engines.params import GenerationParams
+from engines.params import GenerationParams, GenerationRequest
 from engines.staged_pipeline import StagedPipeline
 from engines.two_stage import stage_one, stage_two
 
@@ -69,7 +69,7 @@ def _diffusers_two_stage(pipe: StagedPipeline, p: GenerationParams):
                                      guidance_scale=1.0, audio_guidance_scale=1.0)],
                          ids=["cfg", "no-cfg-non-square"])
 def test_two_stage_reproduces_the_diffusers_composition(pipe, kw):
-    p = GenerationParams(**{"width": 128, "height": 128, **kw}, two_stage=True).validated(pipe.config)
+    p = GenerationRequest(**{"width": 128, "height": 128, **kw}, two_stage=True).validated(pipe.config)
     ref_frames, ref_audio = _diffusers_two_stage(pipe, p)
     steps: list[tuple[int, int]] = []
     latents = pipe.denoise_two_stage(p, on_step=lambda done, total: steps.append((done, total)))
@@ -85,7 +85,7 @@ def test_two_stage_reproduces_the_diffusers_composition(pipe, kw):
 
 def test_the_stages_of_a_request():
     config = preset("tiny")
-    p = GenerationParams(prompt="x", width=256, height=128, steps=6, seed=4, two_stage=True).validated(config)
+    p = GenerationRequest(prompt="x", width=256, height=128, steps=6, seed=4, two_stage=True).validated(config)
     one, two = stage_one(p), stage_two(p, config.schedule)
     assert (one.width, one.height, one.steps, one.guidance_scale) == (128, 64, 6, p.guidance_scale)
     assert (two.width, two.height, two.steps, two.use_cfg, two.cache) == (256, 128, 3, False, "off")
@@ -95,14 +95,14 @@ def test_the_stages_of_a_request():
 def test_two_stage_is_checked_and_defaults_by_size():
     tiny = preset("tiny")
     with pytest.raises(InvalidParameter, match=r"size=.*multiples of 64 and at least 128"):
-        GenerationParams(prompt="x", width=96, height=128, two_stage=True).validated(tiny)
+        GenerationRequest(prompt="x", width=96, height=128, two_stage=True).validated(tiny)
     with pytest.raises(InvalidParameter, match="two_stage"):
-        GenerationParams(prompt="x", two_stage="yes").validated(tiny)  # type: ignore[arg-type]
-    assert GenerationParams(prompt="x", width=1920, height=1088).validated(tiny).two_stage is False  # no threshold
+        GenerationRequest(prompt="x", two_stage="yes").validated(tiny)  # type: ignore[arg-type]
+    assert GenerationRequest(prompt="x", width=1920, height=1088).validated(tiny).two_stage is False  # no threshold
     by_size = tiny.replace(two_stage=dataclasses.replace(tiny.two_stage, min_pixels=1280 * 720))
-    assert GenerationParams(prompt="x", width=1920, height=1088).validated(by_size).two_stage is True
-    assert GenerationParams(prompt="x", width=640, height=384).validated(by_size).two_stage is False
-    assert GenerationParams(prompt="x", width=1920, height=1088, two_stage=False).validated(by_size).two_stage is False
+    assert GenerationRequest(prompt="x", width=1920, height=1088).validated(by_size).two_stage is True
+    assert GenerationRequest(prompt="x", width=640, height=384).validated(by_size).two_stage is False
+    assert GenerationRequest(prompt="x", width=1920, height=1088, two_stage=False).validated(by_size).two_stage is False
 
 
 def test_a_checkpoint_without_an_upsampler_refuses_two_stage(tmp_path):
@@ -114,7 +114,7 @@ def test_a_checkpoint_without_an_upsampler_refuses_two_stage(tmp_path):
     config = checkpoint(save_checkpoint(comps, tmp_path / "ckpt"))
     assert not config.has_latent_upsampler
     with pytest.raises(InvalidParameter, match="two_stage=True.*no latent upsampler"):
-        GenerationParams(prompt="x", width=128, height=128, two_stage=True).validated(config)
+        GenerationRequest(prompt="x", width=128, height=128, two_stage=True).validated(config)
 
 
 def test_a_fixed_schedule_from_the_checkpoint(tmp_path):
@@ -132,7 +132,7 @@ def test_a_fixed_schedule_from_the_checkpoint(tmp_path):
     assert config.schedule == ScheduleConfig(sigmas=DISTILLED_SIGMAS, refine_sigmas=(0.8, 0.4))
     assert config.defaults.steps == 8
     with pytest.raises(InvalidParameter, match=r"steps=4.*8: this model runs a fixed schedule"):
-        GenerationParams(prompt="x", steps=4).validated(config)
+        GenerationRequest(prompt="x", steps=4).validated(config)
     conf_path.write_text(json.dumps({**conf, "stage_2_sigmas": [0.4, 0.8]}))
     with pytest.raises(Exception, match=r"model\.schedule\.refine_sigmas"):
         checkpoint(path)

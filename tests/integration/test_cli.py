@@ -115,4 +115,26 @@ def test_run_in_process_moderates_marks_and_signs(tmp_path):
     assert (probe(tmp_path / "two.mp4").width, probe(tmp_path / "two.mp4").height) == (128, 128)
     refused = subprocess.run(KINO + ["run", "a gory decapitation scene", "-o", str(tmp_path / "no.mp4")],
                              capture_output=True, text=True, timeout=300, env=env)
-    assert refused.returncode == 2 and "graphic_violence" in refused.stdout and not (tmp_path / "no.mp4").exists()
+    assert refused.returncode == 2 and "FAILED_PRECONDITION" in refused.stderr and "graphic_violence" in refused.stderr
+    assert not (tmp_path / "no.mp4").exists()
+
+
+def test_run_and_serve_refuse_a_request_over_the_token_budget_alike(cluster, stub, tmp_path, capsys, monkeypatch):
+    """`kino run` drives the server's own front door, dispatcher and denoise loop (serving/local_engine.py): a
+    request no forward can hold (1080p, 20 s, 30 fps with guidance: ~311,000 latent tokens against the default
+    budget of 262,144) is refused by both with the same status and message, before any job exists."""
+    import grpc
+
+    from kino.cli.main import main
+    from kino.v1 import video_service_pb2 as pb
+
+    with pytest.raises(grpc.RpcError) as served:
+        stub.CreateVideo(pb.CreateVideoRequest(prompt="x", size="1920x1088", seconds=20, fps="30"), timeout=30)
+    assert served.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    message = served.value.details()
+    assert "(batching.max_tokens)" in message and message.startswith("size: 1920x1088 for 20 s needs")
+    out = tmp_path / "big.mp4"
+    monkeypatch.setenv("KINO_PROVENANCE__DEV_CHAIN_DIR", str(tmp_path / "credentials"))
+    assert main(["run", "x", "--size", "1920x1088", "--seconds", "20", "--fps", "30", "-o", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == f"kino: error: INVALID_ARGUMENT: {message}"
+    assert not out.exists()

@@ -21,6 +21,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
+from engines.params import GenerationRequest
 from engines.watermark import WatermarkConfig, detect
 from kino.v1 import video_service_pb2 as pb
 from kino.v1 import video_service_pb2_grpc as pb_grpc
@@ -106,9 +107,9 @@ def wasm_reader(tmp_path_factory):
 
 def _recording(staged, tmp_path) -> bytes:
     """A short video-with-audio recording (the cameo owner's selfie clip)."""
-    from engines.params import GenerationParams
+    from engines.params import GenerationRequest
 
-    path = staged.generate(GenerationParams(prompt="me, talking", seed=77, seconds=1.0), tmp_path / "me.mp4").path
+    path = staged.generate(GenerationRequest(prompt="me, talking", seed=77, seconds=1.0), tmp_path / "me.mp4").path
     return path.read_bytes()
 
 
@@ -200,9 +201,8 @@ def test_watermark_on_every_frame_and_not_on_unmarked_video(outputs, staged, tmp
         frames = _frames(data)
         hits = [detect(f)[0] for f in frames]
         assert frames and all(hits), (path, sum(hits), len(frames))
-    from engines.params import GenerationParams
 
-    plain = staged.generate(GenerationParams(prompt="unmarked", seed=5), tmp_path / "plain.mp4").path
+    plain = staged.generate(GenerationRequest(prompt="unmarked", seed=5), tmp_path / "plain.mp4").path
     assert not any(detect(f, WatermarkConfig())[0] for f in _frames(plain.read_bytes()))
 
 

@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from engines.config import preset
-from engines.params import GenerationParams, params_to_dict
+from engines.params import GenerationRequest, params_to_dict
 from kino.v1 import video_service_pb2 as pb
 from kino.v1 import video_service_pb2_grpc as pb_grpc
 from serving.accounts import Principal, Tenant
@@ -30,7 +30,7 @@ from serving.jobs import Job, JobStatus, Stage
 from serving.videos import Download, Page, Progress
 
 WHO = Principal(Tenant("acme", "acme"), user="ann")
-PARAMS = GenerationParams(prompt="a fox", width=128, height=96, seconds=2.0, fps=Fraction(24000, 1001),
+PARAMS = GenerationRequest(prompt="a fox", width=128, height=96, seconds=2.0, fps=Fraction(24000, 1001),
                           seed=7, steps=4).validated(preset("tiny"))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engines.model_loader import ComponentSource
-from engines.params import GenerationParams
+from engines.params import GenerationRequest
 from serving.errors import InvalidArgument
 from serving.videos.capacity import DenoiseCapacity, tokens_per_forward
 
@@ -16,16 +16,16 @@ def geometry(tiny_config):
 
 
 def test_the_longest_1080p_request_fits_the_default_budget(tiny_config, geometry):
-    longest = GenerationParams(prompt="x", width=1920, height=1088, seconds=20.0).validated(tiny_config)
+    longest = GenerationRequest(prompt="x", width=1920, height=1088, seconds=20.0).validated(tiny_config)
     assert 240_000 < tokens_per_forward(longest, geometry) <= 262_144
 
 
 def test_a_request_over_the_budget_is_refused_naming_what_fits(tiny_config, geometry):
     recorded = {"value": None}
     capacity = DenoiseCapacity(tiny_config, geometry, configured=4000, recorded=lambda: recorded["value"])
-    small = GenerationParams(prompt="x", width=256, height=256, seconds=1.0).validated(tiny_config)
+    small = GenerationRequest(prompt="x", width=256, height=256, seconds=1.0).validated(tiny_config)
     capacity.check(small)  # 2 x (3 x 8 x 8 + 25) = 434 tokens
-    big = GenerationParams(prompt="x", width=1024, height=576, seconds=4.0).validated(tiny_config)
+    big = GenerationRequest(prompt="x", width=1024, height=576, seconds=4.0).validated(tiny_config)
     with pytest.raises(InvalidArgument) as err:
         capacity.check(big)
     message = str(err.value)
@@ -34,9 +34,9 @@ def test_a_request_over_the_budget_is_refused_naming_what_fits(tiny_config, geom
     fit_seconds = float(message.split("1024x576 for ")[2].split(" s")[0])
     fit_size = message.rsplit(" or ", 1)[1].split(" for ")[0]
     w, h = (int(v) for v in fit_size.split("x"))
-    assert tokens_per_forward(GenerationParams(prompt="x", width=1024, height=576, seconds=fit_seconds)
+    assert tokens_per_forward(GenerationRequest(prompt="x", width=1024, height=576, seconds=fit_seconds)
                               .validated(tiny_config), geometry) <= 4000
-    assert tokens_per_forward(GenerationParams(prompt="x", width=w, height=h, seconds=4.0).validated(tiny_config),
+    assert tokens_per_forward(GenerationRequest(prompt="x", width=w, height=h, seconds=4.0).validated(tiny_config),
                               geometry) <= 4000 and w < 1024 and h < 576
     recorded["value"] = 10**6  # a replica recorded a bigger budget (read again after the refresh interval)
     capacity._read_at = float("-inf")

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 
 from engines.denoiser import DenoiseRequest
-from engines.params import GenerationParams
+from engines.params import GenerationRequest
 from engines.stage_io import DenoisedLatents, PromptPair
 from serving.denoise_loop import DenoiseLoop
 from serving.scheduler import StepScheduler
-from serving.stages import DenoiseEvent, LatentsFollow
+from serving.stages import Denoised, DenoiseEvent
 
 
 def _request(staged, config, rid: str, *, steps: int = 3, seed: int = 1, size: int = 64) -> DenoiseRequest:
-    p = GenerationParams(prompt=f"prompt {rid}", seed=seed, steps=steps, width=size, height=size).validated(config)
+    p = GenerationRequest(prompt=f"prompt {rid}", seed=seed, steps=steps, width=size, height=size).validated(config)
     [emb] = staged.text_encoder.encode([PromptPair(p.prompt, p.negative_prompt)])
     return DenoiseRequest(rid, p, emb)
 
@@ -51,12 +51,12 @@ def test_stream_is_one_event_per_step_then_the_latents_last_equal_to_a_solo_run(
     assert batches == [("a", "b"), ("a", "b"), ("a",)]  # b finished first and left the batch
     for rid, steps in (("a", 3), ("b", 2)):
         items = got[rid]
-        assert [e.step for e in items[:-2]] == list(range(1, steps + 1))
-        assert all(isinstance(e, DenoiseEvent) and e.total_steps == steps for e in items[:-2])
-        assert isinstance(items[-2], LatentsFollow) and isinstance(items[-1], DenoisedLatents)
+        assert [e.step for e in items[:-1]] == list(range(1, steps + 1))
+        assert all(isinstance(e, DenoiseEvent) and e.total_steps == steps for e in items[:-1])
+        assert isinstance(items[-1], Denoised) and isinstance(items[-1].latents, DenoisedLatents)
     [solo] = staged.denoise([("a", a.params)])
-    np.testing.assert_allclose(got["a"][-1].video, solo.video, atol=1e-4)
-    np.testing.assert_allclose(got["a"][-1].audio, solo.audio, atol=1e-4)
+    np.testing.assert_allclose(got["a"][-1].latents.video, solo.video, atol=1e-4)
+    np.testing.assert_allclose(got["a"][-1].latents.audio, solo.audio, atol=1e-4)
 
 
 def test_a_cancel_between_steps_removes_the_request_before_the_next_step(staged, tiny_config):
@@ -107,7 +107,7 @@ def test_a_failing_step_fails_only_its_requests(staged, tiny_config):
         return good, await readers
 
     good, (good_end, bad_end) = asyncio.run(main())
-    assert good_end is None and isinstance(good[-1], DenoisedLatents)
+    assert good_end is None and isinstance(good[-1], Denoised)
     assert isinstance(bad_end, RuntimeError) and "injected" in str(bad_end)
 
 
@@ -135,7 +135,7 @@ def test_denoise_runs_the_loop_by_itself_and_frees_the_slot_when_the_caller_leav
         return whole, first, "b" in loop, loop.scheduler.num_running + loop.scheduler.num_waiting
 
     whole, first, still_there, scheduled = asyncio.run(main())
-    assert isinstance(whole[-1], DenoisedLatents) and [e.step for e in whole[:2]] == [1, 2]
+    assert isinstance(whole[-1], Denoised) and [e.step for e in whole[:2]] == [1, 2]
     assert first.step == 1 and not still_there and scheduled == 0
 
 
@@ -188,7 +188,7 @@ def test_out_of_memory_retries_each_request_alone_and_fails_only_one_that_never_
 
     got, ends, forwards = asyncio.run(main())
     assert isinstance(ends[3], OutOfMemory)  # "huge" does not fit even alone
-    assert all(e is None and isinstance(got[r][-1], DenoisedLatents) for r, e in zip("abc", ends[:3], strict=True))
+    assert all(e is None and isinstance(got[r][-1], Denoised) for r, e in zip("abc", ends[:3], strict=True))
     assert 3 in forwards and forwards.count(1) >= 6  # tried together, then one at a time
 
 

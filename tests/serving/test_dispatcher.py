@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from engines.params import GenerationParams, params_to_dict
+from engines.params import GenerationParams, GenerationRequest, params_to_dict
 from engines.watermark import WatermarkConfig
 from serving.artifacts import LocalArtifactStore
 from serving.config import ProvenanceConfig, QueueConfig
@@ -53,7 +53,7 @@ def setup(tmp_path, staged, tiny_config):
     artifacts = LocalArtifactStore(tmp_path / "artifacts")
 
     def add(i: int, steps: int = 3) -> str:
-        p = GenerationParams(prompt=f"job {i}", seed=i, steps=steps).validated(tiny_config)
+        p = GenerationRequest(prompt=f"job {i}", seed=i, steps=steps).validated(tiny_config)
         job, _ = store.create(NewJob(id=f"video_{i}", tenant="t", model="m", priority=5,
                                      params=params_to_dict(p), request_hash=str(i)), max_queued=100)
         return job.id
@@ -192,7 +192,7 @@ def _add_enhanced(store, tiny_config, prompt="a cat"):
     from engines.config import EnhancerConfig
 
     cfg = tiny_config.replace(enhancer=EnhancerConfig(enabled=True))
-    p = GenerationParams(prompt=prompt, seed=1, steps=2, enhance_prompt=True).validated(cfg)
+    p = GenerationRequest(prompt=prompt, seed=1, steps=2, enhance_prompt=True).validated(cfg)
     job, _ = store.create(NewJob(id="video_enh", tenant="t", model="m", priority=5, params=params_to_dict(p),
                                  request_hash="e"), max_queued=10)
     return job.id
@@ -352,7 +352,7 @@ class SlowUpsampling(InProcessStages):
 
 
 def _two_stage_job(store, tiny_config, steps: int) -> str:
-    p = GenerationParams(prompt="two stages", seed=1, steps=steps, width=128, height=128,
+    p = GenerationRequest(prompt="two stages", seed=1, steps=steps, width=128, height=128,
                          two_stage=True).validated(tiny_config)
     job, _ = store.create(NewJob(id="video_two", tenant="t", model="m", priority=5, params=params_to_dict(p),
                                  request_hash="two"), max_queued=100)

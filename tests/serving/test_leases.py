@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from engines.params import GenerationParams, params_to_dict
+from engines.params import GenerationRequest, params_to_dict
 from serving.jobs import JobStatus, NewJob, Stage, open_store
 
 WORKER = Path(__file__).with_name("lease_worker.py")
@@ -59,7 +59,7 @@ def _freeze_outside_a_write(pid: int, db_path: Path) -> None:
 def test_a_dispatcher_paused_past_its_lease_is_fenced_and_the_job_finishes_once(tmp_path, tiny_config):
     db_url, artifacts = f"sqlite:///{tmp_path}/jobs.db", tmp_path / "artifacts"
     store = open_store(db_url)
-    params = GenerationParams(prompt="a lighthouse", seed=3, steps=100).validated(tiny_config)
+    params = GenerationRequest(prompt="a lighthouse", seed=3, steps=100).validated(tiny_config)
     store.create(NewJob(id="video_1", tenant="t", model="m", priority=5, params=params_to_dict(params),
                         request_hash="1"), max_queued=10)
     first = _start(db_url, artifacts, "first", tmp_path / "first.log")

@@ -18,7 +18,7 @@ import pytest
 from engines.denoiser import DenoiseRequest
 from engines.errors import ParallelError
 from engines.parallel.world import LocalRanks
-from engines.params import GenerationParams
+from engines.params import GenerationRequest
 from engines.stage_io import PromptPair
 from engines.text_encoder import TextEncoder
 from serving.config import load_config
@@ -33,7 +33,7 @@ async def _denoise_together(loop, requests):
         out = None
         async for item in loop.denoise(request, 5):
             out = item
-        return out
+        return out.latents  # the last item: Denoised
 
     return await asyncio.gather(*[one(r) for r in requests])
 
@@ -43,7 +43,7 @@ def test_a_two_rank_loop_gives_the_latents_of_one_rank_and_fails_cleanly(tmp_pat
     one, two = load_config(base), load_config({**base, "model": {"parallel": {"cfg": 2}}})
     ranks = LocalRanks(two.model)  # the follower loads while the rest is built
     try:
-        params = [GenerationParams(prompt=p, width=64, height=64, seconds=1.0, steps=3, seed=s, guidance_scale=3.0)
+        params = [GenerationRequest(prompt=p, width=64, height=64, seconds=1.0, steps=3, seed=s, guidance_scale=3.0)
                   .validated(one.model) for p, s in (("a kite over dunes", 1), ("rain on a tin roof", 2))]
         embeddings = TextEncoder(one.model).encode([PromptPair(p.prompt, "") for p in params])
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from engines.params import GenerationParams, params_to_dict
+from engines.params import GenerationRequest, params_to_dict
 from serving.accounts import AccountStore
 from serving.accounts.models import Principal, Tenant
 from serving.artifacts import LocalArtifactStore
@@ -50,7 +50,7 @@ class NoDispatcher:
 def test_a_job_finishing_as_the_watch_starts_still_ends_the_watch(tmp_path, tiny_config):
     db = Database(f"sqlite:///{tmp_path}/jobs.db")
     store = FinishingStore(db)
-    params = GenerationParams(prompt="a cat", seed=1, steps=3).validated(tiny_config)
+    params = GenerationRequest(prompt="a cat", seed=1, steps=3).validated(tiny_config)
     store.create(NewJob(id="video_1", tenant="t", model="m", priority=5, params=params_to_dict(params),
                         request_hash="1"), max_queued=10)
     claimed = store.claim_next("d1", 30.0)
@@ -78,7 +78,7 @@ def test_get_and_list_show_a_running_jobs_pushed_step_the_store_does_not_hold(tm
 
     db = Database(f"sqlite:///{tmp_path}/jobs.db")
     store = SqlJobStore(db)
-    params = GenerationParams(prompt="a cat", seed=1, steps=30).validated(tiny_config)
+    params = GenerationRequest(prompt="a cat", seed=1, steps=30).validated(tiny_config)
     store.create(NewJob(id="video_1", tenant="t", model="m", priority=5, params=params_to_dict(params),
                         request_hash="1"), max_queued=10)
     lease = store.claim_next("d1", 30.0).lease

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from engines.config import preset
 from engines.model_loader import ALL_PARTS, PIPELINE_PARTS, ComponentSource
-from engines.params import GenerationParams
+from engines.params import GenerationRequest
 from engines.staged_pipeline import StagedPipeline
 from training import truth
 from training.dit import training_sigmas
@@ -78,7 +78,7 @@ def test_it_loads_as_the_demo_preset_and_generates(trained, tmp_path):
     sigmas, _ = staged.denoiser._schedule(8, 12)
     grid = torch.linspace(1.0, 1 / 8, 8)
     assert torch.allclose(sigmas[:-1].float(), training_sigmas(components.scheduler, 12, grid), atol=1e-5)
-    params = GenerationParams(prompt="a red ball bouncing on a dark floor, a click at every bounce", seed=3, steps=2)
+    params = GenerationRequest(prompt="a red ball bouncing on a dark floor, a click at every bounce", seed=3, steps=2)
     result = staged.generate(params, tmp_path / "demo.mp4")
     frames, audio, rate, fps = truth.read_mp4(result.path)
     assert frames.shape == (GEOMETRY.frames, GEOMETRY.height, GEOMETRY.width, 3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -55,166 +56,160 @@ async def stream(context: grpc.aio.ServicerContext, principal_of: PrincipalOf,
 
 
 class _Calls:
-    """Runs a servicer's domain calls as the caller's principal, errors through the one status table."""
+    """A servicer whose methods take the caller's principal and the request (see `unary_rpc`)."""
 
     principal_of: PrincipalOf
 
-    def _run(self, context, op):
-        return unary(context, self.principal_of, op)
 
-    def _stream(self, context, op):
-        return stream(context, self.principal_of, op)
+Handler = Callable[[Any, Principal, Any], Any]
+
+
+def unary_rpc(method: Handler) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    """`method(self, who, request)` as the gRPC handler `(self, request, context)`: run as the caller's principal,
+    within its deadline, every error through the one status table (`unary`)."""
+
+    @functools.wraps(method)
+    async def handler(self: _Calls, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await unary(context, self.principal_of, lambda who: method(self, who, request))
+    return handler
+
+
+def stream_rpc(method: Handler) -> Callable[[Any, Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
+    """The same for a server-streaming method (an async generator of messages)."""
+
+    @functools.wraps(method)
+    async def handler(self: _Calls, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async for item in stream(context, self.principal_of, lambda who: method(self, who, request)):
+            yield item
+    return handler
 
 
 class VideoServicer(_Calls, pb_grpc.VideoServiceServicer):
     def __init__(self, videos: VideoService, principal_of: PrincipalOf) -> None:
         self.videos, self.principal_of = videos, principal_of
 
-    async def CreateVideo(self, request: pb.CreateVideoRequest, context) -> pb.Video:
-        async def op(who: Principal) -> pb.Video:
-            job, _ = await self.videos.create(who, convert.create_request(request))
-            return convert.video(job)
-        return await self._run(context, op)
+    @unary_rpc
+    async def CreateVideo(self, who: Principal, request: pb.CreateVideoRequest) -> pb.Video:
+        job, _ = await self.videos.create(who, convert.create_request(request))
+        return convert.video(job)
 
-    async def RemixVideo(self, request: pb.RemixVideoRequest, context) -> pb.Video:
-        async def op(who: Principal) -> pb.Video:
-            job, _ = await self.videos.remix(who, convert.remix_request(request))
-            return convert.video(job)
-        return await self._run(context, op)
+    @unary_rpc
+    async def RemixVideo(self, who: Principal, request: pb.RemixVideoRequest) -> pb.Video:
+        job, _ = await self.videos.remix(who, convert.remix_request(request))
+        return convert.video(job)
 
-    async def GetVideo(self, request: pb.GetVideoRequest, context) -> pb.Video:
-        async def op(who: Principal) -> pb.Video:
-            return convert.video(await self.videos.get(who, request.id))
-        return await self._run(context, op)
+    @unary_rpc
+    async def GetVideo(self, who: Principal, request: pb.GetVideoRequest) -> pb.Video:
+        return convert.video(await self.videos.get(who, request.id))
 
-    async def ListVideos(self, request: pb.ListVideosRequest, context) -> pb.ListVideosResponse:
-        async def op(who: Principal) -> pb.ListVideosResponse:
-            page = await self.videos.list(who, status=convert.status_filter(request.status),
-                                          page_size=request.page_size, page_token=request.page_token)
-            return convert.videos_page(page)
-        return await self._run(context, op)
+    @unary_rpc
+    async def ListVideos(self, who: Principal, request: pb.ListVideosRequest) -> pb.ListVideosResponse:
+        page = await self.videos.list(who, status=convert.status_filter(request.status),
+                                      page_size=request.page_size, page_token=request.page_token)
+        return convert.videos_page(page)
 
-    async def ListPublicVideos(self, request: pb.ListPublicVideosRequest, context) -> pb.ListPublicVideosResponse:
-        async def op(_who: Principal) -> pb.ListPublicVideosResponse:
-            page = await self.videos.list_public(request.page_size, request.page_token)
-            return pb.ListPublicVideosResponse(videos=[convert.public_video(j) for j in page.jobs],
-                                               next_page_token=page.next_token or "")
-        return await self._run(context, op)
+    @unary_rpc
+    async def ListPublicVideos(self, _who: Principal,
+                               request: pb.ListPublicVideosRequest) -> pb.ListPublicVideosResponse:
+        page = await self.videos.list_public(request.page_size, request.page_token)
+        return pb.ListPublicVideosResponse(videos=[convert.public_video(j) for j in page.jobs],
+                                           next_page_token=page.next_token or "")
 
-    async def SetVideoVisibility(self, request: pb.SetVideoVisibilityRequest, context) -> pb.Video:
-        async def op(who: Principal) -> pb.Video:
-            visibility = convert.visibility(request.visibility)
-            return convert.video(await self.videos.set_visibility(who, request.id, visibility))
-        return await self._run(context, op)
+    @unary_rpc
+    async def SetVideoVisibility(self, who: Principal, request: pb.SetVideoVisibilityRequest) -> pb.Video:
+        visibility = convert.visibility(request.visibility)
+        return convert.video(await self.videos.set_visibility(who, request.id, visibility))
 
-    async def CancelVideo(self, request: pb.CancelVideoRequest, context) -> pb.Video:
-        async def op(who: Principal) -> pb.Video:
-            return convert.video(await self.videos.cancel(who, request.id))
-        return await self._run(context, op)
+    @unary_rpc
+    async def CancelVideo(self, who: Principal, request: pb.CancelVideoRequest) -> pb.Video:
+        return convert.video(await self.videos.cancel(who, request.id))
 
-    async def DeleteVideo(self, request: pb.DeleteVideoRequest, context) -> pb.DeleteVideoResponse:
-        async def op(who: Principal) -> pb.DeleteVideoResponse:
-            return convert.deleted(await self.videos.delete(who, request.id))
-        return await self._run(context, op)
+    @unary_rpc
+    async def DeleteVideo(self, who: Principal, request: pb.DeleteVideoRequest) -> pb.DeleteVideoResponse:
+        return convert.deleted(await self.videos.delete(who, request.id))
 
-    async def WatchVideo(self, request: pb.WatchVideoRequest, context):
-        async def op(who: Principal):
-            async for progress in self.videos.watch(who, request.id):
-                yield convert.event(progress)
-        async for item in self._stream(context, op):
-            yield item
+    @stream_rpc
+    async def WatchVideo(self, who: Principal, request: pb.WatchVideoRequest) -> AsyncIterator[Any]:
+        async for progress in self.videos.watch(who, request.id):
+            yield convert.event(progress)
 
-    async def DownloadVideo(self, request: pb.DownloadVideoRequest, context):
-        async def op(who: Principal):
-            download = await self.videos.download(who, request.id)
-            a = download.artifact
-            yield pb.DownloadVideoResponse(header=pb.DownloadHeader(
-                video_id=request.id, size_bytes=a.size_bytes, content_type=a.content_type, sha256=a.sha256,
-                filename=download.filename))
-            async for chunk in download.chunks:
-                yield pb.DownloadVideoResponse(chunk=chunk)
-        async for item in self._stream(context, op):
-            yield item
+    @stream_rpc
+    async def DownloadVideo(self, who: Principal, request: pb.DownloadVideoRequest) -> AsyncIterator[Any]:
+        download = await self.videos.download(who, request.id)
+        a = download.artifact
+        yield pb.DownloadVideoResponse(header=pb.DownloadHeader(
+            video_id=request.id, size_bytes=a.size_bytes, content_type=a.content_type, sha256=a.sha256,
+            filename=download.filename))
+        async for chunk in download.chunks:
+            yield pb.DownloadVideoResponse(chunk=chunk)
 
 
 class CameoServicer(_Calls, pb_grpc.CameoServiceServicer):
     def __init__(self, cameos: CameoService, principal_of: PrincipalOf) -> None:
         self.cameos, self.principal_of = cameos, principal_of
 
-    async def CreateCameo(self, request: pb.CreateCameoRequest, context) -> pb.Cameo:
-        async def op(who: Principal) -> pb.Cameo:
-            cameo = await self.cameos.register(who, recording=request.recording, name=request.name,
-                                               consent_statement=request.consent_statement, consent=request.consent,
-                                               require_approval=request.require_approval)
-            return convert.cameo(cameo, [])
-        return await self._run(context, op)
+    @unary_rpc
+    async def CreateCameo(self, who: Principal, request: pb.CreateCameoRequest) -> pb.Cameo:
+        cameo = await self.cameos.register(who, recording=request.recording, name=request.name,
+                                           consent_statement=request.consent_statement, consent=request.consent,
+                                           require_approval=request.require_approval)
+        return convert.cameo(cameo, [])
 
-    async def GetCameo(self, request: pb.GetCameoRequest, context) -> pb.Cameo:
-        async def op(who: Principal) -> pb.Cameo:
-            return convert.cameo(*await self.cameos.get(who, request.cameo_id))
-        return await self._run(context, op)
+    @unary_rpc
+    async def GetCameo(self, who: Principal, request: pb.GetCameoRequest) -> pb.Cameo:
+        return convert.cameo(*await self.cameos.get(who, request.cameo_id))
 
-    async def ListCameos(self, request: pb.ListCameosRequest, context) -> pb.ListCameosResponse:
-        async def op(who: Principal) -> pb.ListCameosResponse:
-            return pb.ListCameosResponse(cameos=[convert.cameo(c, g) for c, g in await self.cameos.list(who)])
-        return await self._run(context, op)
+    @unary_rpc
+    async def ListCameos(self, who: Principal, request: pb.ListCameosRequest) -> pb.ListCameosResponse:
+        return pb.ListCameosResponse(cameos=[convert.cameo(c, g) for c, g in await self.cameos.list(who)])
 
-    async def DeleteCameo(self, request: pb.DeleteCameoRequest, context) -> pb.DeleteCameoResponse:
-        async def op(who: Principal) -> pb.DeleteCameoResponse:
-            await self.cameos.delete(who, request.cameo_id)
-            return pb.DeleteCameoResponse(cameo_id=request.cameo_id, deleted=True)
-        return await self._run(context, op)
+    @unary_rpc
+    async def DeleteCameo(self, who: Principal, request: pb.DeleteCameoRequest) -> pb.DeleteCameoResponse:
+        await self.cameos.delete(who, request.cameo_id)
+        return pb.DeleteCameoResponse(cameo_id=request.cameo_id, deleted=True)
 
-    async def GrantCameo(self, request: pb.GrantCameoRequest, context) -> pb.Cameo:
-        async def op(who: Principal) -> pb.Cameo:
-            await self.cameos.grant(who, request.cameo_id, request.tenant, request.user)
-            return convert.cameo(*await self.cameos.get(who, request.cameo_id))
-        return await self._run(context, op)
+    @unary_rpc
+    async def GrantCameo(self, who: Principal, request: pb.GrantCameoRequest) -> pb.Cameo:
+        await self.cameos.grant(who, request.cameo_id, request.tenant, request.user)
+        return convert.cameo(*await self.cameos.get(who, request.cameo_id))
 
-    async def RevokeCameo(self, request: pb.RevokeCameoRequest, context) -> pb.Cameo:
-        async def op(who: Principal) -> pb.Cameo:
-            await self.cameos.revoke(who, request.cameo_id, request.tenant, request.user)
-            return convert.cameo(*await self.cameos.get(who, request.cameo_id))
-        return await self._run(context, op)
+    @unary_rpc
+    async def RevokeCameo(self, who: Principal, request: pb.RevokeCameoRequest) -> pb.Cameo:
+        await self.cameos.revoke(who, request.cameo_id, request.tenant, request.user)
+        return convert.cameo(*await self.cameos.get(who, request.cameo_id))
 
-    async def ListCameoVideos(self, request: pb.ListCameoVideosRequest, context) -> pb.ListVideosResponse:
-        async def op(who: Principal) -> pb.ListVideosResponse:
-            return convert.videos_page(await self.cameos.videos_of(who, request.cameo_id, request.page_size,
-                                                                   request.page_token))
-        return await self._run(context, op)
+    @unary_rpc
+    async def ListCameoVideos(self, who: Principal, request: pb.ListCameoVideosRequest) -> pb.ListVideosResponse:
+        return convert.videos_page(await self.cameos.videos_of(who, request.cameo_id, request.page_size,
+                                                               request.page_token))
 
-    async def DeleteCameoVideo(self, request: pb.DeleteCameoVideoRequest, context) -> pb.DeleteVideoResponse:
-        async def op(who: Principal) -> pb.DeleteVideoResponse:
-            return convert.deleted(await self.cameos.delete_video(who, request.cameo_id, request.video_id))
-        return await self._run(context, op)
+    @unary_rpc
+    async def DeleteCameoVideo(self, who: Principal, request: pb.DeleteCameoVideoRequest) -> pb.DeleteVideoResponse:
+        return convert.deleted(await self.cameos.delete_video(who, request.cameo_id, request.video_id))
 
-    async def ReviewCameoVideo(self, request: pb.ReviewCameoVideoRequest, context) -> pb.Video:
-        async def op(who: Principal) -> pb.Video:
-            job = await self.cameos.review(who, request.cameo_id, request.video_id, request.approve)
-            return convert.video(job)
-        return await self._run(context, op)
+    @unary_rpc
+    async def ReviewCameoVideo(self, who: Principal, request: pb.ReviewCameoVideoRequest) -> pb.Video:
+        job = await self.cameos.review(who, request.cameo_id, request.video_id, request.approve)
+        return convert.video(job)
 
-    async def ListCameoNotifications(self, request: pb.ListCameoNotificationsRequest,
-                                     context) -> pb.ListCameoNotificationsResponse:
-        async def op(who: Principal) -> pb.ListCameoNotificationsResponse:
-            items = await self.cameos.notifications(who, request.after_id)
-            return pb.ListCameoNotificationsResponse(notifications=[convert.notification(n) for n in items])
-        return await self._run(context, op)
+    @unary_rpc
+    async def ListCameoNotifications(self, who: Principal, request: pb.ListCameoNotificationsRequest
+                                     ) -> pb.ListCameoNotificationsResponse:
+        items = await self.cameos.notifications(who, request.after_id)
+        return pb.ListCameoNotificationsResponse(notifications=[convert.notification(n) for n in items])
 
-    async def WatchCameoNotifications(self, request: pb.WatchCameoNotificationsRequest, context):
-        async def op(who: Principal):
-            async for n in self.cameos.watch(who, request.after_id):
-                yield convert.notification(n)
-        async for item in self._stream(context, op):
-            yield item
+    @stream_rpc
+    async def WatchCameoNotifications(self, who: Principal,
+                                      request: pb.WatchCameoNotificationsRequest) -> AsyncIterator[Any]:
+        async for n in self.cameos.watch(who, request.after_id):
+            yield convert.notification(n)
 
 
 class AuditServicer(_Calls, pb_grpc.AuditServiceServicer):
     def __init__(self, accounts: AccountService, principal_of: PrincipalOf) -> None:
         self.accounts, self.principal_of = AsyncView(accounts), principal_of
 
-    async def ListAuditEvents(self, request: pb.ListAuditEventsRequest, context) -> pb.ListAuditEventsResponse:
-        async def op(who: Principal) -> pb.ListAuditEventsResponse:
-            events = await self.accounts.audit_events(who, request.limit)
-            return pb.ListAuditEventsResponse(events=[convert.audit_event(e) for e in events])
-        return await self._run(context, op)
+    @unary_rpc
+    async def ListAuditEvents(self, who: Principal, request: pb.ListAuditEventsRequest) -> pb.ListAuditEventsResponse:
+        events = await self.accounts.audit_events(who, request.limit)
+        return pb.ListAuditEventsResponse(events=[convert.audit_event(e) for e in events])

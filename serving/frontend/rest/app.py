@@ -29,7 +29,7 @@ from serving.frontend.rest import convert
 from serving.frontend.rest.errors import error_response, http_response, validation_response
 from serving.metrics import Metrics, NoMetrics
 from serving.videos import CreateVideo, RemixVideo, VideoService
-from serving.videos.requests import DEFAULT_PAGE_SIZE
+from serving.videos.parsing import DEFAULT_PAGE_SIZE
 
 log = logging.getLogger(__name__)
 Authenticate = Callable[[str | None], Principal]

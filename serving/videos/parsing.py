@@ -17,7 +17,7 @@ import PIL.Image
 
 from engines.config import ModelConfig
 from engines.errors import InvalidParameter
-from engines.params import GenerationParams, parse_fps, parse_size
+from engines.params import GenerationParams, GenerationRequest, parse_fps, parse_size
 from serving.errors import InvalidArgument
 from serving.jobs import JobStatus, Visibility
 
@@ -96,14 +96,14 @@ def generation_params(req: CreateVideo, model: ModelConfig) -> GenerationParams:
             raise InvalidArgument("two_stage=true is not allowed with an image or a cameo: false or unset "
                                   "(image-to-video runs in one stage)", field="two_stage")
         two_stage = False
-    return validated(GenerationParams(
+    return validated(GenerationRequest(
         prompt=req.prompt, negative_prompt=req.negative_prompt, width=width, height=height,
         seconds=req.seconds, fps=fps, seed=req.seed, steps=req.steps, guidance_scale=req.guidance_scale,
         audio_guidance_scale=req.audio_guidance_scale, enhance_prompt=req.enhance_prompt, cache=req.cache,
         two_stage=two_stage), model)
 
 
-def validated(params: GenerationParams, model: ModelConfig) -> GenerationParams:
+def validated(params: GenerationRequest | GenerationParams, model: ModelConfig) -> GenerationParams:
     """`params.validated(model)`, its errors named by the API field (width and height are `size`)."""
     try:
         return params.validated(model)
