@@ -22,8 +22,10 @@ $(STAMP): requirements/dev.lock pyproject.toml
 	$(PY) -m pip check
 	touch $(STAMP)
 
-# Rewrite requirements/*.lock from pyproject.toml (needs the package index; ~15 min).
-lock: $(STAMP)
+# Rewrite requirements/*.lock from pyproject.toml (needs the package index; ~15 min). It runs in the venv as it is
+# (pip-tools comes with the dev lock), not one made anew: a new dependency in pyproject.toml is not locked yet.
+lock:
+	test -x $(PY) || $(MAKE) venv
 	$(PY) requirements/lock.py
 
 # Kino's CPU image from deploy/image/Containerfile on a Debian base made here by debootstrap (deploy/image/build.sh;

@@ -45,6 +45,7 @@ from serving.config import ProvenanceConfig, QueueConfig
 from serving.dispatcher import Dispatcher
 from serving.jobs import Conditioning, JobStatus, NewJob, open_store
 from serving.local_stages import LocalStages
+from serving.migrations import upgrade
 from serving.provenance.credentials import ContentCredentials
 from serving.rendering import Renderer
 from training import truth
@@ -59,7 +60,9 @@ class ServingPath:
 
     def __init__(self, staged: StagedPipeline, work: Path) -> None:
         self.staged, self.work = staged, work
-        self.store = open_store(f"sqlite:///{work}/jobs.db")
+        url = f"sqlite:///{work}/jobs.db"
+        upgrade(url)  # a new database: this release's schema (serving/migrations)
+        self.store = open_store(url)
         self.artifacts = LocalArtifactStore(work / "artifacts")
         renderer = Renderer(staged.decoder, staged.media, self.artifacts,
                             ContentCredentials(ProvenanceConfig(dev_chain_dir=str(work / "credentials"))),

@@ -1,8 +1,9 @@
 """One database for every store (jobs, accounts, cameos): SQLite (WAL) by default, PostgreSQL by URL.
 
-The stores share one SQLAlchemy engine and one MetaData; each module declares its tables on
-`metadata`. SQLite takes its write lock up front (BEGIN IMMEDIATE) so read-modify-write
-transactions never fail halfway; PostgreSQL serializes through row locks.
+The tables are declared in serving/schema.py and created or changed only by migrations
+(serving/migrations, `kino admin migrate`); opening a `Database` checks that its schema is this
+release's and says what to run when it is not. SQLite takes its write lock up front (BEGIN IMMEDIATE)
+so read-modify-write transactions never fail halfway; PostgreSQL serializes through row locks.
 """
 
 from __future__ import annotations
@@ -15,10 +16,15 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
-metadata = sa.MetaData()
+
+class SchemaOutOfDate(RuntimeError):
+    """The database's schema is not this release's: `kino admin migrate` brings it there."""
+
 
 class Database:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, check: bool = True) -> None:
+        """`check`: refuse a database whose schema is not at this release's migration head (every store does;
+        the migrations themselves open it unchecked)."""
         self.url = url
         self.sqlite = url.startswith("sqlite")
         if self.sqlite:
@@ -29,13 +35,21 @@ class Database:
             _sqlite_setup(self.engine)
         else:
             self.engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-        # Importing the table modules registers them on `metadata`.
-        import serving.accounts.store  # noqa: F401
-        import serving.cameos.store  # noqa: F401
-        import serving.jobs.sql_store  # noqa: F401
+        if check:
+            self._check_schema()
 
-        metadata.create_all(self.engine)
-        _add_missing_columns(self.engine)
+    def _check_schema(self) -> None:
+        from serving import migrations
+
+        with self.read() as conn:
+            have, want = migrations.current(conn), migrations.head()
+        if have != want:
+            where = self.engine.url.render_as_string(hide_password=True)
+            self.dispose()
+            state = "has no Kino schema" if have is None else f"is at schema revision {have}"
+            raise SchemaOutOfDate(f"the database {where} {state}; this Kino needs revision {want}: run "
+                                  f"`kino admin migrate --database-url {where}` (the Helm chart's migrate Job "
+                                  "and `kino serve` run it for you)")
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
@@ -49,24 +63,6 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
-
-
-def _add_missing_columns(engine: Engine) -> None:
-    """Additive schema upgrades: a column declared here but missing from an existing table (a
-    database made by an older Kino) is added. New columns are nullable or have a server default,
-    so old rows stay valid; anything beyond adding columns needs a real migration."""
-    inspector = sa.inspect(engine)
-    with engine.connect().execution_options(kino_write=True) as conn, conn.begin():
-        for table in metadata.sorted_tables:
-            have = {c["name"] for c in inspector.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in have:
-                    continue
-                if not column.nullable and column.server_default is None:
-                    raise RuntimeError(f"{table.name}.{column.name} is new, NOT NULL and has no default; "
-                                       "it needs a migration")
-                ddl = sa.schema.CreateColumn(column).compile(dialect=engine.dialect)
-                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
 
 
 def _sqlite_setup(engine: Engine) -> None:

@@ -33,6 +33,7 @@ from serving.config import KinoConfig
 from serving.errors import FailedPrecondition
 from serving.jobs import Job
 from serving.metrics import NoMetrics
+from serving.migrations import upgrade
 from serving.progress import Progress, ProgressHub
 from serving.services import DomainServices, open_denoise_loop, open_dispatcher
 from serving.videos import CreateVideo, DispatcherLink
@@ -97,6 +98,7 @@ class LocalEngine:
                 stack.enter_context(tempfile.TemporaryDirectory(prefix="kino-run-")))
             storage = dataclasses.replace(cfg.storage, database_url=f"sqlite:///{root}/jobs.db",
                                           artifacts_dir=str(root / "artifacts"))
+            upgrade(storage.database_url)
             engine = cls(dataclasses.replace(cfg, storage=storage), pipeline, decoder=decoder)
             try:
                 yield engine

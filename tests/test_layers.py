@@ -134,6 +134,7 @@ import serving.deployments.frontend
 from serving.config import load_config
 from serving.frontend.front_door import FrontDoor
 from serving.metrics import NoMetrics
+from serving.migrations import upgrade
 from serving.services import DomainServices
 from serving.videos import CreateVideo, DispatcherLink
 
@@ -145,6 +146,7 @@ async def main():
     cfg = load_config({{"grpc": {{"port": 0}}, "rest": {{"port": 0}},
                         "storage": {{"database_url": "sqlite:///{tmp_path}/jobs.db",
                                     "artifacts_dir": "{tmp_path}/artifacts"}}}}, environ={{}})
+    upgrade(cfg.storage.database_url)
     services = DomainServices.open(cfg, Link(), NoMetrics())
     door = await FrontDoor.start(cfg, services, NoMetrics())
     job, _ = await services.videos.create(services.accounts.local_principal(), CreateVideo(prompt="a cat"))

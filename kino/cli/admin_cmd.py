@@ -15,13 +15,23 @@ def _when(ts: float | None) -> str:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    admin = sub.add_parser("admin", help="manage tenants, API keys and audit events (database access)",
-                           description="Administer a Kino deployment through its database: create tenants with "
-                                       "quotas and priorities, issue and revoke API keys, read audit events.")
+    admin = sub.add_parser("admin", help="migrate the database; manage tenants, API keys and audit events",
+                           description="Administer a Kino deployment through its database: bring its schema to "
+                                       "this release (migrate), create tenants with quotas and priorities, issue "
+                                       "and revoke API keys, read audit events.")
     admin.add_argument("--database-url", default=os.environ.get("KINO_STORAGE__DATABASE_URL"),
                        help="the job database (default: $KINO_STORAGE__DATABASE_URL, else sqlite in --state-dir)")
     admin.add_argument("--state-dir", type=Path, default=Path("var/kino"), help="local state (default var/kino)")
     groups = admin.add_subparsers(dest="admin_command", required=True, metavar="WHAT")
+
+    m = groups.add_parser("migrate", help="bring the database's schema to this release (run once per upgrade)",
+                          description="Apply the schema migrations this release needs (Alembic, "
+                                      "serving/migrations/), in one transaction; a database made by the release "
+                                      "before migrations is recognised and upgraded. Every Kino process refuses a "
+                                      "database that is not at this release's revision. The Helm chart runs this "
+                                      "in a Job before each install and upgrade; `kino serve` and `kino run` run it "
+                                      "on their local database.")
+    m.set_defaults(func=migrate)
 
     t = groups.add_parser("tenant", help="create, update or list tenants").add_subparsers(
         dest="tenant_command", required=True, metavar="ACTION")
@@ -58,12 +68,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.set_defaults(func=audit_list)
 
 
+def _url(args: argparse.Namespace) -> str:
+    return args.database_url or f"sqlite:///{(args.state_dir / 'jobs.db').resolve()}"
+
+
 def _store(args: argparse.Namespace):
     from serving.accounts.store import AccountStore
     from serving.db import Database
 
-    url = args.database_url or f"sqlite:///{(args.state_dir / 'jobs.db').resolve()}"
-    return AccountStore(Database(url))
+    return AccountStore(Database(_url(args)))
+
+
+def migrate(args: argparse.Namespace) -> int:
+    from sqlalchemy.engine import make_url
+
+    from serving.migrations import upgrade
+
+    url = _url(args)
+    print(f"database {make_url(url).render_as_string(hide_password=True)}: {upgrade(url)}")
+    return 0
 
 
 def _quota(args: argparse.Namespace, base: Quota | None = None) -> Quota:

@@ -20,6 +20,7 @@ from kino.cli import (
     videos_cmd,
 )
 from kino.client import ClientError
+from serving.db import SchemaOutOfDate
 from serving.errors import KinoError
 
 
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (EngineError, KinoError, ClientError) as e:
+    except (EngineError, KinoError, ClientError, SchemaOutOfDate) as e:
         print(f"kino: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

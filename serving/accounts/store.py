@@ -12,43 +12,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from serving.accounts.models import ApiKey, AuditEvent, Tenant
-from serving.db import Database, metadata
+from serving.db import Database
 from serving.errors import FailedPrecondition, InvalidArgument, NotFound
 from serving.jobs.models import Quota
-
-tenants = sa.Table(
-    "tenants", metadata,
-    sa.Column("id", sa.String(128), primary_key=True),
-    sa.Column("name", sa.String(256), nullable=False),
-    sa.Column("priority", sa.Integer, nullable=False),
-    sa.Column("max_concurrent", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("max_queued", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("seconds_per_day", sa.Float, nullable=False, server_default="0"),
-    sa.Column("created_at", sa.Float, nullable=False),
-)
-
-api_keys = sa.Table(
-    "api_keys", metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("tenant_id", sa.String(128), nullable=False, index=True),
-    sa.Column("user", sa.String(128), nullable=False),
-    sa.Column("label", sa.String(256), nullable=False, server_default=""),
-    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
-    sa.Column("prefix", sa.String(16), nullable=False),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("revoked_at", sa.Float),
-)
-
-audit = sa.Table(
-    "audit_events", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("tenant_id", sa.String(128), nullable=False, index=True),
-    sa.Column("at", sa.Float, nullable=False),
-    sa.Column("kind", sa.String(64), nullable=False),
-    sa.Column("category", sa.String(128), nullable=False, server_default=""),
-    sa.Column("reason", sa.Text, nullable=False, server_default=""),
-    sa.Column("detail", sa.Text, nullable=False, server_default="{}"),
-)
+from serving.schema import api_keys, tenants
+from serving.schema import audit_events as audit
 
 KEY_PREFIX = "kino_sk_"
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")

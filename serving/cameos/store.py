@@ -8,46 +8,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from serving.cameos.models import ANY_USER, Cameo, Grant, Notification
-from serving.db import Database, metadata
+from serving.db import Database
 from serving.errors import NotFound
-
-cameos = sa.Table(
-    "cameos", metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("owner_tenant", sa.String(128), nullable=False, index=True),
-    sa.Column("owner_user", sa.String(128), nullable=False),
-    sa.Column("name", sa.String(256), nullable=False),
-    sa.Column("require_approval", sa.Boolean, nullable=False),
-    sa.Column("consent_statement", sa.Text, nullable=False),
-    sa.Column("consent_at", sa.Float, nullable=False),
-    sa.Column("consent_key_id", sa.String(64), nullable=False),
-    sa.Column("reference_key", sa.String(512), nullable=False),
-    sa.Column("voice_key", sa.String(512)),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("deleted_at", sa.Float),
-)
-
-grants = sa.Table(
-    "cameo_grants", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("cameo_id", sa.String(64), nullable=False, index=True),
-    sa.Column("tenant", sa.String(128), nullable=False),
-    sa.Column("user", sa.String(128), nullable=False),
-    sa.Column("granted_at", sa.Float, nullable=False),
-    sa.Column("revoked_at", sa.Float),
-)
-
-notifications = sa.Table(
-    "cameo_notifications", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("cameo_id", sa.String(64), nullable=False, index=True),
-    sa.Column("owner_tenant", sa.String(128), nullable=False, index=True),
-    sa.Column("at", sa.Float, nullable=False),
-    sa.Column("kind", sa.String(32), nullable=False),
-    sa.Column("video_id", sa.String(64), nullable=False),
-    sa.Column("creator_tenant", sa.String(128), nullable=False),
-    sa.Column("message", sa.Text, nullable=False, server_default=""),
-)
+from serving.schema import cameo_grants as grants
+from serving.schema import cameo_notifications as notifications
+from serving.schema import cameos
 
 
 class CameoStore:

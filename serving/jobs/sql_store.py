@@ -16,95 +16,21 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from serving.db import Database, metadata
+from serving.db import Database
 from serving.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from serving.jobs.models import Artifact, Conditioning, Job, JobEvent, Lease, NewJob, Quota, Review, Stage, Visibility
 from serving.jobs.states import TERMINAL, JobStatus, check_transition
 from serving.jobs.store import JobStore, StaleLease
+from serving.schema import job_events as events
+from serving.schema import jobs
+from serving.schema import kino_meta as meta
 
-jobs = sa.Table(
-    "jobs", metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("tenant", sa.String(128), nullable=False),
-    sa.Column("model", sa.String(256), nullable=False),
-    sa.Column("priority", sa.Integer, nullable=False),
-    sa.Column("params", sa.Text, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("seq", sa.BigInteger, nullable=False),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("request_hash", sa.String(64), nullable=False, server_default=""),
-    sa.Column("idempotency_key", sa.String(256)),
-    sa.Column("started_at", sa.Float),
-    sa.Column("completed_at", sa.Float),
-    sa.Column("stage", sa.String(16), nullable=False, server_default=Stage.QUEUED.value),
-    sa.Column("step", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("total_steps", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("progress", sa.Float, nullable=False, server_default="0"),
-    sa.Column("eta_seconds", sa.Float),
-    sa.Column("error_code", sa.String(64)),
-    sa.Column("error_message", sa.Text),
-    sa.Column("artifact_key", sa.String(512)),
-    sa.Column("artifact_size", sa.BigInteger),
-    sa.Column("artifact_sha256", sa.String(64)),
-    sa.Column("artifact_content_type", sa.String(64)),
-    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("lease_owner", sa.String(128)),
-    sa.Column("lease_generation", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("lease_expires_at", sa.Float),
-    sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
-    sa.Column("cancel_reason", sa.String(64)),
-    sa.Column("user", sa.String(128), nullable=False, server_default="default"),
-    sa.Column("seconds", sa.Float, nullable=False, server_default="0"),
-    sa.Column("max_concurrent", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("visibility", sa.String(16), nullable=False, server_default=Visibility.PRIVATE.value),
-    sa.Column("review", sa.String(16), nullable=False, server_default=Review.NONE.value),
-    sa.Column("image_key", sa.String(512)),
-    sa.Column("parent_id", sa.String(64)),
-    sa.Column("parent_key", sa.String(512)),
-    sa.Column("strength", sa.Float, nullable=False, server_default="0"),
-    sa.Column("cameo_id", sa.String(64), index=True),
-    sa.Column("enhanced_prompt", sa.Text),
-    sa.UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency"),
-    sa.Index("ix_jobs_public", "visibility", "seq"),
-    sa.Index("ix_jobs_queue", "status", "priority", "seq"),
-    sa.Index("ix_jobs_tenant_seq", "tenant", "seq"),
-    sa.Index("ix_jobs_lease", "status", "lease_expires_at"),
-)
-
-events = sa.Table(
-    "job_events", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("job_id", sa.String(64), nullable=False, index=True),
-    sa.Column("at", sa.Float, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("stage", sa.String(16), nullable=False),
-    sa.Column("step", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("total_steps", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("progress", sa.Float, nullable=False, server_default="0"),
-    sa.Column("eta_seconds", sa.Float),
-    sa.Column("batch_size", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("message", sa.Text, nullable=False, server_default=""),
-    sa.Column("extra", sa.Text, nullable=False, server_default="{}"),
-)
-
-meta = sa.Table(
-    "kino_meta", metadata,
-    sa.Column("key", sa.String(64), primary_key=True),
-    sa.Column("value", sa.BigInteger, nullable=False),
-)
-
-_COUNTERS = ("next_seq", "claims")
 _NO_LEASE = {"lease_owner": None, "lease_expires_at": None}  # a job that leaves in_progress is held by nobody
 
 
 class SqlJobStore(JobStore):
     def __init__(self, db: Database) -> None:
-        self.db = db
-        with self._write() as conn:
-            have = {r.key for r in conn.execute(sa.select(meta.c.key))}
-            for key in _COUNTERS:
-                if key not in have:
-                    conn.execute(meta.insert().values(key=key, value=0))
+        self.db = db  # its counters (kino_meta next_seq, claims) come with the schema (serving/migrations)
 
     # -- connections ---------------------------------------------------------------------
     @contextmanager

@@ -87,8 +87,15 @@ class LocalCluster:
 
         A Serve config is declarative: applying one removes the applications it does not list. So
         every apply here carries all the applications deployed so far (unchanged ones are left alone).
+        Each application's database is migrated to this release's schema first (as the chart's migrate Job
+        does before an install or upgrade): its replicas only check it.
         """
+        from serving.config import load_config
+        from serving.migrations import upgrade
+
         for app in serve_config["applications"]:
+            url = load_config(app.get("args", {}).get("config")).storage.database_url
+            log.info("database %s", upgrade(url))
             self._configs[app["name"]] = app
         self._base = {k: v for k, v in serve_config.items() if k != "applications"}
         self._apply()

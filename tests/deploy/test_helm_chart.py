@@ -241,3 +241,20 @@ def test_a_dit_group_whose_replicas_span_the_gpus_of_a_pod():
 def test_a_spread_dit_group_refuses_what_cannot_run(bad, message):
     out = subprocess.run([helm(), "template", "kino", str(CHART), *bad], capture_output=True, text=True)
     assert out.returncode != 0 and message in out.stderr, out.stderr
+
+
+def test_the_head_migrates_the_database_before_ray_starts():
+    """`kino admin migrate` runs in the head pod's init container, on the database the replicas use (the SQLite
+    file on the state volume, or the PostgreSQL secret's URL); the workers never write the schema."""
+    default, gpu = render(), render(*PROFILES["gpu"])
+    for docs, secret in ((default, False), (gpu, True)):
+        [rs] = [d for d in docs if d["kind"] == "RayService"]
+        head = rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+        [migrate] = head["initContainers"]
+        assert migrate["command"] == ["kino", "admin", "--state-dir", "/var/kino/state", "migrate"]
+        assert migrate["image"] == head["containers"][0]["image"]
+        assert {m["mountPath"] for m in migrate["volumeMounts"]} >= {"/var/kino"}
+        assert ("KINO_STORAGE__DATABASE_URL" in {e["name"] for e in migrate["env"]}) == secret
+        assert "sqlite:////var/kino/state/jobs.db" in rs["spec"]["serveConfigV2"]  # what the state dir names
+        for group in rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
+            assert "initContainers" not in group["template"]["spec"]

@@ -74,6 +74,11 @@ def test_bad_options_give_clear_errors(cluster):
 
 def test_admin_tenants_keys_and_audit(tmp_path):
     state = ["--state-dir", str(tmp_path)]
+    unmigrated = kino("admin", *state, "tenant", "list", check=False)
+    assert unmigrated.returncode == 2 and "has no Kino schema" in unmigrated.stderr
+    assert "kino admin migrate --database-url sqlite:///" in unmigrated.stderr
+    assert "upgraded from an empty database to revision" in kino("admin", *state, "migrate").stdout
+    assert "nothing to do" in kino("admin", *state, "migrate").stdout
     out = kino("admin", *state, "tenant", "create", "acme", "--priority", "7", "--max-queued", "4").stdout
     assert "acme" in out and "priority 7" in out and "max_queued 4" in out
     created = kino("admin", *state, "key", "create", "acme", "--user", "ann", "--label", "ci").stdout

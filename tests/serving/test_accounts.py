@@ -8,6 +8,7 @@ from serving.config import AuthConfig
 from serving.db import Database
 from serving.errors import FailedPrecondition, InvalidArgument, Unauthenticated
 from serving.jobs.models import Quota
+from tests.tools import migrated
 
 
 @pytest.fixture
@@ -17,7 +18,7 @@ def db_path(tmp_path):
 
 @pytest.fixture
 def store(db_path):
-    return AccountStore(Database(f"sqlite:///{db_path}"))
+    return AccountStore(Database(migrated(f"sqlite:///{db_path}")))
 
 
 def test_tenants(store):
@@ -115,7 +116,7 @@ def test_a_tenant_inserted_by_another_process_meanwhile_is_found_not_an_error(po
 
     from serving.accounts.store import tenants
 
-    url = postgres.new_database()
+    url = migrated(postgres.new_database())
     ours, theirs = AccountStore(Database(url)), Database(url)
     with theirs.engine.connect() as conn:
         transaction = conn.begin()

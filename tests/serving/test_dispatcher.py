@@ -17,6 +17,7 @@ from serving.local_stages import LocalStages
 from serving.provenance.credentials import ContentCredentials
 from serving.rendering import Renderer
 from serving.stages import Artifact, StageUnavailable
+from tests.tools import migrated
 
 
 class InProcessStages(LocalStages):
@@ -49,7 +50,7 @@ class FlakyStages(InProcessStages):
 
 @pytest.fixture
 def setup(tmp_path, staged, tiny_config):
-    store = open_store(f"sqlite:///{tmp_path}/jobs.db")
+    store = open_store(migrated(f"sqlite:///{tmp_path}/jobs.db"))
     artifacts = LocalArtifactStore(tmp_path / "artifacts")
 
     def add(i: int, steps: int = 3) -> str:

@@ -12,14 +12,15 @@ from serving.errors import FailedPrecondition, InvalidArgument, NotFound, Resour
 from serving.jobs import Artifact, IllegalTransition, JobStatus, NewJob, Stage, StaleLease, open_store
 from serving.jobs.models import Quota
 from serving.jobs.states import ALLOWED, check_transition
+from tests.tools import migrated
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_url(request, tmp_path):
     """The same contract against each store: SQLite (the embedded default) and a real PostgreSQL."""
     if request.param == "postgresql":
-        return request.getfixturevalue("postgres").new_database()
-    return f"sqlite:///{tmp_path}/jobs.db"
+        return migrated(request.getfixturevalue("postgres").new_database())
+    return migrated(f"sqlite:///{tmp_path}/jobs.db")
 
 
 @pytest.fixture
@@ -300,21 +301,6 @@ def test_enhanced_prompt_is_kept_across_a_restart_and_fenced_by_the_lease(store)
     with pytest.raises(StaleLease):
         store.set_enhanced_prompt(old, "late write", "x")
     assert claim(store)[0].enhanced_prompt == "a tabby cat naps on a velvet sofa"
-
-
-def test_an_older_database_gains_new_columns(tmp_path):
-    """A database made before a column existed (here: enhanced_prompt) is upgraded in place."""
-    import sqlite3
-
-    url = f"sqlite:///{tmp_path}/old.db"
-    s = open_store(url)
-    job, _ = s.create(new_job(), max_queued=10)
-    s.close()
-    with sqlite3.connect(tmp_path / "old.db") as conn:
-        conn.execute("ALTER TABLE jobs DROP COLUMN enhanced_prompt")
-    s = open_store(url)
-    assert s.get(job.id).enhanced_prompt is None and s.get(job.id).params == {"prompt": "a cat"}
-    s.close()
 
 
 def test_the_window_counts_the_jobs_of_every_dispatcher(store):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from engines.params import GenerationRequest, params_to_dict
 from serving.jobs import JobStatus, NewJob, Stage, open_store
+from tests.tools import migrated
 
 WORKER = Path(__file__).with_name("lease_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,7 +58,7 @@ def _freeze_outside_a_write(pid: int, db_path: Path) -> None:
 
 
 def test_a_dispatcher_paused_past_its_lease_is_fenced_and_the_job_finishes_once(tmp_path, tiny_config):
-    db_url, artifacts = f"sqlite:///{tmp_path}/jobs.db", tmp_path / "artifacts"
+    db_url, artifacts = migrated(f"sqlite:///{tmp_path}/jobs.db"), tmp_path / "artifacts"
     store = open_store(db_url)
     params = GenerationRequest(prompt="a lighthouse", seed=3, steps=100).validated(tiny_config)
     store.create(NewJob(id="video_1", tenant="t", model="m", priority=5, params=params_to_dict(params),

@@ -24,6 +24,7 @@ from engines.text_encoder import TextEncoder
 from serving.config import load_config
 from serving.metrics import NoMetrics
 from serving.services import open_denoise_loop
+from tests.tools import migrated
 
 TOL = 1e-4
 
@@ -39,7 +40,8 @@ async def _denoise_together(loop, requests):
 
 
 def test_a_two_rank_loop_gives_the_latents_of_one_rank_and_fails_cleanly(tmp_path):
-    base = {"storage": {"database_url": f"sqlite:///{tmp_path / 'jobs.db'}", "artifacts_dir": str(tmp_path)}}
+    base = {"storage": {"database_url": migrated(f"sqlite:///{tmp_path / 'jobs.db'}"),
+                        "artifacts_dir": str(tmp_path)}}
     one, two = load_config(base), load_config({**base, "model": {"parallel": {"cfg": 2}}})
     ranks = LocalRanks(two.model)  # the follower loads while the rest is built
     try:

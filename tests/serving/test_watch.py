@@ -15,6 +15,7 @@ from serving.jobs import JobStatus, NewJob
 from serving.jobs.sql_store import SqlJobStore
 from serving.moderation import RuleModerator
 from serving.videos import VideoService
+from tests.tools import migrated
 
 
 class FinishingStore(SqlJobStore):
@@ -48,7 +49,7 @@ class NoDispatcher:
 
 
 def test_a_job_finishing_as_the_watch_starts_still_ends_the_watch(tmp_path, tiny_config):
-    db = Database(f"sqlite:///{tmp_path}/jobs.db")
+    db = Database(migrated(f"sqlite:///{tmp_path}/jobs.db"))
     store = FinishingStore(db)
     params = GenerationRequest(prompt="a cat", seed=1, steps=3).validated(tiny_config)
     store.create(NewJob(id="video_1", tenant="t", model="m", priority=5, params=params_to_dict(params),
@@ -76,7 +77,7 @@ def test_get_and_list_show_a_running_jobs_pushed_step_the_store_does_not_hold(tm
     from serving.jobs import Stage
     from serving.progress import Progress, ProgressHub
 
-    db = Database(f"sqlite:///{tmp_path}/jobs.db")
+    db = Database(migrated(f"sqlite:///{tmp_path}/jobs.db"))
     store = SqlJobStore(db)
     params = GenerationRequest(prompt="a cat", seed=1, steps=30).validated(tiny_config)
     store.create(NewJob(id="video_1", tenant="t", model="m", priority=5, params=params_to_dict(params),

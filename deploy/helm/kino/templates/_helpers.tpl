@@ -205,6 +205,22 @@ nodeSelector:
 tolerations:
 {{ toYaml . | indent 2 }}
 {{- end }}
+{{- if eq .component "head" }}
+# The database's schema is brought to this release before Ray starts (once per head pod; a no-op when it is
+# there already): every replica only checks it (serving/migrations, `kino admin migrate`).
+initContainers:
+  - name: migrate
+    image: "{{ .root.Values.image.repository }}:{{ .root.Values.image.tag }}"
+    imagePullPolicy: {{ .root.Values.image.pullPolicy }}
+    command: ["kino", "admin", "--state-dir", "/var/kino/state", "migrate"]
+    env:
+{{ include "kino.env" .root | indent 6 }}
+    volumeMounts:
+{{ include "kino.volumeMounts" .root | indent 6 }}
+    resources:
+      requests: {cpu: 100m, memory: 256Mi}
+      limits: {cpu: "1", memory: 512Mi}
+{{- end }}
 containers:
 {{ include "kino.container" . }}
 volumes:
