@@ -42,12 +42,12 @@ from engines.staged_pipeline import StagedPipeline
 from engines.watermark import WatermarkConfig
 from serving.artifacts import LocalArtifactStore
 from serving.config import ProvenanceConfig, QueueConfig
-from serving.dispatcher import Dispatcher
+from serving.control_plane.dispatcher import Dispatcher
+from serving.data_plane.local_stages import LocalStages
+from serving.data_plane.rendering import Renderer
 from serving.jobs import Conditioning, JobStatus, NewJob, open_store
-from serving.local_stages import LocalStages
 from serving.migrations import upgrade
 from serving.provenance.credentials import ContentCredentials
-from serving.rendering import Renderer
 from training import truth
 from training.world import Clip, PromptClass, dataset, prompt_classes, render, sample_scene
 

@@ -11,7 +11,7 @@ clusters far bigger than this machine (10 to 1000 GPUs). The model, and its assu
   ~1 on a CPU whose forward is already saturated at batch 1, ~0.1-0.3 on a GPU (measured, or an
   assumption: say which). Jobs route to the denoiser replica with the fewest jobs.
 - Every `autoscale_period` seconds the denoise stage wants the replicas Kino's own policy asks for
-  (`serving.autoscaling.denoise_replicas`: hold what runs, drain the backlog within `drain_seconds`
+  (`serving.control_plane.autoscaling.denoise_replicas`: hold what runs, drain the backlog within `drain_seconds`
   at the measured step time), and the encode and decode stages ceil(jobs in the stage / target per
   replica), within [1, its max]; an added replica serves after `cold_start` seconds (loading
   weights); an idle surplus replica is removed at once.
@@ -42,7 +42,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from serving.autoscaling import DenoiseLoad, denoise_replicas
+from serving.control_plane.autoscaling import DenoiseLoad, denoise_replicas
 
 
 @dataclass(frozen=True)

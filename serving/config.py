@@ -20,7 +20,7 @@ from engines.config import ModelConfig, from_mapping
 from engines.errors import ConfigError
 from engines.schema import env_overrides, load, merge, require, section
 from engines.watermark import WatermarkConfig
-from serving.scheduler import Policy
+from serving.data_plane.scheduler import Policy
 
 Port = Annotated[int, Field(ge=0, le=65535)]
 AtLeastOne = Annotated[int, Field(ge=1)]

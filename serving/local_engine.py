@@ -30,19 +30,19 @@ from typing import TYPE_CHECKING
 
 from serving.accounts import Principal
 from serving.config import KinoConfig
+from serving.control_plane.progress import Progress, ProgressHub
 from serving.errors import FailedPrecondition
 from serving.jobs import Job
 from serving.metrics import NoMetrics
 from serving.migrations import upgrade
-from serving.progress import Progress, ProgressHub
 from serving.services import DomainServices, open_denoise_loop, open_dispatcher
 from serving.videos import CreateVideo, DispatcherLink
 
 if TYPE_CHECKING:
     from engines.decoder import Decoder
     from engines.staged_pipeline import StagedPipeline, StageTimes
-    from serving.dispatcher import Dispatcher
-    from serving.local_stages import LocalStages
+    from serving.control_plane.dispatcher import Dispatcher
+    from serving.data_plane.local_stages import LocalStages
 
 
 class _InProcessLink(DispatcherLink):
@@ -67,9 +67,9 @@ class LocalEngine:
         """`pipeline`: the loaded engines (its DiT backend over several ranks where model.parallel says so);
         `decoder`: one whose VAE runs over those ranks (else the pipeline's)."""
         from serving.artifacts import LocalArtifactStore
-        from serving.local_stages import LocalStages
+        from serving.data_plane.local_stages import LocalStages
+        from serving.data_plane.rendering import Renderer
         from serving.provenance.credentials import ContentCredentials
-        from serving.rendering import Renderer
 
         self.cfg = cfg
         self._loop = asyncio.new_event_loop()

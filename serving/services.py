@@ -15,20 +15,20 @@ from engines.geometry import latent_geometry
 from serving.accounts.service import AccountService
 from serving.accounts.store import AccountStore
 from serving.artifacts import LocalArtifactStore
-from serving.autoscaling import dispatch_window
 from serving.cameos.service import CameoService, notify_finished
 from serving.cameos.store import CameoStore
 from serving.config import KinoConfig
+from serving.control_plane.autoscaling import dispatch_window
+from serving.control_plane.dispatcher import Dispatcher
+from serving.control_plane.progress import ProgressFeed, ProgressSink
+from serving.data_plane.denoise_loop import BatchMeasure, DenoiseLoop
+from serving.data_plane.scheduler import StepScheduler
+from serving.data_plane.stages import StageClient
 from serving.db import Database
-from serving.denoise_loop import BatchMeasure, DenoiseLoop
-from serving.dispatcher import Dispatcher
 from serving.jobs import JobStatus
 from serving.jobs.sql_store import SqlJobStore
 from serving.metrics import Metrics
 from serving.moderation import RuleModerator
-from serving.progress import ProgressFeed, ProgressSink
-from serving.scheduler import StepScheduler
-from serving.stages import StageClient
 from serving.videos import DispatcherLink, VideoService
 from serving.videos.capacity import DenoiseCapacity
 

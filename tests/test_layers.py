@@ -90,7 +90,17 @@ TRANSPORT = ("ray", "grpc", "grpc_health", "grpc_reflection", "google.protobuf",
      _files("serving/", but=("serving/deployments/", "serving/on_ray/", "serving/app.py")),
      ("ray",)),
     ("the scheduler and the denoise loop import no Ray and no torch",
-     ["serving/scheduler.py", "serving/denoise_loop.py"], ("ray", "torch", "engines.denoiser")),
+     ["serving/data_plane/scheduler.py", "serving/data_plane/denoise_loop.py"], ("ray", "torch", "engines.denoiser")),
+    ("the control plane moves jobs and events, never tensors: no torch, no Ray, no model engine, no data plane "
+     "beyond the stage contract",
+     _files("serving/control_plane/"),
+     ("ray", "torch", "engines.denoiser", "engines.decoder", "engines.model_loader", "engines.text_encoder",
+      "serving.data_plane.denoise_loop", "serving.data_plane.scheduler", "serving.data_plane.rendering",
+      "serving.data_plane.local_stages", "serving.frontend")),
+    ("the data plane takes requests and gives latents and MP4s: it knows no dispatcher, progress feed, job store "
+     "or protocol",
+     _files("serving/data_plane/"),
+     ("ray", "serving.control_plane", "serving.jobs.sql_store", "serving.db", "serving.frontend", "serving.videos")),
 ])
 def test_layer(rule, files, forbidden):
     assert files, f"no files for rule {rule!r}"

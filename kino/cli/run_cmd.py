@@ -21,7 +21,7 @@ from kino.cli.options import add_generation_options, add_model_options, model_ma
 if TYPE_CHECKING:
     from engines.parallel.world import LocalRanks
     from serving.config import KinoConfig
-    from serving.progress import Progress as ProgressEvent
+    from serving.control_plane.progress import Progress as ProgressEvent
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -20,10 +20,10 @@ from engines.stage_io import VideoConditioning
 from engines.upsampler import LatentUpsampler
 from serving.artifacts import Artifact, LocalArtifactStore
 from serving.config import load_config
+from serving.data_plane.rendering import Renderer
 from serving.on_ray.metrics import RayMetrics
 from serving.provenance.claim import Claim
 from serving.provenance.credentials import ContentCredentials
-from serving.rendering import Renderer
 
 
 @serve.deployment(name="Decoder")

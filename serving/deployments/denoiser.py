@@ -1,4 +1,4 @@
-"""Denoiser deployment: one `DenoiseLoop` per replica (serving/denoise_loop.py); this file is transport.
+"""Denoiser deployment: one `DenoiseLoop` per replica (serving/data_plane/denoise_loop.py); this file is transport.
 
 A call streams the loop's items in their wire form (serving/on_ray/stages.py `to_wire`): the latents go as
 an item of their own, which the caller hands to the Decoder by reference without fetching it.

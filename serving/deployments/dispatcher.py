@@ -1,4 +1,4 @@
-"""Dispatcher deployment: the dispatch loop (serving/dispatcher.py) in a Serve replica. Any number of
+"""Dispatcher deployment: the dispatch loop (serving/control_plane/dispatcher.py) in a Serve replica. Any number of
 replicas share the job store through leases; Serve replaces one that dies and its jobs are requeued."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""ProgressHub deployment: one cluster's fan-out of pushed progress and cancel requests (serving/progress.py)."""
+"""ProgressHub deployment: a cluster's fan-out of pushed progress and cancels (serving/control_plane/progress.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from ray import serve
 
-from serving.progress import Progress, ProgressHub
+from serving.control_plane.progress import Progress, ProgressHub
 
 
 @serve.deployment(name="ProgressHub", num_replicas=1)

@@ -3,7 +3,7 @@ report for it, and the running replica count the dispatchers size their window b
 
 Wired in deploy/serve/kino.yaml: `autoscaling_config.policy.policy_function:
 serving.on_ray.autoscaling:scale_on_backlog` on the Denoiser. The decision itself is
-`serving.autoscaling.denoise_replicas`, which the simulator uses too.
+`serving.control_plane.autoscaling.denoise_replicas`, which the simulator uses too.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ray.serve.autoscaling_policy import replica_queue_length_autoscaling_policy
 from ray.serve.config import AutoscalingContext
 from ray.serve.schema import ReplicaState
 
-from serving.autoscaling import DenoiseLoad, denoise_replicas
+from serving.control_plane.autoscaling import DenoiseLoad, denoise_replicas
 
 log = logging.getLogger(__name__)
 STATS = ("queued", "in_progress", "per_replica", "steps_per_job", "request_step_seconds", "drain_seconds")

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from ray.serve.handle import DeploymentHandle
 
-from serving.progress import Progress, ProgressFeed, ProgressSink
+from serving.control_plane.progress import Progress, ProgressFeed, ProgressSink
 
 log = logging.getLogger(__name__)
 FLUSH_SECONDS = 0.01  # events of one moment travel in one call

@@ -21,10 +21,10 @@ from engines.errors import ParallelError
 from engines.params import GenerationParams
 from engines.stage_io import DenoisedLatents, PromptPair
 from serving.artifacts import Artifact
+from serving.data_plane.stages import Denoised, DenoiseEvent, StageClient, StageUnavailable
 from serving.jobs import Conditioning
 from serving.on_ray.compat import object_ref_stream
 from serving.provenance.claim import Claim
-from serving.stages import Denoised, DenoiseEvent, StageClient, StageUnavailable
 
 # Failures of a replica or of the objects it owned: retrying the job on another replica helps. A
 # ParallelError is a replica spread over several ranks that lost one (it is being replaced).

@@ -1,6 +1,6 @@
 """The videos domain: requests parsed into generation parameters, the service, and watching progress."""
 
-from serving.progress import Progress
+from serving.control_plane.progress import Progress
 from serving.videos.parsing import CreateVideo, RemixVideo
 from serving.videos.service import DispatcherLink, Download, Page, VideoService
 

@@ -27,11 +27,11 @@ from serving.cameos.consent import owns, usable_cameo
 from serving.cameos.models import Cameo
 from serving.cameos.store import CameoStore
 from serving.config import KinoConfig
+from serving.control_plane.progress import Progress, ProgressFeed
 from serving.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from serving.jobs import Conditioning, Job, JobStatus, JobStore, NewJob, Review, Visibility
 from serving.metrics import Metrics, NoMetrics
 from serving.moderation import Moderator
-from serving.progress import Progress, ProgressFeed
 from serving.provenance.claim import prompt_sha256
 from serving.videos import parsing as rq
 from serving.videos.capacity import DenoiseCapacity

@@ -12,8 +12,8 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from serving.async_view import AsyncView
+from serving.control_plane.progress import Progress, ProgressFeed
 from serving.jobs import Job, JobStatus, JobStore
-from serving.progress import Progress, ProgressFeed
 
 
 async def queue_position(jobs: AsyncView[JobStore], job: Job) -> int | None:

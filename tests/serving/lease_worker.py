@@ -16,11 +16,11 @@ def main(db_url: str, artifacts_dir: str, owner: str) -> None:
     from engines.watermark import WatermarkConfig
     from serving.artifacts import LocalArtifactStore
     from serving.config import ProvenanceConfig, QueueConfig
-    from serving.dispatcher import Dispatcher
+    from serving.control_plane.dispatcher import Dispatcher
+    from serving.data_plane.local_stages import LocalStages
+    from serving.data_plane.rendering import Renderer
     from serving.jobs import open_store
-    from serving.local_stages import LocalStages
     from serving.provenance.credentials import ContentCredentials
-    from serving.rendering import Renderer
 
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=f"{owner} %(levelname)s %(message)s")

@@ -1,6 +1,6 @@
 """Scaling on the backlog: the pure decisions the Serve policy and the simulator share."""
 
-from serving.autoscaling import DenoiseLoad, denoise_replicas, dispatch_window
+from serving.control_plane.autoscaling import DenoiseLoad, denoise_replicas, dispatch_window
 
 
 def _load(queued, in_progress=0, step=None):

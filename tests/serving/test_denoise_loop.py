@@ -12,9 +12,9 @@ import pytest
 from engines.denoiser import DenoiseRequest
 from engines.params import GenerationRequest
 from engines.stage_io import DenoisedLatents, PromptPair
-from serving.denoise_loop import DenoiseLoop
-from serving.scheduler import StepScheduler
-from serving.stages import Denoised, DenoiseEvent
+from serving.data_plane.denoise_loop import DenoiseLoop
+from serving.data_plane.scheduler import StepScheduler
+from serving.data_plane.stages import Denoised, DenoiseEvent
 
 
 def _request(staged, config, rid: str, *, steps: int = 3, seed: int = 1, size: int = 64) -> DenoiseRequest:
@@ -150,7 +150,7 @@ def test_the_same_request_twice_is_refused(staged, tiny_config):
 
 
 def test_the_denoise_loop_imports_no_ray():
-    code = "import sys, serving.denoise_loop; assert 'ray' not in sys.modules"
+    code = "import sys, serving.data_plane.denoise_loop; assert 'ray' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -214,7 +214,7 @@ class Timed(FailsFor):
     (0.06, 0.0, 4),   # a GPU at small batches: the same time for more requests, so it pays up to the limit
 ])
 def test_a_new_bucket_is_measured_and_capped_where_batching_stops_paying(staged, tiny_config, base, per_request, cap):
-    from serving.denoise_loop import BatchMeasure
+    from serving.data_plane.denoise_loop import BatchMeasure
 
     async def main():
         loop = DenoiseLoop(Timed(staged.denoiser, base, per_request), StepScheduler(4, max_running=8),
@@ -231,7 +231,7 @@ def test_a_new_bucket_is_measured_and_capped_where_batching_stops_paying(staged,
 
 
 def test_a_new_attempt_of_a_job_supersedes_the_old_one_whose_dispatcher_is_gone(staged, tiny_config):
-    from serving.stages import attempt_id
+    from serving.data_plane.stages import attempt_id
 
     async def main():
         loop = _loop(staged)

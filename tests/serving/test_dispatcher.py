@@ -11,17 +11,17 @@ from engines.params import GenerationParams, GenerationRequest, params_to_dict
 from engines.watermark import WatermarkConfig
 from serving.artifacts import LocalArtifactStore
 from serving.config import ProvenanceConfig, QueueConfig
-from serving.dispatcher import Dispatcher
+from serving.control_plane.dispatcher import Dispatcher
+from serving.data_plane.local_stages import LocalStages
+from serving.data_plane.rendering import Renderer
+from serving.data_plane.stages import Artifact, StageUnavailable
 from serving.jobs import JobStatus, NewJob, Stage, open_store
-from serving.local_stages import LocalStages
 from serving.provenance.credentials import ContentCredentials
-from serving.rendering import Renderer
-from serving.stages import Artifact, StageUnavailable
 from tests.tools import migrated
 
 
 class InProcessStages(LocalStages):
-    """The stages in this process (serving/local_stages.py) over the session's tiny engines; records the
+    """The stages in this process (serving/data_plane/local_stages.py) over the session's tiny engines; records the
     prompts it encoded."""
 
     def __init__(self, staged, artifacts: LocalArtifactStore, tmp_path, enhancer=None) -> None:
@@ -93,7 +93,7 @@ async def _until_step(hub, jid: str, step: int) -> int:
 
 
 def test_cancel_mid_denoise(setup, staged, tmp_path):
-    from serving.progress import ProgressHub
+    from serving.control_plane.progress import ProgressHub
 
     store, artifacts, add = setup
     jid = add(0, steps=60)
@@ -117,7 +117,7 @@ def test_cancel_mid_denoise(setup, staged, tmp_path):
 
 def test_a_cancel_flagged_only_in_the_store_stops_the_job_at_the_next_heartbeat(setup, staged, tmp_path):
     """A cancel the dispatcher's hub never heard (another cluster's front door, during an upgrade)."""
-    from serving.progress import ProgressHub
+    from serving.control_plane.progress import ProgressHub
 
     store, artifacts, add = setup
     jid = add(0, steps=100)
@@ -142,7 +142,7 @@ def test_a_cancel_flagged_only_in_the_store_stops_the_job_at_the_next_heartbeat(
 def test_a_cancel_arriving_while_the_job_is_being_stopped_still_records_it(setup, staged, tmp_path):
     """Revocation and CancelVideo both flag the store and cancel the task; whichever lands while
     the dispatcher is already recording the stop must not leave the job in progress forever."""
-    from serving.progress import ProgressHub
+    from serving.control_plane.progress import ProgressHub
 
     store, artifacts, add = setup
     jid = add(0, steps=60)
@@ -312,7 +312,7 @@ def test_a_stopping_dispatcher_hands_its_jobs_back_without_using_an_attempt(setu
 
 
 def test_every_step_is_pushed_while_the_store_gets_only_the_state_changes(setup, staged, tmp_path):
-    from serving.progress import ProgressHub
+    from serving.control_plane.progress import ProgressHub
 
     store, artifacts, add = setup
     jid = add(0, steps=40)
@@ -375,7 +375,7 @@ def _watching(hub, jid, until):
 def test_a_two_stage_job_shows_both_stages_and_the_upsampling(setup, staged, tiny_config, tmp_path):
     import av
 
-    from serving.progress import ProgressHub
+    from serving.control_plane.progress import ProgressHub
 
     store, artifacts, _ = setup
     jid = _two_stage_job(store, tiny_config, steps=4)
@@ -403,7 +403,7 @@ def test_a_two_stage_job_shows_both_stages_and_the_upsampling(setup, staged, tin
 
 
 def test_a_cancel_while_upsampling_stops_the_job(setup, staged, tiny_config, tmp_path):
-    from serving.progress import ProgressHub
+    from serving.control_plane.progress import ProgressHub
 
     store, artifacts, _ = setup
     jid = _two_stage_job(store, tiny_config, steps=2)

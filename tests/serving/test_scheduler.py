@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from serving.scheduler import Batch, StepScheduler
+from serving.data_plane.scheduler import Batch, StepScheduler
 
 
 class Steps:
@@ -107,7 +107,7 @@ def test_remove_while_stepping_and_validation():
 
 
 def test_scheduler_module_imports_no_torch_and_no_ray():
-    code = "import sys, serving.scheduler; bad = {'torch', 'ray'} & set(sys.modules); assert not bad, bad"
+    code = "import sys, serving.data_plane.scheduler; bad = {'torch', 'ray'} & set(sys.modules); assert not bad, bad"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

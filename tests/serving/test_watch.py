@@ -74,8 +74,8 @@ def test_get_and_list_show_a_running_jobs_pushed_step_the_store_does_not_hold(tm
     the pushed progress, and the store's record again once the job ends."""
     import time
 
+    from serving.control_plane.progress import Progress, ProgressHub
     from serving.jobs import Stage
-    from serving.progress import Progress, ProgressHub
 
     db = Database(migrated(f"sqlite:///{tmp_path}/jobs.db"))
     store = SqlJobStore(db)

@@ -39,13 +39,13 @@ from engines.params import GenerationParams
 from engines.two_stage import stage_one, stage_two
 from serving.async_view import AsyncView, in_thread
 from serving.config import QueueConfig
+from serving.control_plane.progress import NoProgress, Progress, ProgressSink
+from serving.data_plane.stages import Denoised, StageClient, StageUnavailable, attempt_id
 from serving.errors import ErrorCode, KinoError, as_kino_error
 from serving.jobs import Artifact, DispatchQueue, Job, JobStatus, Lease, Stage, StaleLease
 from serving.metrics import Metrics, NoMetrics
 from serving.moderation import Moderator
-from serving.progress import NoProgress, Progress, ProgressSink
 from serving.provenance.claim import Claim, prompt_sha256
-from serving.stages import Denoised, StageClient, StageUnavailable, attempt_id
 
 log = logging.getLogger(__name__)
 

@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, Union
 
 from engines.errors import InvalidParameter, OutOfMemory
+from serving.data_plane.scheduler import Batch, StepScheduler
+from serving.data_plane.stages import Denoised, DenoiseEvent, job_of
 from serving.metrics import Metrics, NoMetrics
-from serving.scheduler import Batch, StepScheduler
-from serving.stages import Denoised, DenoiseEvent, job_of
 
 if TYPE_CHECKING:
     from engines.denoiser import DenoiseRequest, DenoiseState

@@ -1,7 +1,7 @@
 """Step-level continuous batching: which requests take the next denoising step.
 
 Pure bookkeeping over request ids, shape buckets and priorities; it imports no torch and no Ray.
-The denoise loop (`serving.denoise_loop`) asks `next_batch()` at every step boundary, runs one
+The denoise loop (`serving.data_plane.denoise_loop`) asks `next_batch()` at every step boundary, runs one
 transformer forward for the returned requests, then reports back with `complete()` which of them
 took their last step. Step counts live in one place, each request's engine state; the scheduler
 only hears which requests are finished.

@@ -22,12 +22,12 @@ from engines.stage_io import PromptPair
 from engines.staged_pipeline import StagedPipeline, StageTimes
 from serving.artifacts import Artifact
 from serving.async_view import in_thread
-from serving.denoise_loop import DenoiseLoop
+from serving.data_plane.denoise_loop import DenoiseLoop
+from serving.data_plane.rendering import Renderer
+from serving.data_plane.scheduler import StepScheduler
+from serving.data_plane.stages import Denoised, DenoiseEvent, StageClient, job_of
 from serving.jobs import Conditioning
 from serving.provenance.claim import Claim
-from serving.rendering import Renderer
-from serving.scheduler import StepScheduler
-from serving.stages import Denoised, DenoiseEvent, StageClient, job_of
 
 T = TypeVar("T")
 
