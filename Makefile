@@ -57,7 +57,8 @@ bench-serving: $(STAMP)
 clean:
 	rm -rf $(VENV) out .pytest_cache
 
-# Regenerate kino/v1/*_pb2*.py from protos/ with the locked grpcio-tools (generated code lives apart, in
-# kino/; never edit it; tests/serving/test_protos.py fails when it differs from this generator's output).
+# Regenerate kino_api/v1/*_pb2*.py from protos/ with the locked grpcio-tools: the generated code has a package of its
+# own, which the server (serving/frontend) and the clients (kino/, loadtests) both import; never edit it
+# (tests/serving/test_protos.py fails when it differs from this generator's output).
 protos: $(STAMP)
-	$(PY) -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. protos/kino/v1/*.proto
+	$(PY) -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. protos/kino_api/v1/*.proto

@@ -1,1 +1,1 @@
-"""Generated protobuf/gRPC code for the kino.v1 API (from protos/ by `make protos`). Do not edit."""
+"""Kino's client and command line: `kino` (kino/cli) over the gRPC API (kino/client.py, the kino_api stubs)."""

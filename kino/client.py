@@ -9,8 +9,8 @@ from pathlib import Path
 
 import grpc
 
-from kino.v1 import video_service_pb2 as pb
-from kino.v1 import video_service_pb2_grpc as pb_grpc
+from kino_api.v1 import video_service_pb2 as pb
+from kino_api.v1 import video_service_pb2_grpc as pb_grpc
 
 
 class ClientError(Exception):

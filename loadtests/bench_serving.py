@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kino.client import KinoClient
-from kino.v1 import video_service_pb2 as pb
+from kino_api.v1 import video_service_pb2 as pb
 from serving.on_ray.cluster import LocalCluster, free_port, local_serve_config, start_local_cluster
 
 SIZES = {"tiny": ("64x64", 1.0), "small": ("256x256", 33 / 24)}

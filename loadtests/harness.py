@@ -69,7 +69,7 @@ class KinoTarget(Target):
 
     def run_one(self, cls: RequestClass, prompt: str, seed: int, record: JobRecord) -> None:
         from kino.client import ClientError
-        from kino.v1 import video_service_pb2 as pb
+        from kino_api.v1 import video_service_pb2 as pb
 
         req = pb.CreateVideoRequest(prompt=prompt, size=cls.size, seconds=cls.seconds, seed=seed,
                                     priority=cls.priority)

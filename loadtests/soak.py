@@ -69,8 +69,8 @@ def run_soak(grpc_address: str, database_url: str, *, jobs: int, kills: int, app
     import grpc
     import ray
 
-    from kino.v1 import video_service_pb2 as pb
-    from kino.v1 import video_service_pb2_grpc as pb_grpc
+    from kino_api.v1 import video_service_pb2 as pb
+    from kino_api.v1 import video_service_pb2_grpc as pb_grpc
     from serving.jobs import JobStatus, open_store
 
     channel = grpc.insecure_channel(grpc_address)

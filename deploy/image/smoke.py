@@ -81,7 +81,7 @@ def serve_answers_from_outside(image: str, work: Path) -> float:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from kino.client import KinoClient
-    from kino.v1 import video_service_pb2 as pb
+    from kino_api.v1 import video_service_pb2 as pb
 
     step("kino serve (in the container), a client outside it")
     port, name = free_port(), f"kino-smoke-{int(time.time())}"

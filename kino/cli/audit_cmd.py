@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from kino.cli.videos_cmd import client_options, connect, when
-from kino.v1 import video_service_pb2 as pb
+from kino_api.v1 import video_service_pb2 as pb
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from kino.cli.videos_cmd import client_options, connect, status_name, when
-from kino.v1 import video_service_pb2 as pb
+from kino_api.v1 import video_service_pb2 as pb
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 
 from kino.cli.videos_cmd import client_options, connect, follow_and_download
-from kino.v1 import video_service_pb2 as pb
+from kino_api.v1 import video_service_pb2 as pb
 
 
 def register(sub: argparse._SubParsersAction) -> None:

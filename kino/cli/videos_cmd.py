@@ -12,7 +12,7 @@ from rich.table import Table
 
 from kino.cli.options import add_generation_options
 from kino.client import KinoClient
-from kino.v1 import video_service_pb2 as pb
+from kino_api.v1 import video_service_pb2 as pb
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 STATUS_NAMES = {"queued": pb.VIDEO_STATUS_QUEUED, "in_progress": pb.VIDEO_STATUS_IN_PROGRESS,

@@ -11,8 +11,8 @@ import time
 import grpc
 import pytest
 
-from kino.v1 import video_service_pb2 as pb
-from kino.v1 import video_service_pb2_grpc as pb_grpc
+from kino_api.v1 import video_service_pb2 as pb
+from kino_api.v1 import video_service_pb2_grpc as pb_grpc
 
 
 @pytest.fixture(scope="session")

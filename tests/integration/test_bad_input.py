@@ -5,7 +5,7 @@ import re
 import grpc
 import pytest
 
-from kino.v1 import video_service_pb2 as pb
+from kino_api.v1 import video_service_pb2 as pb
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 C = pb.CreateVideoRequest

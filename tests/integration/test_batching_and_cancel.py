@@ -5,7 +5,7 @@ import concurrent.futures as cf
 import grpc
 import pytest
 
-from kino.v1 import video_service_pb2 as pb
+from kino_api.v1 import video_service_pb2 as pb
 from tests.integration.conftest import wait_done
 
 

@@ -131,7 +131,7 @@ def test_run_and_serve_refuse_a_request_over_the_token_budget_alike(cluster, stu
     import grpc
 
     from kino.cli.main import main
-    from kino.v1 import video_service_pb2 as pb
+    from kino_api.v1 import video_service_pb2 as pb
 
     with pytest.raises(grpc.RpcError) as served:
         stub.CreateVideo(pb.CreateVideoRequest(prompt="x", size="1920x1088", seconds=20, fps="30"), timeout=30)

@@ -8,7 +8,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from kino.v1 import video_service_pb2 as pb
+from kino_api.v1 import video_service_pb2 as pb
 from tests.integration.conftest import wait_done
 
 

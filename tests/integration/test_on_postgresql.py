@@ -18,8 +18,8 @@ import grpc
 import pytest
 import yaml
 
-from kino.v1 import video_service_pb2 as pb
-from kino.v1 import video_service_pb2_grpc as pb_grpc
+from kino_api.v1 import video_service_pb2 as pb
+from kino_api.v1 import video_service_pb2_grpc as pb_grpc
 from loadtests.soak import APP, SOAK_DEPLOYMENTS, run_soak, soak_overrides
 from serving.on_ray.cluster import free_port, local_serve_config
 from tests.integration.conftest import wait_done

@@ -12,8 +12,8 @@ import grpc
 import pytest
 import ray
 
-from kino.v1 import video_service_pb2 as pb
-from kino.v1 import video_service_pb2_grpc as pb_grpc
+from kino_api.v1 import video_service_pb2 as pb
+from kino_api.v1 import video_service_pb2_grpc as pb_grpc
 from serving.db import Database
 from serving.jobs.sql_store import SqlJobStore
 from serving.on_ray.cluster import free_port, local_serve_config

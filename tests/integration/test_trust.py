@@ -23,8 +23,8 @@ import pytest
 
 from engines.params import GenerationRequest
 from engines.watermark import WatermarkConfig, detect
-from kino.v1 import video_service_pb2 as pb
-from kino.v1 import video_service_pb2_grpc as pb_grpc
+from kino_api.v1 import video_service_pb2 as pb
+from kino_api.v1 import video_service_pb2_grpc as pb_grpc
 from serving.accounts.store import AccountStore
 from serving.db import Database
 from serving.jobs.models import Quota

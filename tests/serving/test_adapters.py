@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient
 
 from engines.config import preset
 from engines.params import GenerationRequest, params_to_dict
-from kino.v1 import video_service_pb2 as pb
-from kino.v1 import video_service_pb2_grpc as pb_grpc
+from kino_api.v1 import video_service_pb2 as pb
+from kino_api.v1 import video_service_pb2_grpc as pb_grpc
 from serving.accounts import Principal, Tenant
 from serving.artifacts import Artifact
 from serving.errors import ErrorCode, FailedPrecondition, InvalidArgument, NotFound

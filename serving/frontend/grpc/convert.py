@@ -6,7 +6,7 @@ from fractions import Fraction
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from kino.v1 import video_service_pb2 as pb
+from kino_api.v1 import video_service_pb2 as pb
 from serving.accounts import AuditEvent
 from serving.cameos.models import Cameo, Grant, Notification
 from serving.errors import InvalidArgument

@@ -11,8 +11,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from kino.v1 import video_service_pb2 as pb
-from kino.v1 import video_service_pb2_grpc as pb_grpc
+from kino_api.v1 import video_service_pb2 as pb
+from kino_api.v1 import video_service_pb2_grpc as pb_grpc
 from serving.accounts.service import AccountService
 from serving.cameos.service import CameoService
 from serving.config import GrpcConfig

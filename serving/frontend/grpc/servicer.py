@@ -9,8 +9,8 @@ from typing import Any
 
 import grpc
 
-from kino.v1 import video_service_pb2 as pb
-from kino.v1 import video_service_pb2_grpc as pb_grpc
+from kino_api.v1 import video_service_pb2 as pb
+from kino_api.v1 import video_service_pb2_grpc as pb_grpc
 from serving.accounts import Principal
 from serving.accounts.service import AccountService
 from serving.async_view import AsyncView

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from kino.v1 import video_service_pb2 as kino_dot_v1_dot_video__service__pb2
+from kino_api.v1 import video_service_pb2 as kino__api_dot_v1_dot_video__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in kino/v1/video_service_pb2_grpc.py depends on'
+        + ' but the generated code in kino_api/v1/video_service_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,53 +36,53 @@ class VideoServiceStub:
         """
         self.CreateVideo = channel.unary_unary(
                 '/kino.v1.VideoService/CreateVideo',
-                request_serializer=kino_dot_v1_dot_video__service__pb2.CreateVideoRequest.SerializeToString,
-                response_deserializer=kino_dot_v1_dot_video__service__pb2.Video.FromString,
+                request_serializer=kino__api_dot_v1_dot_video__service__pb2.CreateVideoRequest.SerializeToString,
+                response_deserializer=kino__api_dot_v1_dot_video__service__pb2.Video.FromString,
                 _registered_method=True)
         self.GetVideo = channel.unary_unary(
                 '/kino.v1.VideoService/GetVideo',
-                request_serializer=kino_dot_v1_dot_video__service__pb2.GetVideoRequest.SerializeToString,
-                response_deserializer=kino_dot_v1_dot_video__service__pb2.Video.FromString,
+                request_serializer=kino__api_dot_v1_dot_video__service__pb2.GetVideoRequest.SerializeToString,
+                response_deserializer=kino__api_dot_v1_dot_video__service__pb2.Video.FromString,
                 _registered_method=True)
         self.ListVideos = channel.unary_unary(
                 '/kino.v1.VideoService/ListVideos',
-                request_serializer=kino_dot_v1_dot_video__service__pb2.ListVideosRequest.SerializeToString,
-                response_deserializer=kino_dot_v1_dot_video__service__pb2.ListVideosResponse.FromString,
+                request_serializer=kino__api_dot_v1_dot_video__service__pb2.ListVideosRequest.SerializeToString,
+                response_deserializer=kino__api_dot_v1_dot_video__service__pb2.ListVideosResponse.FromString,
                 _registered_method=True)
         self.CancelVideo = channel.unary_unary(
                 '/kino.v1.VideoService/CancelVideo',
-                request_serializer=kino_dot_v1_dot_video__service__pb2.CancelVideoRequest.SerializeToString,
-                response_deserializer=kino_dot_v1_dot_video__service__pb2.Video.FromString,
+                request_serializer=kino__api_dot_v1_dot_video__service__pb2.CancelVideoRequest.SerializeToString,
+                response_deserializer=kino__api_dot_v1_dot_video__service__pb2.Video.FromString,
                 _registered_method=True)
         self.DeleteVideo = channel.unary_unary(
                 '/kino.v1.VideoService/DeleteVideo',
-                request_serializer=kino_dot_v1_dot_video__service__pb2.DeleteVideoRequest.SerializeToString,
-                response_deserializer=kino_dot_v1_dot_video__service__pb2.DeleteVideoResponse.FromString,
+                request_serializer=kino__api_dot_v1_dot_video__service__pb2.DeleteVideoRequest.SerializeToString,
+                response_deserializer=kino__api_dot_v1_dot_video__service__pb2.DeleteVideoResponse.FromString,
                 _registered_method=True)
         self.WatchVideo = channel.unary_stream(
                 '/kino.v1.VideoService/WatchVideo',
-                request_serializer=kino_dot_v1_dot_video__service__pb2.WatchVideoRequest.SerializeToString,
-                response_deserializer=kino_dot_v1_dot_video__service__pb2.VideoEvent.FromString,
+                request_serializer=kino__api_dot_v1_dot_video__service__pb2.WatchVideoRequest.SerializeToString,
+                response_deserializer=kino__api_dot_v1_dot_video__service__pb2.VideoEvent.FromString,
                 _registered_method=True)
         self.DownloadVideo = channel.unary_stream(
                 '/kino.v1.VideoService/DownloadVideo',
-                request_serializer=kino_dot_v1_dot_video__service__pb2.DownloadVideoRequest.SerializeToString,
-                response_deserializer=kino_dot_v1_dot_video__service__pb2.DownloadVideoResponse.FromString,
+                request_serializer=kino__api_dot_v1_dot_video__service__pb2.DownloadVideoRequest.SerializeToString,
+                response_deserializer=kino__api_dot_v1_dot_video__service__pb2.DownloadVideoResponse.FromString,
                 _registered_method=True)
         self.RemixVideo = channel.unary_unary(
                 '/kino.v1.VideoService/RemixVideo',
-                request_serializer=kino_dot_v1_dot_video__service__pb2.RemixVideoRequest.SerializeToString,
-                response_deserializer=kino_dot_v1_dot_video__service__pb2.Video.FromString,
+                request_serializer=kino__api_dot_v1_dot_video__service__pb2.RemixVideoRequest.SerializeToString,
+                response_deserializer=kino__api_dot_v1_dot_video__service__pb2.Video.FromString,
                 _registered_method=True)
         self.SetVideoVisibility = channel.unary_unary(
                 '/kino.v1.VideoService/SetVideoVisibility',
-                request_serializer=kino_dot_v1_dot_video__service__pb2.SetVideoVisibilityRequest.SerializeToString,
-                response_deserializer=kino_dot_v1_dot_video__service__pb2.Video.FromString,
+                request_serializer=kino__api_dot_v1_dot_video__service__pb2.SetVideoVisibilityRequest.SerializeToString,
+                response_deserializer=kino__api_dot_v1_dot_video__service__pb2.Video.FromString,
                 _registered_method=True)
         self.ListPublicVideos = channel.unary_unary(
                 '/kino.v1.VideoService/ListPublicVideos',
-                request_serializer=kino_dot_v1_dot_video__service__pb2.ListPublicVideosRequest.SerializeToString,
-                response_deserializer=kino_dot_v1_dot_video__service__pb2.ListPublicVideosResponse.FromString,
+                request_serializer=kino__api_dot_v1_dot_video__service__pb2.ListPublicVideosRequest.SerializeToString,
+                response_deserializer=kino__api_dot_v1_dot_video__service__pb2.ListPublicVideosResponse.FromString,
                 _registered_method=True)
 
 
@@ -162,53 +162,53 @@ def add_VideoServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'CreateVideo': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateVideo,
-                    request_deserializer=kino_dot_v1_dot_video__service__pb2.CreateVideoRequest.FromString,
-                    response_serializer=kino_dot_v1_dot_video__service__pb2.Video.SerializeToString,
+                    request_deserializer=kino__api_dot_v1_dot_video__service__pb2.CreateVideoRequest.FromString,
+                    response_serializer=kino__api_dot_v1_dot_video__service__pb2.Video.SerializeToString,
             ),
             'GetVideo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetVideo,
-                    request_deserializer=kino_dot_v1_dot_video__service__pb2.GetVideoRequest.FromString,
-                    response_serializer=kino_dot_v1_dot_video__service__pb2.Video.SerializeToString,
+                    request_deserializer=kino__api_dot_v1_dot_video__service__pb2.GetVideoRequest.FromString,
+                    response_serializer=kino__api_dot_v1_dot_video__service__pb2.Video.SerializeToString,
             ),
             'ListVideos': grpc.unary_unary_rpc_method_handler(
                     servicer.ListVideos,
-                    request_deserializer=kino_dot_v1_dot_video__service__pb2.ListVideosRequest.FromString,
-                    response_serializer=kino_dot_v1_dot_video__service__pb2.ListVideosResponse.SerializeToString,
+                    request_deserializer=kino__api_dot_v1_dot_video__service__pb2.ListVideosRequest.FromString,
+                    response_serializer=kino__api_dot_v1_dot_video__service__pb2.ListVideosResponse.SerializeToString,
             ),
             'CancelVideo': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelVideo,
-                    request_deserializer=kino_dot_v1_dot_video__service__pb2.CancelVideoRequest.FromString,
-                    response_serializer=kino_dot_v1_dot_video__service__pb2.Video.SerializeToString,
+                    request_deserializer=kino__api_dot_v1_dot_video__service__pb2.CancelVideoRequest.FromString,
+                    response_serializer=kino__api_dot_v1_dot_video__service__pb2.Video.SerializeToString,
             ),
             'DeleteVideo': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteVideo,
-                    request_deserializer=kino_dot_v1_dot_video__service__pb2.DeleteVideoRequest.FromString,
-                    response_serializer=kino_dot_v1_dot_video__service__pb2.DeleteVideoResponse.SerializeToString,
+                    request_deserializer=kino__api_dot_v1_dot_video__service__pb2.DeleteVideoRequest.FromString,
+                    response_serializer=kino__api_dot_v1_dot_video__service__pb2.DeleteVideoResponse.SerializeToString,
             ),
             'WatchVideo': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchVideo,
-                    request_deserializer=kino_dot_v1_dot_video__service__pb2.WatchVideoRequest.FromString,
-                    response_serializer=kino_dot_v1_dot_video__service__pb2.VideoEvent.SerializeToString,
+                    request_deserializer=kino__api_dot_v1_dot_video__service__pb2.WatchVideoRequest.FromString,
+                    response_serializer=kino__api_dot_v1_dot_video__service__pb2.VideoEvent.SerializeToString,
             ),
             'DownloadVideo': grpc.unary_stream_rpc_method_handler(
                     servicer.DownloadVideo,
-                    request_deserializer=kino_dot_v1_dot_video__service__pb2.DownloadVideoRequest.FromString,
-                    response_serializer=kino_dot_v1_dot_video__service__pb2.DownloadVideoResponse.SerializeToString,
+                    request_deserializer=kino__api_dot_v1_dot_video__service__pb2.DownloadVideoRequest.FromString,
+                    response_serializer=kino__api_dot_v1_dot_video__service__pb2.DownloadVideoResponse.SerializeToString,
             ),
             'RemixVideo': grpc.unary_unary_rpc_method_handler(
                     servicer.RemixVideo,
-                    request_deserializer=kino_dot_v1_dot_video__service__pb2.RemixVideoRequest.FromString,
-                    response_serializer=kino_dot_v1_dot_video__service__pb2.Video.SerializeToString,
+                    request_deserializer=kino__api_dot_v1_dot_video__service__pb2.RemixVideoRequest.FromString,
+                    response_serializer=kino__api_dot_v1_dot_video__service__pb2.Video.SerializeToString,
             ),
             'SetVideoVisibility': grpc.unary_unary_rpc_method_handler(
                     servicer.SetVideoVisibility,
-                    request_deserializer=kino_dot_v1_dot_video__service__pb2.SetVideoVisibilityRequest.FromString,
-                    response_serializer=kino_dot_v1_dot_video__service__pb2.Video.SerializeToString,
+                    request_deserializer=kino__api_dot_v1_dot_video__service__pb2.SetVideoVisibilityRequest.FromString,
+                    response_serializer=kino__api_dot_v1_dot_video__service__pb2.Video.SerializeToString,
             ),
             'ListPublicVideos': grpc.unary_unary_rpc_method_handler(
                     servicer.ListPublicVideos,
-                    request_deserializer=kino_dot_v1_dot_video__service__pb2.ListPublicVideosRequest.FromString,
-                    response_serializer=kino_dot_v1_dot_video__service__pb2.ListPublicVideosResponse.SerializeToString,
+                    request_deserializer=kino__api_dot_v1_dot_video__service__pb2.ListPublicVideosRequest.FromString,
+                    response_serializer=kino__api_dot_v1_dot_video__service__pb2.ListPublicVideosResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -236,8 +236,8 @@ class VideoService:
             request,
             target,
             '/kino.v1.VideoService/CreateVideo',
-            kino_dot_v1_dot_video__service__pb2.CreateVideoRequest.SerializeToString,
-            kino_dot_v1_dot_video__service__pb2.Video.FromString,
+            kino__api_dot_v1_dot_video__service__pb2.CreateVideoRequest.SerializeToString,
+            kino__api_dot_v1_dot_video__service__pb2.Video.FromString,
             options,
             channel_credentials,
             insecure,
@@ -263,8 +263,8 @@ class VideoService:
             request,
             target,
             '/kino.v1.VideoService/GetVideo',
-            kino_dot_v1_dot_video__service__pb2.GetVideoRequest.SerializeToString,
-            kino_dot_v1_dot_video__service__pb2.Video.FromString,
+            kino__api_dot_v1_dot_video__service__pb2.GetVideoRequest.SerializeToString,
+            kino__api_dot_v1_dot_video__service__pb2.Video.FromString,
             options,
             channel_credentials,
             insecure,
@@ -290,8 +290,8 @@ class VideoService:
             request,
             target,
             '/kino.v1.VideoService/ListVideos',
-            kino_dot_v1_dot_video__service__pb2.ListVideosRequest.SerializeToString,
-            kino_dot_v1_dot_video__service__pb2.ListVideosResponse.FromString,
+            kino__api_dot_v1_dot_video__service__pb2.ListVideosRequest.SerializeToString,
+            kino__api_dot_v1_dot_video__service__pb2.ListVideosResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -317,8 +317,8 @@ class VideoService:
             request,
             target,
             '/kino.v1.VideoService/CancelVideo',
-            kino_dot_v1_dot_video__service__pb2.CancelVideoRequest.SerializeToString,
-            kino_dot_v1_dot_video__service__pb2.Video.FromString,
+            kino__api_dot_v1_dot_video__service__pb2.CancelVideoRequest.SerializeToString,
+            kino__api_dot_v1_dot_video__service__pb2.Video.FromString,
             options,
             channel_credentials,
             insecure,
@@ -344,8 +344,8 @@ class VideoService:
             request,
             target,
             '/kino.v1.VideoService/DeleteVideo',
-            kino_dot_v1_dot_video__service__pb2.DeleteVideoRequest.SerializeToString,
-            kino_dot_v1_dot_video__service__pb2.DeleteVideoResponse.FromString,
+            kino__api_dot_v1_dot_video__service__pb2.DeleteVideoRequest.SerializeToString,
+            kino__api_dot_v1_dot_video__service__pb2.DeleteVideoResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -371,8 +371,8 @@ class VideoService:
             request,
             target,
             '/kino.v1.VideoService/WatchVideo',
-            kino_dot_v1_dot_video__service__pb2.WatchVideoRequest.SerializeToString,
-            kino_dot_v1_dot_video__service__pb2.VideoEvent.FromString,
+            kino__api_dot_v1_dot_video__service__pb2.WatchVideoRequest.SerializeToString,
+            kino__api_dot_v1_dot_video__service__pb2.VideoEvent.FromString,
             options,
             channel_credentials,
             insecure,
@@ -398,8 +398,8 @@ class VideoService:
             request,
             target,
             '/kino.v1.VideoService/DownloadVideo',
-            kino_dot_v1_dot_video__service__pb2.DownloadVideoRequest.SerializeToString,
-            kino_dot_v1_dot_video__service__pb2.DownloadVideoResponse.FromString,
+            kino__api_dot_v1_dot_video__service__pb2.DownloadVideoRequest.SerializeToString,
+            kino__api_dot_v1_dot_video__service__pb2.DownloadVideoResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -425,8 +425,8 @@ class VideoService:
             request,
             target,
             '/kino.v1.VideoService/RemixVideo',
-            kino_dot_v1_dot_video__service__pb2.RemixVideoRequest.SerializeToString,
-            kino_dot_v1_dot_video__service__pb2.Video.FromString,
+            kino__api_dot_v1_dot_video__service__pb2.RemixVideoRequest.SerializeToString,
+            kino__api_dot_v1_dot_video__service__pb2.Video.FromString,
             options,
             channel_credentials,
             insecure,
@@ -452,8 +452,8 @@ class VideoService:
             request,
             target,
             '/kino.v1.VideoService/SetVideoVisibility',
-            kino_dot_v1_dot_video__service__pb2.SetVideoVisibilityRequest.SerializeToString,
-            kino_dot_v1_dot_video__service__pb2.Video.FromString,
+            kino__api_dot_v1_dot_video__service__pb2.SetVideoVisibilityRequest.SerializeToString,
+            kino__api_dot_v1_dot_video__service__pb2.Video.FromString,
             options,
             channel_credentials,
             insecure,
@@ -479,8 +479,8 @@ class VideoService:
             request,
             target,
             '/kino.v1.VideoService/ListPublicVideos',
-            kino_dot_v1_dot_video__service__pb2.ListPublicVideosRequest.SerializeToString,
-            kino_dot_v1_dot_video__service__pb2.ListPublicVideosResponse.FromString,
+            kino__api_dot_v1_dot_video__service__pb2.ListPublicVideosRequest.SerializeToString,
+            kino__api_dot_v1_dot_video__service__pb2.ListPublicVideosResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -504,58 +504,58 @@ class CameoServiceStub:
         """
         self.CreateCameo = channel.unary_unary(
                 '/kino.v1.CameoService/CreateCameo',
-                request_serializer=kino_dot_v1_dot_video__service__pb2.CreateCameoRequest.SerializeToString,
-                response_deserializer=kino_dot_v1_dot_video__service__pb2.Cameo.FromString,
+                request_serializer=kino__api_dot_v1_dot_video__service__pb2.CreateCameoRequest.SerializeToString,
+                response_deserializer=kino__api_dot_v1_dot_video__service__pb2.Cameo.FromString,
                 _registered_method=True)
         self.GetCameo = channel.unary_unary(
                 '/kino.v1.CameoService/GetCameo',
-                request_serializer=kino_dot_v1_dot_video__service__pb2.GetCameoRequest.SerializeToString,
-                response_deserializer=kino_dot_v1_dot_video__service__pb2.Cameo.FromString,
+                request_serializer=kino__api_dot_v1_dot_video__service__pb2.GetCameoRequest.SerializeToString,
+                response_deserializer=kino__api_dot_v1_dot_video__service__pb2.Cameo.FromString,
                 _registered_method=True)
         self.ListCameos = channel.unary_unary(
                 '/kino.v1.CameoService/ListCameos',
-                request_serializer=kino_dot_v1_dot_video__service__pb2.ListCameosRequest.SerializeToString,
-                response_deserializer=kino_dot_v1_dot_video__service__pb2.ListCameosResponse.FromString,
+                request_serializer=kino__api_dot_v1_dot_video__service__pb2.ListCameosRequest.SerializeToString,
+                response_deserializer=kino__api_dot_v1_dot_video__service__pb2.ListCameosResponse.FromString,
                 _registered_method=True)
         self.DeleteCameo = channel.unary_unary(
                 '/kino.v1.CameoService/DeleteCameo',
-                request_serializer=kino_dot_v1_dot_video__service__pb2.DeleteCameoRequest.SerializeToString,
-                response_deserializer=kino_dot_v1_dot_video__service__pb2.DeleteCameoResponse.FromString,
+                request_serializer=kino__api_dot_v1_dot_video__service__pb2.DeleteCameoRequest.SerializeToString,
+                response_deserializer=kino__api_dot_v1_dot_video__service__pb2.DeleteCameoResponse.FromString,
                 _registered_method=True)
         self.GrantCameo = channel.unary_unary(
                 '/kino.v1.CameoService/GrantCameo',
-                request_serializer=kino_dot_v1_dot_video__service__pb2.GrantCameoRequest.SerializeToString,
-                response_deserializer=kino_dot_v1_dot_video__service__pb2.Cameo.FromString,
+                request_serializer=kino__api_dot_v1_dot_video__service__pb2.GrantCameoRequest.SerializeToString,
+                response_deserializer=kino__api_dot_v1_dot_video__service__pb2.Cameo.FromString,
                 _registered_method=True)
         self.RevokeCameo = channel.unary_unary(
                 '/kino.v1.CameoService/RevokeCameo',
-                request_serializer=kino_dot_v1_dot_video__service__pb2.RevokeCameoRequest.SerializeToString,
-                response_deserializer=kino_dot_v1_dot_video__service__pb2.Cameo.FromString,
+                request_serializer=kino__api_dot_v1_dot_video__service__pb2.RevokeCameoRequest.SerializeToString,
+                response_deserializer=kino__api_dot_v1_dot_video__service__pb2.Cameo.FromString,
                 _registered_method=True)
         self.ListCameoVideos = channel.unary_unary(
                 '/kino.v1.CameoService/ListCameoVideos',
-                request_serializer=kino_dot_v1_dot_video__service__pb2.ListCameoVideosRequest.SerializeToString,
-                response_deserializer=kino_dot_v1_dot_video__service__pb2.ListVideosResponse.FromString,
+                request_serializer=kino__api_dot_v1_dot_video__service__pb2.ListCameoVideosRequest.SerializeToString,
+                response_deserializer=kino__api_dot_v1_dot_video__service__pb2.ListVideosResponse.FromString,
                 _registered_method=True)
         self.DeleteCameoVideo = channel.unary_unary(
                 '/kino.v1.CameoService/DeleteCameoVideo',
-                request_serializer=kino_dot_v1_dot_video__service__pb2.DeleteCameoVideoRequest.SerializeToString,
-                response_deserializer=kino_dot_v1_dot_video__service__pb2.DeleteVideoResponse.FromString,
+                request_serializer=kino__api_dot_v1_dot_video__service__pb2.DeleteCameoVideoRequest.SerializeToString,
+                response_deserializer=kino__api_dot_v1_dot_video__service__pb2.DeleteVideoResponse.FromString,
                 _registered_method=True)
         self.ReviewCameoVideo = channel.unary_unary(
                 '/kino.v1.CameoService/ReviewCameoVideo',
-                request_serializer=kino_dot_v1_dot_video__service__pb2.ReviewCameoVideoRequest.SerializeToString,
-                response_deserializer=kino_dot_v1_dot_video__service__pb2.Video.FromString,
+                request_serializer=kino__api_dot_v1_dot_video__service__pb2.ReviewCameoVideoRequest.SerializeToString,
+                response_deserializer=kino__api_dot_v1_dot_video__service__pb2.Video.FromString,
                 _registered_method=True)
         self.ListCameoNotifications = channel.unary_unary(
                 '/kino.v1.CameoService/ListCameoNotifications',
-                request_serializer=kino_dot_v1_dot_video__service__pb2.ListCameoNotificationsRequest.SerializeToString,
-                response_deserializer=kino_dot_v1_dot_video__service__pb2.ListCameoNotificationsResponse.FromString,
+                request_serializer=kino__api_dot_v1_dot_video__service__pb2.ListCameoNotificationsRequest.SerializeToString,
+                response_deserializer=kino__api_dot_v1_dot_video__service__pb2.ListCameoNotificationsResponse.FromString,
                 _registered_method=True)
         self.WatchCameoNotifications = channel.unary_stream(
                 '/kino.v1.CameoService/WatchCameoNotifications',
-                request_serializer=kino_dot_v1_dot_video__service__pb2.WatchCameoNotificationsRequest.SerializeToString,
-                response_deserializer=kino_dot_v1_dot_video__service__pb2.CameoNotification.FromString,
+                request_serializer=kino__api_dot_v1_dot_video__service__pb2.WatchCameoNotificationsRequest.SerializeToString,
+                response_deserializer=kino__api_dot_v1_dot_video__service__pb2.CameoNotification.FromString,
                 _registered_method=True)
 
 
@@ -638,58 +638,58 @@ def add_CameoServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'CreateCameo': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateCameo,
-                    request_deserializer=kino_dot_v1_dot_video__service__pb2.CreateCameoRequest.FromString,
-                    response_serializer=kino_dot_v1_dot_video__service__pb2.Cameo.SerializeToString,
+                    request_deserializer=kino__api_dot_v1_dot_video__service__pb2.CreateCameoRequest.FromString,
+                    response_serializer=kino__api_dot_v1_dot_video__service__pb2.Cameo.SerializeToString,
             ),
             'GetCameo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCameo,
-                    request_deserializer=kino_dot_v1_dot_video__service__pb2.GetCameoRequest.FromString,
-                    response_serializer=kino_dot_v1_dot_video__service__pb2.Cameo.SerializeToString,
+                    request_deserializer=kino__api_dot_v1_dot_video__service__pb2.GetCameoRequest.FromString,
+                    response_serializer=kino__api_dot_v1_dot_video__service__pb2.Cameo.SerializeToString,
             ),
             'ListCameos': grpc.unary_unary_rpc_method_handler(
                     servicer.ListCameos,
-                    request_deserializer=kino_dot_v1_dot_video__service__pb2.ListCameosRequest.FromString,
-                    response_serializer=kino_dot_v1_dot_video__service__pb2.ListCameosResponse.SerializeToString,
+                    request_deserializer=kino__api_dot_v1_dot_video__service__pb2.ListCameosRequest.FromString,
+                    response_serializer=kino__api_dot_v1_dot_video__service__pb2.ListCameosResponse.SerializeToString,
             ),
             'DeleteCameo': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteCameo,
-                    request_deserializer=kino_dot_v1_dot_video__service__pb2.DeleteCameoRequest.FromString,
-                    response_serializer=kino_dot_v1_dot_video__service__pb2.DeleteCameoResponse.SerializeToString,
+                    request_deserializer=kino__api_dot_v1_dot_video__service__pb2.DeleteCameoRequest.FromString,
+                    response_serializer=kino__api_dot_v1_dot_video__service__pb2.DeleteCameoResponse.SerializeToString,
             ),
             'GrantCameo': grpc.unary_unary_rpc_method_handler(
                     servicer.GrantCameo,
-                    request_deserializer=kino_dot_v1_dot_video__service__pb2.GrantCameoRequest.FromString,
-                    response_serializer=kino_dot_v1_dot_video__service__pb2.Cameo.SerializeToString,
+                    request_deserializer=kino__api_dot_v1_dot_video__service__pb2.GrantCameoRequest.FromString,
+                    response_serializer=kino__api_dot_v1_dot_video__service__pb2.Cameo.SerializeToString,
             ),
             'RevokeCameo': grpc.unary_unary_rpc_method_handler(
                     servicer.RevokeCameo,
-                    request_deserializer=kino_dot_v1_dot_video__service__pb2.RevokeCameoRequest.FromString,
-                    response_serializer=kino_dot_v1_dot_video__service__pb2.Cameo.SerializeToString,
+                    request_deserializer=kino__api_dot_v1_dot_video__service__pb2.RevokeCameoRequest.FromString,
+                    response_serializer=kino__api_dot_v1_dot_video__service__pb2.Cameo.SerializeToString,
             ),
             'ListCameoVideos': grpc.unary_unary_rpc_method_handler(
                     servicer.ListCameoVideos,
-                    request_deserializer=kino_dot_v1_dot_video__service__pb2.ListCameoVideosRequest.FromString,
-                    response_serializer=kino_dot_v1_dot_video__service__pb2.ListVideosResponse.SerializeToString,
+                    request_deserializer=kino__api_dot_v1_dot_video__service__pb2.ListCameoVideosRequest.FromString,
+                    response_serializer=kino__api_dot_v1_dot_video__service__pb2.ListVideosResponse.SerializeToString,
             ),
             'DeleteCameoVideo': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteCameoVideo,
-                    request_deserializer=kino_dot_v1_dot_video__service__pb2.DeleteCameoVideoRequest.FromString,
-                    response_serializer=kino_dot_v1_dot_video__service__pb2.DeleteVideoResponse.SerializeToString,
+                    request_deserializer=kino__api_dot_v1_dot_video__service__pb2.DeleteCameoVideoRequest.FromString,
+                    response_serializer=kino__api_dot_v1_dot_video__service__pb2.DeleteVideoResponse.SerializeToString,
             ),
             'ReviewCameoVideo': grpc.unary_unary_rpc_method_handler(
                     servicer.ReviewCameoVideo,
-                    request_deserializer=kino_dot_v1_dot_video__service__pb2.ReviewCameoVideoRequest.FromString,
-                    response_serializer=kino_dot_v1_dot_video__service__pb2.Video.SerializeToString,
+                    request_deserializer=kino__api_dot_v1_dot_video__service__pb2.ReviewCameoVideoRequest.FromString,
+                    response_serializer=kino__api_dot_v1_dot_video__service__pb2.Video.SerializeToString,
             ),
             'ListCameoNotifications': grpc.unary_unary_rpc_method_handler(
                     servicer.ListCameoNotifications,
-                    request_deserializer=kino_dot_v1_dot_video__service__pb2.ListCameoNotificationsRequest.FromString,
-                    response_serializer=kino_dot_v1_dot_video__service__pb2.ListCameoNotificationsResponse.SerializeToString,
+                    request_deserializer=kino__api_dot_v1_dot_video__service__pb2.ListCameoNotificationsRequest.FromString,
+                    response_serializer=kino__api_dot_v1_dot_video__service__pb2.ListCameoNotificationsResponse.SerializeToString,
             ),
             'WatchCameoNotifications': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchCameoNotifications,
-                    request_deserializer=kino_dot_v1_dot_video__service__pb2.WatchCameoNotificationsRequest.FromString,
-                    response_serializer=kino_dot_v1_dot_video__service__pb2.CameoNotification.SerializeToString,
+                    request_deserializer=kino__api_dot_v1_dot_video__service__pb2.WatchCameoNotificationsRequest.FromString,
+                    response_serializer=kino__api_dot_v1_dot_video__service__pb2.CameoNotification.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -718,8 +718,8 @@ class CameoService:
             request,
             target,
             '/kino.v1.CameoService/CreateCameo',
-            kino_dot_v1_dot_video__service__pb2.CreateCameoRequest.SerializeToString,
-            kino_dot_v1_dot_video__service__pb2.Cameo.FromString,
+            kino__api_dot_v1_dot_video__service__pb2.CreateCameoRequest.SerializeToString,
+            kino__api_dot_v1_dot_video__service__pb2.Cameo.FromString,
             options,
             channel_credentials,
             insecure,
@@ -745,8 +745,8 @@ class CameoService:
             request,
             target,
             '/kino.v1.CameoService/GetCameo',
-            kino_dot_v1_dot_video__service__pb2.GetCameoRequest.SerializeToString,
-            kino_dot_v1_dot_video__service__pb2.Cameo.FromString,
+            kino__api_dot_v1_dot_video__service__pb2.GetCameoRequest.SerializeToString,
+            kino__api_dot_v1_dot_video__service__pb2.Cameo.FromString,
             options,
             channel_credentials,
             insecure,
@@ -772,8 +772,8 @@ class CameoService:
             request,
             target,
             '/kino.v1.CameoService/ListCameos',
-            kino_dot_v1_dot_video__service__pb2.ListCameosRequest.SerializeToString,
-            kino_dot_v1_dot_video__service__pb2.ListCameosResponse.FromString,
+            kino__api_dot_v1_dot_video__service__pb2.ListCameosRequest.SerializeToString,
+            kino__api_dot_v1_dot_video__service__pb2.ListCameosResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -799,8 +799,8 @@ class CameoService:
             request,
             target,
             '/kino.v1.CameoService/DeleteCameo',
-            kino_dot_v1_dot_video__service__pb2.DeleteCameoRequest.SerializeToString,
-            kino_dot_v1_dot_video__service__pb2.DeleteCameoResponse.FromString,
+            kino__api_dot_v1_dot_video__service__pb2.DeleteCameoRequest.SerializeToString,
+            kino__api_dot_v1_dot_video__service__pb2.DeleteCameoResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -826,8 +826,8 @@ class CameoService:
             request,
             target,
             '/kino.v1.CameoService/GrantCameo',
-            kino_dot_v1_dot_video__service__pb2.GrantCameoRequest.SerializeToString,
-            kino_dot_v1_dot_video__service__pb2.Cameo.FromString,
+            kino__api_dot_v1_dot_video__service__pb2.GrantCameoRequest.SerializeToString,
+            kino__api_dot_v1_dot_video__service__pb2.Cameo.FromString,
             options,
             channel_credentials,
             insecure,
@@ -853,8 +853,8 @@ class CameoService:
             request,
             target,
             '/kino.v1.CameoService/RevokeCameo',
-            kino_dot_v1_dot_video__service__pb2.RevokeCameoRequest.SerializeToString,
-            kino_dot_v1_dot_video__service__pb2.Cameo.FromString,
+            kino__api_dot_v1_dot_video__service__pb2.RevokeCameoRequest.SerializeToString,
+            kino__api_dot_v1_dot_video__service__pb2.Cameo.FromString,
             options,
             channel_credentials,
             insecure,
@@ -880,8 +880,8 @@ class CameoService:
             request,
             target,
             '/kino.v1.CameoService/ListCameoVideos',
-            kino_dot_v1_dot_video__service__pb2.ListCameoVideosRequest.SerializeToString,
-            kino_dot_v1_dot_video__service__pb2.ListVideosResponse.FromString,
+            kino__api_dot_v1_dot_video__service__pb2.ListCameoVideosRequest.SerializeToString,
+            kino__api_dot_v1_dot_video__service__pb2.ListVideosResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -907,8 +907,8 @@ class CameoService:
             request,
             target,
             '/kino.v1.CameoService/DeleteCameoVideo',
-            kino_dot_v1_dot_video__service__pb2.DeleteCameoVideoRequest.SerializeToString,
-            kino_dot_v1_dot_video__service__pb2.DeleteVideoResponse.FromString,
+            kino__api_dot_v1_dot_video__service__pb2.DeleteCameoVideoRequest.SerializeToString,
+            kino__api_dot_v1_dot_video__service__pb2.DeleteVideoResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -934,8 +934,8 @@ class CameoService:
             request,
             target,
             '/kino.v1.CameoService/ReviewCameoVideo',
-            kino_dot_v1_dot_video__service__pb2.ReviewCameoVideoRequest.SerializeToString,
-            kino_dot_v1_dot_video__service__pb2.Video.FromString,
+            kino__api_dot_v1_dot_video__service__pb2.ReviewCameoVideoRequest.SerializeToString,
+            kino__api_dot_v1_dot_video__service__pb2.Video.FromString,
             options,
             channel_credentials,
             insecure,
@@ -961,8 +961,8 @@ class CameoService:
             request,
             target,
             '/kino.v1.CameoService/ListCameoNotifications',
-            kino_dot_v1_dot_video__service__pb2.ListCameoNotificationsRequest.SerializeToString,
-            kino_dot_v1_dot_video__service__pb2.ListCameoNotificationsResponse.FromString,
+            kino__api_dot_v1_dot_video__service__pb2.ListCameoNotificationsRequest.SerializeToString,
+            kino__api_dot_v1_dot_video__service__pb2.ListCameoNotificationsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -988,8 +988,8 @@ class CameoService:
             request,
             target,
             '/kino.v1.CameoService/WatchCameoNotifications',
-            kino_dot_v1_dot_video__service__pb2.WatchCameoNotificationsRequest.SerializeToString,
-            kino_dot_v1_dot_video__service__pb2.CameoNotification.FromString,
+            kino__api_dot_v1_dot_video__service__pb2.WatchCameoNotificationsRequest.SerializeToString,
+            kino__api_dot_v1_dot_video__service__pb2.CameoNotification.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1013,8 +1013,8 @@ class AuditServiceStub:
         """
         self.ListAuditEvents = channel.unary_unary(
                 '/kino.v1.AuditService/ListAuditEvents',
-                request_serializer=kino_dot_v1_dot_video__service__pb2.ListAuditEventsRequest.SerializeToString,
-                response_deserializer=kino_dot_v1_dot_video__service__pb2.ListAuditEventsResponse.FromString,
+                request_serializer=kino__api_dot_v1_dot_video__service__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=kino__api_dot_v1_dot_video__service__pb2.ListAuditEventsResponse.FromString,
                 _registered_method=True)
 
 
@@ -1033,8 +1033,8 @@ def add_AuditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAuditEvents,
-                    request_deserializer=kino_dot_v1_dot_video__service__pb2.ListAuditEventsRequest.FromString,
-                    response_serializer=kino_dot_v1_dot_video__service__pb2.ListAuditEventsResponse.SerializeToString,
+                    request_deserializer=kino__api_dot_v1_dot_video__service__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=kino__api_dot_v1_dot_video__service__pb2.ListAuditEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1063,8 +1063,8 @@ class AuditService:
             request,
             target,
             '/kino.v1.AuditService/ListAuditEvents',
-            kino_dot_v1_dot_video__service__pb2.ListAuditEventsRequest.SerializeToString,
-            kino_dot_v1_dot_video__service__pb2.ListAuditEventsResponse.FromString,
+            kino__api_dot_v1_dot_video__service__pb2.ListAuditEventsRequest.SerializeToString,
+            kino__api_dot_v1_dot_video__service__pb2.ListAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,
