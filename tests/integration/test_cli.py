@@ -23,11 +23,11 @@ def kino(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return result
 
 
-@pytest.mark.parametrize("command", ["serve", "demo", "generate", "list", "get", "cancel", "delete", "download",
-                                     "run", "remix", "publish", "feed", "audit", "cameo", "admin"])
-def test_every_command_explains_itself(command):
-    out = kino(command, "--help").stdout
-    assert f"usage: kino {command}" in out and "--" in out
+def test_the_installed_command_explains_itself():
+    """One process: the console entry point starts and lists every command (each command's own --help is
+    checked in-process, tests/serving/test_cli_help.py)."""
+    out = kino("--help").stdout
+    assert "usage: kino" in out and all(c in out for c in ("serve", "run", "generate", "admin"))
 
 
 def test_demo_runs_the_trained_model_on_a_prompt_of_its_world():

@@ -125,7 +125,28 @@ def test_a_tenant_inserted_by_another_process_meanwhile_is_found_not_an_error(po
         result: list = []
         racer = threading.Thread(target=lambda: result.append(ours.ensure_tenant("local", name="ours")))
         racer.start()
-        time.sleep(0.5)  # our insert now waits on theirs
+        _until_an_insert_waits_on_a_lock(url)  # ours waits on theirs: not a guess at how long that takes
         transaction.commit()
         racer.join(10)
     assert [t.name for t in result] == ["theirs"]
+
+
+def _until_an_insert_waits_on_a_lock(url: str, timeout: float = 30.0) -> None:
+    """Until a session of this database waits on a lock (PostgreSQL's pg_stat_activity says so)."""
+    import time
+
+    import sqlalchemy as sa
+
+    watcher = sa.create_engine(url)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            with watcher.connect() as conn:
+                waiting = conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                               "AND datname = current_database()")).scalar()
+            if waiting:
+                return
+            time.sleep(0.01)
+    finally:
+        watcher.dispose()
+    raise AssertionError("the racing insert never waited on the other transaction's lock")

@@ -21,3 +21,19 @@ def _walk(parser: argparse.ArgumentParser, path: str):
 def test_every_argument_has_help():
     missing = [f"{path}: {what}" for path, what, ok in _walk(build_parser(), "kino") if not ok]
     assert not missing, "no help text:\n" + "\n".join(missing)
+
+
+COMMANDS = ["serve", "demo", "generate", "list", "get", "cancel", "delete", "download", "run", "remix", "publish",
+            "feed", "audit", "cameo", "admin"]
+
+
+def test_every_command_explains_itself(capsys):
+    import pytest
+
+    from kino.cli.main import main
+
+    for command in COMMANDS:
+        with pytest.raises(SystemExit) as done:
+            main([command, "--help"])
+        out = capsys.readouterr().out
+        assert done.value.code == 0 and f"usage: kino {command}" in out and "--" in out, command
