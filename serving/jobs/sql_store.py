@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -29,8 +29,11 @@ _NO_LEASE = {"lease_owner": None, "lease_expires_at": None}  # a job that leaves
 
 
 class SqlJobStore(JobStore):
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
+        """`clock`: wall-clock seconds, for every time the store records or compares (leases, events, quotas);
+        tests pass one they move by hand."""
         self.db = db  # its counters (kino_meta next_seq, claims) come with the schema (serving/migrations)
+        self.clock = clock
 
     # -- connections ---------------------------------------------------------------------
     @contextmanager
@@ -91,7 +94,7 @@ class SqlJobStore(JobStore):
                 raise ResourceExhausted(f"queue: the queue is full ({total} of {max_queued} jobs queued); "
                                         "retry later", field="queue")
             self._check_quota(conn, job, quota)
-            now = time.time()
+            now = self.clock()
             c = job.conditioning
             conn.execute(jobs.insert().values(
                 id=job.id, tenant=job.tenant, model=job.model, priority=job.priority,
@@ -100,7 +103,7 @@ class SqlJobStore(JobStore):
                 seconds=float(job.params.get("seconds") or 0.0), max_concurrent=quota.max_concurrent,
                 visibility=job.visibility.value, review=job.review.value, image_key=c.image_key,
                 parent_id=c.parent_id, parent_key=c.parent_key, strength=c.strength, cameo_id=c.cameo_id))
-            _insert_event(conn, job.id, JobStatus.QUEUED, Stage.QUEUED, message="queued", at=now)
+            self._insert_event(conn, job.id, JobStatus.QUEUED, Stage.QUEUED, message="queued", at=now)
             return _job(conn.execute(sa.select(jobs).where(jobs.c.id == job.id)).one()), True
 
     def _check_quota(self, conn: Connection, job: NewJob, quota: Quota) -> None:
@@ -112,7 +115,7 @@ class SqlJobStore(JobStore):
                 raise ResourceExhausted(f"quota max_queued exceeded: {n} of {quota.max_queued} of your jobs are "
                                         "queued; wait for some to start", field="quota.max_queued")
         if quota.seconds_per_day:
-            day_start = time.time() - time.time() % 86400  # UTC midnight
+            day_start = self.clock() - self.clock() % 86400  # UTC midnight
             used = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(jobs.c.seconds), 0.0)).where(
                 mine, jobs.c.created_at >= day_start,
                 jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.IN_PROGRESS.value, JobStatus.COMPLETED.value,
@@ -186,7 +189,7 @@ class SqlJobStore(JobStore):
         with self._write() as conn:
             self._get(conn, job_id, lock=True)
             conn.execute(jobs.update().where(jobs.c.id == job_id).values(review=review.value))
-            _insert_event(conn, job_id, JobStatus(self._get(conn, job_id).status), Stage.DONE,
+            self._insert_event(conn, job_id, JobStatus(self._get(conn, job_id).status), Stage.DONE,
                           message=f"review: {review.value}")
             return self._get(conn, job_id)
 
@@ -218,7 +221,7 @@ class SqlJobStore(JobStore):
                 return job
             if job.status == JobStatus.QUEUED:
                 return self._set_status(conn, job, JobStatus.CANCELLED, error_code=reason, error_message=message,
-                                        completed_at=time.time(), message=f"{message} (while queued)")
+                                        completed_at=self.clock(), message=f"{message} (while queued)")
             check_transition(job.id, job.status, JobStatus.CANCELLED)  # finished jobs: FailedPrecondition
             conn.execute(jobs.update().where(jobs.c.id == job_id).values(
                 cancel_requested=True, cancel_reason=reason, error_message=message))
@@ -257,7 +260,7 @@ class SqlJobStore(JobStore):
                 .with_for_update(skip_locked=True)).first()
             if row is None:
                 return None
-            job, now = _job(row), time.time()
+            job, now = _job(row), self.clock()
             return self._set_status(conn, job, JobStatus.IN_PROGRESS, started_at=now, attempts=job.attempts + 1,
                                     stage=Stage.ENCODING, lease_owner=owner, lease_generation=job.lease_generation + 1,
                                     lease_expires_at=now + lease_seconds, message="started")
@@ -287,18 +290,18 @@ class SqlJobStore(JobStore):
         with self._write() as conn:
             mine = sa.and_(jobs.c.status == JobStatus.IN_PROGRESS.value, jobs.c.lease_owner == owner,
                            jobs.c.id.in_(list(job_ids)))
-            conn.execute(jobs.update().where(mine).values(lease_expires_at=time.time() + lease_seconds))
+            conn.execute(jobs.update().where(mine).values(lease_expires_at=self.clock() + lease_seconds))
             return set(conn.execute(sa.select(jobs.c.id).where(mine)).scalars())
 
     def reap_expired(self, max_attempts: int) -> list[Job]:
         lapsed = sa.and_(jobs.c.status == JobStatus.IN_PROGRESS.value,
-                         sa.or_(jobs.c.lease_expires_at.is_(None), jobs.c.lease_expires_at < time.time()))
+                         sa.or_(jobs.c.lease_expires_at.is_(None), jobs.c.lease_expires_at < self.clock()))
         if not self._any(lapsed):
             return []  # nothing expired: no write lock
         with self._write() as conn:
             expired = conn.execute(sa.select(jobs).where(
                 jobs.c.status == JobStatus.IN_PROGRESS.value,
-                sa.or_(jobs.c.lease_expires_at.is_(None), jobs.c.lease_expires_at < time.time()))
+                sa.or_(jobs.c.lease_expires_at.is_(None), jobs.c.lease_expires_at < self.clock()))
                 .with_for_update(skip_locked=True)).all()
             out = []
             for row in expired:
@@ -307,13 +310,13 @@ class SqlJobStore(JobStore):
                 if job.cancel_requested:
                     done = self._set_status(conn, job, JobStatus.CANCELLED, error_code=job.cancel_reason or "cancelled",
                                             error_message=job.error_message or "cancelled by the client",
-                                            completed_at=time.time(), **_NO_LEASE,
+                                            completed_at=self.clock(), **_NO_LEASE,
                                             message=f"cancelled: the lease of {holder} expired")
                 elif job.attempts >= max_attempts:
                     done = self._set_status(conn, job, JobStatus.FAILED, error_code="lease_expired",
                                             error_message=f"{holder} stopped holding it on each of its {job.attempts} "
                                                           f"attempts (queue.max_attempts)",
-                                            completed_at=time.time(), message="failed: its leases kept expiring",
+                                            completed_at=self.clock(), message="failed: its leases kept expiring",
                                             **_NO_LEASE)
                 else:
                     done = self._set_status(conn, job, JobStatus.QUEUED, stage=Stage.QUEUED, step=0, progress=0.0,
@@ -328,7 +331,7 @@ class SqlJobStore(JobStore):
             job = self._held(conn, lease)
             conn.execute(jobs.update().where(jobs.c.id == job.id).values(
                 stage=stage.value, step=step, total_steps=total_steps, progress=progress, eta_seconds=eta_seconds))
-            _insert_event(conn, job.id, job.status, stage, step=step, total_steps=total_steps, progress=progress,
+            self._insert_event(conn, job.id, job.status, stage, step=step, total_steps=total_steps, progress=progress,
                           eta_seconds=eta_seconds, batch_size=batch_size, message=message)
             return job.cancel_requested
 
@@ -336,7 +339,7 @@ class SqlJobStore(JobStore):
         with self._write() as conn:
             job = self._held(conn, lease)
             conn.execute(jobs.update().where(jobs.c.id == job.id).values(enhanced_prompt=prompt))
-            _insert_event(conn, job.id, job.status, job.stage, step=job.step, total_steps=job.total_steps,
+            self._insert_event(conn, job.id, job.status, job.stage, step=job.step, total_steps=job.total_steps,
                           progress=job.progress, message=message)
             return self._get(conn, job.id)
 
@@ -351,7 +354,7 @@ class SqlJobStore(JobStore):
                 extra.update(artifact_key=artifact.key, artifact_size=artifact.size_bytes,
                              artifact_sha256=artifact.sha256, artifact_content_type=artifact.content_type)
             done = status == JobStatus.COMPLETED
-            return self._set_status(conn, job, status, completed_at=time.time(), error_code=error_code,
+            return self._set_status(conn, job, status, completed_at=self.clock(), error_code=error_code,
                                     error_message=error_message, stage=Stage.DONE,
                                     progress=1.0 if done else job.progress,
                                     message=error_message or status.value, **extra, **_NO_LEASE)
@@ -379,7 +382,7 @@ class SqlJobStore(JobStore):
             values["stage"] = values["stage"].value
         conn.execute(jobs.update().where(jobs.c.id == job.id).values(status=status.value, **values))
         updated = _job(conn.execute(sa.select(jobs).where(jobs.c.id == job.id)).one())
-        _insert_event(conn, job.id, status, updated.stage, step=updated.step, total_steps=updated.total_steps,
+        self._insert_event(conn, job.id, status, updated.stage, step=updated.step, total_steps=updated.total_steps,
                       progress=updated.progress, message=message)
         return updated
 
@@ -394,10 +397,10 @@ class SqlJobStore(JobStore):
                 for r in rows]
 
 
-def _insert_event(conn: Connection, job_id: str, status: JobStatus, stage: Stage, *, at: float | None = None,
-                  **values: Any) -> None:
-    conn.execute(events.insert().values(job_id=job_id, at=at or time.time(), status=status.value,
-                                        stage=stage.value, **values))
+    def _insert_event(self, conn: Connection, job_id: str, status: JobStatus, stage: Stage, *,
+                      at: float | None = None, **values: Any) -> None:
+        conn.execute(events.insert().values(job_id=job_id, at=at or self.clock(), status=status.value,
+                                            stage=stage.value, **values))
 
 
 def _job(row: Any) -> Job:

@@ -8,9 +8,11 @@ import uuid
 
 import pytest
 
+from serving.db import Database
 from serving.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from serving.jobs import Artifact, IllegalTransition, JobStatus, NewJob, Stage, StaleLease, open_store
 from serving.jobs.models import Quota
+from serving.jobs.sql_store import SqlJobStore
 from serving.jobs.states import ALLOWED, check_transition
 from tests.tools import migrated
 
@@ -23,9 +25,27 @@ def store_url(request, tmp_path):
     return migrated(f"sqlite:///{tmp_path}/jobs.db")
 
 
+class Clock:
+    """Wall-clock seconds that move only when a test says so: leases expire by `advance`, not by sleeping."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @pytest.fixture
-def store(store_url):
-    s = open_store(store_url)
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def store(store_url, clock):
+    s = SqlJobStore(Database(store_url), clock=clock)
     yield s
     s.close()
 
@@ -176,7 +196,7 @@ def test_an_idle_dispatch_round_takes_no_write_lock(store, monkeypatch):
     assert store.claim_next("d2", LEASE).id == queued.id
 
 
-def test_old_progress_events_of_finished_jobs_are_pruned_in_batches(store):
+def test_old_progress_events_of_finished_jobs_are_pruned_in_batches(store, clock):
     old, _ = store.create(new_job(), max_queued=10)
     _, lease = claim(store)
     for step in range(1, 4):
@@ -185,12 +205,12 @@ def test_old_progress_events_of_finished_jobs_are_pruned_in_batches(store):
     running, _ = store.create(new_job(), max_queued=10)
     claim(store)
     n_old, n_running = len(store.events(old.id)), len(store.events(running.id))
-    assert store.prune_events(ended_before=time.time() - 3600) == 0  # ended too recently
-    assert store.prune_events(ended_before=time.time() + 1, limit=2) == 2  # a bounded batch
-    assert store.prune_events(ended_before=time.time() + 1) == n_old - 2
+    assert store.prune_events(ended_before=clock() - 3600) == 0  # ended too recently
+    assert store.prune_events(ended_before=clock() + 1, limit=2) == 2  # a bounded batch
+    assert store.prune_events(ended_before=clock() + 1) == n_old - 2
     assert store.events(old.id) == [] and len(store.events(running.id)) == n_running  # only finished jobs
     assert store.get(old.id).status == JobStatus.COMPLETED  # the job's own record stays
-    assert store.prune_events(ended_before=time.time() + 1) == 0
+    assert store.prune_events(ended_before=clock() + 1) == 0
 
 
 def test_delete_only_finished_jobs_then_not_found(store):
@@ -206,13 +226,14 @@ def test_delete_only_finished_jobs_then_not_found(store):
     assert created
 
 
-def test_an_expired_lease_is_requeued_by_anyone_and_fences_the_old_holder(store):
+def test_an_expired_lease_is_requeued_by_anyone_and_fences_the_old_holder(store, clock):
     a, _ = store.create(new_job(), max_queued=10)
     b, _ = store.create(new_job(), max_queued=10)
-    old_a = store.claim_next("dead", 0.01).lease  # a dispatcher that then stopped renewing
-    store.claim_next("dead", 0.01)
+    old_a = store.claim_next("dead", 10).lease  # a dispatcher that then stopped renewing
+    store.claim_next("dead", 10)
     store.request_cancel(b.id)  # a cancel asked for while its dispatcher was gone is honoured
-    time.sleep(0.05)
+    assert store.reap_expired(max_attempts=3) == []  # not yet
+    clock.advance(10.5)
     reaped = {j.id: j.status for j in store.reap_expired(max_attempts=3)}
     assert reaped == {a.id: JobStatus.QUEUED, b.id: JobStatus.CANCELLED}
     with pytest.raises(StaleLease):
@@ -226,19 +247,19 @@ def test_an_expired_lease_is_requeued_by_anyone_and_fences_the_old_holder(store)
     assert store.reap_expired(max_attempts=3) == []
 
 
-def test_renewal_keeps_a_lease_and_attempts_run_out(store):
+def test_renewal_keeps_a_lease_and_attempts_run_out(store, clock):
     job, _ = store.create(new_job(), max_queued=10)
-    lease = store.claim_next("d1", 0.2).lease
+    lease = store.claim_next("d1", 10).lease
     for _ in range(3):
-        time.sleep(0.1)
-        assert store.renew("d1", [job.id], 0.2) == {job.id}  # renewed: never expires
+        clock.advance(6)
+        assert store.renew("d1", [job.id], 10) == {job.id}  # renewed: never expires
         assert store.reap_expired(max_attempts=3) == []
-    assert store.renew("d2", [job.id], 0.2) == set()  # only its holder renews it
+    assert store.renew("d2", [job.id], 10) == set()  # only its holder renews it
     store.requeue(lease, "handed back", count_attempt=False)
     assert store.get(job.id).attempts == 0  # a hand back uses no attempt
     for attempt in (1, 2):
-        assert store.claim_next("d1", 0.01).attempts == attempt
-        time.sleep(0.05)
+        assert store.claim_next("d1", 10).attempts == attempt
+        clock.advance(11)
         [requeued] = store.reap_expired(max_attempts=2)
         assert requeued.status == (JobStatus.QUEUED if attempt == 1 else JobStatus.FAILED)
     failed = store.get(job.id)
@@ -289,13 +310,13 @@ def test_data_survives_reopening(store_url):
     s2.close()
 
 
-def test_enhanced_prompt_is_kept_across_a_restart_and_fenced_by_the_lease(store):
+def test_enhanced_prompt_is_kept_across_a_restart_and_fenced_by_the_lease(store, clock):
     job, _ = store.create(new_job(), max_queued=10)
-    old = store.claim_next("dead", 0.01).lease
+    old = store.claim_next("dead", 10).lease
     updated = store.set_enhanced_prompt(old, "a tabby cat naps on a velvet sofa", "prompt enhanced")
     assert updated.enhanced_prompt == "a tabby cat naps on a velvet sofa"
     assert store.events(job.id)[-1].message == "prompt enhanced"
-    time.sleep(0.05)
+    clock.advance(11)
     store.reap_expired(max_attempts=3)  # the dispatcher died: the job is queued again with its rewrite
     assert store.get(job.id).enhanced_prompt == "a tabby cat naps on a velvet sofa"
     with pytest.raises(StaleLease):
