@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from cachetools import LRUCache
 from diffusers import FlowMatchEulerDiscreteScheduler, LTX2Pipeline
 from diffusers.pipelines.ltx2.pipeline_ltx2 import calculate_shift, rescale_noise_cfg, retrieve_timesteps
 from diffusers.utils.torch_utils import randn_tensor
@@ -117,6 +118,9 @@ class Denoiser:
         self._block_cache: FirstBlockCache | None = None  # hooks attached on the first cached step
         self._cache_off_logged = False
         self._coords: dict[tuple[LatentShape, float], tuple[torch.Tensor, torch.Tensor]] = {}
+        # batch members -> (their states, the inputs that do not change between steps): see _static_inputs
+        self._static: LRUCache[tuple[str, ...], tuple[tuple[DenoiseState, ...], dict[str, torch.Tensor]]] = \
+            LRUCache(maxsize=4)
 
     # -- prepare -------------------------------------------------------------------------
     def prepare(self, request: DenoiseRequest) -> DenoiseState:
@@ -279,6 +283,8 @@ class Denoiser:
         return self._block_cache.forward(self.backend, inputs, plan)
 
     def _batch(self, states: Sequence[DenoiseState]) -> DiTInputs:
+        """The forward's inputs: this step's latents and timesteps, beside the parts that stay while the batch
+        keeps its members (`_static_inputs`)."""
         def rep(t: torch.Tensor, s: DenoiseState) -> torch.Tensor:
             return t.expand(s.rows, *t.shape[1:])
 
@@ -292,14 +298,32 @@ class Denoiser:
         return DiTInputs(
             video=torch.cat([rep(s.latents, s) for s in states]),
             audio=torch.cat([rep(s.audio_latents, s) for s in states]),
-            video_context=torch.cat([s.video_context for s in states]),
-            audio_context=torch.cat([s.audio_context for s in states]),
-            context_mask=torch.cat([s.context_mask for s in states]),
             timestep=timestep,
             video_timestep=video_timestep,
-            video_coords=torch.cat([rep(s.video_coords, s) for s in states]),
-            audio_coords=torch.cat([rep(s.audio_coords, s) for s in states]),
+            **self._static_inputs(states),
         )
+
+    def _static_inputs(self, states: Sequence[DenoiseState]) -> dict[str, torch.Tensor]:
+        """Text contexts, their mask and RoPE coordinates of a batch, concatenated once and kept while the same
+        requests step together (vLLM's persistent input batch): rebuilt only when one joins or leaves. A few
+        recent batches are kept, so buckets that take turns do not rebuild each other's."""
+        key = tuple(s.request_id for s in states)
+        found = self._static.get(key)
+        if found is not None and all(a is b for a, b in zip(found[0], states, strict=True)):
+            return found[1]
+
+        def rep(t: torch.Tensor, s: DenoiseState) -> torch.Tensor:
+            return t.expand(s.rows, *t.shape[1:])
+
+        inputs = {
+            "video_context": torch.cat([s.video_context for s in states]),
+            "audio_context": torch.cat([s.audio_context for s in states]),
+            "context_mask": torch.cat([s.context_mask for s in states]),
+            "video_coords": torch.cat([rep(s.video_coords, s) for s in states]),
+            "audio_coords": torch.cat([rep(s.audio_coords, s) for s in states]),
+        }
+        self._static[key] = (tuple(states), inputs)
+        return inputs
 
     @staticmethod
     def _update(s: DenoiseState, video_v: torch.Tensor, audio_v: torch.Tensor) -> None:

@@ -90,3 +90,25 @@ def test_running_out_of_device_memory_is_an_engine_error_and_leaves_the_states_a
     with pytest.raises(OutOfMemory, match="ran out of device memory"):
         full.step([state])
     assert state.step_index == 0 and torch.equal(state.latents, before)
+
+
+def test_a_batchs_contexts_and_coordinates_are_built_once_while_its_members_stay(staged, tiny_config):
+    """The persistent part of a batch: rebuilt when a request joins or leaves, not at every step."""
+    import torch
+
+    params = [GenerationRequest(prompt=f"request {i}", seed=i, steps=4).validated(tiny_config) for i in range(3)]
+    embeddings = staged.text_encoder.encode([PromptPair(p.prompt, p.negative_prompt) for p in params])
+    d = staged.denoiser
+    states = [d.prepare(DenoiseRequest(f"persist-{i}", p, e)) for i, (p, e) in enumerate(zip(params, embeddings,
+                                                                                             strict=True))]
+    first = d._batch(states)
+    d.step(states)
+    again = d._batch(states)
+    assert again.video_context is first.video_context and again.video_coords is first.video_coords
+    assert not torch.equal(again.video, first.video)  # the latents moved: they are read every step
+    fewer = d._batch(states[:2])  # one left: rebuilt, for the two that stay
+    assert fewer.video_context is not first.video_context
+    rows = states[0].rows + states[1].rows
+    assert torch.equal(fewer.video_context, first.video_context[:rows])
+    twin = d.prepare(DenoiseRequest("persist-0", params[0], embeddings[0]))  # a new state under a known id
+    assert d._batch([twin, *states[1:]]).video_context is not first.video_context
