@@ -64,7 +64,8 @@ class DomainServices:
         if cfg.auth.bootstrap_keys_file:
             added = account_service.bootstrap(cfg.auth.bootstrap_keys_file)
             log.info("registered %d bootstrap API keys", added)
-        return cls(videos, CameoService(cfg, cameo_store, jobs, artifacts, videos, dispatcher), account_service)
+        cameos = CameoService(cfg, cameo_store, jobs, artifacts, videos, dispatcher, progress)
+        return cls(videos, cameos, account_service)
 
 
 def open_denoise_loop(cfg: KinoConfig, metrics: Metrics, lead: Callable[[], EngineLead] | None = None,

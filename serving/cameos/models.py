@@ -44,3 +44,8 @@ class Notification:
     video_id: str
     creator_tenant: str
     message: str
+
+
+def owner_topic(tenant: str) -> str:
+    """The nudge topic of a cameo owner's notification watchers (serving/control_plane/progress.py)."""
+    return f"cameo-notifications/{tenant}"

@@ -7,6 +7,7 @@ else learns nothing about it beyond what a live grant lets them do (use it in a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -15,23 +16,33 @@ from serving.accounts import Principal
 from serving.artifacts import ArtifactStore
 from serving.async_view import AsyncView, in_thread
 from serving.cameos.consent import owns, usable_cameo
-from serving.cameos.models import ANY_USER, Cameo, Grant, Notification
+from serving.cameos.models import ANY_USER, Cameo, Grant, Notification, owner_topic
 from serving.cameos.recording import extract
 from serving.cameos.store import CameoStore
 from serving.config import KinoConfig
+from serving.control_plane.progress import ProgressFeed
 from serving.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from serving.jobs import Job, JobStatus, JobStore, Review
 from serving.videos import DispatcherLink, Page, VideoService
 from serving.videos.parsing import page_size
 
 MAX_TEXT = 2000
+NO_FEED_POLL_SECONDS = 0.2  # a watcher without a progress feed reads the store this often
+FALLBACK_SECONDS = 5.0  # with a feed, it also reads the store this often: a nudge lost with a hub being replaced
 
 
 class CameoService:
     def __init__(self, config: KinoConfig, cameos: CameoStore, jobs: JobStore, artifacts: ArtifactStore,
-                 videos: VideoService, dispatcher: DispatcherLink) -> None:
-        self.config, self.videos, self.dispatcher = config, videos, dispatcher
+                 videos: VideoService, dispatcher: DispatcherLink, progress: ProgressFeed | None = None) -> None:
+        """`progress`: where a notification's write wakes its owner's watchers (without it they poll)."""
+        self.config, self.videos, self.dispatcher, self.progress = config, videos, dispatcher, progress
         self.cameos, self.jobs, self.artifacts = AsyncView(cameos), AsyncView(jobs), AsyncView(artifacts)
+
+    async def _notify(self, cameo: Cameo, kind: str, video_id: str, creator_tenant: str, message: str = "") -> None:
+        """Tell a cameo's owner: the store keeps it, a nudge wakes the owner's watchers."""
+        await self.cameos.notify(cameo, kind, video_id, creator_tenant, message)
+        if self.progress is not None:
+            self.progress.nudge(owner_topic(cameo.owner_tenant))
 
     # -- the owner's cameo -------------------------------------------------------------------
     async def register(self, principal: Principal, *, recording: bytes, name: str, consent_statement: str,
@@ -117,7 +128,7 @@ class CameoService:
         stopped = await self.jobs.request_cancel(job.id, reason="consent_revoked", message=why)
         if stopped.status == JobStatus.IN_PROGRESS:
             await self.dispatcher.cancel(job.id)
-        await self.cameos.notify(cameo, "stopped", job.id, job.tenant, why)
+        await self._notify(cameo, "stopped", job.id, job.tenant, why)
 
     # -- videos of the owner's likeness ------------------------------------------------------------
     async def videos_of(self, principal: Principal, cameo_id: str, size: int | None = None,
@@ -140,7 +151,7 @@ class CameoService:
         cameo = await self.owned(principal, cameo_id)
         job = await self._video_of(cameo, video_id)
         await self._stop_and_delete(cameo, job, "removed by the cameo owner")
-        await self.cameos.notify(cameo, "deleted", video_id, job.tenant, "deleted by the owner")
+        await self._notify(cameo, "deleted", video_id, job.tenant, "deleted by the owner")
         return job
 
     async def _stop_and_delete(self, cameo: Cameo, job: Job, why: str) -> Job:
@@ -170,10 +181,10 @@ class CameoService:
                 raise FailedPrecondition(f"video_id {video_id} is {job.status.value}; approve it once completed",
                                          field="video_id")
             job = await self.jobs.set_review(video_id, Review.APPROVED)
-            await self.cameos.notify(cameo, "approved", video_id, job.tenant, "approved")
+            await self._notify(cameo, "approved", video_id, job.tenant, "approved")
             return job
         deleted = await self._stop_and_delete(cameo, job, "rejected by the cameo owner")
-        await self.cameos.notify(cameo, "rejected", video_id, job.tenant,
+        await self._notify(cameo, "rejected", video_id, job.tenant,
                                 "rejected by the cameo owner: deleted")
         return deleted
 
@@ -182,23 +193,46 @@ class CameoService:
         mine = await self.cameos.owned(principal.tenant_id, principal.user)
         return await self.cameos.notifications([c.id for c in mine], after_id=after_id)
 
-    async def watch(self, principal: Principal, after_id: int = 0,
-                    poll_seconds: float = 0.2) -> AsyncIterator[Notification]:
-        while True:
-            for n in await self.notifications(principal, after_id):
-                after_id = n.id
-                yield n
-            await asyncio.sleep(poll_seconds)
+    async def watch(self, principal: Principal, after_id: int = 0) -> AsyncIterator[Notification]:
+        """The owner's notifications after `after_id`, then each new one as it is written: a write nudges the
+        owner's watchers (`owner_topic`) and they read the store; they also read it every FALLBACK_SECONDS, for
+        a nudge that was lost (another cluster's front door during an upgrade, a hub being replaced)."""
+        nudges = self.progress.nudges(owner_topic(principal.tenant_id)) if self.progress is not None else None
+        woken: asyncio.Future | None = asyncio.ensure_future(anext(nudges)) if nudges is not None else None
+        try:
+            while True:
+                for n in await self.notifications(principal, after_id):
+                    after_id = n.id
+                    yield n
+                if woken is None:
+                    await asyncio.sleep(NO_FEED_POLL_SECONDS)
+                    continue
+                done, _ = await asyncio.wait({woken}, timeout=FALLBACK_SECONDS)
+                if done:
+                    try:
+                        woken.result()
+                        woken = asyncio.ensure_future(anext(nudges))
+                    except (StopAsyncIteration, Exception):  # noqa: BLE001 - the feed went away: poll
+                        woken = None
+        finally:
+            if woken is not None:
+                woken.cancel()
+                with contextlib.suppress(BaseException):
+                    await woken
+            if nudges is not None:
+                await nudges.aclose()
 
 
-def notify_finished(cameos: CameoStore, job: Job) -> None:
-    """When a job using a cameo completes, its owner hears of it (held ones wait for approval)."""
+def notify_finished(cameos: CameoStore, job: Job) -> str | None:
+    """When a job using a cameo completes, its owner hears of it (held ones wait for approval); the topic of the
+    watchers to wake (`owner_topic`), or None."""
     if not job.conditioning.cameo_id or job.status != JobStatus.COMPLETED:
-        return
+        return None
     try:
         cameo = cameos.get(job.conditioning.cameo_id)
     except NotFound:
-        return
+        return None
     held = job.review == Review.PENDING
     cameos.notify(cameo, "held" if held else "completed", job.id, job.tenant,
                   "waiting for your approval" if held else "")
+    return owner_topic(cameo.owner_tenant)

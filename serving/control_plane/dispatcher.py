@@ -119,7 +119,7 @@ class _DenoiseRun:
 
 class Dispatcher:
     def __init__(self, store: DispatchQueue, stages: StageClient, config: QueueConfig,
-                 on_finished: Callable[[Job], None] | None = None, metrics: Metrics | None = None,
+                 on_finished: Callable[[Job], str | None] | None = None, metrics: Metrics | None = None,
                  moderator: Moderator | None = None, progress: ProgressSink | None = None,
                  owner: str | None = None, window: Callable[[], int] | None = None,
                  schedule: ScheduleConfig | None = None, events_retention_seconds: float = 30 * 86400) -> None:
@@ -128,7 +128,7 @@ class Dispatcher:
         `events_retention_seconds`: how long a finished job's progress events are kept (storage config)."""
         self.store, self.stages, self.config = AsyncView(store), stages, config
         self.moderator = moderator  # checks what the prompt enhancer writes, as the front door checked the prompt
-        self.on_finished = on_finished  # e.g. tell a cameo's owner
+        self.on_finished = on_finished  # e.g. tell a cameo's owner; returns a topic whose watchers to nudge
         self.metrics = metrics or NoMetrics()
         self.progress = progress or NoProgress()
         self.owner = owner or dispatcher_id()
@@ -445,6 +445,7 @@ class Dispatcher:
                                                                     - job.created_at))
         if self.on_finished is not None:
             try:
-                await in_thread(self.on_finished, job)
+                if (topic := await in_thread(self.on_finished, job)) is not None:
+                    self.progress.nudge(topic)
             except Exception:  # noqa: BLE001 - a notification must not undo a finished job
                 log.exception("on_finished hook failed for %s", job.id)

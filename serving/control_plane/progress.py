@@ -63,6 +63,10 @@ class ProgressSink(ABC):
     @abstractmethod
     def publish(self, progress: Progress) -> None: ...
 
+    @abstractmethod
+    def nudge(self, topic: str) -> None:
+        """Wake the watchers of `topic` (e.g. a cameo owner's notifications): something to read in the store."""
+
 
 class ProgressFeed(ABC):
     """Where a watcher gets one job's pushed events, and where a client's cancel is announced."""
@@ -70,6 +74,14 @@ class ProgressFeed(ABC):
     @abstractmethod
     def subscribe(self, video_id: str) -> AsyncIterator[Progress]:
         """Events of `video_id` from now on; ends after a terminal one (or when the feed goes away)."""
+
+    @abstractmethod
+    def nudge(self, topic: str) -> None:
+        """Wake the watchers of `topic` (best effort, never blocking)."""
+
+    @abstractmethod
+    def nudges(self, topic: str) -> AsyncIterator[None]:
+        """One item per nudge of `topic` from now on: read the store. Ends when the feed goes away."""
 
     @abstractmethod
     async def latest(self, video_ids: Sequence[str]) -> dict[str, Progress]:
@@ -83,6 +95,9 @@ class NoProgress(ProgressSink):
     def publish(self, progress: Progress) -> None:
         pass
 
+    def nudge(self, topic: str) -> None:
+        pass
+
 
 class ProgressHub(ProgressSink, ProgressFeed):
     """In-memory fan-out of progress events and cancel requests, on one event loop."""
@@ -92,6 +107,7 @@ class ProgressHub(ProgressSink, ProgressFeed):
         self._watchers: dict[str, set[asyncio.Queue[Progress]]] = defaultdict(set)
         self._cancel_listeners: set[asyncio.Queue[str]] = set()
         self._latest: dict[str, Progress] = {}  # running jobs only: a terminal event removes its job
+        self._nudged: dict[str, set[asyncio.Queue[None]]] = defaultdict(set)
 
     def publish(self, progress: Progress) -> None:
         if progress.terminal:
@@ -119,6 +135,22 @@ class ProgressHub(ProgressSink, ProgressFeed):
 
     async def latest(self, video_ids: Sequence[str]) -> dict[str, Progress]:
         return {v: self._latest[v] for v in video_ids if v in self._latest}
+
+    def nudge(self, topic: str) -> None:
+        for queue in self._nudged.get(topic, ()):
+            if not queue.full():  # one pending nudge says it all: the watcher reads everything new
+                queue.put_nowait(None)
+
+    async def nudges(self, topic: str) -> AsyncIterator[None]:
+        queue: asyncio.Queue[None] = asyncio.Queue(1)
+        self._nudged[topic].add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._nudged[topic].discard(queue)
+            if not self._nudged[topic]:
+                del self._nudged[topic]
 
     def cancel(self, video_id: str) -> None:
         for queue in self._cancel_listeners:

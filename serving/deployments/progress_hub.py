@@ -25,6 +25,13 @@ class ProgressHubDeployment:
     async def latest(self, video_ids: list[str]) -> dict[str, Progress]:
         return await self.hub.latest(video_ids)
 
+    async def nudge(self, topic: str) -> None:
+        self.hub.nudge(topic)
+
+    async def follow_nudges(self, topic: str) -> AsyncIterator[None]:
+        async for _ in self.hub.nudges(topic):
+            yield None
+
     async def cancel(self, video_id: str) -> None:
         self.hub.cancel(video_id)
 

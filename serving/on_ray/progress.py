@@ -32,6 +32,9 @@ class ServeProgressSink(ProgressSink):
         events, self._pending = self._pending, []
         self.hub.publish.remote(events)  # fire and forget
 
+    def nudge(self, topic: str) -> None:
+        self.hub.nudge.remote(topic)  # fire and forget
+
 
 class ServeProgressFeed(ProgressFeed):
     def __init__(self, hub: DeploymentHandle) -> None:
@@ -47,6 +50,19 @@ class ServeProgressFeed(ProgressFeed):
         finally:
             stream.cancel()
 
+
+    def nudge(self, topic: str) -> None:
+        self.hub.nudge.remote(topic)  # fire and forget: watchers also read the store now and then
+
+    async def nudges(self, topic: str) -> AsyncIterator[None]:
+        stream = self.hub.options(stream=True).follow_nudges.remote(topic)
+        try:
+            async for _ in stream:
+                yield None
+        except Exception as e:  # noqa: BLE001 - the hub went away: the watcher reads the store on its own
+            log.info("nudges of %s ended: %r", topic, e)
+        finally:
+            stream.cancel()
 
     async def latest(self, video_ids: Sequence[str]) -> dict[str, Progress]:
         if not video_ids:

@@ -24,7 +24,7 @@ from serving.accounts.store import AccountStore
 from serving.artifacts import Artifact, ArtifactStore
 from serving.async_view import AsyncView, in_thread
 from serving.cameos.consent import owns, usable_cameo
-from serving.cameos.models import Cameo
+from serving.cameos.models import Cameo, owner_topic
 from serving.cameos.store import CameoStore
 from serving.config import KinoConfig
 from serving.control_plane.progress import Progress, ProgressFeed
@@ -168,6 +168,8 @@ class VideoService:
             if cameo is not None:
                 await self.cameos.notify(cameo, "used", job.id, principal.tenant_id,
                                          "held for your approval" if held else "")
+                if self.progress is not None:
+                    self.progress.nudge(owner_topic(cameo.owner_tenant))
             await self.dispatcher.wake()
         elif cleanup:
             await self.artifacts.delete(cleanup)

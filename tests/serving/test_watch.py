@@ -99,3 +99,48 @@ def test_get_and_list_show_a_running_jobs_pushed_step_the_store_does_not_hold(tm
     hub.publish(Progress.of_job(done, None, "cancelled"))
     got = asyncio.run(videos.get(who, "video_1"))
     assert (got.status, got.step) == (JobStatus.CANCELLED, 18)  # the end is the store's
+
+
+def test_a_cameo_owners_watch_wakes_on_a_notification_not_on_a_timer(tmp_path):
+    """A notification's write nudges its owner's watchers through the hub; they read the store then, well within
+    the fallback interval (FALLBACK_SECONDS) that only a lost nudge waits for."""
+    import time
+
+    from serving.cameos import service as cameo_service
+    from serving.cameos.models import Cameo
+    from serving.cameos.service import CameoService
+    from serving.control_plane.progress import ProgressHub
+
+    db = Database(migrated(f"sqlite:///{tmp_path}/jobs.db"))
+    hub, cameos, artifacts = ProgressHub(), CameoStore(db), LocalArtifactStore(tmp_path / "artifacts")
+    jobs = FinishingStore(db)
+    videos = VideoService(load_config({}), jobs, artifacts, NoDispatcher(), moderator=RuleModerator([]),
+                          accounts=AccountStore(db), cameos=cameos, progress=hub)
+    service = CameoService(load_config({}), cameos, jobs, artifacts, videos, NoDispatcher(), progress=hub)
+    owner = Principal(Tenant("ann", "ann"), user="ann")
+    cameo = cameos.create(Cameo(id="cameo_1", owner_tenant="ann", owner_user="ann", name="Ann", require_approval=False,
+                                consent_statement="yes", consent_at=0.0, consent_key_id="local",
+                                reference_key="cameos/cameo_1/reference.png", voice_key=None, created_at=0.0))
+
+    async def main() -> tuple[list, float]:
+        seen: list = []
+
+        async def watch() -> None:
+            async for n in service.watch(owner):
+                seen.append(n)
+                if len(seen) == 2:
+                    return
+
+        watcher = asyncio.create_task(watch())
+        await asyncio.sleep(0.3)  # the watcher read the (empty) store and waits
+        started = time.monotonic()
+        await service._notify(cameo, "used", "video_1", "acme", "")
+        await service._notify(cameo, "completed", "video_1", "acme", "")
+        async with asyncio.timeout(cameo_service.FALLBACK_SECONDS * 3):
+            await watcher
+        return seen, time.monotonic() - started
+
+    seen, took = asyncio.run(main())
+    assert [n.kind for n in seen] == ["used", "completed"]
+    assert took < cameo_service.FALLBACK_SECONDS / 2, f"woke after {took:.2f} s: the nudge did not reach the watcher"
+    assert hub._nudged == {}  # the watcher's subscription ended with it
