@@ -32,7 +32,7 @@ from engines.config import ScheduleConfig
 from serving.async_view import AsyncView
 from serving.config import QueueConfig
 from serving.control_plane.job_runner import Held, HeldState, JobRunner
-from serving.control_plane.progress import NoProgress, Progress, ProgressSink
+from serving.control_plane.progress import QUEUE_TOPIC, NoProgress, Progress, ProgressSink
 from serving.data_plane.stages import StageClient
 from serving.jobs import DispatchQueue, Job, JobStatus
 from serving.metrics import Metrics, NoMetrics
@@ -159,6 +159,7 @@ class Dispatcher:
             held.task = asyncio.create_task(self.runner.run(held), name=f"job-{job.id}")
             held.task.add_done_callback(lambda t, jid=job.id: self._done(jid, t))
             self.progress.publish(Progress.of_job(job, None, "started"))
+            self.progress.nudge(QUEUE_TOPIC)  # the jobs behind it moved up
 
     async def _heartbeat(self) -> None:
         """Renew the leases of the jobs being worked on; drop those another dispatcher now holds."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from serving.jobs import Job, JobStatus, Stage
 
 _STAGE_ORDER = {s: i for i, s in enumerate(Stage)}
+QUEUE_TOPIC = "queue"  # nudged when the queue moves (a claim, a create): queued watchers read their position
 
 
 @dataclass(frozen=True)

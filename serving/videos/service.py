@@ -27,7 +27,7 @@ from serving.cameos.consent import owns, usable_cameo
 from serving.cameos.models import Cameo, owner_topic
 from serving.cameos.store import CameoStore
 from serving.config import KinoConfig
-from serving.control_plane.progress import Progress, ProgressFeed
+from serving.control_plane.progress import QUEUE_TOPIC, Progress, ProgressFeed
 from serving.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from serving.jobs import Conditioning, Job, JobStatus, JobStore, NewJob, Review, Visibility
 from serving.metrics import Metrics, NoMetrics
@@ -38,6 +38,7 @@ from serving.videos.capacity import DenoiseCapacity
 from serving.videos.parsing import CreateVideo, RemixVideo
 from serving.videos.watch import follow
 
+WATCH_FALLBACK_SECONDS = 5.0  # with pushed events, a watcher reads the store this often for what was not pushed
 
 @dataclass(frozen=True)
 class Download:
@@ -171,6 +172,8 @@ class VideoService:
                 if self.progress is not None:
                     self.progress.nudge(owner_topic(cameo.owner_tenant))
             await self.dispatcher.wake()
+            if self.progress is not None:
+                self.progress.nudge(QUEUE_TOPIC)  # a higher-priority job may move queued watchers back
         elif cleanup:
             await self.artifacts.delete(cleanup)
         return job, created
@@ -283,10 +286,10 @@ class VideoService:
     async def watch(self, principal: Principal, video_id: str,
                     poll_seconds: float | None = None) -> AsyncIterator[Progress]:
         """A snapshot now, then every event as it happens, until a terminal one (`poll_seconds`: how
-        often the store is read when nothing was pushed; default: 1 s with pushed events, else 0.1 s)."""
+        often the store is read when nothing was pushed; default: 5 s with pushed events, else 0.1 s)."""
         await self.own(principal, video_id)
         if poll_seconds is None:
-            poll_seconds = 0.1 if self.progress is None else 1.0
+            poll_seconds = 0.1 if self.progress is None else WATCH_FALLBACK_SECONDS
         async for progress in follow(self.store, video_id, self.progress, poll_seconds):
             yield progress
 

@@ -2,18 +2,22 @@
 
 Events are pushed (a `ProgressFeed`: every step, as the dispatcher sees it); the store, the truth,
 is read for the snapshot, for the end (its error fields), and every `poll_seconds` as the fallback
-that also covers a hub that went away and a job run by another cluster during an upgrade.
+that also covers a hub that went away and a job run by another cluster during an upgrade. A queued
+job's position is read when the queue moves (a nudge), not on a timer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 from serving.async_view import AsyncView
-from serving.control_plane.progress import Progress, ProgressFeed
+from serving.control_plane.progress import QUEUE_TOPIC, Progress, ProgressFeed
 from serving.jobs import Job, JobStatus, JobStore
+
+POSITION_SECONDS = 1.0  # a queued watcher reads its position at most this often, however busy the queue
 
 
 async def queue_position(jobs: AsyncView[JobStore], job: Job) -> int | None:
@@ -22,33 +26,48 @@ async def queue_position(jobs: AsyncView[JobStore], job: Job) -> int | None:
 
 async def follow(jobs: AsyncView[JobStore], video_id: str, feed: ProgressFeed | None = None,
                  poll_seconds: float = 0.1) -> AsyncIterator[Progress]:
-    """A snapshot now, then every event, until a terminal one (the caller checked the right to watch)."""
+    """A snapshot now, then every event, until a terminal one (the caller checked the right to watch).
+
+    With a feed, the store is read for what was not pushed every `poll_seconds`, and a queued job's position
+    when the queue moves (a dispatcher claimed a job, a job was queued: the QUEUE_TOPIC nudge), at most every
+    POSITION_SECONDS; without one, everything is read every `poll_seconds`."""
     pushed: AsyncIterator[Progress] | None = feed.subscribe(video_id) if feed is not None else None
-    next_push: asyncio.Task | None = None
-    if pushed is not None:  # subscribed before the snapshot is read, so nothing falls between them
-        next_push = asyncio.ensure_future(anext(pushed))
+    moves: AsyncIterator[None] | None = feed.nudges(QUEUE_TOPIC) if feed is not None else None
+    next_push = asyncio.ensure_future(anext(pushed)) if pushed is not None else None
+    next_move = asyncio.ensure_future(anext(moves)) if moves is not None else None
+    # (subscribed before the snapshot is read, so nothing falls between them)
     try:
         # Events first, then the job: a finish landing between the two reads shows in the snapshot,
         # or after it; read the other way round, its event would be skipped and the watch never end.
         seen = max((e.id for e in await jobs.events(video_id)), default=0)
         job = await jobs.get(video_id)
         last = Progress.of_job(job, await queue_position(jobs, job), "snapshot")
+        positioned = time.monotonic()
         yield last
         if last.terminal:
             return
         while True:
-            news: list[Progress] = []
-            if next_push is not None:
-                done, _ = await asyncio.wait({next_push}, timeout=poll_seconds)
-                if done:
-                    try:
-                        news.append(next_push.result())
-                        next_push = asyncio.ensure_future(anext(pushed))
-                    except (StopAsyncIteration, Exception):  # noqa: BLE001 - the feed went away: the store remains
-                        next_push = None
+            waiting = {f for f in (next_push, next_move if last.status == JobStatus.QUEUED else None) if f}
+            done: set = set()
+            if waiting:
+                done, _ = await asyncio.wait(waiting, timeout=poll_seconds, return_when=asyncio.FIRST_COMPLETED)
             else:
                 await asyncio.sleep(poll_seconds)
-            if not news:  # nothing pushed in a while: read the store
+            news: list[Progress] = []
+            if next_push is not None and next_push in done:
+                try:
+                    news.append(next_push.result())
+                    next_push = asyncio.ensure_future(anext(pushed))
+                except (StopAsyncIteration, Exception):  # noqa: BLE001 - the feed went away: the store remains
+                    next_push = None
+            moved = next_move is not None and next_move in done
+            if moved:
+                try:
+                    next_move.result()
+                    next_move = asyncio.ensure_future(anext(moves))
+                except (StopAsyncIteration, Exception):  # noqa: BLE001 - no nudges: the fallback reads the position
+                    next_move = None
+            if not done:  # nothing pushed in a while: read the store
                 for ev in await jobs.events(video_id, seen):
                     seen = ev.id
                     news.append(Progress(video_id=video_id, status=ev.status, stage=ev.stage, at=ev.at, step=ev.step,
@@ -62,16 +81,20 @@ async def follow(jobs: AsyncView[JobStore], video_id: str, feed: ProgressFeed | 
                 if p.is_news_after(last):
                     last = p
                     yield p
-            if not news and last.status == JobStatus.QUEUED:  # tell the caller when it moves up
+            if last.status == JobStatus.QUEUED and not news and (moved or not done):
+                # The queue moved, or a while passed: where is it now (at most every POSITION_SECONDS)?
+                await asyncio.sleep(max(0.0, positioned + POSITION_SECONDS - time.monotonic()) if moved else 0.0)
                 current = await jobs.get(video_id)
-                position = await queue_position(jobs, current)
+                position, positioned = await queue_position(jobs, current), time.monotonic()
                 if position is not None and position != last.queue_position:
                     last = Progress.of_job(current, position, "queue position")
                     yield last
     finally:
-        if next_push is not None:
-            next_push.cancel()
-            with contextlib.suppress(BaseException):
-                await next_push
-        if pushed is not None:
-            await pushed.aclose()
+        for waiting_on in (next_push, next_move):
+            if waiting_on is not None:
+                waiting_on.cancel()
+                with contextlib.suppress(BaseException):
+                    await waiting_on
+        for stream in (pushed, moves):
+            if stream is not None:
+                await stream.aclose()

@@ -144,3 +144,51 @@ def test_a_cameo_owners_watch_wakes_on_a_notification_not_on_a_timer(tmp_path):
     assert [n.kind for n in seen] == ["used", "completed"]
     assert took < cameo_service.FALLBACK_SECONDS / 2, f"woke after {took:.2f} s: the nudge did not reach the watcher"
     assert hub._nudged == {}  # the watcher's subscription ended with it
+
+
+def test_a_queued_watcher_reads_its_position_when_the_queue_moves_not_on_a_timer(tmp_path, tiny_config):
+    """While nothing moves, a queued watcher reads nothing; a claim's nudge has it read its new position at once."""
+    import time
+
+    from serving.control_plane.progress import QUEUE_TOPIC, ProgressHub
+
+    class CountingStore(SqlJobStore):
+        positions = 0
+
+        def queue_position(self, job_id: str) -> int | None:
+            CountingStore.positions += 1
+            return super().queue_position(job_id)
+
+    db = Database(migrated(f"sqlite:///{tmp_path}/jobs.db"))
+    store, hub = CountingStore(db), ProgressHub()
+    params = GenerationRequest(prompt="a cat", seed=1, steps=3).validated(tiny_config)
+    for i in range(3):
+        store.create(NewJob(id=f"video_{i}", tenant="t", model="m", priority=5, params=params_to_dict(params),
+                            request_hash=str(i)), max_queued=10)
+    videos = VideoService(load_config({}), store, LocalArtifactStore(tmp_path / "artifacts"), NoDispatcher(),
+                          moderator=RuleModerator([]), accounts=AccountStore(db), cameos=CameoStore(db), progress=hub)
+
+    async def main() -> tuple[list, int, float]:
+        seen: list = []
+
+        async def watch() -> None:
+            async for p in videos.watch(Principal(Tenant("t", "t")), "video_2"):
+                seen.append(p)
+                if p.queue_position == 0:  # next in line
+                    return
+
+        watcher = asyncio.create_task(watch())
+        await asyncio.sleep(1.5)  # idle: no claim, no nudge
+        idle_reads = CountingStore.positions - 1  # beyond the snapshot's
+        started = time.monotonic()
+        for _ in range(2):
+            store.claim_next("d1", 30.0)
+            hub.nudge(QUEUE_TOPIC)  # as the dispatcher does after each claim
+        async with asyncio.timeout(10):
+            await watcher
+        return seen, idle_reads, time.monotonic() - started
+
+    seen, idle_reads, took = asyncio.run(main())
+    assert seen[0].queue_position == 2 and seen[-1].queue_position == 0
+    assert idle_reads == 0, f"{idle_reads} position reads while nothing moved"
+    assert took < 2.5, f"the new position took {took:.1f} s (the fallback is 5 s)"
