@@ -22,7 +22,9 @@ def test_eight_concurrent_jobs_complete_and_share_steps(stub):
 
 
 def test_cancel_mid_denoise_and_after_completion(stub):
-    slow = stub.CreateVideo(pb.CreateVideoRequest(prompt="a slow one", size="256x256", seconds=2.0, steps=100,
+    # 512x512: a tiny-preset step of ~0.25 s here, longer than the cancel's way from the client to the denoise
+    # loop (at 256x256 a step is ~20 ms, and the bound below would count the Ray hops of a loaded machine).
+    slow = stub.CreateVideo(pb.CreateVideoRequest(prompt="a slow one", size="512x512", seconds=2.0, steps=100,
                                                   seed=1))
     events = stub.WatchVideo(pb.WatchVideoRequest(id=slow.id), timeout=120)
     for ev in events:
