@@ -7,6 +7,7 @@ loopback gRPC on a chosen port, storage under a state directory, no HTTP proxy.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -158,6 +159,33 @@ def _wait_running(app_names: list[str], timeout_s: float) -> None:
         time.sleep(0.5)
 
 
+RAY_START_TRIES = 3
+
+
+def _init_ray(temp_dir: str, metrics_port: int, **options: Any) -> None:
+    """`ray.init` of a local node in `temp_dir`. Ray waits a fixed 30 s for its raylet to register
+    (ray/_private/node.py), which an overloaded machine can exceed: then the processes that attempt started
+    (found by their directory) are stopped and the node is started again."""
+    import psutil
+    import ray
+
+    for attempt in range(1, RAY_START_TRIES + 1):
+        try:
+            ray.init(address="local", **options, **init_options(temp_dir, metrics_port))
+            return
+        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for this one
+            if "timed out during startup" not in str(e) or attempt == RAY_START_TRIES:
+                raise
+            log.warning("Ray's node did not come up within its 30 s (a busy machine); starting it again "
+                        "(attempt %d of %d)", attempt + 1, RAY_START_TRIES)
+            ray.shutdown()
+            for proc in psutil.process_iter(["cmdline"]):
+                if proc.pid != os.getpid() and any(temp_dir in part for part in proc.info["cmdline"] or ()):
+                    with contextlib.suppress(psutil.Error):
+                        proc.kill()
+    raise AssertionError("unreachable")
+
+
 def start_local_cluster(*, state_dir: str | Path, grpc_port: int = 0, serve_config: str | Path = DEFAULT_SERVE_CONFIG,
                         overrides: dict[str, Any] | None = None, num_cpus: int | None = None,
                         object_store_mb: int = 512, log_to_driver: bool = False,
@@ -170,7 +198,6 @@ def start_local_cluster(*, state_dir: str | Path, grpc_port: int = 0, serve_conf
     `grpc_port=0` picks a free port. Ray's session files go to a short temporary directory
     (Unix socket paths are limited to ~107 characters).
     """
-    import ray
     from ray import serve
     from ray.serve.config import ProxyLocation
 
@@ -181,9 +208,9 @@ def start_local_cluster(*, state_dir: str | Path, grpc_port: int = 0, serve_conf
     temp_dir = ray_temp_dir or tempfile.mkdtemp(prefix="kino-ray-")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback only; token auth is on by default in 2.60
-    ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 2, include_dashboard=False,
-             object_store_memory=object_store_mb * 2**20, log_to_driver=log_to_driver, configure_logging=True,
-             logging_level=logging.WARNING, **init_options(temp_dir, metrics_port or free_port()))
+    _init_ray(temp_dir, metrics_port or free_port(), num_cpus=num_cpus or os.cpu_count() or 2,
+              include_dashboard=False, object_store_memory=object_store_mb * 2**20, log_to_driver=log_to_driver,
+              configure_logging=True, logging_level=logging.WARNING)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     serve.start(proxy_location=ProxyLocation.Disabled)
     cluster = LocalCluster(grpc_address=f"127.0.0.1:{port}", rest_url=f"http://127.0.0.1:{rest}/v1", state_dir=state,
