@@ -46,13 +46,19 @@ async def follow(jobs: AsyncView[JobStore], video_id: str, feed: ProgressFeed | 
         yield last
         if last.terminal:
             return
+        fallback_at = positioned + poll_seconds  # the store is read when nothing was pushed for this long
+        position_due: float | None = None  # when a queued job reads its position again (the queue moved)
         while True:
-            waiting = {f for f in (next_push, next_move if last.status == JobStatus.QUEUED else None) if f}
+            queued = last.status == JobStatus.QUEUED
+            waiting = {f for f in (next_push, next_move if queued else None) if f}
+            deadline = min(fallback_at, position_due) if queued and position_due is not None else fallback_at
+            timeout = max(0.0, deadline - time.monotonic())
             done: set = set()
             if waiting:
-                done, _ = await asyncio.wait(waiting, timeout=poll_seconds, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             else:
-                await asyncio.sleep(poll_seconds)
+                await asyncio.sleep(timeout)
+            now = time.monotonic()
             news: list[Progress] = []
             if next_push is not None and next_push in done:
                 try:
@@ -60,14 +66,18 @@ async def follow(jobs: AsyncView[JobStore], video_id: str, feed: ProgressFeed | 
                     next_push = asyncio.ensure_future(anext(pushed))
                 except (StopAsyncIteration, Exception):  # noqa: BLE001 - the feed went away: the store remains
                     next_push = None
-            moved = next_move is not None and next_move in done
-            if moved:
+                fallback_at = now + poll_seconds
+            if next_move is not None and next_move in done:
                 try:
                     next_move.result()
                     next_move = asyncio.ensure_future(anext(moves))
                 except (StopAsyncIteration, Exception):  # noqa: BLE001 - no nudges: the fallback reads the position
                     next_move = None
-            if not done:  # nothing pushed in a while: read the store
+                if position_due is None:  # at most every POSITION_SECONDS, however busy the queue
+                    position_due = max(now, positioned + POSITION_SECONDS)
+            if now >= fallback_at:  # nothing pushed in a while: read the store
+                fallback_at = now + poll_seconds
+                position_due = now if position_due is None else position_due
                 for ev in await jobs.events(video_id, seen):
                     seen = ev.id
                     news.append(Progress(video_id=video_id, status=ev.status, stage=ev.stage, at=ev.at, step=ev.step,
@@ -81,11 +91,11 @@ async def follow(jobs: AsyncView[JobStore], video_id: str, feed: ProgressFeed | 
                 if p.is_news_after(last):
                     last = p
                     yield p
-            if last.status == JobStatus.QUEUED and not news and (moved or not done):
-                # The queue moved, or a while passed: where is it now (at most every POSITION_SECONDS)?
-                await asyncio.sleep(max(0.0, positioned + POSITION_SECONDS - time.monotonic()) if moved else 0.0)
+            if last.status != JobStatus.QUEUED:
+                position_due = None
+            elif position_due is not None and time.monotonic() >= position_due:
                 current = await jobs.get(video_id)
-                position, positioned = await queue_position(jobs, current), time.monotonic()
+                position, positioned, position_due = await queue_position(jobs, current), time.monotonic(), None
                 if position is not None and position != last.queue_position:
                     last = Progress.of_job(current, position, "queue position")
                     yield last
