@@ -121,7 +121,8 @@ class LocalEngine:
 
     def wait(self, job: Job, on_progress: Callable[[Progress], None] | None = None) -> Job:
         """Follow `job` as WatchVideo does to its end; the finished job (completed, failed or cancelled: its
-        record says which). Ctrl-C cancels the job before it returns."""
+        record says which). Ctrl-C leaves the job where it is: `close` stops the dispatcher, and `kino run`'s
+        temporary store goes with it."""
         return self._loop.run_until_complete(self._wait(job.id, on_progress))
 
     def generate(self, request: CreateVideo, on_progress: Callable[[Progress], None] | None = None) -> Job:
