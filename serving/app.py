@@ -27,9 +27,9 @@ def build_app(args: dict[str, Any]) -> Application:
     # written and apply their own KINO_* environment (where secrets such as the database URL live),
     # so no secret ever sits in the Serve config or the deployments' arguments.
     load_config(config)
+    hub = ProgressHubDeployment.bind(config)
     text_encoder = TextEncoderDeployment.bind(config)
-    denoiser = DenoiserDeployment.bind(config)
+    denoiser = DenoiserDeployment.bind(config, hub)
     decoder = DecoderDeployment.bind(config)
-    hub = ProgressHubDeployment.bind()
     dispatcher = DispatcherDeployment.bind(config, text_encoder, denoiser, decoder, hub)
-    return FrontendDeployment.bind(config, dispatcher, hub)
+    return FrontendDeployment.bind(config, dispatcher, hub, denoiser)

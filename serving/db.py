@@ -8,6 +8,7 @@ so read-modify-write transactions never fail halfway; PostgreSQL serializes thro
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,10 +22,24 @@ class SchemaOutOfDate(RuntimeError):
     """The database's schema is not this release's: `kino admin migrate` brings it there."""
 
 
+NODE_GROUP_ENV = "KINO_NODE_GROUP"
+"""The node group of this process's Ray node: `head`, `text-encoder`, `dit` or `decoder`. The Helm chart sets it on
+every pod and `kino serve --nodes` on every local node; unset is the head (one node holds everything)."""
+
+
+class WorkerNodeDatabase(RuntimeError):
+    """A process on a worker node tried to open the job database, which only the head's replicas may."""
+
+
 class Database:
     def __init__(self, url: str, *, check: bool = True) -> None:
         """`check`: refuse a database whose schema is not at this release's migration head (every store does;
-        the migrations themselves open it unchecked)."""
+        the migrations themselves open it unchecked). Refused outright on a worker node (`KINO_NODE_GROUP`)."""
+        if (group := os.environ.get(NODE_GROUP_ENV, "head")) != "head":
+            raise WorkerNodeDatabase(
+                f"this process runs on a {group!r} worker node ({NODE_GROUP_ENV}); only the head's replicas "
+                "(Frontend, Dispatcher, ProgressHub) open the job database: a stage reaches the control plane "
+                "through Serve (serving/app.py)")
         self.url = url
         self.sqlite = url.startswith("sqlite")
         if self.sqlite:

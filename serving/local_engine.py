@@ -76,8 +76,9 @@ class LocalEngine:
         self.hub = ProgressHub()
         link = _InProcessLink()
         metrics = NoMetrics()
-        self.services = DomainServices.open(cfg, link, metrics, progress=self.hub)
         self.denoise_loop = open_denoise_loop(cfg, metrics, engine=pipeline.denoiser)
+        self.services = DomainServices.open(cfg, link, metrics, progress=self.hub,
+                                            denoise_budget=lambda: self.denoise_loop.max_tokens)
         artifacts = LocalArtifactStore(cfg.storage.artifacts_dir)
         renderer = Renderer(decoder or pipeline.decoder, pipeline.media, artifacts,
                             ContentCredentials(cfg.provenance), cfg.provenance.watermark)

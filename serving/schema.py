@@ -5,7 +5,7 @@ tables; `serving/db.py` opens the database; the schema changes only through Alem
 (serving/migrations/, `kino admin migrate`), which a test holds equal to what is declared here.
 
 - jobs: one row per video, its columns grouped by concern below, and `job_events`, the state changes
-  a watcher replays; `kino_meta`: counters (`next_seq`, `claims`) and recorded capacities.
+  a watcher replays; `kino_meta`: counters (`next_seq`, `claims`).
 - accounts: tenants, API keys (SHA-256 hashes), audit events.
 - cameos: cameos, their grants, their owners' notifications.
 

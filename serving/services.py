@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from cachetools import TTLCache
+
 from engines.geometry import latent_geometry
 from serving.accounts.service import AccountService
 from serving.accounts.store import AccountStore
@@ -36,8 +38,6 @@ if TYPE_CHECKING:
     from engines.denoiser import Denoiser
     from engines.parallel.world import EngineLead
 
-DENOISE_MAX_TOKENS = "denoise_max_tokens"  # what Denoiser replicas record they hold per forward
-
 log = logging.getLogger(__name__)
 
 
@@ -51,12 +51,14 @@ class DomainServices:
 
     @classmethod
     def open(cls, cfg: KinoConfig, dispatcher: DispatcherLink, metrics: Metrics,
-             progress: ProgressFeed | None = None) -> DomainServices:
+             progress: ProgressFeed | None = None,
+             denoise_budget: Callable[[], int | None] = lambda: None) -> DomainServices:
+        """`denoise_budget`: the token budget a Denoiser replica reported (None until one has: the config's)."""
         db = Database(cfg.storage.database_url)
         jobs, accounts, cameo_store = SqlJobStore(db), AccountStore(db), CameoStore(db)
         artifacts = LocalArtifactStore(cfg.storage.artifacts_dir)
         capacity = DenoiseCapacity(cfg.model, latent_geometry(cfg.model), cfg.batching.max_tokens,
-                                   recorded=lambda: jobs.capacity(DENOISE_MAX_TOKENS))
+                                   reported=denoise_budget)
         videos = VideoService(cfg, jobs, artifacts, dispatcher, moderator=RuleModerator.from_file(
             cfg.moderation.rules_file), accounts=accounts, cameos=cameo_store, metrics=metrics, progress=progress,
             capacity=capacity)
@@ -71,9 +73,9 @@ class DomainServices:
 def open_denoise_loop(cfg: KinoConfig, metrics: Metrics, lead: Callable[[], EngineLead] | None = None,
                       engine: Denoiser | None = None) -> DenoiseLoop:
     """A Denoiser replica's loop: the engine, its token budget (the config's, or less where the GPU's memory
-    profile says so, recorded for every front door) and the scheduler. `lead`: an engine over several ranks
-    (model.parallel), called once this replica's own parts are loaded (its followers load meanwhile);
-    `engine`: one already loaded (`kino run`'s)."""
+    profile says so: `DenoiseLoop.max_tokens`, which the replica reports to the front doors) and the scheduler.
+    `lead`: an engine over several ranks (model.parallel), called once this replica's own parts are loaded (its
+    followers load meanwhile); `engine`: one already loaded (`kino run`'s)."""
     from engines.denoiser import Denoiser
     from engines.memory import device_token_budget
     from engines.model_loader import DENOISER_PARTS, ComponentSource
@@ -85,11 +87,6 @@ def open_denoise_loop(cfg: KinoConfig, metrics: Metrics, lead: Callable[[], Engi
         components = ComponentSource(cfg.model).load(DENOISER_PARTS)
         engine = Denoiser(cfg.model, components, backend=lead().backend(components.transformer))
     max_tokens = min(b.max_tokens, device_token_budget(engine, b.gpu_memory_utilization) or b.max_tokens)
-    store = SqlJobStore(Database(cfg.storage.database_url))
-    try:
-        store.record_capacity(DENOISE_MAX_TOKENS, max_tokens)
-    finally:
-        store.close()
     scheduler = StepScheduler(b.max_batch_size, b.max_running, policy=b.policy, rotate_buckets=b.rotate_buckets,
                               max_tokens=max_tokens)
     return DenoiseLoop(engine, scheduler, metrics, BatchMeasure(b.measure_batches, b.measure_seconds, b.min_gain))
@@ -111,16 +108,25 @@ def open_dispatcher(cfg: KinoConfig, stages: StageClient, metrics: Metrics, prog
                       events_retention_seconds=cfg.storage.events_retention_days * 86400)
 
 
-class DenoiseStats:
-    """What a Denoiser replica reports for the autoscaling policy (serving/on_ray/autoscaling.py)."""
+def denoise_figures(cfg: KinoConfig, loop: DenoiseLoop) -> dict[str, float]:
+    """A Denoiser replica's own figures for the autoscaling policy (serving/on_ray/autoscaling.py); the job
+    store's backlog joins them from the head (`Backlog`): a replica never opens the database."""
+    return {"per_replica": cfg.batching.max_running, "steps_per_job": loop.steps_per_request,
+            "request_step_seconds": loop.request_step_seconds or 0.0,
+            "drain_seconds": cfg.autoscaling.drain_seconds}
 
-    def __init__(self, cfg: KinoConfig, loop: DenoiseLoop) -> None:
-        self.cfg, self.loop = cfg, loop
+
+class Backlog:
+    """The job store's queued and running counts, read on the head (in the ProgressHub replica) for the Denoiser
+    replicas' autoscaling figures, at most once a second however many replicas ask."""
+
+    def __init__(self, cfg: KinoConfig) -> None:
         self.store = SqlJobStore(Database(cfg.storage.database_url))
+        self._cache: TTLCache[str, dict[str, int]] = TTLCache(maxsize=1, ttl=1.0)
 
-    def read(self) -> dict[str, float]:
-        counts = self.store.count_by_status(JobStatus.QUEUED, JobStatus.IN_PROGRESS)
-        return {"queued": counts[JobStatus.QUEUED], "in_progress": counts[JobStatus.IN_PROGRESS],
-                "per_replica": self.cfg.batching.max_running, "steps_per_job": self.loop.steps_per_request,
-                "request_step_seconds": self.loop.request_step_seconds or 0.0,
-                "drain_seconds": self.cfg.autoscaling.drain_seconds}
+    def read(self) -> dict[str, int]:
+        if (counts := self._cache.get("counts")) is None:
+            by_status = self.store.count_by_status(JobStatus.QUEUED, JobStatus.IN_PROGRESS)
+            counts = self._cache["counts"] = {"queued": by_status[JobStatus.QUEUED],
+                                              "in_progress": by_status[JobStatus.IN_PROGRESS]}
+        return counts

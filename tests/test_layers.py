@@ -169,3 +169,36 @@ asyncio.run(main())
     loaded = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert loaded.returncode == 0, loaded.stderr
     assert loaded.stdout.split(maxsplit=1)[1].strip() == "[]", f"a Frontend loads {loaded.stdout.strip()}"
+
+
+def test_no_replica_outside_the_head_group_opens_the_job_database(tmp_path, monkeypatch):
+    """Worker nodes (text encoder, DiT, decoder pools) never touch the control plane's state: their replicas start,
+    serve and report their autoscaling figures with the database refused (`KINO_NODE_GROUP`, as the chart and
+    `kino serve --nodes` set it on worker nodes). The backlog comes from the head through a Serve handle (here a
+    stand-in for the ProgressHub's handle: this test is about what the worker replica opens, not about Serve)."""
+    import asyncio
+
+    from serving.db import NODE_GROUP_ENV, Database, WorkerNodeDatabase
+    from serving.deployments.decoder import DecoderDeployment
+    from serving.deployments.denoiser import DenoiserDeployment
+    from serving.deployments.text_encoder import TextEncoderDeployment
+
+    class HubHandleStandIn:  # the one call a Denoiser makes to the head
+        class backlog:  # noqa: N801 - a handle's method
+            @staticmethod
+            async def remote() -> dict[str, int]:
+                return {"queued": 3, "in_progress": 1}
+
+    config = {"storage": {"database_url": f"sqlite:///{tmp_path}/jobs.db", "artifacts_dir": f"{tmp_path}/a"}}
+    monkeypatch.setenv(NODE_GROUP_ENV, "dit")
+    with pytest.raises(WorkerNodeDatabase, match="only the head's replicas"):
+        Database(config["storage"]["database_url"])
+    denoiser = DenoiserDeployment.func_or_class(config, HubHandleStandIn())
+    stats = asyncio.run(denoiser.record_autoscaling_stats())
+    assert (stats["queued"], stats["in_progress"], stats["per_replica"]) == (3, 1, 32)
+    assert asyncio.run(denoiser.max_tokens()) == denoiser.loop.scheduler.max_tokens
+    monkeypatch.setenv(NODE_GROUP_ENV, "decoder")
+    DecoderDeployment.func_or_class(config)
+    monkeypatch.setenv(NODE_GROUP_ENV, "text-encoder")
+    TextEncoderDeployment.func_or_class(config)
+    assert not (tmp_path / "jobs.db").exists()

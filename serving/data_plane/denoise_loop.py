@@ -139,6 +139,11 @@ class DenoiseLoop:
         return request_id in self._requests
 
     @property
+    def max_tokens(self) -> int:
+        """Latent tokens one forward holds (its scheduler's budget): what the front door checks a request against."""
+        return self.scheduler.max_tokens
+
+    @property
     def steps_per_request(self) -> float:
         """Mean denoising steps of the requests held now (0 when idle)."""
         states = [r.state for r in self._requests.values()]

@@ -10,26 +10,26 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
 from engines.denoiser import DenoiseRequest
 from engines.params import GenerationParams
 from engines.stage_io import PromptEmbedding, VideoConditioning
-from serving.async_view import in_thread
 from serving.config import load_config
 from serving.on_ray.metrics import RayMetrics
 from serving.on_ray.parallel import RayRanks
 from serving.on_ray.stages import to_wire
-from serving.services import DenoiseStats, open_denoise_loop
+from serving.services import denoise_figures, open_denoise_loop
 
 
 @serve.deployment(name="Denoiser")
 class DenoiserDeployment:
-    def __init__(self, config: dict[str, Any]) -> None:
-        cfg = load_config(config)
+    def __init__(self, config: dict[str, Any], hub: DeploymentHandle) -> None:
+        cfg = self.cfg = load_config(config)
         # model.parallel: this replica is rank 0 of an engine whose followers it places (serving/on_ray/parallel.py)
         self.ranks = RayRanks(cfg.model) if cfg.model.parallel.world_size > 1 else None
         self.loop = open_denoise_loop(cfg, RayMetrics(), lead=self.ranks.lead if self.ranks else None)
-        self.stats = DenoiseStats(cfg, self.loop)
+        self.hub = hub  # on the head: the job store's backlog comes from there (this node never opens the database)
 
     async def denoise(self, request_id: str, params: GenerationParams, embedding: PromptEmbedding,
                       priority: int, conditioning: VideoConditioning | None = None) -> AsyncIterator[Any]:
@@ -46,6 +46,11 @@ class DenoiserDeployment:
         if self.ranks is not None:
             self.ranks.close()
 
+    async def max_tokens(self) -> int:
+        """The token budget of one forward here, for the front doors' check at create."""
+        return self.loop.max_tokens
+
     async def record_autoscaling_stats(self) -> dict[str, float]:
-        """For the backlog autoscaling policy (serving/on_ray/autoscaling.py)."""
-        return await in_thread(self.stats.read)
+        """For the backlog autoscaling policy (serving/on_ray/autoscaling.py): this replica's figures and the
+        job store's backlog as the head reads it."""
+        return {**denoise_figures(self.cfg, self.loop), **await self.hub.backlog.remote()}

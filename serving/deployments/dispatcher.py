@@ -10,7 +10,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serving.config import load_config
-from serving.on_ray.autoscaling import CachedCount, running_replicas
+from serving.on_ray.autoscaling import running_replicas
+from serving.on_ray.cached import CachedFigure
 from serving.on_ray.metrics import RayMetrics
 from serving.on_ray.progress import ServeProgressSink, relay_cancellations
 from serving.on_ray.stages import ServeStages
@@ -22,7 +23,10 @@ class DispatcherDeployment:
     def __init__(self, config: dict[str, Any], text_encoder: DeploymentHandle, denoiser: DeploymentHandle,
                  decoder: DeploymentHandle, hub: DeploymentHandle) -> None:
         stages, app = ServeStages(text_encoder, denoiser, decoder), serve.get_replica_context().app_name
-        self.denoisers = CachedCount(lambda: running_replicas(app, "Denoiser"))
+        # Not more often than every 10 s: `serve.status()` builds the whole application's status in the caller and
+        # the controller, the largest share of an idle Dispatcher's CPU at 2 s.
+        self.denoisers = CachedFigure(lambda: asyncio.to_thread(running_replicas, app, "Denoiser"),
+                                      every_seconds=10.0, initial=1)
         self.dispatcher = open_dispatcher(load_config(config), stages, RayMetrics(), ServeProgressSink(hub),
                                           denoisers_running=self.denoisers.value)
         loop = asyncio.get_event_loop()

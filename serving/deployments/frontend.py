@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -12,6 +13,7 @@ from ray.serve.schema import ApplicationStatus
 from serving.async_view import in_thread
 from serving.config import load_config
 from serving.frontend.front_door import FrontDoor
+from serving.on_ray.cached import CachedFigure
 from serving.on_ray.metrics import RayMetrics
 from serving.on_ray.progress import ServeProgressFeed
 from serving.services import DomainServices
@@ -36,11 +38,14 @@ class _ServeDispatcherLink(DispatcherLink):
 
 @serve.deployment(name="Frontend", num_replicas=1)
 class FrontendDeployment:
-    async def __init__(self, config: dict[str, Any], dispatcher: DeploymentHandle, hub: DeploymentHandle) -> None:
+    async def __init__(self, config: dict[str, Any], dispatcher: DeploymentHandle, hub: DeploymentHandle,
+                       denoiser: DeploymentHandle) -> None:
         cfg, metrics = load_config(config), RayMetrics()
         self.app_name = serve.get_replica_context().app_name
+        self.denoise_budget = CachedFigure(denoiser.max_tokens.remote, every_seconds=10.0, initial=None)
+        self._budget_task = asyncio.get_running_loop().create_task(self.denoise_budget.refresh_forever())
         services = await in_thread(DomainServices.open, cfg, _ServeDispatcherLink(dispatcher, hub), metrics,
-                                   ServeProgressFeed(hub))
+                                   ServeProgressFeed(hub), self.denoise_budget.value)
         self.door = await FrontDoor.start(cfg, services, metrics, health_probe=self._app_running)
 
     async def _app_running(self) -> bool:
@@ -51,4 +56,5 @@ class FrontendDeployment:
         return self.door.grpc.port
 
     async def __del__(self) -> None:
+        self._budget_task.cancel()
         await self.door.stop()

@@ -1,18 +1,29 @@
-"""ProgressHub deployment: a cluster's fan-out of pushed progress and cancels (serving/control_plane/progress.py)."""
+"""ProgressHub deployment: a cluster's fan-out of pushed progress and cancels (serving/control_plane/progress.py),
+and the head's answer to what worker stages may not read themselves (the job store's backlog)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 from ray import serve
 
+from serving.async_view import in_thread
+from serving.config import load_config
 from serving.control_plane.progress import Progress, ProgressHub
+from serving.services import Backlog
 
 
 @serve.deployment(name="ProgressHub", num_replicas=1)
 class ProgressHubDeployment:
-    def __init__(self) -> None:
+    def __init__(self, config: dict[str, Any]) -> None:
         self.hub = ProgressHub()
+        self._backlog = Backlog(load_config(config))
+
+    async def backlog(self) -> dict[str, int]:
+        """The job store's queued and running counts, for the Denoiser replicas' autoscaling figures: they run
+        on worker nodes, which never open the database."""
+        return await in_thread(self._backlog.read)
 
     async def publish(self, events: list[Progress]) -> None:
         for progress in events:

@@ -65,16 +65,6 @@ class SqlJobStore(JobStore):
         with self._read() as conn:
             return conn.execute(sa.select(jobs.c.id).where(where).limit(1)).first() is not None
 
-    def record_capacity(self, name: str, value: int) -> None:
-        key = f"capacity:{name}"
-        with self._write() as conn:
-            if conn.execute(meta.update().where(meta.c.key == key).values(value=value)).rowcount == 0:
-                conn.execute(meta.insert().values(key=key, value=value))
-
-    def capacity(self, name: str) -> int | None:
-        with self._read() as conn:
-            return conn.execute(sa.select(meta.c.value).where(meta.c.key == f"capacity:{name}")).scalar()
-
     # -- front door ------------------------------------------------------------------------
     def create(self, job: NewJob, *, max_queued: int, quota: Quota = Quota()) -> tuple[Job, bool]:
         with self._write() as conn:

@@ -148,15 +148,7 @@ class EventLog(ABC):
 
 
 class JobStore(SubmissionStore, DispatchQueue, EventLog):
-    """All three roles over one database, and the capacities stage replicas record for the front door."""
-
-    @abstractmethod
-    def record_capacity(self, name: str, value: int) -> None:
-        """Keep what a stage measured it can hold (e.g. `denoise_max_tokens`), for every front door."""
-
-    @abstractmethod
-    def capacity(self, name: str) -> int | None:
-        """What `record_capacity` kept under `name`, if any replica recorded it."""
+    """All three roles over one database."""
 
     @abstractmethod
     def close(self) -> None:

@@ -1,5 +1,6 @@
 """Scaling on the backlog in Ray Serve: the Denoiser's custom autoscaling policy, the stats its replicas
-report for it, and the running replica count the dispatchers size their window by.
+report for it, and the running replica count the dispatchers size their window by (through
+`serving.on_ray.cached.CachedFigure`).
 
 Wired in deploy/serve/kino.yaml: `autoscaling_config.policy.policy_function:
 serving.on_ray.autoscaling:scale_on_backlog` on the Denoiser. The decision itself is
@@ -8,9 +9,7 @@ serving.on_ray.autoscaling:scale_on_backlog` on the Denoiser. The decision itsel
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from ray import serve
@@ -42,28 +41,6 @@ def scale_on_backlog(ctx: AutoscalingContext) -> tuple[int, dict[str, Any]]:
     if want != ctx.current_num_replicas:
         log.info("Denoiser: %s -> %d replicas (now %d)", load, want, ctx.current_num_replicas)
     return want, ctx.policy_state
-
-
-class CachedCount:
-    """A count read off the Serve controller every `every_seconds` in the background, read at once when asked.
-    Not more often: `serve.status()` builds the whole application's status (pydantic models, a pickled router
-    class) in the caller and in the controller, the largest share of an idle Dispatcher's CPU at 2 s; the
-    Denoiser pool changes on the autoscaler's pace (tens of seconds) anyway."""
-
-    def __init__(self, read: Callable[[], int], every_seconds: float = 10.0) -> None:
-        self.read, self.every = read, every_seconds
-        self.current = 1
-
-    def value(self) -> int:
-        return self.current
-
-    async def refresh_forever(self) -> None:
-        while True:
-            try:
-                self.current = await asyncio.to_thread(self.read) or self.current
-            except Exception as e:  # noqa: BLE001 - keep the last count while the controller is busy
-                log.debug("could not read the replica count: %r", e)
-            await asyncio.sleep(self.every)
 
 
 def running_replicas(app_name: str, deployment: str) -> int:

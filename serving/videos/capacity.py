@@ -3,22 +3,20 @@ then, naming what it asked for and the largest that fits, never accepted and fai
 
 A request's weight in a forward is its rows (2 with classifier-free guidance) x (video + audio
 latent tokens). The bound is the Denoiser replicas' token budget: `batching.max_tokens`, or lower on
-a GPU where a replica's memory profile at start says so (it records what it measured in the store).
+a GPU where a replica's memory profile at start says so (a replica reports what it measured through Serve;
+the front door caches it, serving/deployments/frontend.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections.abc import Callable
 
 from engines.config import ModelConfig
 from engines.params import GenerationParams, frames_for, model_frames_for
 from engines.stage_io import LatentGeometry, LatentShape
 from serving.errors import InvalidArgument
-
-REFRESH_SECONDS = 10.0
 
 
 def tokens_per_forward(params: GenerationParams, geometry: LatentGeometry) -> int:
@@ -27,18 +25,15 @@ def tokens_per_forward(params: GenerationParams, geometry: LatentGeometry) -> in
 
 
 class DenoiseCapacity:
-    """The token budget of one forward, from the replicas' record (refreshed every 10 s) or the config."""
+    """The token budget of one forward: what a Denoiser replica reported (`reported`: None until one has), else
+    the config's."""
 
     def __init__(self, model: ModelConfig, geometry: LatentGeometry, configured: int,
-                 recorded: Callable[[], int | None]) -> None:
-        self.model, self.geometry, self.configured, self.recorded = model, geometry, configured, recorded
-        self._budget, self._read_at = configured, -math.inf
+                 reported: Callable[[], int | None]) -> None:
+        self.model, self.geometry, self.configured, self.reported = model, geometry, configured, reported
 
     def budget(self) -> int:
-        if time.monotonic() - self._read_at > REFRESH_SECONDS:
-            self._budget = self.recorded() or self.configured
-            self._read_at = time.monotonic()
-        return self._budget
+        return self.reported() or self.configured
 
     def check(self, params: GenerationParams) -> None:
         """InvalidArgument (field `size`) if `params` alone exceed one forward."""
