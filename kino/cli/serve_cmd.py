@@ -19,7 +19,12 @@ from training.world import EXAMPLE_PROMPT as DEMO_PROMPT
 
 def _cluster_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, default=DEFAULT_SERVE_CONFIG,
-                   help="the Serve config file (default: deploy/serve/kino.yaml, the one Helm embeds)")
+                   help="the Serve config file (default: deploy/serve/kino.yaml, the one Helm embeds), or the Helm "
+                        "chart rendered (`helm template kino deploy/helm/kino > kino.yaml`: its serveConfigV2)")
+    p.add_argument("--nodes", action="store_true",
+                   help="a head and one Ray node per worker group on this machine, as the Helm chart's pods "
+                        "(text-encoder, dit, decoder): each stage on its own node, latents crossing between "
+                        "nodes, worker nodes never opening the job database (default: one node)")
     p.add_argument("--state-dir", type=Path, default=Path("var/kino"),
                    help="job database and artifacts live here; a restart resumes its jobs (default: var/kino)")
     p.add_argument("--max-batch-size", type=int, help="denoising requests per forward (1 turns batching off)")
@@ -68,7 +73,8 @@ def _start(args: argparse.Namespace, grpc_port: int, rest_port: int = 0, metrics
     followers = (args.cfg_parallel or 1) * (args.ulysses or 1) - 1
     return start_local_cluster(state_dir=args.state_dir, grpc_port=grpc_port, serve_config=args.config,
                                overrides=overrides, ray_temp_dir=args.ray_temp_dir, rest_port=rest_port,
-                               metrics_port=metrics_port, num_cpus=(os.cpu_count() or 2) + followers)
+                               metrics_port=metrics_port, num_cpus=(os.cpu_count() or 2) + followers,
+                               nodes=args.nodes)
 
 
 def serve_forever(args: argparse.Namespace) -> int:

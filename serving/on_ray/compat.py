@@ -40,3 +40,21 @@ def init_options(temp_dir: str, metrics_export_port: int) -> dict[str, Any]:
     (`ray start --metrics-export-port`); a shared machine must not assume Ray's default port is free.
     """
     return {"_temp_dir": temp_dir, "_metrics_export_port": metrics_export_port}
+
+
+def live_replica_nodes(app_name: str) -> dict[str, list[str]]:
+    """Deployment -> the node ids of its live replicas in `app_name`.
+
+    `ray._private.state.actors()`: `ray.util.state.list_actors` gives the same (an actor's class name and
+    node) but asks the dashboard, which Kino's local clusters do not start (its processes cost start-up time
+    and CPU on the machine the tests share). Replica actors are named `ServeReplica:<app>:<deployment>`.
+    """
+    from ray._private import state
+
+    prefix = f"ServeReplica:{app_name}:"
+    found: dict[str, list[str]] = {}
+    for actor in state.actors().values():
+        name = actor.get("ActorClassName", "")
+        if name.startswith(prefix) and actor.get("State") == "ALIVE":
+            found.setdefault(name[len(prefix):], []).append(actor["Address"]["NodeID"])
+    return found

@@ -61,11 +61,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- $_ := set $cfg "provenance" $prov -}}
 {{- $_ := mergeOverwrite $cfg .Values.serve.config -}}
-{{- $groups := dict "Frontend" "kino_head" "Dispatcher" "kino_head" "ProgressHub" "kino_head" "TextEncoder" "kino_text_encoder" "Denoiser" "kino_dit" "Decoder" "kino_decoder" -}}
 {{- $workers := dict "TextEncoder" .Values.workerGroups.textEncoder "Denoiser" .Values.workerGroups.dit "Decoder" .Values.workerGroups.decoder -}}
 {{- range $d := $app.deployments -}}
+{{- /* Each deployment's node group resource (kino_head, kino_dit, ...) comes with the file: the groups below advertise them. */ -}}
 {{- $opts := $d.ray_actor_options | default dict -}}
-{{- $_ := set $opts "resources" (dict (get $groups $d.name) 1) -}}
 {{- with (get $workers $d.name) -}}
 {{- if gt (int .gpus) 0 -}}{{- $_ := set $opts "num_gpus" (int .gpus) -}}{{- end -}}
 {{- if and (eq $d.name "Denoiser") (gt $world 1) (gt (int .gpus) 0) -}}

@@ -1,0 +1,221 @@
+"""Kino across nodes: a head and one node per worker group on this machine (Ray's multi-node harness), worker
+nodes lost and replaced as KubeRay replaces a pod, and a count of what that cost.
+
+    .venv/bin/python -m loadtests.node_loss --jobs 24 --losses 4          # the long scenario (~10 min here)
+    .venv/bin/python -m loadtests.node_loss --checks --out /tmp/nodes     # the short checks `make test` runs
+
+The long scenario runs `--jobs` jobs with no loss (the baseline), then the same jobs again while worker nodes
+(text encoder, DiT, decoder, chosen at random) are removed at random moments and a fresh one added at once, and
+prints the jobs completed, lost and finished twice, and both wall times. `--checks` (tests/integration/
+test_nodes.py) checks where each stage runs, loses the DiT node mid-denoise and the Decoder node mid-decode, and
+downloads a video whose Decoder node has gone; it writes what it saw as JSON (`report.json` in `--out`).
+
+`--serve-config` takes a Serve config file or the Helm chart rendered (`helm template kino deploy/helm/kino`):
+the test deploys the chart's own serveConfigV2. `--object-store seaweedfs` keeps the MP4s in an S3 object store
+(SeaweedFS on loopback) instead of the state directory; nodes then share nothing but Ray and the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from serving.on_ray.cluster import DEFAULT_SERVE_CONFIG, LocalCluster
+
+WORKER_GROUPS = ("text-encoder", "dit", "decoder")
+
+
+@dataclass
+class Outcome:
+    """What became of a set of jobs, read from the job store (the head's)."""
+
+    jobs: int
+    completed: int
+    lost: int  # accepted and not completed
+    finished_twice: int  # more than one terminal event
+    retried: int  # jobs a lost stage replica sent through the stages again
+    not_completed: dict[str, int] = field(default_factory=dict)  # "status: code: message" -> jobs
+
+
+@dataclass
+class Run:
+    outcome: Outcome
+    wall_s: float
+    losses: list[str] = field(default_factory=list)  # "dit at 12.3 s"
+
+
+def start(state: Path, serve_config: Path, *, object_store: dict[str, Any] | None = None,
+          num_cpus: int = 2) -> LocalCluster:
+    """A head plus a node per worker group, Kino deployed from `serve_config` with local ports and paths (and
+    keys not required: the chart requires them)."""
+    from serving.on_ray.cluster import start_local_cluster
+
+    storage = {"s3": object_store} if object_store else {}
+    overrides = {"auth": {"required": False}, "queue": {"lease_seconds": 3, "heartbeat_seconds": 1},
+                 "batching": {"measure_batches": False}, "storage": storage,
+                 "model": {"tensorrt": {"engine_cache_dir": str(state / "engines")}}}
+    return start_local_cluster(state_dir=state, serve_config=serve_config, overrides=overrides, nodes=True,
+                               num_cpus=num_cpus, deploy_timeout_s=600)
+
+
+def outcome(cluster: LocalCluster, ids: list[str], timeout_s: float = 900.0) -> Outcome:
+    """Wait until every job in `ids` has ended, then count."""
+    from serving.jobs import JobStatus, open_store
+
+    store = open_store(f"sqlite:///{cluster.state_dir / 'jobs.db'}")
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and any(not store.get(i).status.terminal for i in ids):
+            time.sleep(0.5)
+        finals = [store.get(i) for i in ids]
+        events = {i: store.events(i) for i in ids}
+    finally:
+        store.close()
+    return Outcome(
+        jobs=len(ids), completed=sum(j.status == JobStatus.COMPLETED for j in finals),
+        lost=sum(j.status != JobStatus.COMPLETED for j in finals),
+        finished_twice=sum(sum(e.status.terminal for e in ev) > 1 for ev in events.values()),
+        retried=sum(any(e.message.startswith("retrying after") for e in ev) for ev in events.values()),
+        not_completed=dict(Counter(f"{j.status.value}: {j.error_code}: {j.error_message}" for j in finals
+                                   if j.status != JobStatus.COMPLETED)))
+
+
+def submit(client: Any, n: int, *, size: str = "256x256", seconds: float = 1.0, steps: int = 12,
+           tag: str = "job") -> list[str]:
+    from kino_api.v1 import video_service_pb2 as pb
+
+    return [client.create(pb.CreateVideoRequest(prompt=f"a red ball bouncing ({tag} {i})", size=size,
+                                                seconds=seconds, steps=steps, seed=i)).id for i in range(n)]
+
+
+def wait_for_stage(client: Any, video_id: str, stage: int, min_step: int = 0, timeout_s: float = 300.0) -> bool:
+    """Watch `video_id` until it reaches `stage` (at `min_step` or later); False if it ended first."""
+    for ev in client.watch(video_id, timeout=timeout_s):
+        if ev.terminal:
+            return False
+        if ev.stage == stage and ev.step >= min_step:
+            return True
+    return False
+
+
+# -- the short checks ------------------------------------------------------------------------------------------
+def checks(cluster: LocalCluster, out: Path) -> dict[str, Any]:
+    from kino.client import KinoClient
+    from kino_api.v1 import video_service_pb2 as pb
+
+    assert cluster.nodes is not None
+    report: dict[str, Any] = {"placement": cluster.placement()}
+    with KinoClient(cluster.grpc_address, timeout=60) as client:
+        # One video across nodes: encoded on the text-encoder node, denoised on the DiT node, its latents
+        # fetched by the Decoder node, the MP4 stored and streamed back by the head.
+        [first] = submit(client, 1, size="256x256", steps=4, tag="first")
+        report["first"] = asdict(outcome(cluster, [first]))
+        client.download(first, out / "first.mp4")
+
+        # The DiT node lost mid-denoise (steps of ~0.25 s: the loss lands while the jobs denoise), a fresh one added.
+        ids = submit(client, 3, size="512x512", steps=30, tag="dit")
+        report["dit_mid_denoise"] = wait_for_stage(client, ids[0], pb.STAGE_DENOISING, min_step=2)
+        cluster.nodes.replace("dit")
+        report["dit_loss"] = asdict(outcome(cluster, ids))
+
+        # The Decoder node lost mid-decode (a large frame: a decode of seconds), a fresh one added.
+        ids = submit(client, 2, size="768x512", seconds=2.0, steps=2, tag="decoder")
+        report["decoder_mid_decode"] = wait_for_stage(client, ids[0], pb.STAGE_DECODING)
+        cluster.nodes.replace("decoder")
+        report["decoder_loss"] = asdict(outcome(cluster, ids))
+
+        # A video decoded on a node that has gone since: the head streams it from the store.
+        cluster.nodes.replace("decoder")
+        client.download(ids[0], out / "after_node_gone.mp4")
+        report["after_node_gone"] = ids[0]
+        report["placement_after"] = cluster.placement()
+    return report
+
+
+# -- the long scenario -----------------------------------------------------------------------------------------
+def run_jobs(cluster: LocalCluster, jobs: int, losses: int, rng: random.Random, tag: str) -> Run:
+    """`jobs` jobs; `losses` worker nodes removed (and replaced) at random moments while they run."""
+    from kino.client import KinoClient
+
+    assert cluster.nodes is not None
+    with KinoClient(cluster.grpc_address, timeout=60) as client:
+        started = time.monotonic()
+        ids = submit(client, jobs, tag=tag)
+        lost: list[str] = []
+        done = threading.Event()
+        result: list[Outcome] = []
+        waiter = threading.Thread(target=lambda: (result.append(outcome(cluster, ids)), done.set()))
+        waiter.start()
+        # Spread the losses over the time the baseline took per job, at random moments.
+        for _ in range(losses):
+            if done.wait(rng.uniform(3.0, 12.0)):
+                break
+            group = rng.choice(WORKER_GROUPS)
+            cluster.nodes.replace(group)
+            lost.append(f"{group} at {time.monotonic() - started:.1f} s")
+        waiter.join()
+        return Run(result[0], time.monotonic() - started, lost)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--jobs", type=int, default=24, help="jobs per run (default 24)")
+    ap.add_argument("--losses", type=int, default=4, help="worker nodes lost during the second run (default 4)")
+    ap.add_argument("--seed", type=int, default=0, help="where and when nodes are lost (default 0)")
+    ap.add_argument("--serve-config", type=Path, default=DEFAULT_SERVE_CONFIG,
+                    help="a Serve config or a rendered Helm chart (default: deploy/serve/kino.yaml)")
+    ap.add_argument("--object-store", choices=("directory", "seaweedfs"), default="directory",
+                    help="where MP4s go: the state directory, or a SeaweedFS S3 server started here")
+    ap.add_argument("--checks", action="store_true", help="the short checks instead of the long scenario")
+    ap.add_argument("--out", type=Path, help="where --checks writes report.json and the MP4s it downloads")
+    ap.add_argument("--cpus", type=int, default=2, help="logical CPUs of each node (default 2)")
+    args = ap.parse_args()
+
+    base = Path(tempfile.mkdtemp(prefix="kino-nodes-"))
+    store_server = cluster = None
+    try:
+        object_store = None
+        if args.object_store == "seaweedfs":
+            from loadtests.local_servers import SeaweedServer
+
+            store_server = SeaweedServer(base / "seaweedfs").start()
+            object_store = store_server.s3_settings(bucket="kino-videos")
+        cluster = start(base / "state", args.serve_config, object_store=object_store, num_cpus=args.cpus)
+        if args.checks:
+            out = args.out or base / "out"
+            out.mkdir(parents=True, exist_ok=True)
+            report = checks(cluster, out)
+            (out / "report.json").write_text(json.dumps(report, indent=2))
+            print(json.dumps(report, indent=2))
+            return
+        rng = random.Random(args.seed)
+        baseline = run_jobs(cluster, args.jobs, 0, rng, "baseline")
+        lossy = run_jobs(cluster, args.jobs, args.losses, rng, "losses")
+        print("| run | jobs | completed | lost | finished twice | sent through again | nodes lost | wall s |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
+        for name, run in (("no loss", baseline), ("losses", lossy)):
+            o = run.outcome
+            print(f"| {name} | {o.jobs} | {o.completed} | {o.lost} | {o.finished_twice} | {o.retried} | "
+                  f"{', '.join(run.losses) or '-'} | {run.wall_s:.1f} |")
+            for why, n in o.not_completed.items():
+                print(f"- {n} x {why}")
+        print(f"wall time with losses / without: {lossy.wall_s / baseline.wall_s:.2f}x")
+    finally:
+        if cluster is not None:
+            cluster.shutdown()
+        if store_server is not None:
+            store_server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
