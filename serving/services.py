@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from engines.geometry import latent_geometry
 from serving.accounts.service import AccountService
 from serving.accounts.store import AccountStore
-from serving.artifacts import LocalArtifactStore
+from serving.artifacts import open_artifact_store
 from serving.cameos.service import CameoService, notify_finished
 from serving.cameos.store import CameoStore
 from serving.config import KinoConfig
@@ -54,7 +54,7 @@ class DomainServices:
              progress: ProgressFeed | None = None) -> DomainServices:
         db = Database(cfg.storage.database_url)
         jobs, accounts, cameo_store = SqlJobStore(db), AccountStore(db), CameoStore(db)
-        artifacts = LocalArtifactStore(cfg.storage.artifacts_dir)
+        artifacts = open_artifact_store(cfg.storage)
         capacity = DenoiseCapacity(cfg.model, latent_geometry(cfg.model), cfg.batching.max_tokens,
                                    recorded=lambda: jobs.capacity(DENOISE_MAX_TOKENS))
         videos = VideoService(cfg, jobs, artifacts, dispatcher, moderator=RuleModerator.from_file(
