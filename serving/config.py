@@ -139,9 +139,9 @@ class S3StorageConfig:
     """The bucket's region (S3-compatible servers mostly accept any)."""
     prefix: str = ""
     """Keys go under this prefix in the bucket (e.g. kino/prod), none when empty."""
-    access_key_id: SecretText = ""
+    access_key_id: SecretText = field(default="", repr=False)
     """The access key id (from the environment, see above)."""
-    secret_access_key: SecretText = ""
+    secret_access_key: SecretText = field(default="", repr=False)
     """The secret access key (from the environment, see above)."""
     allow_http: bool = False
     """Allow a plain http:// endpoint (a server inside the cluster); otherwise only https."""

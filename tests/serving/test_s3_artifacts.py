@@ -147,6 +147,7 @@ def test_s3_settings_are_checked():
     digits = load_config({}, environ={"KINO_STORAGE__S3__ACCESS_KEY_ID": "12345",
                                       "KINO_STORAGE__S3__SECRET_ACCESS_KEY": "s"}).storage.s3
     assert digits.access_key_id == "12345"
+    assert "12345" not in repr(digits)  # the keys stay out of logged configs
 
 
 def test_a_local_engine_over_s3_renders_an_mp4_that_downloads(s3_server, staged, tmp_path):
