@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import field
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from engines.config import ModelConfig, from_mapping
 from engines.errors import ConfigError
@@ -25,6 +25,9 @@ from serving.data_plane.scheduler import Policy
 Port = Annotated[int, Field(ge=0, le=65535)]
 AtLeastOne = Annotated[int, Field(ge=1)]
 SigningAlgorithm = Literal["es256", "ed25519"]
+# A KINO_* value is read as a YAML scalar: a key of digits arrives as a number, and is text again here.
+SecretText = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int | float) and
+                                            not isinstance(v, bool) else v)]
 
 
 @section("grpc")
@@ -121,6 +124,39 @@ class AutoscalingConfig:
     would all be done within this."""
 
 
+@section("storage.s3")
+class S3StorageConfig:
+    """Artifacts in an object store over the S3 API (AWS S3, MinIO, SeaweedFS, Ceph RGW, R2, ...) instead of a
+    directory. Keep the keys out of the config file: set them as KINO_STORAGE__S3__ACCESS_KEY_ID and
+    KINO_STORAGE__S3__SECRET_ACCESS_KEY (the Helm chart takes them from a Secret); left empty, the usual
+    AWS_* variables and instance or pod credentials are used."""
+
+    bucket: str = ""
+    """The bucket; empty: artifacts are files under storage.artifacts_dir."""
+    endpoint: str = ""
+    """The S3 endpoint URL, e.g. http://minio:9000; empty: AWS S3 of `region`."""
+    region: str = "us-east-1"
+    """The bucket's region (S3-compatible servers mostly accept any)."""
+    prefix: str = ""
+    """Keys go under this prefix in the bucket (e.g. kino/prod), none when empty."""
+    access_key_id: SecretText = field(default="", repr=False)
+    """The access key id (from the environment, see above)."""
+    secret_access_key: SecretText = field(default="", repr=False)
+    """The secret access key (from the environment, see above)."""
+    allow_http: bool = False
+    """Allow a plain http:// endpoint (a server inside the cluster); otherwise only https."""
+
+    def __post_init__(self) -> None:
+        require(bool(self.access_key_id) == bool(self.secret_access_key), "secret_access_key",
+                "access_key_id and secret_access_key go together")
+        require(not self.endpoint or self.endpoint.startswith(("http://", "https://")), "endpoint",
+                "must be an http:// or https:// URL")
+        require(self.allow_http or not self.endpoint.startswith("http://"), "allow_http",
+                "must be true for a plain http:// endpoint")
+        require(not self.prefix or all(part not in ("", ".", "..") for part in self.prefix.strip("/").split("/")),
+                "prefix", "must be a path without empty, . or .. parts")
+
+
 @section("storage")
 class StorageConfig:
     """Where jobs and videos are kept."""
@@ -128,7 +164,9 @@ class StorageConfig:
     database_url: str = "sqlite:///var/kino/jobs.db"
     """The job database: sqlite:///path (one machine) or postgresql+psycopg://... (a cluster)."""
     artifacts_dir: str = "var/kino/artifacts"
-    """The artifact directory (a shared volume on Kubernetes)."""
+    """The artifact directory (a shared volume on Kubernetes); unused when s3.bucket is set."""
+    s3: S3StorageConfig = field(default_factory=S3StorageConfig)
+    """An S3 bucket for artifacts instead of artifacts_dir."""
     download_chunk_bytes: AtLeastOne = 2**20
     """Downloads stream in chunks of this size, whatever the protocol."""
     events_retention_days: Annotated[float, Field(gt=0)] = 30.0

@@ -66,7 +66,7 @@ class LocalEngine:
     def __init__(self, cfg: KinoConfig, pipeline: StagedPipeline, *, decoder: Decoder | None = None) -> None:
         """`pipeline`: the loaded engines (its DiT backend over several ranks where model.parallel says so);
         `decoder`: one whose VAE runs over those ranks (else the pipeline's)."""
-        from serving.artifacts import LocalArtifactStore
+        from serving.artifacts import open_artifact_store
         from serving.data_plane.local_stages import LocalStages
         from serving.data_plane.rendering import Renderer
         from serving.provenance.credentials import ContentCredentials
@@ -79,7 +79,7 @@ class LocalEngine:
         self.denoise_loop = open_denoise_loop(cfg, metrics, engine=pipeline.denoiser)
         self.services = DomainServices.open(cfg, link, metrics, progress=self.hub,
                                             denoise_budget=lambda: self.denoise_loop.max_tokens)
-        artifacts = LocalArtifactStore(cfg.storage.artifacts_dir)
+        artifacts = open_artifact_store(cfg.storage)
         renderer = Renderer(decoder or pipeline.decoder, pipeline.media, artifacts,
                             ContentCredentials(cfg.provenance), cfg.provenance.watermark)
         self.stages: LocalStages = LocalStages(pipeline, renderer, loop=self.denoise_loop)

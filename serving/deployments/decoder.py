@@ -18,7 +18,7 @@ from engines.model_loader import Components, ComponentSource
 from engines.params import GenerationParams
 from engines.stage_io import VideoConditioning
 from engines.upsampler import LatentUpsampler
-from serving.artifacts import Artifact, LocalArtifactStore
+from serving.artifacts import Artifact, open_artifact_store
 from serving.config import load_config
 from serving.data_plane.rendering import Renderer
 from serving.on_ray.metrics import RayMetrics
@@ -34,7 +34,7 @@ class DecoderDeployment:
         decoder = Decoder(cfg.model, geometry=geometry)
         # The encoder side of the same VAE module: no second copy of the weights.
         media = MediaEncoder(cfg.model, components=Components(vae=decoder.vae), geometry=geometry)
-        self.renderer = Renderer(decoder, media, LocalArtifactStore(cfg.storage.artifacts_dir),
+        self.renderer = Renderer(decoder, media, open_artifact_store(cfg.storage),
                                  ContentCredentials(cfg.provenance), cfg.provenance.watermark)
         self.upsampler = LatentUpsampler.beside(decoder, cfg.model)
         self.metrics = RayMetrics()

@@ -258,3 +258,64 @@ def test_the_head_migrates_the_database_before_ray_starts():
         assert "sqlite:////var/kino/state/jobs.db" in rs["spec"]["serveConfigV2"]  # what the state dir names
         for group in rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
             assert "initContainers" not in group["template"]["spec"]
+
+
+S3 = ["--set", "artifacts.s3.bucket=kino-videos", "--set", "artifacts.s3.endpoint=http://minio.storage:9000",
+      "--set", "artifacts.s3.allowHttp=true", "--set", "artifacts.s3.prefix=prod",
+      "--set", "artifacts.s3.existingSecret=kino-s3"]
+
+
+def _pods(rs: dict) -> list[dict]:
+    cluster = rs["spec"]["rayClusterConfig"]
+    return [cluster["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"]
+                                                            for g in cluster["workerGroupSpecs"]]
+
+
+def test_artifacts_in_an_s3_bucket():
+    """The bucket's settings reach Kino's storage config, its keys only as KINO_STORAGE__S3__* from the Secret."""
+    from serving.config import load_config
+
+    docs = render(*S3)
+    [rs] = [d for d in docs if d["kind"] == "RayService"]
+    assert "kino-s3" not in rs["spec"]["serveConfigV2"] and "secret_access_key" not in rs["spec"]["serveConfigV2"]
+    storage = _serve_config(docs)["applications"][0]["args"]["config"]["storage"]
+    assert storage["s3"] == {"bucket": "kino-videos", "endpoint": "http://minio.storage:9000", "region": "us-east-1",
+                             "prefix": "prod", "allow_http": True}
+    environ = {"KINO_STORAGE__S3__ACCESS_KEY_ID": "AKIAEXAMPLE", "KINO_STORAGE__S3__SECRET_ACCESS_KEY": "c2VjcmV0"}
+    s3 = load_config({"storage": storage}, environ=environ).storage.s3
+    assert (s3.bucket, s3.prefix, s3.access_key_id, s3.secret_access_key) == (
+        "kino-videos", "prod", "AKIAEXAMPLE", "c2VjcmV0")
+    for pod in _pods(rs):
+        for container in pod["containers"] + pod.get("initContainers", []):
+            env = {e["name"]: e.get("valueFrom") for e in container["env"]}
+            assert env["KINO_STORAGE__S3__ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "kino-s3", "key": "accessKeyId"}}
+            assert env["KINO_STORAGE__S3__SECRET_ACCESS_KEY"] == {
+                "secretKeyRef": {"name": "kino-s3", "key": "secretAccessKey"}}
+    # Without a bucket: no s3 settings, no key variables; the state claim stays ReadWriteMany.
+    plain = render()
+    assert "s3" not in _serve_config(plain)["applications"][0]["args"]["config"]["storage"]
+    assert "KINO_STORAGE__S3" not in yaml.safe_dump(plain)
+    [claim] = [d for d in plain if d["kind"] == "PersistentVolumeClaim"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+STATELESS = [*S3, "--set", "database.existingSecret=kino-db", "--set", "signing.existingSecret=kino-signing",
+             "--set", "storage.enabled=false"]
+
+
+def test_with_a_bucket_a_database_and_a_signing_chain_pods_need_no_shared_volume():
+    docs = render(*STATELESS)
+    assert "PersistentVolumeClaim" not in {d["kind"] for d in docs}
+    [rs] = [d for d in docs if d["kind"] == "RayService"]
+    for pod in _pods(rs):
+        [state] = [v for v in pod["volumes"] if v["name"] == "state"]
+        assert state == {"name": "state", "emptyDir": {}}
+    crds = crd_schemas()
+    OAS30Validator(crds[(rs["apiVersion"], rs["kind"])]).validate(rs)
+
+
+@pytest.mark.parametrize("missing", ["artifacts.s3.bucket", "database.existingSecret", "signing.existingSecret"])
+def test_pods_without_a_shared_volume_need_all_three(missing):
+    args = [*STATELESS, "--set", f"{missing}="]  # the later --set wins: that one left empty
+    out = subprocess.run([helm(), "template", "kino", str(CHART), *args], capture_output=True, text=True)
+    assert out.returncode != 0 and "storage.enabled=false needs artifacts.s3.bucket" in out.stderr, out.stderr

@@ -53,7 +53,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $auth := dict "required" .Values.auth.required -}}
 {{- if .Values.auth.bootstrapKeysSecret }}{{- $_ := set $auth "bootstrap_keys_file" "/etc/kino/keys/keys" -}}{{- end -}}
 {{- $_ := set $cfg "auth" $auth -}}
-{{- $_ := set $cfg "storage" (dict "database_url" "sqlite:////var/kino/state/jobs.db" "artifacts_dir" "/var/kino/artifacts") -}}
+{{- $storage := dict "database_url" "sqlite:////var/kino/state/jobs.db" "artifacts_dir" "/var/kino/artifacts" -}}
+{{- with .Values.artifacts.s3 }}{{- if .bucket -}}
+{{- /* The keys are not here: they come from the Secret as KINO_STORAGE__S3__* (kino.env). */ -}}
+{{- $_ := set $storage "s3" (dict "bucket" .bucket "endpoint" (.endpoint | default "") "region" .region "prefix" (.prefix | default "") "allow_http" (.allowHttp | default false)) -}}
+{{- end }}{{- end -}}
+{{- $_ := set $cfg "storage" $storage -}}
 {{- $prov := dict "dev_chain_dir" "/var/kino/state/credentials" -}}
 {{- if .Values.signing.existingSecret -}}
 {{- $_ := set $prov "cert_chain" (printf "/etc/kino/signing/%s" .Values.signing.certChainKey) -}}
@@ -98,6 +103,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
       name: {{ .Values.database.existingSecret }}
       key: {{ .Values.database.secretKey }}
 {{- end }}
+{{- with .Values.artifacts.s3 }}{{- if and .bucket .existingSecret }}
+- name: KINO_STORAGE__S3__ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret }}
+      key: {{ .accessKeyIdKey }}
+- name: KINO_STORAGE__S3__SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret }}
+      key: {{ .secretAccessKeyKey }}
+{{- end }}{{- end }}
 {{- end -}}
 
 {{- define "kino.volumeMounts" -}}
@@ -120,10 +137,23 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end -}}
 
+{{/* "true" when the pods share a state volume (the claim); else each has an emptyDir (values.yaml, storage). */}}
+{{- define "kino.sharedState" -}}
+{{- if .Values.storage.enabled -}}true
+{{- else if not (and .Values.artifacts.s3.bucket .Values.database.existingSecret .Values.signing.existingSecret) -}}
+{{- fail "storage.enabled=false needs artifacts.s3.bucket, database.existingSecret and signing.existingSecret: otherwise artifacts, jobs or the signing chain would live on one pod only" -}}
+{{- else -}}false
+{{- end -}}
+{{- end -}}
+
 {{- define "kino.volumes" -}}
 - name: state
+{{- if eq (include "kino.sharedState" .) "true" }}
   persistentVolumeClaim:
     claimName: {{ include "kino.stateClaim" . }}
+{{- else }}
+  emptyDir: {}
+{{- end }}
 {{- if .Values.modelVolume.existingClaim }}
 - name: models
   persistentVolumeClaim:
