@@ -18,6 +18,7 @@ the test deploys the chart's own serveConfigV2. `--object-store seaweedfs` keeps
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import shutil
@@ -175,21 +176,22 @@ def main() -> None:
                     help="a Serve config or a rendered Helm chart (default: deploy/serve/kino.yaml)")
     ap.add_argument("--object-store", choices=("directory", "seaweedfs"), default="directory",
                     help="where MP4s go: the state directory, or a SeaweedFS S3 server started here")
+    ap.add_argument("--s3", help="storage.s3 settings as JSON (a running S3 server: the tests pass theirs)")
     ap.add_argument("--checks", action="store_true", help="the short checks instead of the long scenario")
     ap.add_argument("--out", type=Path, help="where --checks writes report.json and the MP4s it downloads")
     ap.add_argument("--cpus", type=int, default=2, help="logical CPUs of each node (default 2)")
     args = ap.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="kino-nodes-"))
-    store_server = cluster = None
-    try:
-        object_store = None
-        if args.object_store == "seaweedfs":
-            from loadtests.local_servers import SeaweedServer
+    with contextlib.ExitStack() as stack:
+        object_store = json.loads(args.s3) if args.s3 else None
+        if args.object_store == "seaweedfs" and object_store is None:
+            from loadtests.local_servers import seaweedfs
 
-            store_server = SeaweedServer(base / "seaweedfs").start()
-            object_store = store_server.s3_settings(bucket="kino-videos")
+            object_store = stack.enter_context(seaweedfs(base / "seaweedfs", bucket="kino-videos")).storage_settings()
+        stack.callback(shutil.rmtree, base, ignore_errors=True)
         cluster = start(base / "state", args.serve_config, object_store=object_store, num_cpus=args.cpus)
+        stack.callback(cluster.shutdown)
         if args.checks:
             out = args.out or base / "out"
             out.mkdir(parents=True, exist_ok=True)
@@ -209,12 +211,6 @@ def main() -> None:
             for why, n in o.not_completed.items():
                 print(f"- {n} x {why}")
         print(f"wall time with losses / without: {lossy.wall_s / baseline.wall_s:.2f}x")
-    finally:
-        if cluster is not None:
-            cluster.shutdown()
-        if store_server is not None:
-            store_server.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":

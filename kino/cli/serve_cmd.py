@@ -85,6 +85,10 @@ def serve_forever(args: argparse.Namespace) -> int:
                   f"(state in {cluster.state_dir}); Ctrl-C stops it")
     console.print(f"  REST (OpenAI-compatible): {cluster.rest_url}   metrics: {cluster.metrics_url}")
     console.print(f"  export KINO_ADDRESS={cluster.grpc_address}; kino generate \"a cat playing piano\" -o cat.mp4")
+    if cluster.nodes is not None:
+        placement = sorted(cluster.placement().items())
+        where = ", ".join(f"{d} on {'/'.join(sorted(set(groups)))}" for d, groups in placement)
+        console.print(f"  nodes: {where}")
     if args.address_file:
         args.address_file.write_text(cluster.grpc_address)
         args.address_file.with_suffix(".json").write_text(json.dumps(

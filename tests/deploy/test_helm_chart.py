@@ -133,6 +133,11 @@ def test_stages_land_on_their_own_worker_groups_and_gpu_profile():
         for name, group in wanted.items():
             asks = set(deployments[name]["ray_actor_options"]["resources"])
             assert asks <= advertised[group] and len(asks) == 1, (name, asks)
+        # Each pod says its group: a worker group's processes refuse the job database (serving/db.py).
+        for name, spec in {"head": head, **groups}.items():
+            [group_env] = [e["value"] for e in spec["template"]["spec"]["containers"][0]["env"]
+                           if e["name"] == "KINO_NODE_GROUP"]
+            assert group_env == name
         dit = groups["dit"]
         assert deployments["Denoiser"]["autoscaling_config"]["max_replicas"] == dit["maxReplicas"]
         assert deployments["Denoiser"]["ray_actor_options"].get("num_gpus", 0) == gpus

@@ -181,6 +181,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   imagePullPolicy: {{ .root.Values.image.pullPolicy }}
   env:
 {{ include "kino.env" .root | indent 4 }}
+    # The pod's node group: a process on a worker group refuses to open the job database (serving/db.py).
+    - name: KINO_NODE_GROUP
+      value: {{ .component | quote }}
 {{- if eq (include "kino.spreadDiT" .) "true" }}
     - name: TORCH_NCCL_BLOCKING_WAIT   # a timed-out collective raises in the caller: the replica fails cleanly
       value: "1"
