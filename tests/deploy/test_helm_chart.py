@@ -304,11 +304,27 @@ def test_artifacts_in_an_s3_bucket():
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
-STATELESS = [*S3, "--set", "database.existingSecret=kino-db", "--set", "signing.existingSecret=kino-signing",
-             "--set", "storage.enabled=false"]
+def test_with_a_bucket_only_the_head_mounts_the_state_volume_and_it_need_not_be_shared():
+    """Worker nodes never open the job database, and with a bucket their artifacts are objects: only the head
+    mounts the state claim (SQLite, its credentials), which ReadWriteOnce serves."""
+    docs = render(*S3)
+    [claim] = [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    [rs] = [d for d in docs if d["kind"] == "RayService"]
+    cluster = rs["spec"]["rayClusterConfig"]
+    pods = {"head": cluster["headGroupSpec"]["template"]["spec"]} | {
+        g["groupName"]: g["template"]["spec"] for g in cluster["workerGroupSpecs"]}
+    for name, pod in pods.items():
+        [state] = [v for v in pod["volumes"] if v["name"] == "state"]
+        expected = {"persistentVolumeClaim": {"claimName": claim["metadata"]["name"]}} if name == "head" \
+            else {"emptyDir": {}}
+        assert state == {"name": "state", **expected}, name
 
 
-def test_with_a_bucket_a_database_and_a_signing_chain_pods_need_no_shared_volume():
+STATELESS = [*S3, "--set", "database.existingSecret=kino-db", "--set", "storage.enabled=false"]
+
+
+def test_with_a_bucket_and_a_database_pods_need_no_volume_at_all():
     docs = render(*STATELESS)
     assert "PersistentVolumeClaim" not in {d["kind"] for d in docs}
     [rs] = [d for d in docs if d["kind"] == "RayService"]
@@ -319,8 +335,8 @@ def test_with_a_bucket_a_database_and_a_signing_chain_pods_need_no_shared_volume
     OAS30Validator(crds[(rs["apiVersion"], rs["kind"])]).validate(rs)
 
 
-@pytest.mark.parametrize("missing", ["artifacts.s3.bucket", "database.existingSecret", "signing.existingSecret"])
-def test_pods_without_a_shared_volume_need_all_three(missing):
+@pytest.mark.parametrize("missing", ["artifacts.s3.bucket", "database.existingSecret"])
+def test_pods_without_a_volume_need_a_bucket_and_a_database(missing):
     args = [*STATELESS, "--set", f"{missing}="]  # the later --set wins: that one left empty
     out = subprocess.run([helm(), "template", "kino", str(CHART), *args], capture_output=True, text=True)
     assert out.returncode != 0 and "storage.enabled=false needs artifacts.s3.bucket" in out.stderr, out.stderr

@@ -137,23 +137,39 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end -}}
 
-{{/* "true" when the pods share a state volume (the claim); else each has an emptyDir (values.yaml, storage). */}}
+{{/* "true" when the release has a state claim (values.yaml, storage); else every pod has an emptyDir. */}}
 {{- define "kino.sharedState" -}}
 {{- if .Values.storage.enabled -}}true
-{{- else if not (and .Values.artifacts.s3.bucket .Values.database.existingSecret .Values.signing.existingSecret) -}}
-{{- fail "storage.enabled=false needs artifacts.s3.bucket, database.existingSecret and signing.existingSecret: otherwise artifacts, jobs or the signing chain would live on one pod only" -}}
+{{- else if not (and .Values.artifacts.s3.bucket .Values.database.existingSecret) -}}
+{{- fail "storage.enabled=false needs artifacts.s3.bucket and database.existingSecret: otherwise artifacts or jobs would live on one pod only" -}}
 {{- else -}}false
 {{- end -}}
 {{- end -}}
 
+{{/* "true" when a pod of `component` mounts the state claim: the head always (the SQLite job database, which
+only the head's replicas open); worker pods only while artifacts are files on it (no artifacts.s3.bucket). */}}
+{{- define "kino.mountsClaim" -}}
+{{- and (eq (include "kino.sharedState" .root) "true") (or (eq .component "head") (not .root.Values.artifacts.s3.bucket)) -}}
+{{- end -}}
+
+{{/* The claim's access modes: as set, else ReadWriteOnce when only the head mounts it, else ReadWriteMany. */}}
+{{- define "kino.stateAccessModes" -}}
+{{- if .Values.storage.accessModes -}}{{ toYaml .Values.storage.accessModes }}
+{{- else if .Values.artifacts.s3.bucket -}}- ReadWriteOnce
+{{- else -}}- ReadWriteMany
+{{- end -}}
+{{- end -}}
+
+{{/* A pod's volumes: (dict "root" $ "component" <name>) */}}
 {{- define "kino.volumes" -}}
 - name: state
-{{- if eq (include "kino.sharedState" .) "true" }}
+{{- if eq (include "kino.mountsClaim" .) "true" }}
   persistentVolumeClaim:
-    claimName: {{ include "kino.stateClaim" . }}
+    claimName: {{ include "kino.stateClaim" .root }}
 {{- else }}
   emptyDir: {}
 {{- end }}
+{{- with .root }}
 {{- if .Values.modelVolume.existingClaim }}
 - name: models
   persistentVolumeClaim:
@@ -171,6 +187,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   secret:
     secretName: {{ .Values.auth.bootstrapKeysSecret }}
     defaultMode: 0400
+{{- end }}
 {{- end }}
 {{- end -}}
 
@@ -256,7 +273,7 @@ initContainers:
 containers:
 {{ include "kino.container" . }}
 volumes:
-{{ include "kino.volumes" .root | indent 2 }}
+{{ include "kino.volumes" (dict "root" .root "component" .component) | indent 2 }}
 {{- if eq (include "kino.spreadDiT" .) "true" }}
   - name: dshm
     emptyDir:
