@@ -110,6 +110,8 @@ def wait_for_stage(client: Any, video_id: str, stage: int, min_step: int = 0, ti
 
 # -- the short checks ------------------------------------------------------------------------------------------
 def checks(cluster: LocalCluster, out: Path) -> dict[str, Any]:
+    import urllib.request
+
     from kino.client import KinoClient
     from kino_api.v1 import video_service_pb2 as pb
 
@@ -138,6 +140,8 @@ def checks(cluster: LocalCluster, out: Path) -> dict[str, Any]:
         cluster.nodes.replace("decoder")
         client.download(ids[0], out / "after_node_gone.mp4")
         report["after_node_gone"] = ids[0]
+        with urllib.request.urlopen(f"{cluster.rest_url}/videos/{ids[0]}/content", timeout=60) as rest:
+            (out / "after_node_gone_rest.mp4").write_bytes(rest.read())  # the other protocol
         report["placement_after"] = cluster.placement()
     return report
 

@@ -85,4 +85,5 @@ def test_a_video_whose_decoder_node_has_gone_downloads_from_the_object_store(nod
                     secret_access_key=s3_server.secret_key, region=s3_server.region,
                     client_options={"allow_http": True})
     stored = bytes(obstore.get(store, f"nodes-test/local/{report['after_node_gone']}.mp4").bytes())
-    assert stored == (out / "after_node_gone.mp4").read_bytes()
+    assert stored == (out / "after_node_gone.mp4").read_bytes()  # gRPC's DownloadVideo
+    assert stored == (out / "after_node_gone_rest.mp4").read_bytes()  # REST's /v1/videos/{id}/content
