@@ -19,6 +19,7 @@ velocity, x + (sigma_next - sigma) * v), so a request denoised here equals the p
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, LTX2Pipeline
 from diffusers.pipelines.ltx2.pipeline_ltx2 import calculate_shift, rescale_noise_cfg, retrieve_timesteps
 from diffusers.utils.torch_utils import randn_tensor
 
+from engines import denoise_checkpoint
 from engines.config import ModelConfig
 from engines.dit_backend import DiTBackend, DiTInputs, create_backend
 from engines.errors import OutOfMemory
@@ -338,6 +340,21 @@ class Denoiser:
             s.audio_latents, audio_v, sigma, s.cfg, p.audio_guidance_scale, p.audio_guidance_rescale),
             sigma, sigma_next)
         s.step_index += 1
+
+    # -- checkpoints ---------------------------------------------------------------------
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """What a checkpoint names this model by (engines/denoise_checkpoint.py)."""
+        return denoise_checkpoint.weights_fingerprint(self.transformer)
+
+    def checkpoint(self, state: DenoiseState) -> bytes:
+        """`state` at its step boundary, as bytes another replica of this model can resume from."""
+        return denoise_checkpoint.encode(state, self.fingerprint)
+
+    def resume(self, state: DenoiseState, data: bytes) -> int:
+        """Put a checkpoint into `state`, freshly prepared for the same request; the step it resumes at
+        (`denoise_checkpoint.CheckpointMismatch` if the bytes are not this request's on this model)."""
+        return denoise_checkpoint.restore(state, data, self.fingerprint)
 
     # -- result --------------------------------------------------------------------------
     @staticmethod

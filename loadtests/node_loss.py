@@ -147,22 +147,23 @@ def checks(cluster: LocalCluster, out: Path) -> dict[str, Any]:
 
 
 # -- the long scenario -----------------------------------------------------------------------------------------
-def run_jobs(cluster: LocalCluster, jobs: int, losses: int, rng: random.Random, tag: str) -> Run:
-    """`jobs` jobs; `losses` worker nodes removed (and replaced) at random moments while they run."""
+def run_jobs(cluster: LocalCluster, jobs: int, loss_at: list[float], rng: random.Random, tag: str, *,
+             size: str, steps: int) -> Run:
+    """`jobs` jobs; a worker node (of a group chosen at random) removed and replaced at each of `loss_at`
+    (seconds from the first submit) while they run."""
     from kino.client import KinoClient
 
     assert cluster.nodes is not None
     with KinoClient(cluster.grpc_address, timeout=60) as client:
         started = time.monotonic()
-        ids = submit(client, jobs, tag=tag)
+        ids = submit(client, jobs, size=size, steps=steps, tag=tag)
         lost: list[str] = []
         done = threading.Event()
         result: list[Outcome] = []
         waiter = threading.Thread(target=lambda: (result.append(outcome(cluster, ids)), done.set()))
         waiter.start()
-        # Spread the losses over the time the baseline took per job, at random moments.
-        for _ in range(losses):
-            if done.wait(rng.uniform(3.0, 12.0)):
+        for at in sorted(loss_at):
+            if done.wait(max(0.0, at - (time.monotonic() - started))):
                 break
             group = rng.choice(WORKER_GROUPS)
             cluster.nodes.replace(group)
@@ -175,6 +176,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=24, help="jobs per run (default 24)")
     ap.add_argument("--losses", type=int, default=4, help="worker nodes lost during the second run (default 4)")
+    ap.add_argument("--size", default="512x512", help="each job's size (default 512x512)")
+    ap.add_argument("--steps", type=int, default=24, help="each job's denoising steps (default 24)")
     ap.add_argument("--seed", type=int, default=0, help="where and when nodes are lost (default 0)")
     ap.add_argument("--serve-config", type=Path, default=DEFAULT_SERVE_CONFIG,
                     help="a Serve config or a rendered Helm chart (default: deploy/serve/kino.yaml)")
@@ -204,8 +207,10 @@ def main() -> None:
             print(json.dumps(report, indent=2))
             return
         rng = random.Random(args.seed)
-        baseline = run_jobs(cluster, args.jobs, 0, rng, "baseline")
-        lossy = run_jobs(cluster, args.jobs, args.losses, rng, "losses")
+        baseline = run_jobs(cluster, args.jobs, [], rng, "baseline", size=args.size, steps=args.steps)
+        # The losses at random moments within the time the same jobs took without any.
+        loss_at = [rng.uniform(0.1, 0.8) * baseline.wall_s for _ in range(args.losses)]
+        lossy = run_jobs(cluster, args.jobs, loss_at, rng, "losses", size=args.size, steps=args.steps)
         print("| run | jobs | completed | lost | finished twice | sent through again | nodes lost | wall s |")
         print("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
         for name, run in (("no loss", baseline), ("losses", lossy)):

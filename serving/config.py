@@ -83,6 +83,19 @@ class QueueConfig:
                 "must be under half of lease_seconds (a late heartbeat must not lose the lease)")
 
 
+@section("checkpoints")
+class CheckpointConfig:
+    """Resumable denoising: a job's denoise state kept in the artifact store, so a retried attempt (a lost
+    replica or node, an expired lease, a drain) starts from it instead of step 0 (engines/denoise_checkpoint.py)."""
+
+    enabled: bool = True
+    """Checkpoint jobs' denoising; false: a retried job starts over."""
+    every_seconds: Annotated[float, Field(ge=0)] = 30.0
+    """A request's state is written at most this often (of its denoising time), and always when its denoising
+    ends (so a lost Decoder costs no denoising, and a two-stage job keeps its first stage). A write of a 1080p,
+    20 s video's latents (~70 MB) takes well under a second beside minutes of steps; 0: every step."""
+
+
 @section("batching")
 class BatchingConfig:
     """Step-level batching in each Denoiser replica. max_batch_size 1 turns batching off."""
@@ -244,6 +257,8 @@ class KinoConfig:
     """Admission and the dispatcher."""
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     """Step-level batching."""
+    checkpoints: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Resumable denoising."""
     autoscaling: AutoscalingConfig = field(default_factory=AutoscalingConfig)
     """Scaling the Denoiser pool on the backlog."""
     storage: StorageConfig = field(default_factory=StorageConfig)

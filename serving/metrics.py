@@ -46,6 +46,10 @@ class Metrics(ABC):
     def artifact_written(self, size_bytes: int) -> None: ...
 
     @abstractmethod
+    def checkpoint_written(self, size_bytes: int, seconds: float) -> None:
+        """A request's denoise checkpoint of `size_bytes` was taken and written in `seconds`."""
+
+    @abstractmethod
     def api_call(self, protocol: str, method: str, code: str) -> None: ...
 
 
@@ -61,4 +65,5 @@ class NoMetrics(Metrics):
     def step_cache(self, computed: int, skipped: int) -> None: pass
     def batch_measured(self, bucket: str, step_seconds: dict[int, float], cap: int) -> None: pass
     def artifact_written(self, size_bytes: int) -> None: pass
+    def checkpoint_written(self, size_bytes: int, seconds: float) -> None: pass
     def api_call(self, protocol: str, method: str, code: str) -> None: pass

@@ -71,6 +71,11 @@ jobs = sa.Table(
     sa.Column("strength", sa.Float, nullable=False, server_default="0"),
     sa.Column("cameo_id", sa.String(64), index=True),
     sa.Column("enhanced_prompt", sa.Text),
+    # resumable denoising (added in wave 3): the checkpoint a retried attempt starts from
+    sa.Column("checkpoint_key", sa.String(512)),
+    sa.Column("checkpoint_step", sa.Integer),
+    sa.Column("resumed_from_step", sa.Integer),
+    sa.Column("denoise_steps_run", sa.Integer, nullable=False, server_default="0"),
     sa.UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency"),
     sa.Index("ix_jobs_public", "visibility", "seq"),
     sa.Index("ix_jobs_queue", "status", "priority", "seq"),

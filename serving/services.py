@@ -22,6 +22,7 @@ from serving.cameos.store import CameoStore
 from serving.config import KinoConfig
 from serving.control_plane.autoscaling import dispatch_window
 from serving.control_plane.dispatcher import Dispatcher
+from serving.control_plane.job_runner import JobCheckpoints
 from serving.control_plane.progress import ProgressFeed, ProgressSink
 from serving.data_plane.denoise_loop import BatchMeasure, DenoiseLoop
 from serving.data_plane.scheduler import StepScheduler
@@ -89,7 +90,8 @@ def open_denoise_loop(cfg: KinoConfig, metrics: Metrics, lead: Callable[[], Engi
     max_tokens = min(b.max_tokens, device_token_budget(engine, b.gpu_memory_utilization) or b.max_tokens)
     scheduler = StepScheduler(b.max_batch_size, b.max_running, policy=b.policy, rotate_buckets=b.rotate_buckets,
                               max_tokens=max_tokens)
-    return DenoiseLoop(engine, scheduler, metrics, BatchMeasure(b.measure_batches, b.measure_seconds, b.min_gain))
+    return DenoiseLoop(engine, scheduler, metrics, BatchMeasure(b.measure_batches, b.measure_seconds, b.min_gain),
+                       checkpoints=open_artifact_store(cfg.storage) if cfg.checkpoints.enabled else None)
 
 
 def open_dispatcher(cfg: KinoConfig, stages: StageClient, metrics: Metrics, progress: ProgressSink | None = None,
@@ -102,10 +104,12 @@ def open_dispatcher(cfg: KinoConfig, stages: StageClient, metrics: Metrics, prog
     if denoisers_running is not None:
         def window() -> int:
             return dispatch_window(denoisers_running(), cfg.batching.max_running, cfg.queue.max_in_flight)
+    checkpoints = JobCheckpoints(open_artifact_store(cfg.storage), cfg.checkpoints.every_seconds) \
+        if cfg.checkpoints.enabled else None
     return Dispatcher(SqlJobStore(db), stages, cfg.queue, on_finished=lambda job: notify_finished(cameos, job),
                       metrics=metrics, moderator=RuleModerator.from_file(cfg.moderation.rules_file),
                       progress=progress, window=window, schedule=cfg.model.schedule,
-                      events_retention_seconds=cfg.storage.events_retention_days * 86400)
+                      events_retention_seconds=cfg.storage.events_retention_days * 86400, checkpoints=checkpoints)
 
 
 def denoise_figures(cfg: KinoConfig, loop: DenoiseLoop) -> dict[str, float]:

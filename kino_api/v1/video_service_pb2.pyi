@@ -80,7 +80,7 @@ class VideoError(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Video(_message.Message):
-    __slots__ = ("id", "status", "progress", "model", "size", "seconds", "fps", "seed", "steps", "prompt", "negative_prompt", "priority", "created_at", "started_at", "completed_at", "error", "stage", "step", "total_steps", "size_bytes", "sha256", "attempts", "visibility", "parent_id", "cameo_id", "review", "image_conditioned", "enhanced_prompt", "cache", "two_stage")
+    __slots__ = ("id", "status", "progress", "model", "size", "seconds", "fps", "seed", "steps", "prompt", "negative_prompt", "priority", "created_at", "started_at", "completed_at", "error", "stage", "step", "total_steps", "size_bytes", "sha256", "attempts", "visibility", "parent_id", "cameo_id", "review", "image_conditioned", "enhanced_prompt", "cache", "two_stage", "resumed_from_step")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +111,7 @@ class Video(_message.Message):
     ENHANCED_PROMPT_FIELD_NUMBER: _ClassVar[int]
     CACHE_FIELD_NUMBER: _ClassVar[int]
     TWO_STAGE_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FROM_STEP_FIELD_NUMBER: _ClassVar[int]
     id: str
     status: VideoStatus
     progress: float
@@ -141,7 +142,8 @@ class Video(_message.Message):
     enhanced_prompt: str
     cache: StepCache
     two_stage: bool
-    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[VideoStatus, str]] = ..., progress: _Optional[float] = ..., model: _Optional[str] = ..., size: _Optional[str] = ..., seconds: _Optional[float] = ..., fps: _Optional[str] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., priority: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[_Union[VideoError, _Mapping]] = ..., stage: _Optional[_Union[Stage, str]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., attempts: _Optional[int] = ..., visibility: _Optional[_Union[Visibility, str]] = ..., parent_id: _Optional[str] = ..., cameo_id: _Optional[str] = ..., review: _Optional[_Union[Review, str]] = ..., image_conditioned: _Optional[bool] = ..., enhanced_prompt: _Optional[str] = ..., cache: _Optional[_Union[StepCache, str]] = ..., two_stage: _Optional[bool] = ...) -> None: ...
+    resumed_from_step: int
+    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[VideoStatus, str]] = ..., progress: _Optional[float] = ..., model: _Optional[str] = ..., size: _Optional[str] = ..., seconds: _Optional[float] = ..., fps: _Optional[str] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., priority: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[_Union[VideoError, _Mapping]] = ..., stage: _Optional[_Union[Stage, str]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., attempts: _Optional[int] = ..., visibility: _Optional[_Union[Visibility, str]] = ..., parent_id: _Optional[str] = ..., cameo_id: _Optional[str] = ..., review: _Optional[_Union[Review, str]] = ..., image_conditioned: _Optional[bool] = ..., enhanced_prompt: _Optional[str] = ..., cache: _Optional[_Union[StepCache, str]] = ..., two_stage: _Optional[bool] = ..., resumed_from_step: _Optional[int] = ...) -> None: ...
 
 class CreateVideoRequest(_message.Message):
     __slots__ = ("prompt", "negative_prompt", "size", "seconds", "fps", "seed", "steps", "guidance_scale", "audio_guidance_scale", "priority", "idempotency_key", "model", "image", "cameo_id", "visibility", "enhance_prompt", "cache", "two_stage")

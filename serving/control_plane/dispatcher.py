@@ -31,7 +31,7 @@ from collections.abc import Callable
 from engines.config import ScheduleConfig
 from serving.async_view import AsyncView
 from serving.config import QueueConfig
-from serving.control_plane.job_runner import Held, HeldState, JobRunner
+from serving.control_plane.job_runner import Held, HeldState, JobCheckpoints, JobRunner
 from serving.control_plane.progress import QUEUE_TOPIC, NoProgress, Progress, ProgressSink
 from serving.data_plane.stages import StageClient
 from serving.jobs import DispatchQueue, Job, JobStatus
@@ -53,7 +53,8 @@ class Dispatcher:
                  on_finished: Callable[[Job], str | None] | None = None, metrics: Metrics | None = None,
                  moderator: Moderator | None = None, progress: ProgressSink | None = None,
                  owner: str | None = None, window: Callable[[], int] | None = None,
-                 schedule: ScheduleConfig | None = None, events_retention_seconds: float = 30 * 86400) -> None:
+                 schedule: ScheduleConfig | None = None, events_retention_seconds: float = 30 * 86400,
+                 checkpoints: JobCheckpoints | None = None) -> None:
         """`window`: how many jobs the stages hold now (all dispatchers together), within `max_in_flight`;
         `schedule`: the model's (how many steps the refine of a two-stage job takes);
         `events_retention_seconds`: how long a finished job's progress events are kept (storage config)."""
@@ -61,7 +62,8 @@ class Dispatcher:
         self.metrics = metrics or NoMetrics()
         self.progress = progress or NoProgress()
         self.runner = JobRunner(store, stages, config, metrics=self.metrics, progress=self.progress,
-                                moderator=moderator, on_finished=on_finished, schedule=schedule)
+                                moderator=moderator, on_finished=on_finished, schedule=schedule,
+                                checkpoints=checkpoints)
         self.owner = owner or dispatcher_id()
         self.window = window or (lambda: config.max_in_flight)
         self.events_retention_seconds = events_retention_seconds

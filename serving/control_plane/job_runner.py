@@ -3,7 +3,9 @@
     encode (and condition) -> denoise (two requests for a two-stage job) -> decode -> completed
                                                          | failed with a reason | cancelled | handed back
 
-A stage replica lost under the job is retried within the claim (`queue.max_attempts`); the end is
+A stage replica lost under the job is retried within the claim (`queue.max_attempts`), from the job's denoise
+checkpoint when it has one (`JobCheckpoints`: the Denoiser writes it, the runner records it under the lease, a
+retried attempt or a later claim resumes from it, and it is deleted when the job ends); the end is
 recorded under the job's lease, so a runner whose lease another dispatcher took writes nothing. Progress
 is pushed at every step (`ProgressSink`); the store gets the state changes only: each stage change (with
 the step it was reached at), the upsampling between two stages, the last step and the end. The stages are
@@ -28,12 +30,22 @@ from engines.config import ScheduleConfig
 from engines.errors import OutOfMemory
 from engines.params import GenerationParams
 from engines.two_stage import stage_one, stage_two
+from serving.artifacts import ArtifactStore
 from serving.async_view import AsyncView, in_thread
 from serving.config import QueueConfig
 from serving.control_plane.progress import Progress, ProgressSink
-from serving.data_plane.stages import Denoised, StageClient, StageUnavailable, attempt_id
+from serving.data_plane.stages import (
+    Checkpointed,
+    Checkpointing,
+    Denoised,
+    HandedBack,
+    Resumed,
+    StageClient,
+    StageUnavailable,
+    attempt_id,
+)
 from serving.errors import ErrorCode, KinoError, as_kino_error
-from serving.jobs import Artifact, DispatchQueue, Job, JobStatus, Lease, Stage, StaleLease
+from serving.jobs import Artifact, DispatchQueue, Job, JobStatus, Lease, Stage, StaleLease, denoise_checkpoint_key
 from serving.metrics import Metrics
 from serving.moderation import Moderator
 from serving.provenance.claim import Claim, prompt_sha256
@@ -64,6 +76,16 @@ class Held:
     hand_back: bool = False  # LETTING_GO: requeue it (this dispatcher stops) rather than leave it to another
     written_stage: Stage | None = None  # the last stage the store holds
     step: int | None = None  # the last denoising step pushed: where a cancelled or failed job's record ends
+    steps_run: int = 0  # denoising steps this claim's attempts computed (a retry from step 0 computes some twice)
+
+
+@dataclass(frozen=True)
+class JobCheckpoints:
+    """Resumable denoising: where jobs' denoise checkpoints live (the artifact store the Denoisers write to) and
+    how often a running job's is written (config `checkpoints`)."""
+
+    store: ArtifactStore
+    every_seconds: float
 
 
 class _CancelRequested(Exception):
@@ -109,14 +131,16 @@ class JobRunner:
     def __init__(self, store: DispatchQueue, stages: StageClient, config: QueueConfig, *, metrics: Metrics,
                  progress: ProgressSink, moderator: Moderator | None = None,
                  on_finished: Callable[[Job], str | None] | None = None,
-                 schedule: ScheduleConfig | None = None) -> None:
+                 schedule: ScheduleConfig | None = None, checkpoints: JobCheckpoints | None = None) -> None:
         """`moderator`: checks what the prompt enhancer writes, as the front door checked the prompt;
         `on_finished`: e.g. tell a cameo's owner, returning a topic whose watchers to nudge;
-        `schedule`: the model's (how many steps the refine of a two-stage job takes)."""
+        `schedule`: the model's (how many steps the refine of a two-stage job takes);
+        `checkpoints`: resumable denoising (None: a retried job starts over)."""
         self.store, self.stages, self.config = AsyncView(store), stages, config
         self.metrics, self.progress, self.moderator = metrics, progress, moderator
         self.on_finished = on_finished
         self.schedule = schedule or ScheduleConfig()
+        self.checkpoints = checkpoints
         self._decode_seconds: float | None = None  # moving average, for ETAs
 
     async def run(self, held: Held) -> None:
@@ -136,7 +160,8 @@ class JobRunner:
                     await self._progress(held, Stage.ENCODING, message=f"retrying after: {e}")
                     await asyncio.sleep(min(2.0 * attempt, 5.0))
             held.state = HeldState.SETTLING
-            done = await self.store.finish(held.lease, JobStatus.COMPLETED, artifact=artifact)
+            done = await self.store.finish(held.lease, JobStatus.COMPLETED, artifact=artifact,
+                                           steps_run=held.steps_run)
             log.info("job %s completed: %s (%d bytes)", job.id, artifact.key, artifact.size_bytes)
             await self.finished(done)
         except asyncio.CancelledError:
@@ -200,13 +225,28 @@ class JobRunner:
         over the whole job; returns the latents' reference."""
         job, latents = held.job, None
         offset = 0 if stage == 1 else run.steps[0]
+        checkpointing = None
+        if stage == 1 and self.checkpoints is not None:  # a refine is three steps: it starts over from stage 1's
+            checkpointing = Checkpointing(denoise_checkpoint_key(job.tenant, job.id), self.checkpoints.every_seconds,
+                                          resume=held.job.checkpoint_step is not None)
         stream = self.stages.denoise(attempt_id(job.id, held.lease.generation, stage), params, embedding,
-                                     job.priority, conditioning)
+                                     job.priority, conditioning, checkpointing)
         try:
             async for ev in stream:
                 if isinstance(ev, Denoised):
                     latents = ev.latents
                     continue
+                if isinstance(ev, Checkpointed):
+                    assert checkpointing is not None
+                    await self.store.record_checkpoint(held.lease, checkpointing.key, ev.step)
+                    held.job = dataclasses.replace(held.job, checkpoint_key=checkpointing.key, checkpoint_step=ev.step)
+                    continue
+                if isinstance(ev, Resumed):
+                    await self._resumed(held, run, ev)
+                    continue
+                if isinstance(ev, HandedBack):
+                    raise StageUnavailable(f"the denoiser stopped at step {ev.step} and handed the job back")
+                held.steps_run += 1
                 if run.first_step is None:
                     run.first_step = time.monotonic()
                     self.metrics.stage_seconds("encode", run.first_step - run.started)  # encode + wait for a slot
@@ -220,6 +260,17 @@ class JobRunner:
         if latents is None:
             raise StageUnavailable("the denoiser ended the stream without latents")
         return latents
+
+    async def _resumed(self, held: Held, run: _DenoiseRun, ev: Resumed) -> None:
+        """The attempt started at its checkpoint's step: say so to watchers and on the job."""
+        message = f"resumed at step {ev.step} of {ev.total_steps}"
+        log.info("job %s %s", held.job.id, message)
+        values: dict[str, Any] = dict(step=ev.step, total_steps=run.total, message=message,
+                                      progress=_ENCODED + _DENOISE_SPAN * run.done_share(ev.step))
+        self._push(held, Stage.DENOISING, **values)
+        held.step, held.written_stage = ev.step, Stage.DENOISING
+        if await self.store.record_progress(held.lease, stage=Stage.DENOISING, resumed_from_step=ev.step, **values):
+            raise _CancelRequested()
 
     async def _enhance(self, held: Held, params: GenerationParams) -> GenerationParams:
         """The params with the enhanced prompt, when the request asked for one. A rewrite is
@@ -279,7 +330,7 @@ class JobRunner:
             done = await self.store.finish(held.lease, JobStatus.CANCELLED,
                                            error_code=current.cancel_reason or "cancelled",
                                            error_message=current.error_message or "cancelled by the client",
-                                           step=held.step)
+                                           step=held.step, steps_run=held.steps_run)
             await self.finished(done)
         except StaleLease:
             pass
@@ -288,14 +339,20 @@ class JobRunner:
         held.state = HeldState.SETTLING
         try:
             done = await self.store.finish(held.lease, JobStatus.FAILED, error_code=code, error_message=message,
-                                           step=held.step)
+                                           step=held.step, steps_run=held.steps_run)
             await self.finished(done)
         except StaleLease:
             pass
 
     async def finished(self, job: Job) -> None:
-        """A job ended (here, or reaped by its dispatcher): push its end, count it, run the on_finished hook."""
+        """A job ended (here, or reaped by its dispatcher): push its end, count it, delete its denoise checkpoint,
+        run the on_finished hook."""
         self.progress.publish(Progress.of_job(job, None, job.error_message or job.status.value))
+        if self.checkpoints is not None:
+            try:
+                await in_thread(self.checkpoints.store.delete, denoise_checkpoint_key(job.tenant, job.id))
+            except Exception:  # noqa: BLE001 - an ended job stays ended; the object is only space
+                log.exception("could not delete the denoise checkpoint of %s", job.id)
         self.metrics.job_finished(job.tenant, job.status.value, max(0.0, (job.completed_at or time.time())
                                                                     - job.created_at))
         if self.on_finished is not None:

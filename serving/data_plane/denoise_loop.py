@@ -14,6 +14,12 @@ The pieces, for callers (and tests) that drive it by hand:
 - `remove(request_id)`: drop a request before the next step (a cancel, or its caller went away);
 - `run()`: step while there is work, sleep while there is none (`denoise` starts it).
 
+Checkpoints: a request with `Checkpointing` has its state written to the artifact store at most every
+`every_seconds` and when its denoising ends (the write runs beside the steps; `Checkpointed` follows it), and
+one with `resume` starts from the state there (`Resumed` first), or over, with a log line, if that cannot be
+read. `drain()` (a replica told to stop) ends the loop at a step boundary, checkpoints what it holds and ends
+each stream with `HandedBack`.
+
 A failing step fails only the requests of its batch; every other request keeps its state and goes
 on. A step that runs out of device memory is retried with each of its requests alone, and only a
 request that does not fit alone fails (`OutOfMemory`). Step counts live in one place, each request's
@@ -36,8 +42,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, Union
 
 from engines.errors import InvalidParameter, OutOfMemory
+from serving.artifacts import ArtifactStore
 from serving.data_plane.scheduler import Batch, StepScheduler
-from serving.data_plane.stages import Denoised, DenoiseEvent, job_of
+from serving.data_plane.stages import (
+    Checkpointed,
+    Checkpointing,
+    Denoised,
+    DenoiseEvent,
+    HandedBack,
+    Resumed,
+    job_of,
+)
 from serving.metrics import Metrics, NoMetrics
 
 if TYPE_CHECKING:
@@ -46,7 +61,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LoopItem = Union[DenoiseEvent, Denoised["DenoisedLatents"]]  # what one request's stream yields
+LoopItem = Union[DenoiseEvent, Denoised["DenoisedLatents"], Resumed, Checkpointed, HandedBack]  # one request's stream
 
 
 class DenoiseEngine(Protocol):
@@ -57,6 +72,10 @@ class DenoiseEngine(Protocol):
     def step(self, states: Sequence[DenoiseState]) -> Sequence[DenoiseState]: ...
 
     def result(self, state: DenoiseState) -> DenoisedLatents: ...
+
+    def checkpoint(self, state: DenoiseState) -> bytes: ...
+
+    def resume(self, state: DenoiseState, data: bytes) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -73,6 +92,10 @@ class _Running:
     request: DenoiseRequest
     state: DenoiseState
     inbox: asyncio.Queue = field(default_factory=asyncio.Queue)  # LoopItems, or an exception
+    priority: int = 0
+    checkpointing: Checkpointing | None = None
+    checkpointed_at: float = field(default_factory=time.monotonic)  # when its last checkpoint was taken
+    writing: asyncio.Task | None = None  # its checkpoint being written
 
 
 def tokens_of(state: DenoiseState) -> int:
@@ -82,8 +105,9 @@ def tokens_of(state: DenoiseState) -> int:
 
 class DenoiseLoop:
     def __init__(self, engine: DenoiseEngine, scheduler: StepScheduler, metrics: Metrics | None = None,
-                 measure: BatchMeasure | None = None) -> None:
-        self.engine, self.scheduler = engine, scheduler
+                 measure: BatchMeasure | None = None, checkpoints: ArtifactStore | None = None) -> None:
+        """`checkpoints`: where requests with `Checkpointing` keep their state (None: they keep none)."""
+        self.engine, self.scheduler, self.checkpoints = engine, scheduler, checkpoints
         self.metrics = metrics or NoMetrics()
         self.measure = measure or BatchMeasure()
         self.measured: dict[Hashable, dict[int, float]] = {}  # bucket -> batch size -> seconds of one step
@@ -91,19 +115,30 @@ class DenoiseLoop:
         self._requests: dict[str, _Running] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._draining = False
 
     # -- requests come and go -----------------------------------------------------------------
-    async def denoise(self, request: DenoiseRequest, priority: int) -> AsyncIterator[LoopItem]:
-        """Add `request`, yield what it produces, and free its slot however the caller leaves."""
+    async def denoise(self, request: DenoiseRequest, priority: int,
+                      checkpointing: Checkpointing | None = None) -> AsyncIterator[LoopItem]:
+        """Add `request` (from its checkpoint, when `checkpointing` says to resume), yield what it produces, and
+        free its slot however the caller leaves."""
         self.start()
-        self.add(request, priority)
+        resume = checkpointing is not None and checkpointing.resume and self.checkpoints is not None
+        self.add(request, priority, checkpointing, hold=resume)
         try:
+            if resume:
+                await self._resume(request.request_id)
             async for item in self.stream(request.request_id):
                 yield item
         finally:
             self.remove(request.request_id)
 
-    def add(self, request: DenoiseRequest, priority: int) -> None:
+    def add(self, request: DenoiseRequest, priority: int, checkpointing: Checkpointing | None = None, *,
+            hold: bool = False) -> None:
+        """Prepare `request` and queue it for steps (`hold`: not yet; `_resume` queues it once its checkpoint is
+        read)."""
+        if self._draining:
+            raise RuntimeError("this denoiser is stopping: it takes no new request")
         if request.request_id in self._requests:
             raise ValueError(f"request {request.request_id} is already being denoised here")
         for older in [rid for rid in self._requests if job_of(rid) == job_of(request.request_id)]:
@@ -117,9 +152,38 @@ class DenoiseLoop:
             raise InvalidParameter("size", f"{request.params.size} for {request.params.seconds:g} s",
                                    f"at most {budget} latent tokens per forward (batching.max_tokens); "
                                    f"this one needs {tokens}")
-        self._requests[request.request_id] = _Running(request, state)
-        self.scheduler.add(request.request_id, state.shape, priority, tokens)
+        self._requests[request.request_id] = _Running(request, state, priority=priority,
+                                                      checkpointing=checkpointing if self.checkpoints else None)
+        if not hold:
+            self._schedule(request.request_id)
+
+    def _schedule(self, request_id: str) -> None:
+        running = self._requests[request_id]
+        if running.state.done:  # resumed from the checkpoint its last step wrote: nothing left to step
+            running.inbox.put_nowait(Denoised(self.engine.result(running.state)))
+            return
+        self.scheduler.add(request_id, running.state.shape, running.priority, tokens_of(running.state))
         self._wake.set()
+
+    async def _resume(self, request_id: str) -> None:
+        """Put the request's checkpoint into its state, then queue it; a checkpoint that is missing, corrupt or
+        another model's is skipped with a log line (the request starts over, never fails for it)."""
+        running = self._requests[request_id]
+        assert running.checkpointing is not None and self.checkpoints is not None
+        key = running.checkpointing.key
+        try:
+            data = await asyncio.to_thread(lambda: b"".join(self.checkpoints.read_chunks(key, 1 << 22)))
+            await asyncio.to_thread(self.engine.resume, running.state, data)
+            state = running.state
+            running.inbox.put_nowait(Resumed(step=state.steps_done, total_steps=state.steps_total))
+            log.info("request %s resumed at step %d of %d from %s", request_id, state.steps_done,
+                     state.steps_total, key)
+        except Exception as e:  # noqa: BLE001 - whatever the store or the bytes raise: start over
+            log.warning("request %s: checkpoint %s not used (%s: %s); starting at step 0", request_id, key,
+                        type(e).__name__, e)
+            running.state = self.engine.prepare(running.request)  # a half-restored state is not to be trusted
+        if request_id in self._requests:
+            self._schedule(request_id)
 
     async def stream(self, request_id: str) -> AsyncIterator[LoopItem]:
         inbox = self._requests[request_id].inbox
@@ -128,7 +192,7 @@ class DenoiseLoop:
             if isinstance(item, BaseException):
                 raise item
             yield item
-            if isinstance(item, Denoised):  # always the last item
+            if isinstance(item, Denoised | HandedBack):  # always the last item
                 return
 
     def remove(self, request_id: str) -> None:
@@ -162,10 +226,32 @@ class DenoiseLoop:
             raise RuntimeError(f"the denoise loop stopped: {exc!r}")
 
     async def run(self) -> None:
-        while True:
+        while not self._draining:
             if await self.step_once() is None:
                 self._wake.clear()
                 await self._wake.wait()
+
+    async def drain(self) -> int:
+        """Stop at the next step boundary, checkpoint every request held here (those with `Checkpointing`) and
+        end each stream with `HandedBack`: a replica told to stop hands its work over, not away. The number
+        handed back."""
+        self._draining = True
+        self._wake.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        handed = 0
+        for rid, running in list(self._requests.items()):
+            if running.state.done:
+                continue  # its latents are on their way (a final checkpoint being written)
+            self.scheduler.remove(rid)
+            handed += 1
+            if running.checkpointing is not None:
+                self._checkpoint(running, then=HandedBack(running.state.steps_done))
+            else:
+                running.inbox.put_nowait(HandedBack(running.state.steps_done))
+        writes = [r.writing for r in self._requests.values() if r.writing is not None]
+        await asyncio.gather(*writes, return_exceptions=True)
+        return handed
 
     async def step_once(self) -> Batch | None:
         """One step boundary; the batch that ran (None: nothing to run)."""
@@ -206,13 +292,48 @@ class DenoiseLoop:
         self.request_step_seconds = per_request if self.request_step_seconds is None else (
             0.9 * self.request_step_seconds + 0.1 * per_request)
         self.scheduler.complete(Batch(bucket, request_ids), {s.request_id for s in states if s.done})
+        now = time.monotonic()
         for state in states:
             if (running := self._requests.get(state.request_id)) is None:
                 continue  # removed while its step ran
             running.inbox.put_nowait(DenoiseEvent(step=state.steps_done, total_steps=state.steps_total,
                                                   batch_size=len(states)))
+            every = running.checkpointing.every_seconds if running.checkpointing is not None else None
             if state.done:
-                running.inbox.put_nowait(Denoised(self.engine.result(state)))
+                done = Denoised(self.engine.result(state))
+                if every is None:
+                    running.inbox.put_nowait(done)
+                else:  # always at the end: a lost decoder, or stage 2 of a two-stage job, costs no denoising
+                    self._checkpoint(running, then=done)
+            elif every is not None and (running.writing is None or running.writing.done()) \
+                    and now - running.checkpointed_at >= every:
+                self._checkpoint(running)
+
+    def _checkpoint(self, running: _Running, then: LoopItem | None = None) -> None:
+        """Take the request's state now (at a step boundary) and write it beside the steps; `Checkpointed` follows
+        the write, then `then` (the stream's last item: it waits for the write). A write that fails is logged:
+        the request goes on, its previous checkpoint stands."""
+        assert running.checkpointing is not None and self.checkpoints is not None
+        store, key, state = self.checkpoints, running.checkpointing.key, running.state
+        started = time.perf_counter()
+        data, step = self.engine.checkpoint(state), state.steps_done
+        running.checkpointed_at = time.monotonic()
+        previous = running.writing
+
+        async def write() -> None:
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
+            try:
+                await asyncio.to_thread(store.put_bytes, key, data)
+                running.inbox.put_nowait(Checkpointed(step))
+                self.metrics.checkpoint_written(len(data), time.perf_counter() - started)
+            except Exception as e:  # noqa: BLE001 - a checkpoint never fails its request
+                log.warning("checkpoint of %s at step %d not written: %s: %s", state.request_id, step,
+                            type(e).__name__, e)
+            if then is not None:
+                running.inbox.put_nowait(then)
+
+        running.writing = asyncio.get_running_loop().create_task(write(), name=f"checkpoint-{state.request_id}")
 
     def _fail(self, request_ids: Sequence[str], error: BaseException) -> None:
         for rid in request_ids:

@@ -25,7 +25,7 @@ from serving.async_view import in_thread
 from serving.data_plane.denoise_loop import DenoiseLoop
 from serving.data_plane.rendering import Renderer
 from serving.data_plane.scheduler import StepScheduler
-from serving.data_plane.stages import Denoised, DenoiseEvent, StageClient, job_of
+from serving.data_plane.stages import Checkpointing, Denoised, DenoiseItem, StageClient, job_of
 from serving.jobs import Conditioning
 from serving.provenance.claim import Claim
 
@@ -77,12 +77,14 @@ class LocalStages(StageClient):
                                                conditioning.parent_key, conditioning.strength))
 
     async def denoise(self, request_id: str, params: GenerationParams, embedding: Any, priority: int,
-                      conditioning: Any = None) -> AsyncIterator[DenoiseEvent | Denoised[Any]]:
+                      conditioning: Any = None, checkpointing: Checkpointing | None = None
+                      ) -> AsyncIterator[DenoiseItem]:
         request = DenoiseRequest(request_id, params, await embedding,
                                  await conditioning if conditioning is not None else None)
         stage = "denoise 2" if request_id.endswith(".2") else "denoise 1"  # attempt_id's stage suffix
         started = time.perf_counter()
-        async for item in self.loop.denoise(request, priority):  # in one process the latents are their own handle
+        # In one process the latents are their own handle.
+        async for item in self.loop.denoise(request, priority, checkpointing):
             if isinstance(item, Denoised):
                 self._seconds[job_of(request_id)][stage] += time.perf_counter() - started
             yield item

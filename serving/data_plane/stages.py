@@ -4,7 +4,9 @@ Both sides import this module: the dispatcher (through a `StageClient`) and the 
 (the denoise loop, the renderer). Nothing here knows Ray, torch or a protocol.
 
 - `encode` and `condition` start work and return opaque references the denoiser accepts;
-- `denoise` streams one `DenoiseEvent` per step, then `Denoised` with the latents: the
+- `denoise` streams one `DenoiseEvent` per step (after `Resumed` when it started from a checkpoint, with
+  `Checkpointed` as its checkpoints are written), then `Denoised` with the latents, or `HandedBack` when the
+  replica stops; the latents: the
   `DenoisedLatents` in the Denoiser's loop, whatever handle the transport gives the dispatcher past
   it (a reference it passes to the Decoder without fetching; how is the transport's business:
   serving/on_ray/stages.py);
@@ -25,7 +27,8 @@ from serving.artifacts import Artifact
 from serving.jobs.models import Conditioning
 from serving.provenance.claim import Claim
 
-__all__ = ["Artifact", "DenoiseEvent", "Denoised", "StageClient", "StageUnavailable", "attempt_id", "job_of"]
+__all__ = ["Artifact", "Checkpointed", "Checkpointing", "DenoiseEvent", "Denoised", "HandedBack", "Resumed",
+           "StageClient", "StageUnavailable", "attempt_id", "job_of"]
 
 L = TypeVar("L")
 
@@ -49,6 +52,43 @@ class Denoised(Generic[L]):
     the handle it gives the caller to pass on to the decoder)."""
 
     latents: L
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """How a denoise request keeps its state: under `key` in the artifact store, at most every `every_seconds`
+    and when its denoising ends; `resume`: a checkpoint was recorded, start from it (a missing, corrupt or
+    foreign one is skipped: the request starts over)."""
+
+    key: str
+    every_seconds: float
+    resume: bool = False
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """A request's first item when it resumed from its checkpoint: at `step` of `total_steps`."""
+
+    step: int
+    total_steps: int
+
+
+@dataclass(frozen=True)
+class Checkpointed:
+    """The request's state at `step` is in the artifact store, under its `Checkpointing.key`."""
+
+    step: int
+
+
+@dataclass(frozen=True)
+class HandedBack:
+    """The request's last item when its replica stops (a drain): its state at `step` was checkpointed first
+    (when it had `Checkpointing`); the caller retries it elsewhere."""
+
+    step: int
+
+
+DenoiseItem = DenoiseEvent | Denoised[Any] | Resumed | Checkpointed | HandedBack  # what `denoise` streams
 
 
 def attempt_id(job_id: str, generation: int, stage: int = 1) -> str:
@@ -78,10 +118,10 @@ class StageClient(ABC):
 
     @abstractmethod
     def denoise(self, request_id: str, params: GenerationParams, embedding: Any, priority: int,
-                conditioning: Any = None) -> AsyncIterator[DenoiseEvent | Denoised[Any]]:
+                conditioning: Any = None, checkpointing: Checkpointing | None = None) -> AsyncIterator[DenoiseItem]:
         """One event per step, then `Denoised` with a handle of the latents the decoder and upsampler accept.
         Closing the iterator cancels the request.
-        `request_id` is `attempt_id(job, lease generation)`."""
+        `request_id` is `attempt_id(job, lease generation)`; `checkpointing`: keep (and resume from) its state."""
 
     @abstractmethod
     def upsample(self, job_id: str, latents: Any) -> Any:

@@ -16,6 +16,7 @@ from engines.denoiser import DenoiseRequest
 from engines.params import GenerationParams
 from engines.stage_io import PromptEmbedding, VideoConditioning
 from serving.config import load_config
+from serving.data_plane.stages import Checkpointing
 from serving.on_ray.metrics import RayMetrics
 from serving.on_ray.parallel import RayRanks
 from serving.on_ray.stages import to_wire
@@ -32,9 +33,10 @@ class DenoiserDeployment:
         self.hub = hub  # on the head: the job store's backlog comes from there (this node never opens the database)
 
     async def denoise(self, request_id: str, params: GenerationParams, embedding: PromptEmbedding,
-                      priority: int, conditioning: VideoConditioning | None = None) -> AsyncIterator[Any]:
-        async for item in to_wire(self.loop.denoise(DenoiseRequest(request_id, params, embedding, conditioning),
-                                                   priority)):
+                      priority: int, conditioning: VideoConditioning | None = None,
+                      checkpointing: Checkpointing | None = None) -> AsyncIterator[Any]:
+        request = DenoiseRequest(request_id, params, embedding, conditioning)
+        async for item in to_wire(self.loop.denoise(request, priority, checkpointing)):
             yield item
 
     def check_health(self) -> None:
@@ -42,7 +44,9 @@ class DenoiserDeployment:
         if self.ranks is not None:
             self.ranks.check_health()
 
-    def __del__(self) -> None:
+    async def __del__(self) -> None:
+        """Stopping (a downscale, an upgrade): what still runs is checkpointed and handed back, not restarted."""
+        await self.loop.drain()
         if self.ranks is not None:
             self.ranks.close()
 

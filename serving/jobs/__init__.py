@@ -1,12 +1,24 @@
 """Durable jobs: the state machine, the records, the store interface and its SQL implementation."""
 
-from serving.jobs.models import Artifact, Conditioning, Job, JobEvent, Lease, NewJob, Quota, Review, Stage, Visibility
+from serving.jobs.models import (
+    Artifact,
+    Conditioning,
+    Job,
+    JobEvent,
+    Lease,
+    NewJob,
+    Quota,
+    Review,
+    Stage,
+    Visibility,
+    denoise_checkpoint_key,
+)
 from serving.jobs.states import IllegalTransition, JobStatus
 from serving.jobs.store import DispatchQueue, EventLog, JobStore, StaleLease, SubmissionStore
 
 __all__ = ["Artifact", "Conditioning", "DispatchQueue", "EventLog", "IllegalTransition", "Job", "JobEvent",
            "JobStatus", "JobStore", "Lease", "NewJob", "Quota", "Review", "Stage", "StaleLease", "SubmissionStore",
-           "Visibility", "open_store"]
+           "Visibility", "denoise_checkpoint_key", "open_store"]
 
 
 def open_store(url: str) -> JobStore:

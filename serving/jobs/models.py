@@ -82,6 +82,11 @@ class Lease:
     generation: int
 
 
+def denoise_checkpoint_key(tenant: str, job_id: str) -> str:
+    """Where a job's denoise checkpoint lives in the artifact store: beside its MP4, tenant-scoped."""
+    return f"{tenant}/{job_id}.denoise.ckpt"
+
+
 @dataclass(frozen=True)
 class Job:
     id: str
@@ -115,6 +120,10 @@ class Job:
     conditioning: Conditioning = field(default_factory=Conditioning)
     review: Review = Review.NONE
     enhanced_prompt: str | None = None  # what the prompt enhancer wrote (only when the request asked)
+    checkpoint_key: str | None = None  # its denoise state in the artifact store, while it has one
+    checkpoint_step: int | None = None  # the step that checkpoint holds
+    resumed_from_step: int | None = None  # the step its last attempt resumed at (None: it started at step 0)
+    denoise_steps_run: int = 0  # denoising steps its attempts computed (more than its steps after a lost replica)
 
     @property
     def lease(self) -> Lease | None:

@@ -316,14 +316,21 @@ class SqlJobStore(JobStore):
 
     def record_progress(self, lease: Lease, *, stage: Stage, step: int = 0, total_steps: int = 0,
                         progress: float = 0.0, eta_seconds: float | None = None, batch_size: int = 0,
-                        message: str = "") -> bool:
+                        message: str = "", resumed_from_step: int | None = None) -> bool:
         with self._write() as conn:
             job = self._held(conn, lease)
+            resumed = {} if resumed_from_step is None else {"resumed_from_step": resumed_from_step}
             conn.execute(jobs.update().where(jobs.c.id == job.id).values(
-                stage=stage.value, step=step, total_steps=total_steps, progress=progress, eta_seconds=eta_seconds))
+                stage=stage.value, step=step, total_steps=total_steps, progress=progress, eta_seconds=eta_seconds,
+                **resumed))
             self._insert_event(conn, job.id, job.status, stage, step=step, total_steps=total_steps, progress=progress,
                           eta_seconds=eta_seconds, batch_size=batch_size, message=message)
             return job.cancel_requested
+
+    def record_checkpoint(self, lease: Lease, key: str, step: int) -> None:
+        with self._write() as conn:
+            job = self._held(conn, lease)
+            conn.execute(jobs.update().where(jobs.c.id == job.id).values(checkpoint_key=key, checkpoint_step=step))
 
     def set_enhanced_prompt(self, lease: Lease, prompt: str, message: str) -> Job:
         with self._write() as conn:
@@ -334,12 +341,16 @@ class SqlJobStore(JobStore):
             return self._get(conn, job.id)
 
     def finish(self, lease: Lease, status: JobStatus, *, artifact: Artifact | None = None,
-               error_code: str | None = None, error_message: str | None = None, step: int | None = None) -> Job:
+               error_code: str | None = None, error_message: str | None = None, step: int | None = None,
+               steps_run: int = 0) -> Job:
         if not status.terminal or status == JobStatus.DELETED:
             raise ValueError(f"finish() takes completed, failed or cancelled, not {status.value}")
         with self._write() as conn:
             job = self._held(conn, lease)
             extra: dict[str, Any] = {} if step is None else {"step": step}
+            # An ended job needs no checkpoint (its dispatcher deletes the object); the steps its attempts ran add up.
+            extra.update(checkpoint_key=None, checkpoint_step=None,
+                         denoise_steps_run=job.denoise_steps_run + steps_run)
             if artifact is not None:
                 extra.update(artifact_key=artifact.key, artifact_size=artifact.size_bytes,
                              artifact_sha256=artifact.sha256, artifact_content_type=artifact.content_type)
@@ -405,7 +416,9 @@ def _job(row: Any) -> Job:
                lease_generation=row.lease_generation, lease_expires_at=row.lease_expires_at,
                cancel_requested=bool(row.cancel_requested),
                cancel_reason=row.cancel_reason, user=row.user, visibility=Visibility(row.visibility),
-               review=Review(row.review), enhanced_prompt=row.enhanced_prompt,
+               review=Review(row.review), enhanced_prompt=row.enhanced_prompt, checkpoint_key=row.checkpoint_key,
+               checkpoint_step=row.checkpoint_step, resumed_from_step=row.resumed_from_step,
+               denoise_steps_run=row.denoise_steps_run,
                conditioning=Conditioning(image_key=row.image_key, parent_id=row.parent_id, parent_key=row.parent_key,
                                          strength=row.strength, cameo_id=row.cameo_id))
 

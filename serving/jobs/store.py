@@ -120,8 +120,15 @@ class DispatchQueue(_Reads):
     @abstractmethod
     def record_progress(self, lease: Lease, *, stage: Stage, step: int = 0, total_steps: int = 0,
                         progress: float = 0.0, eta_seconds: float | None = None, batch_size: int = 0,
-                        message: str = "") -> bool:
-        """Store a progress event; returns whether a cancel was requested. Raises StaleLease."""
+                        message: str = "", resumed_from_step: int | None = None) -> bool:
+        """Store a progress event (and, given, the step this attempt resumed at); returns whether a cancel was
+        requested. Raises StaleLease."""
+
+    @abstractmethod
+    def record_checkpoint(self, lease: Lease, key: str, step: int) -> None:
+        """The job's denoise state is in the artifact store under `key`, at `step`: a retried attempt starts
+        there. Fenced like every write of the holder (a stale writer raises StaleLease). No event: a checkpoint
+        is not a change a watcher sees."""
 
     @abstractmethod
     def set_enhanced_prompt(self, lease: Lease, prompt: str, message: str) -> Job:
@@ -129,9 +136,11 @@ class DispatchQueue(_Reads):
 
     @abstractmethod
     def finish(self, lease: Lease, status: JobStatus, *, artifact: Artifact | None = None,
-               error_code: str | None = None, error_message: str | None = None, step: int | None = None) -> Job:
+               error_code: str | None = None, error_message: str | None = None, step: int | None = None,
+               steps_run: int = 0) -> Job:
         """Move an in-progress job to completed, failed or cancelled; `step`, when given, is the last step it
-        took (a cancelled or failed job's record ends where its pushed progress did). Raises StaleLease."""
+        took (a cancelled or failed job's record ends where its pushed progress did); `steps_run`: the denoising
+        steps this claim's attempts computed. Its checkpoint record goes. Raises StaleLease."""
 
     @abstractmethod
     def requeue(self, lease: Lease, message: str, *, count_attempt: bool = True) -> Job:

@@ -106,7 +106,7 @@ class LocalNodes:
 
     harness: Any  # ray.cluster_utils.Cluster
     node_options: dict[str, Any]
-    workers: dict[str, Any] = field(default_factory=dict)  # group -> its ray._private.node.Node now
+    workers: dict[str, Any] = field(default_factory=dict)  # group -> its node now (the harness's Node)
 
     @classmethod
     def start(cls, *, num_cpus: int, object_store_mb: int, temp_dir: str, metrics_port: int) -> LocalNodes:

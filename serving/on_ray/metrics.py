@@ -35,6 +35,9 @@ class RayMetrics(Metrics):
         self._measured = m.Gauge("kino_denoise_measured_step_seconds", "One step of a bucket at a batch size, "
                                  "measured when the bucket appeared", tag_keys=("bucket", "batch_size"))
         self._artifact = m.Counter("kino_artifact_bytes_total", "Bytes of MP4 written to the artifact store")
+        self._checkpoint = m.Histogram("kino_checkpoint_seconds", "A denoise checkpoint taken and written",
+                                       boundaries=list(STEP_BUCKETS))
+        self._checkpoint_bytes = m.Counter("kino_checkpoint_bytes_total", "Bytes of denoise checkpoints written")
         self._api = m.Counter("kino_api_requests_total", "API calls by protocol, method and result code",
                               tag_keys=("protocol", "method", "code"))
 
@@ -74,6 +77,10 @@ class RayMetrics(Metrics):
 
     def artifact_written(self, size_bytes: int) -> None:
         self._artifact.inc(size_bytes)
+
+    def checkpoint_written(self, size_bytes: int, seconds: float) -> None:
+        self._checkpoint.observe(seconds)
+        self._checkpoint_bytes.inc(size_bytes)
 
     def api_call(self, protocol: str, method: str, code: str) -> None:
         self._api.inc(1, tags={"protocol": protocol, "method": method, "code": code})

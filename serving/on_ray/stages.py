@@ -1,6 +1,7 @@
 """The dispatcher's view of the stages, over Ray Serve handles, and the Denoiser's stream on the wire.
 
-A Denoiser replica's stream (`to_wire`) is one `DenoiseEvent` per step, then `LATENTS_FOLLOW`, then the
+A Denoiser replica's stream (`to_wire`) is the loop's items (a `DenoiseEvent` per step, `Resumed`,
+`Checkpointed`, `HandedBack` as they come), then `LATENTS_FOLLOW`, then the
 `DenoisedLatents` as an item of its own: a top-level stream object, whose reference the caller owns and
 passes on to the Decoder without fetching it. `ServeStages.denoise` reads it back into the stage contract's
 `Denoised`, holding that reference in a one-element list (Ray resolves a top-level reference argument
@@ -19,9 +20,9 @@ from ray.serve.handle import DeploymentHandle
 
 from engines.errors import ParallelError
 from engines.params import GenerationParams
-from engines.stage_io import DenoisedLatents, PromptPair
+from engines.stage_io import PromptPair
 from serving.artifacts import Artifact
-from serving.data_plane.stages import Denoised, DenoiseEvent, StageClient, StageUnavailable
+from serving.data_plane.stages import Checkpointing, Denoised, DenoiseItem, StageClient, StageUnavailable
 from serving.jobs import Conditioning
 from serving.on_ray.compat import object_ref_stream
 from serving.provenance.claim import Claim
@@ -41,7 +42,7 @@ class LatentsFollow:
 LATENTS_FOLLOW = LatentsFollow()
 
 
-async def to_wire(items: AsyncIterator[DenoiseEvent | Denoised[DenoisedLatents]]) -> AsyncIterator[Any]:
+async def to_wire(items: AsyncIterator[DenoiseItem]) -> AsyncIterator[Any]:
     """A Denoiser replica's stream as it goes on the wire (see above)."""
     async for item in items:
         if isinstance(item, Denoised):
@@ -88,9 +89,10 @@ class ServeStages(StageClient):
                                                     conditioning.strength)
 
     async def denoise(self, request_id: str, params: GenerationParams, embedding: Any, priority: int,
-                      conditioning: Any = None) -> AsyncIterator[DenoiseEvent | Denoised[Any]]:
+                      conditioning: Any = None, checkpointing: Checkpointing | None = None
+                      ) -> AsyncIterator[DenoiseItem]:
         stream = self.denoiser.options(stream=True).denoise.remote(request_id, params, embedding, priority,
-                                                                   conditioning)
+                                                                   conditioning, checkpointing)
         try:
             items = await object_ref_stream(stream)  # references: the latents item is never fetched here
             async for ref in items:

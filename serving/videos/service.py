@@ -29,7 +29,7 @@ from serving.cameos.store import CameoStore
 from serving.config import KinoConfig
 from serving.control_plane.progress import QUEUE_TOPIC, Progress, ProgressFeed
 from serving.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
-from serving.jobs import Conditioning, Job, JobStatus, JobStore, NewJob, Review, Visibility
+from serving.jobs import Conditioning, Job, JobStatus, JobStore, NewJob, Review, Visibility, denoise_checkpoint_key
 from serving.metrics import Metrics, NoMetrics
 from serving.moderation import Moderator
 from serving.provenance.claim import prompt_sha256
@@ -269,6 +269,8 @@ class VideoService:
             await self.artifacts.delete(job.artifact.key)
         if job.conditioning.image_key and not job.conditioning.cameo_id:
             await self.artifacts.delete(job.conditioning.image_key)
+        # Its dispatcher deleted its denoise checkpoint when it ended; this one covers a delete that failed there.
+        await self.artifacts.delete(denoise_checkpoint_key(job.tenant, job.id))
         return job
 
     async def set_visibility(self, principal: Principal, video_id: str, visibility: Visibility) -> Job:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import pytest
-
 from engines.params import GenerationParams, GenerationRequest, params_to_dict
 from engines.watermark import WatermarkConfig
 from serving.artifacts import LocalArtifactStore
@@ -15,9 +13,8 @@ from serving.control_plane.dispatcher import Dispatcher
 from serving.data_plane.local_stages import LocalStages
 from serving.data_plane.rendering import Renderer
 from serving.data_plane.stages import Artifact, StageUnavailable
-from serving.jobs import JobStatus, NewJob, Stage, open_store
+from serving.jobs import JobStatus, NewJob, Stage
 from serving.provenance.credentials import ContentCredentials
-from tests.tools import migrated
 
 
 class InProcessStages(LocalStages):
@@ -46,21 +43,6 @@ class FlakyStages(InProcessStages):
             self.failures -= 1
             raise StageUnavailable("decoder: ActorDiedError (injected)")
         return await super().decode(job_id, params, latents, artifact_key, claim, parent_key)
-
-
-@pytest.fixture
-def setup(tmp_path, staged, tiny_config):
-    store = open_store(migrated(f"sqlite:///{tmp_path}/jobs.db"))
-    artifacts = LocalArtifactStore(tmp_path / "artifacts")
-
-    def add(i: int, steps: int = 3) -> str:
-        p = GenerationRequest(prompt=f"job {i}", seed=i, steps=steps).validated(tiny_config)
-        job, _ = store.create(NewJob(id=f"video_{i}", tenant="t", model="m", priority=5,
-                                     params=params_to_dict(p), request_hash=str(i)), max_queued=100)
-        return job.id
-
-    yield store, artifacts, add
-    store.close()
 
 
 async def _run_until(dispatcher: Dispatcher, store, ids, statuses=(JobStatus.COMPLETED,), timeout=60.0):

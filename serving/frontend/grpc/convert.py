@@ -111,6 +111,8 @@ def video(job: Job) -> pb.Video:
         msg.error.code, msg.error.message = job.error_code, job.error_message or ""
     if job.artifact is not None:
         msg.size_bytes, msg.sha256 = job.artifact.size_bytes, job.artifact.sha256
+    if job.resumed_from_step is not None:
+        msg.resumed_from_step = job.resumed_from_step
     return msg
 
 
