@@ -44,6 +44,9 @@ class Outcome:
     lost: int  # accepted and not completed
     finished_twice: int  # more than one terminal event
     retried: int  # jobs a lost stage replica sent through the stages again
+    steps_run: int = 0  # denoising steps the jobs' attempts computed
+    steps_needed: int = 0  # the steps the jobs asked for (steps_run / steps_needed: the cost of the losses)
+    resumed: int = 0  # jobs an attempt resumed from their checkpoint
     not_completed: dict[str, int] = field(default_factory=dict)  # "status: code: message" -> jobs
 
 
@@ -55,7 +58,7 @@ class Run:
 
 
 def start(state: Path, serve_config: Path, *, object_store: dict[str, Any] | None = None,
-          num_cpus: int = 2) -> LocalCluster:
+          num_cpus: int = 2, checkpoints: bool = True) -> LocalCluster:
     """A head plus a node per worker group, Kino deployed from `serve_config` with local ports and paths (and
     keys not required: the chart requires them)."""
     from serving.on_ray.cluster import start_local_cluster
@@ -63,6 +66,8 @@ def start(state: Path, serve_config: Path, *, object_store: dict[str, Any] | Non
     storage = {"s3": object_store} if object_store else {}
     overrides = {"auth": {"required": False}, "queue": {"lease_seconds": 3, "heartbeat_seconds": 1},
                  "batching": {"measure_batches": False}, "storage": storage,
+                 # A checkpoint every 2 s of a job's denoising (the default's 30 s is sized for GPU steps).
+                 "checkpoints": {"enabled": checkpoints, "every_seconds": 2.0},
                  "model": {"tensorrt": {"engine_cache_dir": str(state / "engines")}}}
     return start_local_cluster(state_dir=state, serve_config=serve_config, overrides=overrides, nodes=True,
                                num_cpus=num_cpus, deploy_timeout_s=600)
@@ -86,6 +91,8 @@ def outcome(cluster: LocalCluster, ids: list[str], timeout_s: float = 900.0) -> 
         lost=sum(j.status != JobStatus.COMPLETED for j in finals),
         finished_twice=sum(sum(e.status.terminal for e in ev) > 1 for ev in events.values()),
         retried=sum(any(e.message.startswith("retrying after") for e in ev) for ev in events.values()),
+        steps_run=sum(j.denoise_steps_run for j in finals), steps_needed=sum(j.generation.steps for j in finals),
+        resumed=sum(any(e.message.startswith("resumed at step") for e in ev) for ev in events.values()),
         not_completed=dict(Counter(f"{j.status.value}: {j.error_code}: {j.error_message}" for j in finals
                                    if j.status != JobStatus.COMPLETED)))
 
@@ -126,7 +133,8 @@ def checks(cluster: LocalCluster, out: Path) -> dict[str, Any]:
 
         # The DiT node lost mid-denoise (steps of ~0.25 s: the loss lands while the jobs denoise), a fresh one added.
         ids = submit(client, 3, size="512x512", steps=30, tag="dit")
-        report["dit_mid_denoise"] = wait_for_stage(client, ids[0], pb.STAGE_DENOISING, min_step=2)
+        # At step 12 of 30 (~3 s of denoising): past its first checkpoint, written every 2 s.
+        report["dit_mid_denoise"] = wait_for_stage(client, ids[0], pb.STAGE_DENOISING, min_step=12)
         cluster.nodes.replace("dit")
         report["dit_loss"] = asdict(outcome(cluster, ids))
 
@@ -183,6 +191,9 @@ def main() -> None:
                     help="a Serve config or a rendered Helm chart (default: deploy/serve/kino.yaml)")
     ap.add_argument("--object-store", choices=("directory", "seaweedfs"), default="directory",
                     help="where MP4s go: the state directory, or a SeaweedFS S3 server started here")
+    ap.add_argument("--checkpoints", choices=("on", "off"), default="on",
+                    help="resumable denoising (a checkpoint every 2 s of a job's denoising), or off: a lost node's "
+                         "jobs start over (default on)")
     ap.add_argument("--s3", help="storage.s3 settings as JSON (a running S3 server: the tests pass theirs)")
     ap.add_argument("--checks", action="store_true", help="the short checks instead of the long scenario")
     ap.add_argument("--out", type=Path, help="where --checks writes report.json and the MP4s it downloads")
@@ -197,7 +208,8 @@ def main() -> None:
 
             object_store = stack.enter_context(seaweedfs(base / "seaweedfs", bucket="kino-videos")).storage_settings()
         stack.callback(shutil.rmtree, base, ignore_errors=True)
-        cluster = start(base / "state", args.serve_config, object_store=object_store, num_cpus=args.cpus)
+        cluster = start(base / "state", args.serve_config, object_store=object_store, num_cpus=args.cpus,
+                        checkpoints=args.checkpoints == "on")
         stack.callback(cluster.shutdown)
         if args.checks:
             out = args.out or base / "out"
@@ -211,11 +223,14 @@ def main() -> None:
         # The losses at random moments within the time the same jobs took without any.
         loss_at = [rng.uniform(0.1, 0.8) * baseline.wall_s for _ in range(args.losses)]
         lossy = run_jobs(cluster, args.jobs, loss_at, rng, "losses", size=args.size, steps=args.steps)
-        print("| run | jobs | completed | lost | finished twice | sent through again | nodes lost | wall s |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
+        print(f"checkpoints: {'every 2 s of denoising' if args.checkpoints == 'on' else 'off'}")
+        print("| run | jobs | completed | lost | finished twice | sent through again | resumed | denoise steps run "
+              "/ needed | nodes lost | wall s |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
         for name, run in (("no loss", baseline), ("losses", lossy)):
             o = run.outcome
             print(f"| {name} | {o.jobs} | {o.completed} | {o.lost} | {o.finished_twice} | {o.retried} | "
+                  f"{o.resumed} | {o.steps_run} / {o.steps_needed} = {o.steps_run / max(1, o.steps_needed):.3f} | "
                   f"{', '.join(run.losses) or '-'} | {run.wall_s:.1f} |")
             for why, n in o.not_completed.items():
                 print(f"- {n} x {why}")

@@ -182,6 +182,8 @@ def _show(v: pb.Video) -> None:
         print(f"  enhanced prompt: {v.enhanced_prompt}")
     if v.size_bytes:
         print(f"  mp4: {v.size_bytes} bytes, sha256 {v.sha256}")
+    if v.HasField("resumed_from_step"):
+        print(f"  resumed from its checkpoint at step {v.resumed_from_step} (attempts: {v.attempts})")
     if v.error.code:
         print(f"  error: {v.error.code}: {v.error.message}")
 

@@ -27,7 +27,10 @@ def cluster(tmp_path_factory):
     c = start_local_cluster(state_dir=tmp_path_factory.mktemp("kino-state"), num_cpus=8,
                             overrides={"model": {"enhancer": {"enabled": True, "max_new_tokens": 24}},
                                        "queue": {"lease_seconds": 3, "heartbeat_seconds": 1},
-                                       "batching": {"measure_batches": False}})
+                                       "batching": {"measure_batches": False},
+                                       # A checkpoint every half second of a job's denoising: the kill test's
+                                       # job resumes from one (the default, 30 s, is for GPU-sized steps).
+                                       "checkpoints": {"every_seconds": 0.5}})
     yield c
     c.shutdown()
 

@@ -68,6 +68,8 @@ def test_the_dit_node_lost_mid_denoise_costs_no_job(nodes_run):
     loss = report["dit_loss"]
     assert (loss["completed"], loss["lost"], loss["finished_twice"]) == (3, 0, 0), loss
     assert loss["retried"] >= 1, loss  # the loss hit a running job, which went through the stages again
+    # ... from its checkpoint (the object store's): fewer steps computed than twice the work.
+    assert loss["resumed"] >= 1 and loss["steps_run"] < loss["steps_needed"] + 12 * loss["retried"], loss
 
 
 def test_the_decoder_node_lost_mid_decode_costs_no_job(nodes_run):
@@ -76,6 +78,8 @@ def test_the_decoder_node_lost_mid_decode_costs_no_job(nodes_run):
     loss = report["decoder_loss"]
     assert (loss["completed"], loss["lost"], loss["finished_twice"]) == (2, 0, 0), loss
     assert loss["retried"] >= 1, loss
+    # Their denoising ended with a checkpoint: the retry decodes again without denoising again.
+    assert loss["steps_run"] == loss["steps_needed"], loss
 
 
 def test_a_video_whose_decoder_node_has_gone_downloads_from_the_object_store(nodes_run, s3_server):
