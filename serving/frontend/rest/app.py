@@ -10,8 +10,9 @@
     POST   /v1/videos/{id}/remix        remix (prompt; JSON or multipart)
     POST   /v1/videos/edits             edit: a remix of video.id with the new prompt
     POST   /v1/videos/extensions        501 (see `extensions`)
-    POST   /v1/videos/characters        501 (see `characters`)
-    GET    /v1/videos/characters/{id}   501
+    POST   /v1/videos/characters        a character is a Kino cameo: name, video (the recording) and Kino's consent
+                                        fields (consent_statement, consent=true, require_approval)
+    GET    /v1/videos/characters/{id}   the owner's cameo, or one granted to the caller
 
 Request bodies are pydantic models: a field of the wrong JSON type (`"size": 720`) is a 400 naming it, an
 unknown field is a 400 `unknown_parameter` (never silently ignored).
@@ -33,6 +34,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from engines.errors import EngineError
 from serving.accounts import Principal
 from serving.async_view import in_thread
+from serving.cameos.models import Cameo
+from serving.cameos.service import CameoService
 from serving.errors import InvalidArgument, KinoError, Unimplemented
 from serving.frontend.common import api_key
 from serving.frontend.rest import convert
@@ -69,10 +72,18 @@ class CreateBody(_Body):
     input_reference: InputReference | None = None
     cache: StrictStr | None = None  # Kino's extras
     two_stage: bool | None = None
+    character_id: StrictStr | None = None  # a cameo (POST /v1/videos/characters) in the video
 
 
 class RemixBody(_Body):
     prompt: StrictStr
+
+
+class CharacterBody(_Body):
+    name: StrictStr
+    consent_statement: StrictStr = ""  # Kino's consent record (required: the words the person agrees to)
+    consent: bool = False
+    require_approval: bool = False
 
 
 class EditBody(_Body):
@@ -128,8 +139,14 @@ def _parse(model: type[M], fields: dict[str, Any]) -> M:
         raise pydantic_error(list(e.errors())) from None
 
 
-def create_rest_app(videos: VideoService, authenticate: Authenticate, metrics: Metrics | None = None) -> FastAPI:
-    """The OpenAI-compatible Videos API as a FastAPI app over the domain."""
+def _character(cameo: Cameo) -> dict[str, Any]:
+    return {"id": cameo.id, "object": "character", "created_at": int(cameo.created_at), "name": cameo.name}
+
+
+def create_rest_app(videos: VideoService, authenticate: Authenticate, metrics: Metrics | None = None,
+                    cameos: CameoService | None = None) -> FastAPI:
+    """The OpenAI-compatible Videos API as a FastAPI app over the domain (`cameos`: OpenAI's characters;
+    without it those routes answer 501)."""
     app = FastAPI(title="Kino Videos API (OpenAI-compatible)", docs_url=None, redoc_url=None)
     sink = metrics or NoMetrics()
 
@@ -183,7 +200,8 @@ def create_rest_app(videos: VideoService, authenticate: Authenticate, metrics: M
                           model=body.model or None, image=await upload.read() if upload is not None else None,
                           image_ref=ImageReference(image_url=ref.image_url, file_id=ref.file_id) if ref else None,
                           idempotency_key=request.headers.get("idempotency-key") or None,
-                          cache=body.cache or None, two_stage=body.two_stage, openai_defaults=True)
+                          cache=body.cache or None, two_stage=body.two_stage, cameo_id=body.character_id or None,
+                          openai_defaults=True)
         job, _ = await videos.create(who, req)
         return video_response(job)
 
@@ -218,17 +236,33 @@ def create_rest_app(videos: VideoService, authenticate: Authenticate, metrics: M
                             "on a first frame or a whole source clip, not on a clip's last frames; remix "
                             "(/v1/videos/{id}/remix) or edit (/v1/videos/edits) a video instead", field="video")
 
+    def character_service() -> CameoService:
+        if cameos is None:
+            raise Unimplemented("/v1/videos/characters is not served here: characters are Kino cameos, which this "
+                                "server does not offer over REST", field=None)
+        return cameos
+
     @app.post("/v1/videos/characters")
     async def create_character(request: Request) -> JSONResponse:
-        await principal(request)
-        raise Unimplemented("POST /v1/videos/characters is not implemented over REST: characters are Kino "
-                            "cameos, registered with a consent statement over gRPC (RegisterCameo)", field=None)
+        """A character is a Kino cameo, under the same consent rules: the recording, the words the person agrees
+        to and consent=true (Kino's fields beside OpenAI's name and video); grants and revocation over gRPC."""
+        who = await principal(request)
+        service = character_service()
+        fields, files = await _body(request)
+        upload = files.pop("video", None)
+        if upload is None:
+            raise InvalidArgument("video is required: the recording of the person (an MP4 upload)", field="video")
+        body = _parse(CharacterBody, fields)
+        cameo = await service.register(who, recording=await upload.read(), name=body.name,
+                                       consent_statement=body.consent_statement, consent=body.consent,
+                                       require_approval=body.require_approval)
+        return JSONResponse(_character(cameo))
 
     @app.get("/v1/videos/characters/{character_id}")
     async def get_character(character_id: str, request: Request) -> JSONResponse:
-        await principal(request)
-        raise Unimplemented("GET /v1/videos/characters/{character_id} is not implemented over REST: characters "
-                            "are Kino cameos (GetCameo over gRPC)", field="character_id")
+        who = await principal(request)
+        cameo, _grants = await character_service().get(who, character_id)
+        return JSONResponse(_character(cameo))
 
     @app.get("/v1/videos/{video_id}")
     async def retrieve(video_id: str, request: Request) -> JSONResponse:
