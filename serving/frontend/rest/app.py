@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -40,6 +40,19 @@ from serving.errors import InvalidArgument, KinoError, Unimplemented
 from serving.frontend.common import api_key
 from serving.frontend.rest import convert
 from serving.frontend.rest.errors import error_response, http_response, pydantic_error, validation_response
+from serving.frontend.rest.schemas import (
+    ERRORS,
+    Character,
+    CharacterBody,
+    CreateBody,
+    EditBody,
+    RemixBody,
+    Video,
+    VideoDeleted,
+    VideoList,
+    register_schemas,
+    request_body,
+)
 from serving.jobs import Job
 from serving.metrics import Metrics, NoMetrics
 from serving.videos import CreateVideo, RemixVideo, VideoService
@@ -51,44 +64,12 @@ Authenticate = Callable[[str | None], Principal]
 M = TypeVar("M", bound=BaseModel)
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class InputReference(_Body):
-    image_url: StrictStr | None = None
-    file_id: StrictStr | None = None
-
-
-class VideoRef(_Body):
-    id: StrictStr
-
-
-class CreateBody(_Body):
-    prompt: StrictStr
-    model: StrictStr | None = None
-    seconds: StrictStr | StrictInt | StrictFloat | None = None
-    size: StrictStr | None = None
-    input_reference: InputReference | None = None
-    cache: StrictStr | None = None  # Kino's extras
-    two_stage: bool | None = None
-    character_id: StrictStr | None = None  # a cameo (POST /v1/videos/characters) in the video
-
-
-class RemixBody(_Body):
-    prompt: StrictStr
-
-
-class CharacterBody(_Body):
-    name: StrictStr
-    consent_statement: StrictStr = ""  # Kino's consent record (required: the words the person agrees to)
-    consent: bool = False
-    require_approval: bool = False
-
-
-class EditBody(_Body):
-    prompt: StrictStr
-    video: VideoRef
+# The characters form: OpenAI's name and video, and Kino's consent fields.
+CHARACTER_FORM = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["name", "video"], "properties": {
+        "name": {"type": "string"}, "video": {"type": "string", "format": "binary"},
+        "consent_statement": {"type": "string"}, "consent": {"type": "boolean"},
+        "require_approval": {"type": "boolean"}}}}}}}
 
 
 def _seconds(value: str | int | float | None) -> float | None:
@@ -149,6 +130,14 @@ def create_rest_app(videos: VideoService, authenticate: Authenticate, metrics: M
     without it those routes answer 501)."""
     app = FastAPI(title="Kino Videos API (OpenAI-compatible)", docs_url=None, redoc_url=None)
     sink = metrics or NoMetrics()
+    generated = app.openapi
+
+    def openapi() -> dict[str, Any]:  # the bodies the routes parse themselves, with their nested models
+        if app.openapi_schema is None:
+            app.openapi_schema = register_schemas(generated(), CreateBody, RemixBody, EditBody)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     async def principal(request: Request) -> Principal:
         return await in_thread(authenticate, api_key(request.headers))
@@ -183,7 +172,8 @@ def create_rest_app(videos: VideoService, authenticate: Authenticate, metrics: M
         poll = convert.poll_after_ms(job)
         return JSONResponse(convert.video(job), headers={"openai-poll-after-ms": str(poll)} if poll else None)
 
-    @app.post("/v1/videos")
+    @app.post("/v1/videos", responses={200: {"model": Video}, **ERRORS},
+              openapi_extra=request_body(("application/json", CreateBody)))
     async def create(request: Request) -> JSONResponse:
         who = await principal(request)
         fields, files = await _body(request)
@@ -205,7 +195,7 @@ def create_rest_app(videos: VideoService, authenticate: Authenticate, metrics: M
         job, _ = await videos.create(who, req)
         return video_response(job)
 
-    @app.get("/v1/videos")
+    @app.get("/v1/videos", responses={200: {"model": VideoList}, **ERRORS})
     async def list_videos(request: Request, after: str | None = None, limit: int = DEFAULT_PAGE_SIZE,
                           order: str = "desc") -> JSONResponse:
         who = await principal(request)
@@ -216,7 +206,8 @@ def create_rest_app(videos: VideoService, authenticate: Authenticate, metrics: M
         return JSONResponse(convert.page(page))
 
     # Before /v1/videos/{video_id}: these paths are not video ids.
-    @app.post("/v1/videos/edits")
+    @app.post("/v1/videos/edits", responses={200: {"model": Video}, **ERRORS},
+              openapi_extra=request_body(("application/json", EditBody)))
     async def edit(request: Request) -> JSONResponse:
         """OpenAI's edit is a new video from a completed one and a prompt: Kino's remix, its source the start."""
         who = await principal(request)
@@ -229,7 +220,7 @@ def create_rest_app(videos: VideoService, authenticate: Authenticate, metrics: M
                                                     idempotency_key=request.headers.get("idempotency-key")))
         return video_response(job)
 
-    @app.post("/v1/videos/extensions")
+    @app.post("/v1/videos/extensions", responses=ERRORS)
     async def extensions(request: Request) -> JSONResponse:
         await principal(request)
         raise Unimplemented("POST /v1/videos/extensions is not implemented: this server's model path conditions "
@@ -242,7 +233,8 @@ def create_rest_app(videos: VideoService, authenticate: Authenticate, metrics: M
                                 "server does not offer over REST", field=None)
         return cameos
 
-    @app.post("/v1/videos/characters")
+    @app.post("/v1/videos/characters", responses={200: {"model": Character}, **ERRORS},
+              openapi_extra=CHARACTER_FORM)
     async def create_character(request: Request) -> JSONResponse:
         """A character is a Kino cameo, under the same consent rules: the recording, the words the person agrees
         to and consent=true (Kino's fields beside OpenAI's name and video); grants and revocation over gRPC."""
@@ -258,22 +250,23 @@ def create_rest_app(videos: VideoService, authenticate: Authenticate, metrics: M
                                        require_approval=body.require_approval)
         return JSONResponse(_character(cameo))
 
-    @app.get("/v1/videos/characters/{character_id}")
+    @app.get("/v1/videos/characters/{character_id}", responses={200: {"model": Character}, **ERRORS})
     async def get_character(character_id: str, request: Request) -> JSONResponse:
         who = await principal(request)
         cameo, _grants = await character_service().get(who, character_id)
         return JSONResponse(_character(cameo))
 
-    @app.get("/v1/videos/{video_id}")
+    @app.get("/v1/videos/{video_id}", responses={200: {"model": Video}, **ERRORS})
     async def retrieve(video_id: str, request: Request) -> JSONResponse:
         return video_response(await videos.get(await principal(request), video_id))
 
-    @app.delete("/v1/videos/{video_id}")
+    @app.delete("/v1/videos/{video_id}", responses={200: {"model": VideoDeleted}, **ERRORS})
     async def delete(video_id: str, request: Request) -> JSONResponse:
         job = await videos.delete(await principal(request), video_id, stop_active=True)
         return JSONResponse(convert.deleted(job))
 
-    @app.get("/v1/videos/{video_id}/content")
+    @app.get("/v1/videos/{video_id}/content", responses={200: {"description": "The MP4, WebP or JPEG", "content": {
+        "video/mp4": {}, "image/webp": {}, "image/jpeg": {}}}, **ERRORS})
     async def content(video_id: str, request: Request, variant: str = "video") -> Response:
         who = await principal(request)
         download = await videos.download(who, video_id, variant=variant)
@@ -282,7 +275,8 @@ def create_rest_app(videos: VideoService, authenticate: Authenticate, metrics: M
             "content-length": str(a.size_bytes), "content-disposition": f'attachment; filename="{download.filename}"',
             "x-content-sha256": a.sha256})
 
-    @app.post("/v1/videos/{video_id}/remix")
+    @app.post("/v1/videos/{video_id}/remix", responses={200: {"model": Video}, **ERRORS},
+              openapi_extra=request_body(("application/json", RemixBody)))
     async def remix(video_id: str, request: Request) -> JSONResponse:
         who = await principal(request)
         fields, files = await _body(request)
