@@ -113,7 +113,15 @@ class VideoService:
         params = rq.generation_params(req, self.model, aliases=self.config.rest.model_aliases,
                                       defaults=self.config.rest.defaults)
         if self.capacity is not None:
-            await in_thread(self.capacity.check, params)
+            try:
+                await in_thread(self.capacity.check, params)
+            except InvalidArgument as e:
+                d = self.config.rest.defaults
+                if not (req.openai_defaults and (not req.size or req.seconds is None)):
+                    raise
+                raise InvalidArgument(f"{e.message}. This request left size or seconds to the server's defaults "
+                                      f"(rest.defaults: {d.size or 'the model default'}, {d.seconds:g} s): send a "
+                                      "smaller size or fewer seconds", field=e.field) from None
         if req.image_ref is not None:
             if req.image:
                 raise InvalidArgument("input_reference is not allowed twice: an uploaded file or an image_url, "

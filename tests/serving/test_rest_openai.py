@@ -375,3 +375,15 @@ def test_characters_are_cameos_under_the_same_consent_rules(server, tmp_path):
     theirs = server.http.post("/v1/videos", headers={"authorization": f"Bearer {key}"},
                               json={"prompt": "ann waves", "seconds": "1", "character_id": character.id})
     assert theirs.status_code in (403, 404) and theirs.json()["error"]["param"] == "cameo_id"
+
+
+def test_defaults_beyond_the_token_budget_say_they_were_defaults(tmp_path):
+    """OpenAI's default 720x1280 for 4 s needs ~24,000 latent tokens a forward on the tiny preset: a server whose
+    denoiser holds fewer refuses it at create (never queued to fail later), saying the size was its default."""
+    s = Server(tmp_path, {"batching": {"max_tokens": 20000}})
+    with pytest.raises(openai.BadRequestError) as err:
+        s.client.videos.create(prompt="a boat")
+    message = err.value.body["message"]
+    assert err.value.body["param"] == "size" and "rest.defaults: 720x1280, 4 s" in message
+    assert "the largest that fits is" in message
+    assert s.lax.videos.create(prompt="a boat", size="256x256", seconds="4").status == "queued"
