@@ -147,6 +147,9 @@ class GenerationRequest:
                                   not 2 <= v <= lim.max_side):
                 raise InvalidParameter("size", f"{p.output_width}x{p.output_height}",
                                        f"even sides (H.264) in [2, {lim.max_side}]")
+        if p.output_width is not None and p.output_width * p.output_height > lim.max_pixels:
+            raise InvalidParameter("size", f"{p.output_width}x{p.output_height}",
+                                   f"at most {lim.max_pixels} pixels (1080p)")
         if p.enhance_prompt is not False and not (p.enhance_prompt is True and config.enhancer.enabled):
             raise InvalidParameter("enhance_prompt", p.enhance_prompt,
                                    "false: this model has no prompt enhancer (model.enhancer.enabled is false)"

@@ -59,8 +59,10 @@ class CreateVideo:
     enhance_prompt: bool = False
     cache: str | None = None  # step caching: off, balanced, fast (None: the server's default)
     two_stage: bool | None = None  # half size, upsample, refine (None: the server's default for the size)
-    # Came through the OpenAI-compatible API: an omitted size and seconds take rest.defaults (OpenAI's).
-    openai_defaults: bool = False
+    # Came through the OpenAI-compatible API: any even size is served (generated at the nearest size the model
+    # makes, then cropped or scaled to it), and an omitted size and seconds take rest.defaults (OpenAI's). gRPC
+    # keeps its exact rule (sides multiples of 32) and the model's defaults.
+    openai_api: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,20 +116,22 @@ def generation_params(req: CreateVideo, model: ModelConfig, *, aliases: Mapping[
     OpenAI-API request that omits size or seconds gets (rest.defaults)."""
     profile = model_profile(req.model, model, aliases or {})
     size, seconds = req.size, req.seconds
-    if req.openai_defaults and defaults is not None:
+    if req.openai_api and defaults is not None:
         size = size or defaults.size or None
         seconds = seconds if seconds is not None else (defaults.seconds or None)
     width = height = out_w = out_h = None
     if size:
+        m = model.limits.side_multiple
         try:
             width, height = parse_size(size)
-            if width < 2 or height < 2 or width % 2 or height % 2:
+            if req.openai_api and (width < 2 or height < 2 or width % 2 or height % 2):
                 raise ValueError(size)
         except ValueError:
-            raise InvalidArgument(f"size={size!r} is not allowed: WIDTHxHEIGHT with even sides of at least 2, "
-                                  f"e.g. 1280x720 (generated at the nearest multiple of "
-                                  f"{model.limits.side_multiple}, then cropped or scaled to it)",
-                                  field="size") from None
+            raise InvalidArgument(
+                f"size={size!r} is not allowed: WIDTHxHEIGHT with even sides of at least 2, e.g. 1280x720 "
+                f"(generated at the nearest multiple of {m}, then cropped or scaled to it)" if req.openai_api else
+                f"size={size!r} is not allowed: WIDTHxHEIGHT, e.g. 256x256, sides multiples of {m}",
+                field="size") from None
     two_stage = req.two_stage
     if req.image or req.image_ref or req.cameo_id:  # the refine would not see the first frame: one stage
         if two_stage:
@@ -139,14 +143,14 @@ def generation_params(req: CreateVideo, model: ModelConfig, *, aliases: Mapping[
         wants_two = two_stage is not False and model.has_latent_upsampler
         if wants_two:  # generated at a size whose halves are valid sides
             m = model.limits.side_multiple
-            gen = (fitted_size(width, height, model, multiple=2 * m) if width is not None and height is not None
-                   else (model.defaults.width, model.defaults.height))
+            gen = ((model.defaults.width, model.defaults.height) if width is None or height is None else
+                   fitted_size(width, height, model, multiple=2 * m) if req.openai_api else (width, height))
             wants_two = all(v % (2 * m) == 0 and v // 2 >= model.limits.min_side for v in gen)
         if wants_two:
             two_stage = True
         elif steps is None and model.schedule.sigmas is None:
             steps = min(model.limits.max_steps, 2 * model.defaults.steps)
-    if width is not None and height is not None:
+    if width is not None and height is not None and req.openai_api:
         gen = fitted_size(width, height, model, multiple=2 * model.limits.side_multiple if two_stage else None)
         if gen != (width, height):
             (width, height), out_w, out_h = gen, width, height

@@ -117,7 +117,7 @@ class VideoService:
                 await in_thread(self.capacity.check, params)
             except InvalidArgument as e:
                 d = self.config.rest.defaults
-                if not (req.openai_defaults and (not req.size or req.seconds is None)):
+                if not (req.openai_api and (not req.size or req.seconds is None)):
                     raise
                 raise InvalidArgument(f"{e.message}. This request left size or seconds to the server's defaults "
                                       f"(rest.defaults: {d.size or 'the model default'}, {d.seconds:g} s): send a "

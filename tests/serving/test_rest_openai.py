@@ -129,6 +129,9 @@ def test_rest_defaults_come_from_config_and_grpc_keeps_the_models(tmp_path):
     import asyncio
     job, _ = asyncio.run(s.videos.create(s.services.accounts.local_principal(), CreateVideo(prompt="a boat")))
     assert job.generation.size == "64x64"  # not REST: the model's own default
+    from serving.errors import InvalidArgument
+    with pytest.raises(InvalidArgument, match="a multiple of 32"):  # nor its sizes: gRPC keeps the exact rule
+        asyncio.run(s.videos.create(s.services.accounts.local_principal(), CreateVideo(prompt="x", size="720x1280")))
 
 
 def test_an_unknown_model_is_model_not_found_listing_what_is_served(server):
@@ -150,6 +153,7 @@ def test_an_unknown_model_is_model_not_found_listing_what_is_served(server):
     ({"prompt": "x", "seconds": "forever"}, "seconds", "invalid_value"),
     ({"prompt": "x", "size": "99x64"}, "size", "invalid_value"),
     ({"prompt": "x", "size": "4000x4000"}, "size", "invalid_value"),
+    ({"prompt": "x", "size": "1920x1920"}, "size", "invalid_value"),  # beyond the model's 1080p, even scaled
 ])
 def test_a_wrong_json_type_or_value_is_a_400_naming_the_field(server, body, param, code):
     got = server.http.post("/v1/videos", json=body)

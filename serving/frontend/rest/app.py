@@ -191,7 +191,7 @@ def create_rest_app(videos: VideoService, authenticate: Authenticate, metrics: M
                           image_ref=ImageReference(image_url=ref.image_url, file_id=ref.file_id) if ref else None,
                           idempotency_key=request.headers.get("idempotency-key") or None,
                           cache=body.cache or None, two_stage=body.two_stage, cameo_id=body.character_id or None,
-                          openai_defaults=True)
+                          openai_api=True)
         job, _ = await videos.create(who, req)
         return video_response(job)
 
