@@ -89,7 +89,8 @@ class RestConfig:
     model_aliases: dict[str, ModelProfile] = field(default_factory=lambda: dict(OPENAI_MODEL_ALIASES))
     """Other names of the served model, each with a profile: standard (the model's defaults) or pro (two
     stages where the model has a latent upsampler and the size allows, else twice the default steps). The
-    model's own id is always served; a name in neither answers model_not_found. Read by both doors."""
+    model's own id is always served; a name in neither answers model_not_found. REST only: gRPC serves the
+    model's id alone."""
     defaults: RestDefaults = field(default_factory=RestDefaults)
     """REST's defaults for an omitted size and seconds."""
     fetch: RestFetchConfig = field(default_factory=RestFetchConfig)

@@ -114,7 +114,7 @@ def generation_params(req: CreateVideo, model: ModelConfig, *, aliases: Mapping[
 
     `aliases`: other names of the model and their profiles (rest.model_aliases); `defaults`: what an
     OpenAI-API request that omits size or seconds gets (rest.defaults)."""
-    profile = model_profile(req.model, model, aliases or {})
+    profile = model_profile(req.model, model, (aliases or {}) if req.openai_api else {})
     size, seconds = req.size, req.seconds
     if req.openai_api and defaults is not None:
         size = size or defaults.size or None
