@@ -104,9 +104,10 @@ def test_errors_follow_the_openai_shape(client, cluster):
 def test_openai_sizes_are_delivered_exactly_with_their_stills(client):
     """1280x720 is generated at 1280x736 (sides multiples of 32) and centre-cropped by the Decoder; the thumbnail
     and spritesheet come from the MP4; DELETE stops and deletes a video still running."""
-    video = client.videos.create(prompt="a lighthouse at dusk", model="sora-2", size="1280x720", seconds="1")
+    started = time.monotonic()
+    video = client.videos.create_and_poll(prompt="a lighthouse at dusk", model="sora-2", size="1280x720", seconds="1")
+    assert video.status == "completed" and time.monotonic() - started < 120  # polled at openai-poll-after-ms
     assert video.size == "1280x720" and video.model_extra["size_fit"] == "crop"
-    assert _wait(client, video.id).status == "completed"
     with av.open(io.BytesIO(client.videos.download_content(video.id).read())) as c:
         stream = c.streams.video[0]
         assert (stream.width, stream.height) == (1280, 720)
