@@ -239,8 +239,9 @@ class ModelLimits:
     """Frame rates a request may ask for (exact fractions: 30000/1001, not 29.97)."""
     max_steps: Annotated[int, Field(ge=1, le=1000)] = 100
     """Most denoising steps a request may ask for."""
-    max_prompt_chars: Positive = 2000
-    """Longest prompt, characters."""
+    max_prompt_chars: Positive = 32000
+    """Longest prompt, characters (OpenAI's Videos API limit). The text encoder reads the first
+    tokenizer_max_length tokens of it."""
     guidance_range: tuple[float, float] = (1.0, 20.0)
     """Allowed classifier-free guidance scales (1 = off)."""
     rescale_range: tuple[float, float] = (0.0, 1.0)

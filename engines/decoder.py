@@ -27,7 +27,7 @@ from diffusers.image_processor import VaeImageProcessor
 from engines.config import DecodeConfig, ModelConfig
 from engines.model_loader import DECODER_PARTS, Components, ComponentSource
 from engines.mp4 import EncodeSettings, MediaInfo, Mp4Writer, Waveform, probe
-from engines.params import GenerationParams
+from engines.params import GenerationParams, crops
 from engines.runtime import configure_threads
 from engines.stage_io import DenoisedLatents, LatentGeometry
 
@@ -196,16 +196,35 @@ class Decoder:
         per core and takes the cores the Denoiser beside it is stepping on."""
         settings = settings or EncodeSettings(threads=self.config.num_threads or 0)
         audio = self.decode_audio(latents)
-        with Mp4Writer(path, width=params.width, height=params.height, fps=params.fps,
+        width, height = params.delivered
+        with Mp4Writer(path, width=width, height=height, fps=params.fps,
                        num_frames=params.output_frames, audio=audio, settings=settings) as writer:
             first = 0
             for chunk in self.iter_video(latents):
                 frames = frames_to_uint8(chunk)
+                if params.fit is not None:
+                    frames = fit_frames(frames, width, height)
                 if frame_filter is not None:
                     frames = frame_filter(frames, first)
                 writer.write(frames)
                 first += len(frames)
         return probe(path)
+
+
+def fit_frames(frames: np.ndarray, width: int, height: int) -> np.ndarray:
+    """uint8 frames [F, H, W, 3] at exactly width x height: scaled (bilinear, antialiased) so they cover it
+    where they do not already, then centre-cropped."""
+    _, h, w, _ = frames.shape
+    scale = max(width / w, height / h)
+    if not crops((w, h), (width, height)):
+        sw, sh = max(width, round(w * scale)), max(height, round(h * scale))
+        t = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+        t = torch.nn.functional.interpolate(t, size=(sh, sw), mode="bilinear", align_corners=False,
+                                            antialias=scale < 1.0)
+        frames = t.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        h, w = sh, sw
+    top, left = (h - height) // 2, (w - width) // 2
+    return np.ascontiguousarray(frames[:, top:top + height, left:left + width])
 
 
 def _assemble(chunk: DecodeChunk, parts: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -17,6 +17,16 @@ from engines.errors import InvalidParameter
 LTX2_TEMPORAL_COMPRESSION = 8
 
 
+# A delivered size is centre-cropped from the generated one when that loses at most this share of each side;
+# beyond it the frames are scaled to cover it first.
+MAX_CROP_SHARE = 0.125
+
+
+def crops(generated: tuple[int, int], delivered: tuple[int, int]) -> bool:
+    """Whether `delivered` is a centre crop of `generated` (else: scaled to cover, then cropped)."""
+    return all(0 <= g - d <= g * MAX_CROP_SHARE for g, d in zip(generated, delivered, strict=True))
+
+
 def frames_for(seconds: float, fps: Fraction) -> int:
     """Frames delivered to the user for a duration (at least one)."""
     return max(1, round(seconds * fps))
@@ -72,6 +82,10 @@ class GenerationRequest:
     # Generate at half width and height, upsample the latents 2x, refine at full size (engines/two_stage.py);
     # None: as model.two_stage says for the size.
     two_stage: bool | None = None
+    # The size delivered, when it is not the size generated (width x height): the frames are centre-cropped
+    # to it, or scaled to cover it and then cropped (`GenerationParams.fit`). None: as generated.
+    output_width: int | None = None
+    output_height: int | None = None
 
     def validated(self, config: ModelConfig) -> GenerationParams:
         """Fill defaults from `config`, then check every field; raises `InvalidParameter` naming it."""
@@ -93,8 +107,9 @@ class GenerationRequest:
                                     else self.audio_guidance_rescale),
             cache=config.step_cache.default if self.cache is None else self.cache,
         )
-        _check_text("prompt", p.prompt, lim.max_prompt_chars, required=True)
-        _check_text("negative_prompt", p.negative_prompt, lim.max_prompt_chars, required=False)
+        reads = f"; this model reads its first {config.tokenizer_max_length} tokens"
+        _check_text("prompt", p.prompt, lim.max_prompt_chars, required=True, note=reads)
+        _check_text("negative_prompt", p.negative_prompt, lim.max_prompt_chars, required=False, note=reads)
         for side in ("width", "height"):
             v = getattr(p, side)
             if (not isinstance(v, int) or v % lim.side_multiple != 0
@@ -124,6 +139,17 @@ class GenerationRequest:
         if p.cache not in STEP_CACHE_MODES:
             raise InvalidParameter("cache", p.cache, "one of " + ", ".join(STEP_CACHE_MODES))
         two_stage = _two_stage(p, config)
+        if (p.output_width is None) != (p.output_height is None):
+            raise InvalidParameter("size", f"{p.output_width}x{p.output_height}", "both sides of the output or none")
+        for side in ("output_width", "output_height"):
+            v = getattr(p, side)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v % 2 or
+                                  not 2 <= v <= lim.max_side):
+                raise InvalidParameter("size", f"{p.output_width}x{p.output_height}",
+                                       f"even sides (H.264) in [2, {lim.max_side}]")
+        if p.output_width is not None and p.output_width * p.output_height > lim.max_pixels:
+            raise InvalidParameter("size", f"{p.output_width}x{p.output_height}",
+                                   f"at most {lim.max_pixels} pixels (1080p)")
         if p.enhance_prompt is not False and not (p.enhance_prompt is True and config.enhancer.enabled):
             raise InvalidParameter("enhance_prompt", p.enhance_prompt,
                                    "false: this model has no prompt enhancer (model.enhancer.enabled is false)"
@@ -136,7 +162,8 @@ class GenerationRequest:
             audio_guidance_scale=float(p.audio_guidance_scale), guidance_rescale=float(p.guidance_rescale),
             audio_guidance_rescale=float(p.audio_guidance_rescale), enhance_prompt=p.enhance_prompt,
             cache=p.cache, two_stage=two_stage,
-            num_frames=model_frames_for(frames_for(p.seconds, p.fps), _temporal_compression(config)))
+            num_frames=model_frames_for(frames_for(p.seconds, p.fps), _temporal_compression(config)),
+            output_width=p.output_width, output_height=p.output_height)
 
 
 @dataclass(frozen=True)
@@ -163,11 +190,31 @@ class GenerationParams:
     cache: StepCacheMode
     two_stage: bool
     num_frames: int
+    output_width: int | None = None  # the size delivered when it is not the size generated (see `fit`)
+    output_height: int | None = None
 
     @property
     def size(self) -> str:
-        """"WIDTHxHEIGHT", as the APIs write it."""
+        """"WIDTHxHEIGHT" generated."""
         return f"{self.width}x{self.height}"
+
+    @property
+    def delivered(self) -> tuple[int, int]:
+        """(width, height) of the delivered MP4."""
+        return (self.output_width or self.width, self.output_height or self.height)
+
+    @property
+    def delivered_size(self) -> str:
+        """"WIDTHxHEIGHT" of the delivered MP4, as the APIs write it."""
+        return "x".join(map(str, self.delivered))
+
+    @property
+    def fit(self) -> str | None:
+        """How the generated frames become the delivered size: None (they are it), "crop" (a centre crop,
+        `crops`) or "scale" (scaled to cover it, then centre-cropped)."""
+        if self.delivered == (self.width, self.height):
+            return None
+        return "crop" if crops((self.width, self.height), self.delivered) else "scale"
 
     @property
     def output_frames(self) -> int:
@@ -220,13 +267,13 @@ def _fmt_fps(fps: Fraction) -> str:
     return str(fps.numerator) if fps.denominator == 1 else f"{fps.numerator}/{fps.denominator}"
 
 
-def _check_text(field: str, value: object, max_chars: int, *, required: bool) -> None:
+def _check_text(field: str, value: object, max_chars: int, *, required: bool, note: str = "") -> None:
     if not isinstance(value, str):
         raise InvalidParameter(field, value, "a string")
     if required and not value.strip():
         raise InvalidParameter(field, value, f"1 to {max_chars} characters, not blank")
     if len(value) > max_chars:
-        raise InvalidParameter(field, f"<{len(value)} characters>", f"at most {max_chars} characters")
+        raise InvalidParameter(field, f"<{len(value)} characters>", f"at most {max_chars} characters{note}")
 
 
 def _check_int(field: str, value: object, lo: int, hi: int) -> None:

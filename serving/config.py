@@ -44,6 +44,38 @@ class GrpcConfig:
     """HTTP/2 streams one connection may hold open at once (gRPC's grpc.max_concurrent_streams)."""
 
 
+ModelProfile = Literal["standard", "pro"]
+# OpenAI's Sora model names (and their dated snapshots), as its SDK and examples send them.
+OPENAI_MODEL_ALIASES: dict[str, ModelProfile] = {
+    "sora-2": "standard", "sora-2-2025-10-06": "standard", "sora-2-2025-12-08": "standard",
+    "sora-2-pro": "pro", "sora-2-pro-2025-10-06": "pro"}
+
+
+@section("rest.defaults")
+class RestDefaults:
+    """What a REST create that omits size or seconds gets (OpenAI's defaults); gRPC keeps the model's own."""
+
+    size: str = "720x1280"
+    """WIDTHxHEIGHT; empty: the model's default size."""
+    seconds: Annotated[float, Field(ge=0)] = 4.0
+    """Seconds; 0: the model's default duration."""
+
+
+@section("rest.fetch")
+class RestFetchConfig:
+    """Fetching an `input_reference.image_url` given as an http(s) URL."""
+
+    enabled: bool = True
+    """Fetch http(s) URLs at all (data: URLs are always read)."""
+    max_bytes: AtLeastOne = 10 * 2**20
+    """Largest image fetched."""
+    timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 10.0
+    """Whole fetch, connect to last byte."""
+    allow_hosts: tuple[str, ...] = ()
+    """Hosts (names or IP addresses) fetched even when they resolve to a loopback, private, link-local or
+    otherwise non-public address (SSRF protection refuses those by default), e.g. an in-cluster image store."""
+
+
 @section("rest")
 class RestConfig:
     """The OpenAI-compatible Videos REST API, beside gRPC on the Frontend."""
@@ -54,6 +86,15 @@ class RestConfig:
     """Address to listen on."""
     port: Port = 8080
     """Port to listen on (0: a free one)."""
+    model_aliases: dict[str, ModelProfile] = field(default_factory=lambda: dict(OPENAI_MODEL_ALIASES))
+    """Other names of the served model, each with a profile: standard (the model's defaults) or pro (two
+    stages where the model has a latent upsampler and the size allows, else twice the default steps). The
+    model's own id is always served; a name in neither answers model_not_found. REST only: gRPC serves the
+    model's id alone."""
+    defaults: RestDefaults = field(default_factory=RestDefaults)
+    """REST's defaults for an omitted size and seconds."""
+    fetch: RestFetchConfig = field(default_factory=RestFetchConfig)
+    """Fetching reference images by URL."""
 
 
 @section("queue")

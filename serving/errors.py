@@ -20,16 +20,21 @@ class ErrorCode(enum.StrEnum):
     PERMISSION_DENIED = "permission_denied"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     UNAVAILABLE = "unavailable"
+    UNIMPLEMENTED = "unimplemented"
     INTERNAL = "internal"
 
 
 class KinoError(Exception):
+    """`reason`: a finer, protocol-neutral cause within the code (like google.rpc.ErrorInfo.reason), for the
+    adapters whose protocol tells such causes apart (REST: OpenAI's error `code`); None: just the code."""
+
     code: ErrorCode = ErrorCode.INTERNAL
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    def __init__(self, message: str, *, field: str | None = None, reason: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
+        self.reason = reason
 
 
 class InvalidArgument(KinoError):
@@ -64,8 +69,26 @@ class Unavailable(KinoError):
     code = ErrorCode.UNAVAILABLE
 
 
+class Unimplemented(KinoError):
+    """A call or option this server does not offer (yet); the message says which and what to use instead."""
+
+    code = ErrorCode.UNIMPLEMENTED
+
+
 class Internal(KinoError):
     code = ErrorCode.INTERNAL
+
+
+class Reason(enum.StrEnum):
+    """The finer causes the domain names (`KinoError.reason`)."""
+
+    MODERATION_BLOCKED = "moderation_blocked"  # the prompt was refused by moderation
+    MODEL_NOT_FOUND = "model_not_found"  # a model name this server does not serve
+    MISSING = "missing"  # a required field is absent
+    INVALID_TYPE = "invalid_type"  # a field of the wrong type (e.g. a number where text is wanted)
+    UNKNOWN_PARAMETER = "unknown_parameter"  # a field the call does not take
+    NOT_READY = "not_ready"  # the video has not completed yet (download, remix)
+    QUOTA = "quota"  # a tenant's quota, not the server's load: retrying soon does not help
 
 
 def as_kino_error(exc: BaseException) -> KinoError:

@@ -24,7 +24,8 @@ class FrontDoor:
                                        health_probe=health_probe, metrics=metrics)
         rest = None
         if cfg.rest.enabled:
-            rest = RestServer(create_rest_app(services.videos, services.accounts.authenticate, metrics),
+            rest = RestServer(create_rest_app(services.videos, services.accounts.authenticate, metrics,
+                                              cameos=services.cameos),
                               cfg.rest.host, cfg.rest.port)
             await rest.start()
         return cls(grpc, rest)

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from serving.db import Database
-from serving.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from serving.errors import FailedPrecondition, InvalidArgument, NotFound, Reason, ResourceExhausted
 from serving.jobs.models import Artifact, Conditioning, Job, JobEvent, Lease, NewJob, Quota, Review, Stage, Visibility
 from serving.jobs.states import TERMINAL, JobStatus, check_transition
 from serving.jobs.store import JobStore, StaleLease
@@ -103,7 +103,8 @@ class SqlJobStore(JobStore):
                 mine, jobs.c.status == JobStatus.QUEUED.value)).scalar_one()
             if n >= quota.max_queued:
                 raise ResourceExhausted(f"quota max_queued exceeded: {n} of {quota.max_queued} of your jobs are "
-                                        "queued; wait for some to start", field="quota.max_queued")
+                                        "queued; wait for some to start", field="quota.max_queued",
+                                        reason=Reason.QUOTA)
         if quota.seconds_per_day:
             day_start = self.clock() - self.clock() % 86400  # UTC midnight
             used = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(jobs.c.seconds), 0.0)).where(
@@ -114,7 +115,8 @@ class SqlJobStore(JobStore):
             if used + asked > quota.seconds_per_day:
                 raise ResourceExhausted(
                     f"quota seconds_per_day exceeded: {used:g} s used today + {asked:g} s asked > "
-                    f"{quota.seconds_per_day:g} s allowed per day (UTC)", field="quota.seconds_per_day")
+                    f"{quota.seconds_per_day:g} s allowed per day (UTC)", field="quota.seconds_per_day",
+                    reason=Reason.QUOTA)
 
     def get(self, job_id: str) -> Job:
         with self._read() as conn:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -18,8 +20,10 @@ import PIL.Image
 from engines.config import ModelConfig
 from engines.errors import InvalidParameter
 from engines.params import GenerationParams, GenerationRequest, parse_fps, parse_size
-from serving.errors import InvalidArgument
+from serving.config import RestDefaults
+from serving.errors import InvalidArgument, Reason
 from serving.jobs import JobStatus, Visibility
+from serving.videos.references import ImageReference
 
 MAX_IDEMPOTENCY_KEY = 128
 DEFAULT_PAGE_SIZE = 20
@@ -49,11 +53,16 @@ class CreateVideo:
     idempotency_key: str | None = None
     model: str | None = None
     image: bytes | None = None  # first frame (PNG/JPEG)
+    image_ref: ImageReference | None = None  # a first frame by URL (serving/videos/references.py)
     cameo_id: str | None = None
     visibility: Visibility = Visibility.PRIVATE
     enhance_prompt: bool = False
     cache: str | None = None  # step caching: off, balanced, fast (None: the server's default)
     two_stage: bool | None = None  # half size, upsample, refine (None: the server's default for the size)
+    # Came through the OpenAI-compatible API: any even size is served (generated at the nearest size the model
+    # makes, then cropped or scaled to it), and an omitted size and seconds take rest.defaults (OpenAI's). gRPC
+    # keeps its exact rule (sides multiples of 32) and the model's defaults.
+    openai_api: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,18 +76,84 @@ class RemixVideo:
     enhance_prompt: bool = False
 
 
-def generation_params(req: CreateVideo, model: ModelConfig) -> GenerationParams:
-    """Validated generation parameters of a create request; InvalidArgument names the API field."""
-    if req.model and req.model != model.model_id:
-        raise InvalidArgument(f"model={req.model!r} is not served here; allowed: {model.model_id!r} "
-                              "(or empty for it)", field="model")
-    width = height = None
-    if req.size:
+def model_profile(name: str | None, model: ModelConfig, aliases: Mapping[str, str]) -> str:
+    """The profile a model name asks for (standard or pro); model_not_found naming what is served."""
+    if not name or name == model.model_id:
+        return "standard"
+    if name in aliases:
+        return aliases[name]
+    served = ", ".join(repr(n) for n in (model.model_id, *aliases))
+    raise InvalidArgument(f"model={name!r} does not exist or is not served here; served: {served}",
+                          field="model", reason=Reason.MODEL_NOT_FOUND)
+
+
+def fitted_size(width: int, height: int, model: ModelConfig, *, multiple: int | None = None) -> tuple[int, int]:
+    """The size to generate for a delivered `width` x `height`: each side rounded up to the model's multiple
+    (or `multiple`), at least its smallest side; scaled down, keeping the aspect, where that exceeds the
+    largest side or pixels. Delivered from it by a centre crop or a scale (`GenerationParams.fit`)."""
+    lim = model.limits
+    m = multiple or lim.side_multiple
+    lo = -(-lim.min_side // m) * m
+
+    def up(v: float) -> int:
+        return max(lo, -(-int(math.ceil(v)) // m) * m)
+
+    w, h = up(width), up(height)
+    shrink = min(1.0, lim.max_side / max(width, height), math.sqrt(lim.max_pixels / (width * height)))
+    while shrink < 1.0 or w > lim.max_side or h > lim.max_side or w * h > lim.max_pixels:
+        w, h = max(lo, int(width * shrink) // m * m), max(lo, int(height * shrink) // m * m)
+        if w <= lim.max_side and h <= lim.max_side and w * h <= lim.max_pixels:
+            break
+        shrink *= 0.97
+    return w, h
+
+
+def generation_params(req: CreateVideo, model: ModelConfig, *, aliases: Mapping[str, str] | None = None,
+                      defaults: RestDefaults | None = None) -> GenerationParams:
+    """Validated generation parameters of a create request; InvalidArgument names the API field.
+
+    `aliases`: other names of the model and their profiles (rest.model_aliases); `defaults`: what an
+    OpenAI-API request that omits size or seconds gets (rest.defaults)."""
+    profile = model_profile(req.model, model, (aliases or {}) if req.openai_api else {})
+    size, seconds = req.size, req.seconds
+    if req.openai_api and defaults is not None:
+        size = size or defaults.size or None
+        seconds = seconds if seconds is not None else (defaults.seconds or None)
+    width = height = out_w = out_h = None
+    if size:
+        m = model.limits.side_multiple
         try:
-            width, height = parse_size(req.size)
+            width, height = parse_size(size)
+            if req.openai_api and (width < 2 or height < 2 or width % 2 or height % 2):
+                raise ValueError(size)
         except ValueError:
-            raise InvalidArgument(f"size={req.size!r} is not allowed: WIDTHxHEIGHT, e.g. 256x256, sides "
-                                  f"multiples of {model.limits.side_multiple}", field="size") from None
+            raise InvalidArgument(
+                f"size={size!r} is not allowed: WIDTHxHEIGHT with even sides of at least 2, e.g. 1280x720 "
+                f"(generated at the nearest multiple of {m}, then cropped or scaled to it)" if req.openai_api else
+                f"size={size!r} is not allowed: WIDTHxHEIGHT, e.g. 256x256, sides multiples of {m}",
+                field="size") from None
+    two_stage = req.two_stage
+    if req.image or req.image_ref or req.cameo_id:  # the refine would not see the first frame: one stage
+        if two_stage:
+            raise InvalidArgument("two_stage=true is not allowed with an image or a cameo: false or unset "
+                                  "(image-to-video runs in one stage)", field="two_stage")
+        two_stage = False
+    steps = req.steps
+    if profile == "pro":
+        wants_two = two_stage is not False and model.has_latent_upsampler
+        if wants_two:  # generated at a size whose halves are valid sides
+            m = model.limits.side_multiple
+            gen = ((model.defaults.width, model.defaults.height) if width is None or height is None else
+                   fitted_size(width, height, model, multiple=2 * m) if req.openai_api else (width, height))
+            wants_two = all(v % (2 * m) == 0 and v // 2 >= model.limits.min_side for v in gen)
+        if wants_two:
+            two_stage = True
+        elif steps is None and model.schedule.sigmas is None:
+            steps = min(model.limits.max_steps, 2 * model.defaults.steps)
+    if width is not None and height is not None and req.openai_api:
+        gen = fitted_size(width, height, model, multiple=2 * model.limits.side_multiple if two_stage else None)
+        if gen != (width, height):
+            (width, height), out_w, out_h = gen, width, height
     fps = None
     if req.fps:
         try:
@@ -90,17 +165,11 @@ def generation_params(req: CreateVideo, model: ModelConfig) -> GenerationParams:
     check_idempotency_key(req.idempotency_key)
     for name in ("prompt", "negative_prompt"):
         check_printable(name, getattr(req, name))
-    two_stage = req.two_stage
-    if req.image or req.cameo_id:  # the refine would not see the first frame: one stage
-        if two_stage:
-            raise InvalidArgument("two_stage=true is not allowed with an image or a cameo: false or unset "
-                                  "(image-to-video runs in one stage)", field="two_stage")
-        two_stage = False
     return validated(GenerationRequest(
         prompt=req.prompt, negative_prompt=req.negative_prompt, width=width, height=height,
-        seconds=req.seconds, fps=fps, seed=req.seed, steps=req.steps, guidance_scale=req.guidance_scale,
+        seconds=seconds, fps=fps, seed=req.seed, steps=steps, guidance_scale=req.guidance_scale,
         audio_guidance_scale=req.audio_guidance_scale, enhance_prompt=req.enhance_prompt, cache=req.cache,
-        two_stage=two_stage), model)
+        two_stage=two_stage, output_width=out_w, output_height=out_h), model)
 
 
 def validated(params: GenerationRequest | GenerationParams, model: ModelConfig) -> GenerationParams:

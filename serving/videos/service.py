@@ -12,11 +12,14 @@ read (get, download) or remixed. Everything else answers NOT_FOUND, never reveal
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
+from engines import stills
 from engines.config import ModelConfig
 from engines.params import GenerationParams, params_to_dict
 from serving.accounts import Principal
@@ -28,7 +31,7 @@ from serving.cameos.models import Cameo, owner_topic
 from serving.cameos.store import CameoStore
 from serving.config import KinoConfig
 from serving.control_plane.progress import QUEUE_TOPIC, Progress, ProgressFeed
-from serving.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from serving.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Reason, Unavailable
 from serving.jobs import Conditioning, Job, JobStatus, JobStore, NewJob, Review, Visibility, denoise_checkpoint_key
 from serving.metrics import Metrics, NoMetrics
 from serving.moderation import Moderator
@@ -36,9 +39,17 @@ from serving.provenance.claim import prompt_sha256
 from serving.videos import parsing as rq
 from serving.videos.capacity import DenoiseCapacity
 from serving.videos.parsing import CreateVideo, RemixVideo
+from serving.videos.references import reference_image
 from serving.videos.watch import follow
 
 WATCH_FALLBACK_SECONDS = 5.0  # with pushed events, a watcher reads the store this often for what was not pushed
+# A download's variants: how each is made from the MP4, its file extension and content type.
+VARIANTS: dict[str, tuple[Callable[[Path], bytes] | None, str, str]] = {
+    "video": (None, "", "video/mp4"),
+    "thumbnail": (stills.thumbnail, "webp", "image/webp"),
+    "spritesheet": (stills.spritesheet, "jpg", "image/jpeg"),
+}
+STOP_WAIT_SECONDS = 60.0  # a delete that stops a running video waits this long for it to stop
 
 @dataclass(frozen=True)
 class Download:
@@ -94,14 +105,28 @@ class VideoService:
                                              reason=verdict.reason,
                                              detail={"field": field, "prompt_sha256": prompt_sha256(text)})
             raise FailedPrecondition(f"{field} rejected by moderation: category {verdict.category}: {verdict.reason}",
-                                     field=field)
+                                     field=field, reason=Reason.MODERATION_BLOCKED)
 
     # -- create ------------------------------------------------------------------------------
     async def create(self, principal: Principal, req: CreateVideo) -> tuple[Job, bool]:
         """Validate, moderate, check consent, then queue a job (or return the one this key made)."""
-        params = rq.generation_params(req, self.model)
+        params = rq.generation_params(req, self.model, aliases=self.config.rest.model_aliases,
+                                      defaults=self.config.rest.defaults)
         if self.capacity is not None:
-            await in_thread(self.capacity.check, params)
+            try:
+                await in_thread(self.capacity.check, params)
+            except InvalidArgument as e:
+                d = self.config.rest.defaults
+                if not (req.openai_api and (not req.size or req.seconds is None)):
+                    raise
+                raise InvalidArgument(f"{e.message}. This request left size or seconds to the server's defaults "
+                                      f"(rest.defaults: {d.size or 'the model default'}, {d.seconds:g} s): send a "
+                                      "smaller size or fewer seconds", field=e.field) from None
+        if req.image_ref is not None:
+            if req.image:
+                raise InvalidArgument("input_reference is not allowed twice: an uploaded file or an image_url, "
+                                      "not both", field="input_reference")
+            req = replace(req, image=await reference_image(req.image_ref, self.config.rest.fetch))
         if req.image and req.cameo_id:
             raise InvalidArgument("image and cameo_id cannot be combined: a cameo brings its own reference frame",
                                   field="image")
@@ -124,7 +149,7 @@ class VideoService:
         parent = await self._readable(principal, req.video_id, field="video_id")
         if parent.status != JobStatus.COMPLETED or parent.artifact is None:
             raise FailedPrecondition(f"video_id {req.video_id} is {parent.status.value}; only a completed video "
-                                     "can be remixed", field="video_id")
+                                     "can be remixed", field="video_id", reason=Reason.NOT_READY)
         strength = rq.remix_strength(req.strength, self.config.cameos.default_remix_strength)
         params = rq.validated(parent.generation.as_request(prompt=req.prompt, negative_prompt=None, seed=req.seed,
                                       enhance_prompt=req.enhance_prompt, two_stage=False), self.model)
@@ -258,8 +283,23 @@ class VideoService:
             await self.dispatcher.cancel(video_id)
         return job
 
-    async def delete(self, principal: Principal, video_id: str) -> Job:
-        await self.own(principal, video_id)
+    async def delete(self, principal: Principal, video_id: str, *, stop_active: bool = False) -> Job:
+        """Delete a finished video; with `stop_active` (OpenAI's DELETE) a queued or running one is cancelled
+        first and deleted once it has stopped (within a step), shielded from the caller going away."""
+        job = await self.own(principal, video_id)
+        if stop_active and not job.status.terminal:
+            return await asyncio.shield(self._stop_then_delete(principal, video_id))
+        return await self.delete_job(video_id)
+
+    async def _stop_then_delete(self, principal: Principal, video_id: str,
+                                wait_seconds: float = STOP_WAIT_SECONDS) -> Job:
+        job = await self.cancel(principal, video_id)
+        deadline = asyncio.get_running_loop().time() + wait_seconds
+        while not job.status.terminal:
+            if asyncio.get_running_loop().time() > deadline:
+                raise Unavailable(f"id {video_id} is still stopping; delete it again in a moment", field="id")
+            await asyncio.sleep(0.1)
+            job = await self.store.get(video_id)
         return await self.delete_job(video_id)
 
     async def delete_job(self, video_id: str) -> Job:
@@ -267,6 +307,9 @@ class VideoService:
         job = await self.store.delete(video_id)
         if job.artifact is not None:
             await self.artifacts.delete(job.artifact.key)
+            for variant, (_, ext, _) in VARIANTS.items():
+                if ext:
+                    await self.artifacts.delete(f"{job.artifact.key}.{variant}.{ext}")
         if job.conditioning.image_key and not job.conditioning.cameo_id:
             await self.artifacts.delete(job.conditioning.image_key)
         # Its dispatcher deleted its denoise checkpoint when it ended; this one covers a delete that failed there.
@@ -295,21 +338,42 @@ class VideoService:
         async for progress in follow(self.store, video_id, self.progress, poll_seconds):
             yield progress
 
-    async def download(self, principal: Principal, video_id: str) -> Download:
+    async def download(self, principal: Principal, video_id: str, variant: str = "video") -> Download:
+        """The MP4, or a still of it (`variant`: thumbnail, a WebP frame; spritesheet, a JPEG grid of frames),
+        made from the MP4 on first request and kept beside it."""
+        if variant not in VARIANTS:
+            raise InvalidArgument(f"variant={variant!r} is not allowed: one of {', '.join(VARIANTS)}",
+                                  field="variant")
         job = await self.get(principal, video_id)
         if job.review == Review.PENDING:
             raise FailedPrecondition(f"id {video_id} is held until the cameo owner approves it", field="id")
         if job.status != JobStatus.COMPLETED or job.artifact is None:
             raise FailedPrecondition(f"id {video_id} is {job.status.value}; it can be downloaded once completed",
-                                     field="id")
-        artifact = job.artifact
+                                     field="id", reason=Reason.NOT_READY)
+        artifact, filename = job.artifact, f"{job.id}.mp4"
+        if variant != "video":
+            artifact = await in_thread(self._still, artifact, variant)
+            filename = f"{job.id}.{variant}.{artifact.key.rsplit('.', 1)[-1]}"
         blocks = iter(self.artifacts.blocking.read_chunks(artifact.key, self.config.storage.download_chunk_bytes))
 
         async def chunks() -> AsyncIterator[bytes]:
             while (block := await in_thread(next, blocks, None)) is not None:
                 yield block
 
-        return Download(artifact=artifact, filename=f"{job.id}.mp4", chunks=chunks())
+        return Download(artifact=artifact, filename=filename, chunks=chunks())
+
+    def _still(self, video: Artifact, variant: str) -> Artifact:
+        """A still of `video` from the store, made and stored on first request (blocking)."""
+        make, ext, content_type = VARIANTS[variant]
+        key = f"{video.key}.{variant}.{ext}"
+        try:
+            path = self.artifacts.blocking.local_path(key)
+        except NotFound:
+            stored = self.artifacts.blocking.put_bytes(key, make(self.artifacts.blocking.local_path(video.key)))
+            return replace(stored, content_type=content_type)
+        data = path.read_bytes()
+        return Artifact(key=key, size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                        content_type=content_type)
 
 
 def _public_view(job: Job) -> Job:

@@ -40,9 +40,9 @@ def _params(**kw):
         (dict(audio_guidance_rescale=1.5), "audio_guidance_rescale", "[0, 1]"),
         (dict(prompt=""), "prompt", "not blank"),
         (dict(prompt="   "), "prompt", "not blank"),
-        (dict(prompt="x" * 2001), "prompt", "at most 2000 characters"),
+        (dict(prompt="x" * 32001), "prompt", "at most 32000 characters; this model reads its first 64 tokens"),
         (dict(prompt=123), "prompt", "a string"),
-        (dict(negative_prompt="y" * 2001), "negative_prompt", "at most 2000 characters"),
+        (dict(negative_prompt="y" * 32001), "negative_prompt", "at most 32000 characters"),
         (dict(enhance_prompt=True), "enhance_prompt", "this model has no prompt enhancer"),
         (dict(enhance_prompt="yes"), "enhance_prompt", "true or false"),
     ],
@@ -131,3 +131,24 @@ def test_the_frames_generated_follow_the_video_vaes_temporal_compression(tiny_co
     stored = params_to_dict(four)
     del stored["num_frames"]  # a job recorded before the field existed was generated with LTX-2's layout
     assert params_from_dict(stored).num_frames == 17
+
+
+def test_a_delivered_size_is_a_centre_crop_or_a_scale_of_the_generated_one(tiny_config):
+    import numpy as np
+
+    from engines.decoder import fit_frames
+
+    crop = GenerationRequest(prompt="x", width=736, height=1280, output_width=720, output_height=1280)
+    p = crop.validated(tiny_config)
+    assert (p.size, p.delivered_size, p.fit) == ("736x1280", "720x1280", "crop")
+    scaled = GenerationRequest(prompt="x", width=64, height=64, output_width=32, output_height=48)
+    scaled = scaled.validated(tiny_config)
+    assert scaled.fit == "scale"
+    assert GenerationRequest(prompt="x", width=64, height=64).validated(tiny_config).fit is None
+    frames = np.zeros((2, 1280, 736, 3), np.uint8)
+    frames[:, :, 8:728] = 200  # the centre 720 columns
+    out = fit_frames(frames, 720, 1280)
+    assert out.shape == (2, 1280, 720, 3) and (out == 200).all()  # cropped evenly from both sides
+    assert fit_frames(np.zeros((1, 64, 64, 3), np.uint8), 32, 48).shape == (1, 48, 32, 3)
+    with pytest.raises(InvalidParameter, match="even sides"):
+        GenerationRequest(prompt="x", width=64, height=64, output_width=33, output_height=48).validated(tiny_config)

@@ -20,8 +20,8 @@ CREATE_CASES = [
     # (id, request, code, field named in the message)
     ("empty prompt", C(prompt=""), INVALID, "prompt"),
     ("blank prompt", C(prompt="   \n"), INVALID, "prompt"),
-    ("prompt too long", C(prompt="x" * 2001), INVALID, "prompt"),
-    ("negative prompt too long", C(prompt="ok", negative_prompt="y" * 2001), INVALID, "negative_prompt"),
+    ("prompt too long", C(prompt="x" * 32001), INVALID, "prompt"),
+    ("negative prompt too long", C(prompt="ok", negative_prompt="y" * 32001), INVALID, "negative_prompt"),
     ("size not WxH", C(prompt="ok", size="big"), INVALID, "size"),
     ("size one number", C(prompt="ok", size="256"), INVALID, "size"),
     ("size not multiple of 32", C(prompt="ok", size="100x64"), INVALID, "size"),

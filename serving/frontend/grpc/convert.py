@@ -97,7 +97,7 @@ def video(job: Job) -> pb.Video:
     p = job.generation
     msg = pb.Video(
         id=job.id, status=STATUS_TO_PB.get(job.status, pb.VIDEO_STATUS_UNSPECIFIED), progress=job.progress,
-        model=job.model, size=p.size, seconds=p.seconds, fps=_fps(p.fps), seed=p.seed, steps=p.steps,
+        model=job.model, size=p.delivered_size, seconds=p.seconds, fps=_fps(p.fps), seed=p.seed, steps=p.steps,
         prompt=p.prompt, negative_prompt=p.negative_prompt or "",
         priority=job.priority, created_at=_ts(job.created_at), started_at=_ts(job.started_at),
         completed_at=_ts(job.completed_at), stage=STAGE_TO_PB[job.stage], step=job.step,
@@ -138,7 +138,7 @@ def event(p: Progress) -> pb.VideoEvent:
 def public_video(job: Job) -> pb.PublicVideo:
     """What the public feed shows: the video, nothing of its owner (no tenant, user or seed)."""
     p = job.generation
-    return pb.PublicVideo(id=job.id, prompt=p.prompt, size=p.size, seconds=p.seconds, fps=_fps(p.fps),
+    return pb.PublicVideo(id=job.id, prompt=p.prompt, size=p.delivered_size, seconds=p.seconds, fps=_fps(p.fps),
                           created_at=_ts(job.created_at),
                           parent_id=job.conditioning.parent_id or "",
                           size_bytes=job.artifact.size_bytes if job.artifact else 0)

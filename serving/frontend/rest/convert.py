@@ -30,13 +30,30 @@ def video(job: Job) -> dict[str, Any]:
         "prompt": p.prompt,
         "remixed_from_video_id": job.conditioning.parent_id,
         "seconds": _seconds(p.seconds),
-        "size": p.size,
+        "size": p.delivered_size,
+        # Kino's extras: the size the model generated, and how it became `size` (null, "crop" or "scale").
+        "generated_size": p.size,
+        "size_fit": p.fit,
         "status": _STATUS.get(job.status, "failed"),
         "error": None,
     }
     if job.error_code:
         out["error"] = {"code": job.error_code, "message": job.error_message or ""}
     return out
+
+
+POLL_AFTER_MS = (500, 10_000)  # bounds of the openai-poll-after-ms hint
+
+
+def poll_after_ms(job: Job) -> int | None:
+    """When a client polling a queued or running video should ask again (the `openai-poll-after-ms` header):
+    a quarter of the job's ETA, within POLL_AFTER_MS; a second while no ETA is known; None once it is done."""
+    if job.status not in (JobStatus.QUEUED, JobStatus.IN_PROGRESS):
+        return None
+    lo, hi = POLL_AFTER_MS
+    if job.eta_seconds is None:
+        return 1000
+    return int(min(hi, max(lo, job.eta_seconds * 1000 / 4)))
 
 
 def page(p: Page) -> dict[str, Any]:
