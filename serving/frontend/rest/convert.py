@@ -34,6 +34,8 @@ def video(job: Job) -> dict[str, Any]:
         # Kino's extras: the size the model generated, and how it became `size` (null, "crop" or "scale").
         "generated_size": p.size,
         "size_fit": p.fit,
+        # and the step its last attempt resumed at from its denoise checkpoint (null: it started at step 0).
+        "resumed_from_step": job.resumed_from_step,
         "status": _STATUS.get(job.status, "failed"),
         "error": None,
     }

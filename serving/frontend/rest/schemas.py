@@ -74,6 +74,7 @@ class Video(BaseModel):
     error: VideoError | None
     generated_size: str
     size_fit: Literal["crop", "scale"] | None
+    resumed_from_step: int | None
 
 
 class VideoList(BaseModel):
