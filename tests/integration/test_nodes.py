@@ -67,9 +67,9 @@ def test_the_dit_node_lost_mid_denoise_costs_no_job(nodes_run):
     assert report["dit_mid_denoise"], "the DiT node was removed only after the jobs had left it"
     loss = report["dit_loss"]
     assert (loss["completed"], loss["lost"], loss["finished_twice"]) == (3, 0, 0), loss
-    assert loss["retried"] >= 1, loss  # the loss hit a running job, which went through the stages again
+    assert loss["retried"] >= 1, loss["retries"]  # the loss hit a running job, which went through the stages again
     # ... from its checkpoint (the object store's): fewer steps computed than twice the work.
-    assert loss["resumed"] >= 1 and loss["steps_run"] < loss["steps_needed"] + 12 * loss["retried"], loss
+    assert loss["resumed"] >= 1 and loss["steps_run"] < loss["steps_needed"] * 1.5, loss
 
 
 def test_the_decoder_node_lost_mid_decode_costs_no_job(nodes_run):
