@@ -38,18 +38,10 @@ from engines.errors import OutOfMemory
 from engines.model_loader import DENOISER_PARTS, Components, ComponentSource
 from engines.params import GenerationParams
 from engines.runtime import configure_threads
-from engines.stage_io import DenoisedLatents, LatentGeometry, LatentShape, PromptEmbedding, VideoConditioning
+from engines.stage_io import DenoisedLatents, DenoiseRequest, LatentGeometry, LatentShape
 from engines.step_cache import CachePolicy, FirstBlockCache, RowGroup, StepCacheState, check_block_arguments
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DenoiseRequest:
-    request_id: str
-    params: GenerationParams  # validated
-    embedding: PromptEmbedding
-    conditioning: VideoConditioning | None = None
 
 
 @dataclass

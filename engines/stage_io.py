@@ -116,3 +116,13 @@ class VideoConditioning:
     latents: np.ndarray  # first_frame: [h*w, C]; source_video, refine: [frames*h*w, C]
     strength: float = 1.0
     audio: np.ndarray | None = None  # refine: the stage-1 audio latents [audio tokens, C_a]
+
+
+@dataclass(frozen=True)
+class DenoiseRequest:
+    """What the Denoiser stage is asked: one request's validated parameters, prompt embedding and conditioning."""
+
+    request_id: str
+    params: GenerationParams  # validated
+    embedding: PromptEmbedding
+    conditioning: VideoConditioning | None = None

@@ -35,7 +35,7 @@ from serving.errors import FailedPrecondition
 from serving.jobs import Job
 from serving.metrics import NoMetrics
 from serving.migrations import upgrade
-from serving.services import DomainServices, open_denoise_loop, open_dispatcher
+from serving.services import DomainServices, open_denoise_loop, open_dispatcher, open_renderer
 from serving.videos import CreateVideo, DispatcherLink
 
 if TYPE_CHECKING:
@@ -66,10 +66,7 @@ class LocalEngine:
     def __init__(self, cfg: KinoConfig, pipeline: StagedPipeline, *, decoder: Decoder | None = None) -> None:
         """`pipeline`: the loaded engines (its DiT backend over several ranks where model.parallel says so);
         `decoder`: one whose VAE runs over those ranks (else the pipeline's)."""
-        from serving.artifacts import open_artifact_store
         from serving.data_plane.local_stages import LocalStages
-        from serving.data_plane.rendering import Renderer
-        from serving.provenance.credentials import ContentCredentials
 
         self.cfg = cfg
         self._loop = asyncio.new_event_loop()
@@ -79,9 +76,7 @@ class LocalEngine:
         self.denoise_loop = open_denoise_loop(cfg, metrics, engine=pipeline.denoiser)
         self.services = DomainServices.open(cfg, link, metrics, progress=self.hub,
                                             denoise_budget=lambda: self.denoise_loop.max_tokens)
-        artifacts = open_artifact_store(cfg.storage)
-        renderer = Renderer(decoder or pipeline.decoder, pipeline.media, artifacts,
-                            ContentCredentials(cfg.provenance), cfg.provenance.watermark)
+        renderer = open_renderer(cfg, decoder or pipeline.decoder, pipeline.media)
         self.stages: LocalStages = LocalStages(pipeline, renderer, loop=self.denoise_loop)
         self.dispatcher = open_dispatcher(cfg, self.stages, metrics, progress=self.hub)
         link.dispatcher = self.dispatcher

@@ -36,8 +36,11 @@ from serving.videos import DispatcherLink, VideoService
 from serving.videos.capacity import DenoiseCapacity
 
 if TYPE_CHECKING:
+    from engines.decoder import Decoder
     from engines.denoiser import Denoiser
+    from engines.media_encoder import MediaEncoder
     from engines.parallel.world import EngineLead
+    from serving.data_plane.rendering import Renderer
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +95,23 @@ def open_denoise_loop(cfg: KinoConfig, metrics: Metrics, lead: Callable[[], Engi
                               max_tokens=max_tokens)
     return DenoiseLoop(engine, scheduler, metrics, BatchMeasure(b.measure_batches, b.measure_seconds, b.min_gain),
                        checkpoints=open_artifact_store(cfg.storage) if cfg.checkpoints.enabled else None)
+
+
+def open_renderer(cfg: KinoConfig, decoder: Decoder | None = None, media: MediaEncoder | None = None) -> Renderer:
+    """The Decoder stage: latents -> the marked, signed MP4 in the artifact store. `decoder` and `media`: engines
+    already loaded (`kino run`'s); by default a Decoder replica's, the encoder side sharing the decoder's VAE."""
+    from engines.decoder import Decoder
+    from engines.media_encoder import MediaEncoder
+    from engines.model_loader import Components, ComponentSource
+    from serving.data_plane.rendering import Renderer
+    from serving.provenance.credentials import ContentCredentials
+
+    if decoder is None or media is None:
+        geometry = ComponentSource(cfg.model).geometry()
+        decoder = decoder or Decoder(cfg.model, geometry=geometry)
+        media = MediaEncoder(cfg.model, components=Components(vae=decoder.vae), geometry=geometry)
+    return Renderer(decoder, media, open_artifact_store(cfg.storage), ContentCredentials(cfg.provenance),
+                    cfg.provenance.watermark)
 
 
 def open_dispatcher(cfg: KinoConfig, stages: StageClient, metrics: Metrics, progress: ProgressSink | None = None,

@@ -171,6 +171,24 @@ asyncio.run(main())
     assert loaded.stdout.split(maxsplit=1)[1].strip() == "[]", f"a Frontend loads {loaded.stdout.strip()}"
 
 
+def test_building_the_app_loads_no_model_libraries():
+    """Serve builds the app (serving/app.py) in a process of its own at every deploy and upgrade, and the
+    Frontend, Dispatcher and ProgressHub replicas import their deployment's module: the model libraries load
+    only in the replicas that run a model, when they start."""
+    import subprocess
+    import sys
+
+    probe = """
+import sys
+from serving.app import build_app
+build_app({"config": {}})
+print(sorted(m for m in ("torch", "diffusers", "transformers", "accelerate") if m in sys.modules))
+"""
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.strip() == "[]", f"building the app loads {loaded.stdout.strip()}"
+
+
 def test_no_replica_outside_the_head_group_opens_the_job_database(tmp_path, monkeypatch):
     """Worker nodes (text encoder, DiT, decoder pools) never touch the control plane's state: their replicas start,
     serve and report their autoscaling figures with the database refused (`KINO_NODE_GROUP`, as the chart and

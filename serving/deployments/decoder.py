@@ -8,35 +8,29 @@ through the object store.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray import serve
 
-from engines.decoder import Decoder
-from engines.media_encoder import MediaEncoder
-from engines.model_loader import Components, ComponentSource
-from engines.params import GenerationParams
-from engines.stage_io import VideoConditioning
-from engines.upsampler import LatentUpsampler
-from serving.artifacts import Artifact, open_artifact_store
+from serving.artifacts import Artifact
 from serving.config import load_config
-from serving.data_plane.rendering import Renderer
 from serving.on_ray.metrics import RayMetrics
 from serving.provenance.claim import Claim
-from serving.provenance.credentials import ContentCredentials
+from serving.services import open_renderer
+
+if TYPE_CHECKING:
+    from engines.params import GenerationParams
+    from engines.stage_io import VideoConditioning
 
 
 @serve.deployment(name="Decoder")
 class DecoderDeployment:
     def __init__(self, config: dict[str, Any]) -> None:
+        from engines.upsampler import LatentUpsampler  # model libraries load in the replica, not at the app's build
+
         cfg = load_config(config)
-        geometry = ComponentSource(cfg.model).geometry()
-        decoder = Decoder(cfg.model, geometry=geometry)
-        # The encoder side of the same VAE module: no second copy of the weights.
-        media = MediaEncoder(cfg.model, components=Components(vae=decoder.vae), geometry=geometry)
-        self.renderer = Renderer(decoder, media, open_artifact_store(cfg.storage),
-                                 ContentCredentials(cfg.provenance), cfg.provenance.watermark)
-        self.upsampler = LatentUpsampler.beside(decoder, cfg.model)
+        self.renderer = open_renderer(cfg)
+        self.upsampler = LatentUpsampler.beside(self.renderer.decoder, cfg.model)
         self.metrics = RayMetrics()
         # One video at a time (the replica's thread budget is its engine's; several at once split the cores and
         # starve a Denoiser on the same node): the others wait here in order, counted by autoscaling.

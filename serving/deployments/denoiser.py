@@ -1,31 +1,31 @@
 """Denoiser deployment: one `DenoiseLoop` per replica (serving/data_plane/denoise_loop.py); this file is transport.
-
-A call streams the loop's items in their wire form (serving/on_ray/stages.py `to_wire`): the latents go as
-an item of their own, which the caller hands to the Decoder by reference without fetching it.
-"""
+A call streams the loop's items in their wire form (serving/on_ray/stages.py `to_wire`): the latents go as an
+item of their own, which the caller hands to the Decoder by reference without fetching it."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from engines.denoiser import DenoiseRequest
-from engines.params import GenerationParams
-from engines.stage_io import PromptEmbedding, VideoConditioning
+from engines.stage_io import DenoiseRequest
 from serving.config import load_config
 from serving.data_plane.stages import Checkpointing
 from serving.on_ray.metrics import RayMetrics
-from serving.on_ray.parallel import RayRanks
 from serving.on_ray.stages import to_wire
 from serving.services import denoise_figures, open_denoise_loop
+
+if TYPE_CHECKING:
+    from engines.params import GenerationParams
+    from engines.stage_io import PromptEmbedding, VideoConditioning
 
 
 @serve.deployment(name="Denoiser")
 class DenoiserDeployment:
     def __init__(self, config: dict[str, Any], hub: DeploymentHandle) -> None:
+        from serving.on_ray.parallel import RayRanks  # model libraries load in the replica, not at the app's build
         cfg = self.cfg = load_config(config)
         # model.parallel: this replica is rank 0 of an engine whose followers it places (serving/on_ray/parallel.py)
         self.ranks = RayRanks(cfg.model) if cfg.model.parallel.world_size > 1 else None
@@ -55,6 +55,5 @@ class DenoiserDeployment:
         return self.loop.max_tokens
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
-        """For the backlog autoscaling policy (serving/on_ray/autoscaling.py): this replica's figures and the
-        job store's backlog as the head reads it."""
+        """For the backlog policy (serving/on_ray/autoscaling.py): this replica's figures, the head's backlog."""
         return {**denoise_figures(self.cfg, self.loop), **await self.hub.backlog.remote()}

@@ -4,20 +4,24 @@ hosts the optional prompt enhancer (by default the same Gemma model; or a vLLM c
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray import serve
 
-from engines.model_loader import TEXT_ENCODER_PARTS, load_components
-from engines.prompt_enhancer import PromptEnhancer, create_enhancer
-from engines.stage_io import PromptEmbedding, PromptPair
-from engines.text_encoder import TextEncoder
 from serving.config import load_config
+
+if TYPE_CHECKING:
+    from engines.prompt_enhancer import PromptEnhancer
+    from engines.stage_io import PromptEmbedding, PromptPair
 
 
 @serve.deployment(name="TextEncoder")
 class TextEncoderDeployment:
     def __init__(self, config: dict[str, Any]) -> None:
+        from engines.model_loader import TEXT_ENCODER_PARTS, load_components  # in the replica, not at the app's build
+        from engines.prompt_enhancer import create_enhancer
+        from engines.text_encoder import TextEncoder
+
         model = load_config(config).model
         components = load_components(model, TEXT_ENCODER_PARTS)
         self.engine = TextEncoder(model, components)

@@ -37,9 +37,10 @@ def _all_complete(stub, ids: list[str]) -> None:
     assert set(ids) <= listed
 
 
-def _scaling_config(state_dir, port: int, denoiser: dict) -> dict:
+def _scaling_config(state_dir, port: int, rest_port: int, denoiser: dict) -> dict:
+    # The same ports every time: a changed one would be a new app config, and Serve would replace every replica.
     return local_serve_config(
-        state_dir=state_dir, grpc_port=port, app_name=APP,
+        state_dir=state_dir, grpc_port=port, rest_port=rest_port, app_name=APP,
         overrides={"queue": {"lease_seconds": 3, "heartbeat_seconds": 1},
                    "batching": {"max_batch_size": 1, "max_running": 2, "measure_batches": False},
                    "autoscaling": {"drain_seconds": 1}},
@@ -49,14 +50,15 @@ def _scaling_config(state_dir, port: int, denoiser: dict) -> dict:
 @pytest.fixture(scope="module")
 def scaling_app(cluster, tmp_path_factory):
     """A second Kino app on the shared cluster whose Denoiser pool scales 1..2 on the backlog, fast."""
-    port, state = free_port(), tmp_path_factory.mktemp("scaling")
+    port, rest_port, state = free_port(), free_port(), tmp_path_factory.mktemp("scaling")
     autoscaling = {"min_replicas": 1, "max_replicas": 2, "upscale_delay_s": 0, "downscale_delay_s": 3,
                    "metrics_interval_s": 0.5, "look_back_period_s": 1,
                    "policy": {"policy_function": "serving.on_ray.autoscaling:scale_on_backlog"}}
-    cluster.deploy(_scaling_config(state, port, {"autoscaling_config": autoscaling}))
+    cluster.deploy(_scaling_config(state, port, rest_port, {"autoscaling_config": autoscaling}))
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     grpc.channel_ready_future(channel).result(timeout=30)
-    yield {"stub": pb_grpc.VideoServiceStub(channel), "state": state, "port": port, "cluster": cluster}
+    yield {"stub": pb_grpc.VideoServiceStub(channel), "cluster": cluster,
+           "config": lambda denoiser: _scaling_config(state, port, rest_port, denoiser)}
     channel.close()
     cluster.delete(APP)
 
@@ -83,11 +85,11 @@ def test_a_dispatcher_replica_killed_under_load_loses_nothing(scaling_app):
 
 def test_a_downscale_under_load_finishes_or_hands_back_everything(scaling_app):
     stub, cluster = scaling_app["stub"], scaling_app["cluster"]
-    cluster.deploy(_scaling_config(scaling_app["state"], scaling_app["port"], {"num_replicas": 2}))
+    cluster.deploy(scaling_app["config"]({"num_replicas": 2}))
     wait_for(lambda: len(_replicas("Denoiser", APP)) == 2, timeout=90, every=0.5)
-    ids = _submit(stub, 6, steps=60, tag="downscale")
+    ids = _submit(stub, 4, steps=24, tag="downscale")  # two running on each replica
     wait_for(lambda: sum(stub.GetVideo(pb.GetVideoRequest(id=i)).step >= 2 for i in ids) >= 2, timeout=120)
     started = time.monotonic()
-    cluster.deploy(_scaling_config(scaling_app["state"], scaling_app["port"], {"num_replicas": 1}))
+    cluster.deploy(scaling_app["config"]({"num_replicas": 1}))
     _all_complete(stub, ids)
     assert len(_replicas("Denoiser", APP)) == 1 and time.monotonic() - started < 300
