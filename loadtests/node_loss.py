@@ -59,7 +59,7 @@ class Run:
 
 
 def start(state: Path, serve_config: Path, *, object_store: dict[str, Any] | None = None,
-          num_cpus: int = 2, checkpoints: bool = True) -> LocalCluster:
+          num_cpus: int = 2, checkpoints: bool = True, checkpoint_seconds: float = 2.0) -> LocalCluster:
     """A head plus a node per worker group, Kino deployed from `serve_config` with local ports and paths (and
     keys not required: the chart requires them)."""
     from serving.on_ray.cluster import start_local_cluster
@@ -68,7 +68,7 @@ def start(state: Path, serve_config: Path, *, object_store: dict[str, Any] | Non
     overrides = {"auth": {"required": False}, "queue": {"lease_seconds": 3, "heartbeat_seconds": 1},
                  "batching": {"measure_batches": False}, "storage": storage,
                  # A checkpoint every 2 s of a job's denoising (the default's 30 s is sized for GPU steps).
-                 "checkpoints": {"enabled": checkpoints, "every_seconds": 2.0},
+                 "checkpoints": {"enabled": checkpoints, "every_seconds": checkpoint_seconds},
                  "model": {"tensorrt": {"engine_cache_dir": str(state / "engines")}}}
     return start_local_cluster(state_dir=state, serve_config=serve_config, overrides=overrides, nodes=True,
                                num_cpus=num_cpus, deploy_timeout_s=600)
@@ -156,7 +156,7 @@ def checks(cluster: LocalCluster, out: Path) -> dict[str, Any]:
 
         # The DiT node lost mid-denoise (steps of ~0.25 s: the loss lands while the jobs denoise), a fresh one added.
         ids = submit(client, 2, size="512x512", steps=40, tag="dit")
-        # Once its first checkpoint (every 2 s of denoising) is recorded, and while it still denoises.
+        # Once its first checkpoint (every 0.5 s of denoising) is recorded, and while it still denoises.
         report["dit_mid_denoise"] = wait_for_checkpoint(cluster, ids[0])
         cluster.nodes.replace("dit")
         report["dit_loss"] = asdict(outcome(cluster, ids))
@@ -232,7 +232,9 @@ def main() -> None:
             object_store = stack.enter_context(seaweedfs(base / "seaweedfs", bucket="kino-videos")).storage_settings()
         stack.callback(shutil.rmtree, base, ignore_errors=True)
         cluster = start(base / "state", args.serve_config, object_store=object_store, num_cpus=args.cpus,
-                        checkpoints=args.checkpoints == "on")
+                        checkpoints=args.checkpoints == "on",
+                        # The checks' jobs are short: a checkpoint every half second lands well before their end.
+                        checkpoint_seconds=0.5 if args.checks else 2.0)
         stack.callback(cluster.shutdown)
         if args.checks:
             out = args.out or base / "out"

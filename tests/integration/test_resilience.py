@@ -74,7 +74,8 @@ def small_queue_app(cluster, tmp_path_factory):
     name = "kino-small-queue"
     cfg = local_serve_config(state_dir=tmp_path_factory.mktemp("small-queue"), grpc_port=port, app_name=name,
                              overrides={"queue": {"max_queued": 4, "max_in_flight": 1},
-                                        "batching": {"max_batch_size": 1, "max_running": 8}})
+                                        "batching": {"max_batch_size": 1, "max_running": 8}},
+                             deployments={"Dispatcher": {"num_replicas": 1}})
     cluster.deploy(cfg)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     grpc.channel_ready_future(channel).result(timeout=30)

@@ -20,17 +20,27 @@ from tests.integration.conftest import wait_done, wait_for
 KINO = [sys.executable, "-m", "kino.cli.main"]
 
 
-def _serve(port: int, state: Path, log: Path, env: dict) -> tuple[subprocess.Popen, str]:
-    ray_tmp = tempfile.mkdtemp(prefix="kr-")
-    addr_file = state.parent / f"addr-{port}-{time.monotonic_ns()}"
-    proc = subprocess.Popen(
-        KINO + ["serve", "--grpc-port", str(port), "--rest-port", "0", "--state-dir", str(state),
-                "--address-file", str(addr_file),
-                "--ray-temp-dir", ray_tmp],
-        stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    wait_for(lambda: addr_file.exists() or proc.poll() is not None, timeout=180, every=0.5)
-    assert proc.poll() is None, log.read_text()[-3000:]
-    return proc, ray_tmp
+def _serve(*servers: tuple[int, Path, Path, dict]) -> list[tuple[subprocess.Popen, str]]:
+    """Start `kino serve` for each (port, state dir, log, environment), all at once; wait until each serves."""
+    started = []
+    for port, state, log, env in servers:
+        ray_tmp = tempfile.mkdtemp(prefix="kr-")
+        addr_file = state.parent / f"addr-{port}-{time.monotonic_ns()}"
+        proc = subprocess.Popen(
+            KINO + ["serve", "--grpc-port", str(port), "--rest-port", "0", "--state-dir", str(state),
+                    "--address-file", str(addr_file),
+                    "--ray-temp-dir", ray_tmp],
+            stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        started.append((proc, ray_tmp, addr_file, log))
+    try:
+        for proc, _, addr_file, log in started:
+            wait_for(lambda: addr_file.exists() or proc.poll() is not None, timeout=240, every=0.5)  # noqa: B023
+            assert proc.poll() is None, log.read_text()[-3000:]
+    except BaseException:
+        for proc, ray_tmp, _, _ in started:
+            _kill_group(proc, ray_tmp)
+        raise
+    return [(proc, ray_tmp) for proc, ray_tmp, _, _ in started]
 
 
 def _processes_of(ray_tmp: str) -> list[int]:
@@ -53,7 +63,7 @@ def _kill_group(proc: subprocess.Popen, ray_tmp: str) -> None:
 def test_kill_9_then_restart_resumes_every_job_once(tmp_path):
     state, log, port = tmp_path / "state", tmp_path / "serve.log", free_port()
     env = {**os.environ, "KINO_QUEUE__MAX_IN_FLIGHT": "1"}  # one job runs, the rest stay queued
-    proc, ray_tmp = _serve(port, state, log, env)
+    [(proc, ray_tmp)] = _serve((port, state, log, env))
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     stub = pb_grpc.VideoServiceStub(channel)
     try:
@@ -76,7 +86,7 @@ def test_kill_9_then_restart_resumes_every_job_once(tmp_path):
         _kill_group(proc, ray_tmp)
         channel.close()
 
-        proc, ray_tmp = _serve(port, state, log, env)
+        [(proc, ray_tmp)] = _serve((port, state, log, env))
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         stub = pb_grpc.VideoServiceStub(channel)
         for i in ids:
@@ -109,11 +119,12 @@ def test_an_upgrade_two_clusters_on_one_database_then_the_old_one_killed_loses_n
     env = {**os.environ, "KINO_QUEUE__LEASE_SECONDS": str(lease), "KINO_QUEUE__HEARTBEAT_SECONDS": str(heartbeat),
            "KINO_QUEUE__MAX_IN_FLIGHT": "2"}
     old_port, new_port = free_port(), free_port()
-    old, old_tmp = _serve(old_port, state, tmp_path / "old.log", env)
-    new = new_tmp = None
+    # The old cluster and the new one beside it, on the same database (started together: the test is about what
+    # happens once both run).
+    (old, old_tmp), (new, new_tmp) = _serve((old_port, state, tmp_path / "old.log", env),
+                                            (new_port, state, tmp_path / "new.log", env))
     channels = []
     try:
-        new, new_tmp = _serve(new_port, state, tmp_path / "new.log", env)  # the new cluster, same database
         channels.append(grpc.insecure_channel(f"127.0.0.1:{old_port}"))
         old_stub = pb_grpc.VideoServiceStub(channels[-1])
         channels.append(grpc.insecure_channel(f"127.0.0.1:{new_port}"))
@@ -150,8 +161,7 @@ def test_an_upgrade_two_clusters_on_one_database_then_the_old_one_killed_loses_n
         for ch in channels:
             ch.close()
         _kill_group(old, old_tmp)
-        if new is not None:
-            _kill_group(new, new_tmp)  # cleanup: a graceful stop is not what this test is about
+        _kill_group(new, new_tmp)  # cleanup: a graceful stop is not what this test is about
 
 
 def _dispatcher_pids(server: subprocess.Popen) -> list[int]:

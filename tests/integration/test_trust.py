@@ -70,7 +70,8 @@ def trust(cluster, tmp_path_factory):
     port = free_port()
     cluster.deploy(local_serve_config(state_dir=state, grpc_port=port, app_name="kino-trust",
                                       overrides={"auth": {"required": True},
-                                                 "queue": {"max_in_flight": 1, "max_attempts": 2}}))
+                                                 "queue": {"max_in_flight": 1, "max_attempts": 2}},
+                                      deployments={"Dispatcher": {"num_replicas": 1}}))
     accounts = AccountStore(Database(f"sqlite:///{state / 'jobs.db'}"))
     keys = {}
     for tenant, priority, quota in (("alice", 5, Quota()), ("bob", 5, Quota()), ("low", 1, Quota()),
