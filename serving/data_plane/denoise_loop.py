@@ -34,6 +34,7 @@ where requests x steps per second stop rising by `min_gain`; on a compute-bound 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -96,6 +97,7 @@ class _Running:
     checkpointing: Checkpointing | None = None
     checkpointed_at: float = field(default_factory=time.monotonic)  # when its last checkpoint was taken
     writing: asyncio.Task | None = None  # its checkpoint being written
+    removed: bool = False  # its caller has gone: no checkpoint is written for it any more
 
 
 def tokens_of(state: DenoiseState) -> int:
@@ -131,7 +133,13 @@ class DenoiseLoop:
             async for item in self.stream(request.request_id):
                 yield item
         finally:
+            running = self._requests.get(request.request_id)
             self.remove(request.request_id)
+            if running is not None and running.writing is not None and not running.writing.done():
+                # A checkpoint write in flight lands before the stream ends: the caller, once it has closed the
+                # stream, may delete the checkpoint (a job that ended), and no write may come after.
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(running.writing)
 
     def add(self, request: DenoiseRequest, priority: int, checkpointing: Checkpointing | None = None, *,
             hold: bool = False) -> None:
@@ -197,7 +205,9 @@ class DenoiseLoop:
 
     def remove(self, request_id: str) -> None:
         self.scheduler.remove(request_id)
-        self._requests.pop(request_id, None)
+        running = self._requests.pop(request_id, None)
+        if running is not None:
+            running.removed = True
 
     def __contains__(self, request_id: str) -> bool:
         return request_id in self._requests
@@ -323,6 +333,8 @@ class DenoiseLoop:
         async def write() -> None:
             if previous is not None:
                 await asyncio.gather(previous, return_exceptions=True)
+            if running.removed:
+                return
             try:
                 await asyncio.to_thread(store.put_bytes, key, data)
                 running.inbox.put_nowait(Checkpointed(step))

@@ -10,6 +10,7 @@ the line `kino run` prints.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
@@ -84,10 +85,11 @@ class LocalStages(StageClient):
         stage = "denoise 2" if request_id.endswith(".2") else "denoise 1"  # attempt_id's stage suffix
         started = time.perf_counter()
         # In one process the latents are their own handle.
-        async for item in self.loop.denoise(request, priority, checkpointing):
-            if isinstance(item, Denoised):
-                self._seconds[job_of(request_id)][stage] += time.perf_counter() - started
-            yield item
+        async with contextlib.aclosing(self.loop.denoise(request, priority, checkpointing)) as items:
+            async for item in items:  # closed with this stream: the loop frees the slot before the caller goes on
+                if isinstance(item, Denoised):
+                    self._seconds[job_of(request_id)][stage] += time.perf_counter() - started
+                yield item
 
     def upsample(self, job_id: str, latents: Any) -> Any:
         return asyncio.ensure_future(in_thread(self._timed(job_id, "upsample", self.pipeline.upsampler.upsample,

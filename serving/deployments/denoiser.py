@@ -4,6 +4,7 @@ item of their own, which the caller hands to the Decoder by reference without fe
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -27,17 +28,17 @@ class DenoiserDeployment:
     def __init__(self, config: dict[str, Any], hub: DeploymentHandle) -> None:
         from serving.on_ray.parallel import RayRanks  # model libraries load in the replica, not at the app's build
         cfg = self.cfg = load_config(config)
-        # model.parallel: this replica is rank 0 of an engine whose followers it places (serving/on_ray/parallel.py)
-        self.ranks = RayRanks(cfg.model) if cfg.model.parallel.world_size > 1 else None
+        self.ranks = RayRanks(cfg.model) if cfg.model.parallel.world_size > 1 else None  # rank 0 of model.parallel
         self.loop = open_denoise_loop(cfg, RayMetrics(), lead=self.ranks.lead if self.ranks else None)
         self.hub = hub  # on the head: the job store's backlog comes from there (this node never opens the database)
 
     async def denoise(self, request_id: str, params: GenerationParams, embedding: PromptEmbedding,
                       priority: int, conditioning: VideoConditioning | None = None,
                       checkpointing: Checkpointing | None = None) -> AsyncIterator[Any]:
-        request = DenoiseRequest(request_id, params, embedding, conditioning)
-        async for item in to_wire(self.loop.denoise(request, priority, checkpointing)):
-            yield item
+        async with contextlib.aclosing(to_wire(self.loop.denoise(
+                DenoiseRequest(request_id, params, embedding, conditioning), priority, checkpointing))) as items:
+            async for item in items:
+                yield item
 
     def check_health(self) -> None:
         self.loop.check()

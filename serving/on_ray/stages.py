@@ -10,6 +10,7 @@ before a call; nested in a list it arrives as a reference, and the Decoder fetch
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -43,13 +44,14 @@ LATENTS_FOLLOW = LatentsFollow()
 
 
 async def to_wire(items: AsyncIterator[DenoiseItem]) -> AsyncIterator[Any]:
-    """A Denoiser replica's stream as it goes on the wire (see above)."""
-    async for item in items:
-        if isinstance(item, Denoised):
-            yield LATENTS_FOLLOW
-            yield item.latents
-        else:
-            yield item
+    """A Denoiser replica's stream as it goes on the wire (see above); closing it closes `items` at once."""
+    async with contextlib.aclosing(items):
+        async for item in items:
+            if isinstance(item, Denoised):
+                yield LATENTS_FOLLOW
+                yield item.latents
+            else:
+                yield item
 
 
 def _is_unavailable(exc: BaseException) -> bool:

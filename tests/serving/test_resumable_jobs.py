@@ -5,6 +5,7 @@ checkpointed, and a job's checkpoint goes when it ends (completed, cancelled, de
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import av
 import numpy as np
@@ -46,16 +47,19 @@ class LosesItsDenoiser(KeepsLatents):
         self.lost_after, self.losses, self.seen = lost_after, 1, 0
 
     async def denoise(self, request_id, params, embedding, priority, conditioning=None, checkpointing=None):
-        async for item in super().denoise(request_id, params, embedding, priority, conditioning, checkpointing):
-            yield item
-            if not self.losses:
-                continue
-            if isinstance(item, DenoiseEvent):
-                self.seen = item.step
-            at = item.step if isinstance(item, Checkpointed) or checkpointing is None else -1
-            if at >= self.lost_after:
-                self.losses -= 1
-                raise StageUnavailable("denoiser: NodeDiedError (injected)")
+        # Closed when the loss is raised: a lost node's loop steps and writes no more.
+        async with contextlib.aclosing(super().denoise(request_id, params, embedding, priority, conditioning,
+                                                       checkpointing)) as items:
+            async for item in items:
+                yield item
+                if not self.losses:
+                    continue
+                if isinstance(item, DenoiseEvent):
+                    self.seen = item.step
+                at = item.step if isinstance(item, Checkpointed) or checkpointing is None else -1
+                if at >= self.lost_after:
+                    self.losses -= 1
+                    raise StageUnavailable("denoiser: NodeDiedError (injected)")
 
 
 def _stages(staged, artifacts, tmp_path, cls=InProcessStages, **kw):
@@ -88,9 +92,10 @@ def test_a_denoiser_lost_mid_job_resumes_at_its_checkpoint_and_writes_the_same_v
     asyncio.run(_run_until(losing, store, [lossy]))
 
     done = store.get(lossy)
-    # Resumed at its newest checkpoint: the one recorded at step 8, or one the loop wrote after it.
-    assert done.status == JobStatus.COMPLETED and 8 <= done.resumed_from_step <= stages.seen
-    # Only the steps since that checkpoint were computed twice.
+    # Resumed at its newest checkpoint: the one recorded at step 8, or one the loop wrote after it (the loop runs
+    # ahead of its reader: a step's checkpoint may land before the reader has seen that step).
+    assert done.status == JobStatus.COMPLETED and 8 <= done.resumed_from_step < STEPS
+    # Only the steps since that checkpoint were computed twice (steps counted as the runner saw them).
     assert done.denoise_steps_run == stages.seen + STEPS - done.resumed_from_step
     assert store.get(whole).denoise_steps_run == STEPS and store.get(whole).resumed_from_step is None
     assert any(e.message == f"resumed at step {done.resumed_from_step} of {STEPS}" for e in store.events(lossy))
@@ -99,8 +104,9 @@ def test_a_denoiser_lost_mid_job_resumes_at_its_checkpoint_and_writes_the_same_v
     resumed, uninterrupted = KeepsLatents.latents[lossy], KeepsLatents.latents[whole]
     np.testing.assert_array_equal(resumed.video, uninterrupted.video)
     np.testing.assert_array_equal(resumed.audio, uninterrupted.audio)
+    # (64x64 frames: two x264 runs of the same frames measured 29.7-40 dB apart; another video is ~10 dB.)
     assert _psnr(_frames(artifacts.local_path(done.artifact.key)),
-                 _frames(artifacts.local_path(store.get(whole).artifact.key))) > 30
+                 _frames(artifacts.local_path(store.get(whole).artifact.key))) > 25
     for jid in (whole, lossy):  # the checkpoints went with the jobs' ends
         assert done.checkpoint_key is None and not (artifacts.root / denoise_checkpoint_key("t", jid)).exists()
 
@@ -161,7 +167,8 @@ def test_a_cancelled_jobs_checkpoint_is_deleted(setup, staged, tmp_path):
             assert key.exists()
             store.request_cancel(jid)
             await d.cancel(jid)
-            while store.get(jid).status != JobStatus.CANCELLED:
+            # The status is recorded first, then the runner deletes the checkpoint (JobRunner.finished).
+            while store.get(jid).status != JobStatus.CANCELLED or key.exists():
                 await asyncio.sleep(0.01)
         task.cancel()
 

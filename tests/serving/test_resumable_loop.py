@@ -93,3 +93,36 @@ def test_a_drain_checkpoints_what_it_holds_and_hands_it_back(staged, tiny_config
     retry = asyncio.run(_items(_loop(staged, store), _request(staged, tiny_config, rid="video_1@2"),
                                Checkpointing(KEY, 3600, resume=True)))
     assert retry[0] == Resumed(step=items[-1].step, total_steps=10) and isinstance(retry[-1], Denoised)
+
+
+def test_a_closed_stream_has_its_checkpoint_written_and_none_after(staged, tiny_config, tmp_path):
+    """A caller that closes the stream (a job that ended, a cancel) may then delete the checkpoint: the write in
+    flight has landed by then, and the loop writes none for that request afterwards."""
+
+    class SlowStore(LocalArtifactStore):
+        puts: list[float] = []
+
+        def put_bytes(self, key, data, *args, **kw):
+            import time
+
+            time.sleep(0.3)  # a slow object store: the write is still in flight when the stream is closed
+            self.puts.append(time.monotonic())
+            return super().put_bytes(key, data, *args, **kw)
+
+    store = SlowStore(tmp_path)
+
+    async def scenario() -> tuple[int, bool]:
+        loop = _loop(staged, store)
+        stream = loop.denoise(_request(staged, tiny_config, steps=20), 5, Checkpointing(KEY, every_seconds=0))
+        async for item in stream:
+            if isinstance(item, DenoiseEvent) and item.step == 2:
+                break
+        await stream.aclose()
+        landed, exists = len(store.puts), (tmp_path / KEY).is_file()
+        store.delete(KEY)  # what the job runner does once a job has ended
+        await asyncio.sleep(1.0)
+        return landed, exists
+
+    landed, existed = asyncio.run(scenario())
+    assert landed >= 1 and existed  # the write in flight at the close landed before aclose returned
+    assert len(store.puts) == landed and not (tmp_path / KEY).exists()  # and nothing was written after
