@@ -67,7 +67,8 @@ def start(state: Path, serve_config: Path, *, object_store: dict[str, Any] | Non
     storage = {"s3": object_store} if object_store else {}
     overrides = {"auth": {"required": False}, "queue": {"lease_seconds": 3, "heartbeat_seconds": 1},
                  "batching": {"measure_batches": False}, "storage": storage,
-                 # A checkpoint every 2 s of a job's denoising (the default's 30 s is sized for GPU steps).
+                 # A checkpoint every `checkpoint_seconds` of a job's denoising (the default's 30 s is sized for
+                 # GPU steps).
                  "checkpoints": {"enabled": checkpoints, "every_seconds": checkpoint_seconds},
                  "model": {"tensorrt": {"engine_cache_dir": str(state / "engines")}}}
     return start_local_cluster(state_dir=state, serve_config=serve_config, overrides=overrides, nodes=True,

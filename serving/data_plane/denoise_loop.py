@@ -138,7 +138,7 @@ class DenoiseLoop:
             if running is not None and running.writing is not None and not running.writing.done():
                 # A checkpoint write in flight lands before the stream ends: the caller, once it has closed the
                 # stream, may delete the checkpoint (a job that ended), and no write may come after.
-                with contextlib.suppress(BaseException):
+                with contextlib.suppress(asyncio.CancelledError):  # cancelled again: the write goes on regardless
                     await asyncio.shield(running.writing)
 
     def add(self, request: DenoiseRequest, priority: int, checkpointing: Checkpointing | None = None, *,
