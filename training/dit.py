@@ -22,8 +22,9 @@ The exponential moving average of the weights is what ships.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from diffusers.pipelines.ltx2.pipeline_ltx2 import calculate_shift
@@ -136,17 +137,48 @@ def warm_ema(decay: float):
     return update
 
 
+@dataclass
+class DiTChunk:
+    """A DiT run in chunks (`python -m training.train_demo --resume`): the state an earlier chunk saved (None: start
+    at step 0), where this chunk saves its own (`save`, every `save_every_s` and when it stops), and when it stops
+    (`stop(steps done)`, asked after every step). A resumed run takes every random draw, the optimizer's moments,
+    the learning-rate schedule and the moving average where the chunk before left them: its weights are those of
+    the same run in one go."""
+
+    resume: dict | None = None
+    save: Callable[[dict], None] | None = None
+    stop: Callable[[int], bool] = field(default=lambda steps_done: False)
+    save_every_s: float = 300.0
+
+
 def train_dit(transformer, connectors, scheduler, data: DiTData, recipe: DiTRecipe, seed: int,
-              on_step: StepReport) -> torch.nn.ModuleDict:
-    """Train in place; returns the exponential moving average of {transformer, connectors}."""
-    r = recipe
+              on_step: StepReport, chunk: DiTChunk | None = None) -> torch.nn.ModuleDict | None:
+    """Train in place; returns the exponential moving average of {transformer, connectors}, or None when `chunk`
+    stopped the run before its last step (its state saved)."""
+    r, chunk = recipe, chunk or DiTChunk()
     gen = torch.Generator().manual_seed(seed)
     model = torch.nn.ModuleDict({"transformer": transformer, "connectors": connectors}).train()
     ema = AveragedModel(model, multi_avg_fn=warm_ema(r.ema_decay), use_buffers=True)
     opt = torch.optim.AdamW(model.parameters(), lr=r.lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r.lr, total_steps=r.steps, pct_start=0.05)
+    first = 0
+    if chunk.resume is not None:
+        state = chunk.resume
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        gen.set_state(state["generator"])
+        first = state["step"]
+
+    def save(steps_done: int) -> None:
+        if chunk.save is not None:
+            chunk.save({"step": steps_done, "model": model.state_dict(), "ema": ema.state_dict(),
+                        "optimizer": opt.state_dict(), "schedule": schedule.state_dict(), "generator": gen.get_state()})
+
     objective = FlowMatching(transformer, connectors, scheduler, data)
-    for step in range(r.steps):
+    saved = time.monotonic()
+    for step in range(first, r.steps):
         idx = torch.randint(0, len(data.video), (r.batch,), generator=gen)
         loss, parts = objective.loss(idx, r, gen)
         opt.zero_grad(set_to_none=True)
@@ -156,5 +188,13 @@ def train_dit(transformer, connectors, scheduler, data: DiTData, recipe: DiTReci
         schedule.step()
         ema.update_parameters(model)
         on_step(step, parts)
+        if step + 1 == r.steps:
+            break
+        if chunk.stop(step + 1):
+            save(step + 1)
+            return None
+        if time.monotonic() - saved > chunk.save_every_s:
+            save(step + 1)
+            saved = time.monotonic()
     model.eval()
     return ema.module.eval()

@@ -23,6 +23,19 @@ class LossLog:
         for name, value in values.items():
             self.curves[stage][name].append((step, value))
 
+    def to_json(self) -> dict:
+        return {"curves": self.curves, "seconds": self.seconds}
+
+    @classmethod
+    def from_json(cls, saved: dict) -> LossLog:
+        """What `to_json` wrote (an earlier chunk of the same run)."""
+        log = cls()
+        for stage, curves in saved["curves"].items():
+            for name, points in curves.items():
+                log.curves[stage][name] = [(int(step), float(value)) for step, value in points]
+        log.seconds = dict(saved["seconds"])
+        return log
+
     def last(self, stage: str, window: int = 50) -> dict[str, float]:
         """Mean of each loss over the stage's last `window` steps."""
         out = {}
@@ -80,11 +93,15 @@ class StageProgress:
         self.progress.stop()
 
     @contextmanager
-    def stage(self, name: str, total: int) -> Iterator[Callable[[int, dict[str, float]], None]]:
-        task = self.progress.add_task(name, total=total, losses="")
+    def stage(self, name: str, total: int, done: int = 0) -> Iterator[Callable[[int, dict[str, float]], None]]:
+        """A stage of `total` steps, `done` of them by an earlier chunk of the run (its seconds add up)."""
+        task = self.progress.add_task(name, total=total, completed=done, losses="")
         started = time.perf_counter()
+        reached = done
 
         def report(step: int, values: dict[str, float]) -> None:
+            nonlocal reached
+            reached = step + 1
             self.log.add(name, step, values)
             text = " ".join(f"{k} {v:.4g}" for k, v in self.log.last(name, 20).items())
             self.progress.update(task, completed=step + 1, losses=text)
@@ -93,5 +110,5 @@ class StageProgress:
                 console.print(f"{name} {step + 1}/{total} {time.perf_counter() - started:.0f}s {text}")
 
         yield report
-        self.log.seconds[name] = time.perf_counter() - started
-        self.progress.update(task, completed=total)
+        self.log.seconds[name] = self.log.seconds.get(name, 0.0) + time.perf_counter() - started
+        self.progress.update(task, completed=reached)

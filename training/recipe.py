@@ -106,6 +106,9 @@ class Recipe:
 
 
 FULL = Recipe()
+# A longer run of a trained DiT (``--warm-start DIR --warm-dit --recipe continue``): 4000 more steps from its
+# weights, at half the peak rate (the weights are already near a minimum; a full-rate warm-up undoes steps).
+CONTINUE = Recipe(dit=DiTRecipe(steps=4000, lr=1e-3))
 SMOKE = Recipe(
     clips=4,
     video_vae=VideoVAERecipe(steps=2, batch=1),

@@ -119,3 +119,54 @@ def test_thread_counts_below_one_are_refused_by_name(flag, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--smoke", flag, "0"])
     assert exit_info.value.code == 2 and f"{flag} must be an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def test_a_run_in_chunks_is_the_run_in_one_go(trained, tmp_path):
+    """A chunk stops after the DiT's first step (its autoencoders and the DiT's whole training state saved); the
+    next one resumes there: the weights and losses are the one-go run's, to the last bit."""
+    from training.train_demo import Chunks
+
+    state = tmp_path / "state"
+    stopped = train(SMOKE, tmp_path / "checkpoint", tmp_path / "report", chunks=Chunks(state, stop=lambda n: n == 1))
+    assert stopped == {"finished": False, "dit_step": 1, "dit_steps": SMOKE.dit.steps, "state_dir": str(state)}
+    assert not (tmp_path / "checkpoint").exists() and (state / "autoencoders" / "model_index.json").is_file()
+    record = train(SMOKE, tmp_path / "checkpoint", tmp_path / "report", chunks=Chunks(state))
+    assert [c["dit_steps"] for c in record["chunks"]] == [[0, 1], [1, SMOKE.dit.steps]]
+    first = trained[0] / "checkpoint"
+    for part in ("transformer", "connectors", "vae", "audio_vae", "vocoder"):
+        a = load_file(first / part / "diffusion_pytorch_model.safetensors")
+        b = load_file(tmp_path / "checkpoint" / part / "diffusion_pytorch_model.safetensors")
+        assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a), part
+    assert record["final_losses"] == trained[1]["final_losses"]
+    assert record["seconds"]["total"] == sum(c["seconds"] for c in record["chunks"])
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--resume", "/nonexistent/state"], "--resume /nonexistent/state: no run's state there"),
+    (["--warm-dit"], "--warm-dit needs --warm-start DIR"),
+    (["--chunk-minutes", "0"], "--chunk-minutes must be a number > 0, got 0.0"),
+])
+def test_chunk_flags_are_checked_by_name(argv, message, capsys):
+    from training.train_demo import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--smoke", *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_cli_keeps_a_chunked_runs_arguments_and_refuses_to_resume_a_finished_one(tmp_path, capsys):
+    from training.train_demo import main
+
+    state, out = tmp_path / "state", tmp_path / "checkpoint"
+    main(["--smoke", "--chunk-minutes", "30", "--state", str(state), "--out", str(out),
+          "--report", str(tmp_path / "report")])
+    assert "(1 chunk(s))" in capsys.readouterr().out and (out / "training.json").is_file()
+    arguments = json.loads((state / "arguments.json").read_text())
+    assert arguments["finished"] is True and arguments["out"] == str(out) and arguments["smoke"] is True
+    assert not (state / "dit_state.pt").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--resume", str(state)])
+    assert exit_info.value.code == 2 and f"that run finished; its checkpoint is {out}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a new run over the same state directory is refused, not mixed in
+        main(["--smoke", "--chunk-minutes", "30", "--state", str(state), "--out", str(out)])
+    assert "holds another run's state" in capsys.readouterr().err
