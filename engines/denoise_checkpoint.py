@@ -37,10 +37,23 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
     """A short digest of a model's weights: each parameter's name, shape, dtype and first values (reading all of a
     large model's bytes would cost seconds at every start; two checkpoints of one architecture differ early)."""
     digest = hashlib.sha256()
-    for name, p in module.state_dict().items():
-        digest.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
-        digest.update(p.detach().reshape(-1)[:64].float().cpu().numpy().tobytes())
+    for name, value in module.state_dict().items():
+        _digest_entry(digest, name, value)
     return digest.hexdigest()[:32]
+
+
+def _digest_entry(digest: hashlib._Hash, name: str, value: object) -> None:
+    """A state-dict entry: a tensor (a quantized one by its dequantized values), or what a quantized module keeps
+    beside its tensors (the int8 backend's packed parameters: a dtype, a tuple of weight and bias)."""
+    if isinstance(value, torch.Tensor):
+        values = value.dequantize() if value.is_quantized else value
+        digest.update(f"{name}:{tuple(value.shape)}:{value.dtype}".encode())
+        digest.update(values.detach().reshape(-1)[:64].float().cpu().numpy().tobytes())
+    elif isinstance(value, tuple | list):
+        for i, item in enumerate(value):
+            _digest_entry(digest, f"{name}.{i}", item)
+    else:
+        digest.update(f"{name}:{value!r}".encode())
 
 
 def request_digest(params: GenerationParams) -> str:

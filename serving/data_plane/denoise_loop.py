@@ -236,10 +236,15 @@ class DenoiseLoop:
             raise RuntimeError(f"the denoise loop stopped: {exc!r}")
 
     async def run(self) -> None:
-        while not self._draining:
-            if await self.step_once() is None:
-                self._wake.clear()
-                await self._wake.wait()
+        try:
+            while not self._draining:
+                if await self.step_once() is None:
+                    self._wake.clear()
+                    await self._wake.wait()
+        except Exception as e:  # a defect of the loop itself: its streams end with it instead of waiting forever
+            log.exception("the denoise loop stopped")
+            self._fail(list(self._requests), e)
+            raise
 
     async def drain(self) -> int:
         """Stop at the next step boundary, checkpoint every request held here (those with `Checkpointing`) and
@@ -310,7 +315,12 @@ class DenoiseLoop:
                                                   batch_size=len(states)))
             every = running.checkpointing.every_seconds if running.checkpointing is not None else None
             if state.done:
-                done = Denoised(self.engine.result(state))
+                try:
+                    done = Denoised(self.engine.result(state))
+                except Exception as e:  # noqa: BLE001 - fail this request, keep serving the others
+                    log.exception("the result of %s could not be taken", state.request_id)
+                    self._fail((state.request_id,), e)
+                    continue
                 if every is None:
                     running.inbox.put_nowait(done)
                 else:  # always at the end: a lost decoder, or stage 2 of a two-stage job, costs no denoising
@@ -326,8 +336,15 @@ class DenoiseLoop:
         assert running.checkpointing is not None and self.checkpoints is not None
         store, key, state = self.checkpoints, running.checkpointing.key, running.state
         started = time.perf_counter()
-        data, step = self.engine.checkpoint(state), state.steps_done
         running.checkpointed_at = time.monotonic()
+        try:
+            data, step = self.engine.checkpoint(state), state.steps_done
+        except Exception as e:  # noqa: BLE001 - a checkpoint never fails its request
+            log.warning("checkpoint of %s at step %d not taken: %s: %s", state.request_id, state.steps_done,
+                        type(e).__name__, e)
+            if then is not None:
+                running.inbox.put_nowait(then)
+            return
         previous = running.writing
 
         async def write() -> None:

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -74,3 +75,31 @@ def test_int8_needs_float32_weights_and_falls_back_to_eager_saying_so(caplog):
     assert record.message == ("DiT backend int8 unavailable (int8 dynamic quantization takes float32 weights; the "
                               "model is bfloat16 (set model.dtype: float32)); falling back to eager")
     assert any(isinstance(m, torch.nn.Linear) for m in transformer.transformer_blocks.modules())  # left as it was
+
+
+def test_an_int8_request_checkpoints_and_resumes_bit_identical(staged, int8, tiny_config):
+    """The quantized linears keep packed parameters (a dtype, a tuple) beside tensors: the checkpoint's weights
+    fingerprint reads them (it raised on the dtype, and the serving loop died with the request in it), and it
+    tells the int8 model from the float32 one (a checkpoint resumes only on the numerics that wrote it)."""
+    from engines.denoise_checkpoint import CheckpointMismatch
+    from engines.denoiser import DenoiseRequest
+    from engines.stage_io import PromptPair
+
+    p = GenerationRequest(prompt="a lighthouse at dusk", seed=3, steps=6).validated(tiny_config)
+    [emb] = staged.text_encoder.encode([PromptPair(p.prompt, p.negative_prompt)])
+    request = DenoiseRequest("a", p, emb)
+    assert int8.denoiser.fingerprint != staged.denoiser.fingerprint
+    state = int8.denoiser.prepare(request)
+    for _ in range(3):
+        int8.denoiser.step([state])
+    data = int8.denoiser.checkpoint(state)
+    with pytest.raises(CheckpointMismatch):
+        staged.denoiser.resume(staged.denoiser.prepare(request), data)
+    resumed = int8.denoiser.prepare(request)
+    assert int8.denoiser.resume(resumed, data) == 3
+    while not state.done:
+        int8.denoiser.step([state])
+    while not resumed.done:
+        int8.denoiser.step([resumed])
+    a, b = int8.denoiser.result(state), int8.denoiser.result(resumed)
+    assert np.array_equal(a.video, b.video) and np.array_equal(a.audio, b.audio)

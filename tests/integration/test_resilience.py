@@ -13,7 +13,6 @@ from kino_api.v1 import video_service_pb2_grpc as pb_grpc
 from serving.on_ray.cluster import free_port, local_serve_config
 from tests.integration.conftest import wait_done
 
-
 STEPS = 100  # the killed job's: its first checkpoint (0.5 s of steps) comes well before its end on any machine
 
 

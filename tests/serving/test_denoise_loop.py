@@ -241,3 +241,47 @@ def test_a_new_attempt_of_a_job_supersedes_the_old_one_whose_dispatcher_is_gone(
         return [rid for rid in (attempt_id("video_1", 1), attempt_id("video_1", 2)) if rid in loop]
 
     assert asyncio.run(main()) == ["video_1@2"]
+
+
+class FailsAtTheEnd(FailsFor):
+    """The tiny engine, except that taking `bad`'s result raises, and so does every checkpoint."""
+
+    def step(self, states):
+        return self.engine.step(states)
+
+    def result(self, state):
+        if state.request_id == self.bad:
+            raise RuntimeError("injected result failure")
+        return self.engine.result(state)
+
+    def checkpoint(self, state):
+        raise TypeError("injected checkpoint failure")
+
+
+def test_a_failing_result_or_checkpoint_fails_at_most_its_request_and_the_loop_serves_on(staged, tiny_config):
+    """What ends a request outside its step (its result, its checkpoint) fails that request alone: a checkpoint
+    never fails its request, and the loop's task lives on (it died, and every stream in it waited forever)."""
+    from serving.data_plane.stages import Checkpointing
+
+    class Store:
+        def put_bytes(self, key, data):
+            raise AssertionError("nothing to write: every checkpoint fails before")
+
+    async def main():
+        loop = DenoiseLoop(FailsAtTheEnd(staged.denoiser, "bad"), StepScheduler(4, max_running=8),
+                           checkpoints=Store())
+        got = {}
+
+        async def one(rid: str, seed: int):
+            got[rid] = [item async for item in loop.denoise(_request(staged, tiny_config, rid, steps=2, seed=seed), 5,
+                                                             Checkpointing(f"ck/{rid}", every_seconds=0.0))]
+
+        results = await asyncio.wait_for(asyncio.gather(one("bad", 1), one("good", 2), return_exceptions=True), 60)
+        later = await asyncio.wait_for(asyncio.gather(one("after", 3), return_exceptions=True), 60)
+        loop.check()
+        return got, results, later
+
+    got, (bad, good), [after] = asyncio.run(main())
+    assert isinstance(bad, RuntimeError) and "injected result failure" in str(bad)
+    assert good is None and isinstance(got["good"][-1], Denoised)
+    assert after is None and isinstance(got["after"][-1], Denoised)
