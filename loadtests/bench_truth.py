@@ -3,11 +3,14 @@
     python -m loadtests.bench_truth                        # 48 prompt classes x 8 seeds, 16 remixes, 16 images
     python -m loadtests.bench_truth --seeds 1 --remixes 4 --images 4   # quicker
     python -m loadtests.bench_truth --checkpoint-dir out/train_demo/run   # a training run's weights, before they ship
+    python -m loadtests.bench_truth --paths all --seeds 2 --remixes 0 --images 0   # each serving path against exact
 
-Every video goes through Kino's serving path in this process (`ServingPath`): jobs in a job store (SQLite), a
-`Dispatcher` driving `LocalStages` (the text encoder, the denoise loop with step batching across jobs, the
-renderer that marks, muxes and signs into the artifact store), the same pieces the Ray deployments wrap. The
-finished MP4s are measured with `training.truth`, from their decoded pixels and samples only:
+Every video goes through Kino's serving path in this process (`ServingPath`, over `LocalEngine`, what `kino run`
+drives): jobs in a job store (SQLite), the `Dispatcher` driving `LocalStages` (the text encoder, the denoise loop
+with step batching across jobs, the renderer that marks, muxes and signs into the artifact store), the same pieces
+the Ray deployments wrap. `--paths` runs the same prompts and seeds through several of its configurations
+(`TRUTH_PATHS`: exact, batched, step caching, int8, cfg-parallel and Ulysses over gloo ranks) and compares them.
+The finished MP4s are measured with `training.truth`, from their decoded pixels and samples only:
 
 - text-to-video, every prompt class of the world (colour x shape x motion x background) at each seed: colour
   adherence, motion adherence, and audio-visual sync (each contact seen in the video has a click onset within
@@ -18,13 +21,14 @@ finished MP4s are measured with `training.truth`, from their decoded pixels and 
   against the image, outside the watermark's badge (which covers 6% of a 64x64 frame and alone would hold the
   PSNR under 19 dB).
 
-Prints a markdown table of the figures against the goals of issue 13.
+Prints a markdown table of the figures against the goals of issue 13 (and 29), one per path, and with several
+paths their colour, motion and sync against the first's.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import dataclasses
 import tempfile
 import time
@@ -35,19 +39,14 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-from engines.config import preset
+from engines.config import ModelConfig, preset
 from engines.mp4 import Waveform, write_mp4
 from engines.params import GenerationRequest, params_to_dict
-from engines.staged_pipeline import StagedPipeline
-from engines.watermark import WatermarkConfig
+from engines.schema import load, merge
 from serving.artifacts import LocalArtifactStore
-from serving.config import ProvenanceConfig, QueueConfig
-from serving.control_plane.dispatcher import Dispatcher
-from serving.data_plane.local_stages import LocalStages
-from serving.data_plane.rendering import Renderer
+from serving.config import BatchingConfig, KinoConfig
 from serving.jobs import Conditioning, JobStatus, NewJob, open_store
-from serving.migrations import upgrade
-from serving.provenance.credentials import ContentCredentials
+from serving.local_engine import LoadedModel, LocalEngine
 from training import truth
 from training.world import Clip, PromptClass, dataset, prompt_classes, render, sample_scene
 
@@ -55,34 +54,56 @@ OPPOSITE = {"sliding left": "sliding right", "sliding right": "sliding left"}
 REMIX_STRENGTH = 0.6
 
 
-class ServingPath:
-    """Jobs through Kino's server pieces in this process: store -> dispatcher -> stages -> artifact store."""
+# The serving paths the truth bench compares (issue 29): each changes one thing of `exact` (one request per
+# forward, no step cache, the eager float32 DiT on one rank), as a model and a batching override.
+TRUTH_PATHS: dict[str, tuple[dict, dict]] = {
+    "exact": ({}, {"max_batch_size": 1}),
+    # Mixed requests in one forward: up to 8 rows of different prompts and seeds per step, not left to the
+    # measured caps (which may choose 1 on a busy CPU and make this the exact path).
+    "batched": ({}, {"measure_batches": False}),
+    "cache-balanced": ({"step_cache": {"default": "balanced"}}, {"max_batch_size": 1}),
+    "cache-fast": ({"step_cache": {"default": "fast"}}, {"max_batch_size": 1}),
+    "int8": ({"dit_backend": "int8"}, {"max_batch_size": 1}),
+    "cfg-parallel-2": ({"parallel": {"cfg": 2}}, {"max_batch_size": 1}),  # gloo, a follower process
+    "ulysses-2": ({"parallel": {"ulysses": 2}}, {"max_batch_size": 1}),
+}
 
-    def __init__(self, staged: StagedPipeline, work: Path) -> None:
-        self.staged, self.work = staged, work
-        url = f"sqlite:///{work}/jobs.db"
-        upgrade(url)  # a new database: this release's schema (serving/migrations)
-        self.store = open_store(url)
-        self.artifacts = LocalArtifactStore(work / "artifacts")
-        renderer = Renderer(staged.decoder, staged.media, self.artifacts,
-                            ContentCredentials(ProvenanceConfig(dev_chain_dir=str(work / "credentials"))),
-                            WatermarkConfig())
-        self.dispatcher = Dispatcher(self.store, LocalStages(staged, renderer), QueueConfig(poll_seconds=0.05))
+
+def truth_config(model: ModelConfig, path: str = "batched") -> KinoConfig:
+    """The server's config over `model`, on one of `TRUTH_PATHS`."""
+    model_overrides, batching = TRUTH_PATHS[path]
+    model = load(ModelConfig, merge(dataclasses.asdict(model), model_overrides, "model."), "model")
+    return KinoConfig(model=model, batching=dataclasses.replace(BatchingConfig(), **batching))
+
+
+class ServingPath:
+    """Jobs through Kino's server pieces in this process: `LocalEngine` (what `kino run` drives: the dispatcher,
+    the Denoiser's loop with its scheduler and step batching, the renderer that marks, muxes and signs into the
+    artifact store), its model loaded as `kino run` loads it (over gloo ranks where the config's parallel says
+    so). Jobs go straight into its job store (a remix's parent is a world clip, not a video of this store)."""
+
+    def __init__(self, cfg: KinoConfig, work: Path) -> None:
+        self._stack = contextlib.ExitStack()
+        try:
+            model = self._stack.enter_context(LoadedModel.load(cfg.model))
+            self.engine = self._stack.enter_context(LocalEngine.open(cfg, model.pipeline, decoder=model.decoder,
+                                                                     state_dir=work))
+        except BaseException:
+            self._stack.close()
+            raise
+        self.config, self.work = cfg.model, work
+        self.store = self._stack.enter_context(contextlib.closing(open_store(self.engine.cfg.storage.database_url)))
+        self.artifacts = LocalArtifactStore(Path(self.engine.cfg.storage.artifacts_dir))
         self.pending: list[str] = []
-        self.loop = asyncio.new_event_loop()  # one for every run: the denoise loop's task lives on across runs
 
     def close(self) -> None:
-        for task in asyncio.all_tasks(self.loop):
-            task.cancel()
-        self.loop.run_until_complete(asyncio.sleep(0))
-        self.loop.close()
-        self.store.close()
+        self._stack.close()
 
     def submit(self, name: str, prompt: str, seed: int, conditioning: Conditioning = Conditioning()) -> str:
-        params = GenerationRequest(prompt=prompt, seed=seed).validated(self.staged.config)
-        job, _ = self.store.create(NewJob(id=f"video_{name}", tenant="truth", model=self.staged.config.model_id,
-                                          priority=5, params=params_to_dict(params), request_hash=name,
-                                          conditioning=conditioning), max_queued=100_000)
+        params = GenerationRequest(prompt=prompt, seed=seed).validated(self.config)
+        job, _ = self.store.create(NewJob(id=f"video_{name}", tenant=self.engine.principal.tenant_id,
+                                          model=self.config.model_id, priority=5, params=params_to_dict(params),
+                                          request_hash=name, conditioning=conditioning), max_queued=100_000)
         self.pending.append(job.id)
         return job.id
 
@@ -96,24 +117,16 @@ class ServingPath:
     def put_image(self, name: str, image: np.ndarray) -> str:
         return self.artifacts.put_png(f"images/{name}.png", PIL.Image.fromarray(image)).key
 
-    def run(self, timeout: float = 3600.0) -> dict[str, Path]:
-        """Run the dispatcher until every submitted job finishes; job id -> its MP4."""
+    def run(self) -> dict[str, Path]:
+        """Run every submitted job to its end (all at once: the Denoiser's loop batches them as a replica
+        would); job id -> its MP4."""
         ids, self.pending = self.pending, []
-
-        async def until_done() -> None:
-            task = asyncio.create_task(self.dispatcher.run())
-            try:
-                async with asyncio.timeout(timeout):
-                    while not all(self.store.get(i).status in (JobStatus.COMPLETED, JobStatus.FAILED) for i in ids):
-                        await asyncio.sleep(0.1)
-            finally:
-                task.cancel()
-
-        self.loop.run_until_complete(until_done())
-        failed = {i: self.store.get(i).error_message for i in ids if self.store.get(i).status != JobStatus.COMPLETED}
+        self.engine.dispatcher.wake()
+        finished = {i: self.engine.wait(self.store.get(i)) for i in ids}
+        failed = {i: job.error_message for i, job in finished.items() if job.status != JobStatus.COMPLETED}
         if failed:
             raise RuntimeError(f"jobs failed: {failed}")
-        return {i: self.artifacts.local_path(self.store.get(i).artifact.key) for i in ids}
+        return {i: self.artifacts.local_path(job.artifact.key) for i, job in finished.items()}
 
 
 def read_video(path: Path) -> truth.Reading:
@@ -218,6 +231,41 @@ def table(t: Tally) -> str:
     return "\n".join(lines)
 
 
+def compare(tallies: dict[str, Tally]) -> str:
+    """Colour, motion and sync of each path, with its difference in points from the first (the exact path)."""
+    names = list(tallies)
+    base = tallies[names[0]]
+
+    def figures(t: Tally) -> tuple[float, float, float]:
+        return 100 * float(np.mean(t.colour)), 100 * float(np.mean(t.motion)), 100 * t.sync_share
+
+    lines = ["| path | colour | motion | sync | contacts | seconds |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name in names:
+        t = tallies[name]
+        cells = []
+        for value, reference in zip(figures(t), figures(base), strict=True):
+            cells.append(f"{value:.1f}%" if name == names[0] else f"{value:.1f}% ({value - reference:+.1f})")
+        lines.append(f"| {name} | {' | '.join(cells)} | {t.contacts} | {sum(t.seconds.values()):.0f} |")
+    return "\n".join(lines)
+
+
+def measure(cfg: KinoConfig, classes: list[PromptClass], seeds: int, remixes: int, strength: float,
+            images: int) -> Tally:
+    tally = Tally()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = ServingPath(cfg, Path(tmp))
+        try:
+            for name, run in (("text-to-video", lambda: text_to_video(path, classes, range(seeds), tally)),
+                              ("remix", lambda: remix(path, remixes, strength, tally)),
+                              ("image-to-video", lambda: image_to_video(path, images, tally))):
+                started = time.perf_counter()
+                run()
+                tally.seconds[name] = time.perf_counter() - started
+        finally:
+            path.close()
+    return tally
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="demo", help="model preset (default demo)")
@@ -230,32 +278,34 @@ def main() -> None:
                     help="the preset's weights from this directory instead (a training run's --out, before it ships)")
     ap.add_argument("--steps", type=int, help="denoising steps (default: the preset's)")
     ap.add_argument("--guidance", type=float, help="guidance scale of video and audio (default: the preset's)")
+    ap.add_argument("--paths", default="batched",
+                    help="comma-separated serving paths to run the same prompts and seeds through, the first the "
+                         f"reference of the others (default batched; of: {', '.join(TRUTH_PATHS)}; 'all': every "
+                         "one, exact first)")
     args = ap.parse_args()
+    paths = list(TRUTH_PATHS) if args.paths == "all" else args.paths.split(",")
+    unknown = [p for p in paths if p not in TRUTH_PATHS]
+    if unknown:
+        ap.error(f"--paths: unknown {', '.join(unknown)}; one of {', '.join(TRUTH_PATHS)}")
     config = preset(args.preset, **({"checkpoint_dir": args.checkpoint_dir} if args.checkpoint_dir else {}))
     sampling = {k: v for k, v in (("steps", args.steps), ("guidance_scale", args.guidance),
                                   ("audio_guidance_scale", args.guidance)) if v is not None}
-    staged = StagedPipeline(config.replace(defaults=dataclasses.replace(config.defaults, **sampling)))
-    tally = Tally()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = ServingPath(staged, Path(tmp))
-        try:
-            for name, run in (
-                    ("text-to-video", lambda: text_to_video(path, prompt_classes()[: args.classes],
-                                                            range(args.seeds), tally)),
-                    ("remix", lambda: remix(path, args.remixes, args.strength, tally)),
-                    ("image-to-video", lambda: image_to_video(path, args.images, tally))):
-                started = time.perf_counter()
-                run()
-                tally.seconds[name] = time.perf_counter() - started
-        finally:
-            path.close()
-    d = staged.config.defaults
-    print(f"Preset {args.preset}: {d.width}x{d.height}, {d.seconds * float(d.fps):.0f} frames at {d.fps} fps, "
+    config = config.replace(defaults=dataclasses.replace(config.defaults, **sampling))
+    classes = prompt_classes()[: args.classes]
+    tallies = {}
+    for name in paths:
+        tallies[name] = measure(truth_config(config, name), classes, args.seeds, args.remixes, args.strength,
+                                args.images)
+        print(f"{name}: " + ", ".join(f"{k} {v:.0f} s" for k, v in tallies[name].seconds.items()), flush=True)
+    d = config.defaults
+    print(f"\nPreset {args.preset}: {d.width}x{d.height}, {d.seconds * float(d.fps):.0f} frames at {d.fps} fps, "
           f"{d.steps} steps, guidance {d.guidance_scale:g} (audio {d.audio_guidance_scale:g}); "
           f"{args.classes} prompt classes x {args.seeds} seeds, {args.remixes} remixes at strength "
           f"{args.strength:g}, {args.images} images\n")
-    print(table(tally))
-    print("\nseconds: " + ", ".join(f"{k} {v:.0f}" for k, v in tally.seconds.items()))
+    for name, tally in tallies.items():
+        print(f"Path {name}:\n\n{table(tally)}\n")
+    if len(tallies) > 1:
+        print(f"The paths against {paths[0]} (points):\n\n{compare(tallies)}")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,9 @@ from serving.services import DomainServices, open_denoise_loop, open_dispatcher,
 from serving.videos import CreateVideo, DispatcherLink
 
 if TYPE_CHECKING:
+    from engines.config import ModelConfig
     from engines.decoder import Decoder
+    from engines.parallel.world import EngineLead, LocalRanks
     from engines.staged_pipeline import StagedPipeline, StageTimes
     from serving.control_plane.dispatcher import Dispatcher
     from serving.data_plane.local_stages import LocalStages
@@ -58,6 +60,38 @@ class _InProcessLink(DispatcherLink):
     async def cancel(self, job_id: str) -> None:
         if self.dispatcher is not None:
             await self.dispatcher.cancel(job_id)
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A model loaded in this process for a `LocalEngine`: its pipeline, and where `model.parallel` spans several
+    ranks, the lead of those ranks (the pipeline's DiT and `decoder` run over them) and the follower processes."""
+
+    pipeline: StagedPipeline
+    decoder: Decoder | None = None
+    lead: EngineLead | None = None
+    ranks: LocalRanks | None = None
+
+    @classmethod
+    @contextlib.contextmanager
+    def load(cls, config: ModelConfig) -> Iterator[LoadedModel]:
+        """Load every part of `config`'s model; over several ranks, the followers start first (in processes of
+        their own, loading beside rank 0) and are stopped on exit."""
+        from engines.decoder import Decoder
+        from engines.model_loader import ALL_PARTS, ComponentSource
+        from engines.parallel.world import LocalRanks
+        from engines.staged_pipeline import StagedPipeline
+
+        ranks = LocalRanks(config) if config.parallel.world_size > 1 else None
+        try:
+            components = ComponentSource(config).load(ALL_PARTS)
+            lead = ranks.lead() if ranks is not None else None  # waits for the followers to load and join
+            backend = lead.backend(components.transformer) if lead is not None else None
+            yield cls(StagedPipeline(config, components, backend=backend),
+                      Decoder(config, components, runner=lead.runner()) if lead is not None else None, lead, ranks)
+        finally:
+            if ranks is not None:
+                ranks.close()
 
 
 class LocalEngine:

@@ -9,6 +9,7 @@ and the MP4 is signed with the configured (or local development) C2PA chain.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,9 +20,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from kino.cli.options import add_generation_options, add_model_options, model_mapping_from_args, request_from_args
 
 if TYPE_CHECKING:
-    from engines.parallel.world import LocalRanks
     from serving.config import KinoConfig
     from serving.control_plane.progress import Progress as ProgressEvent
+    from serving.local_engine import LoadedModel
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,45 +40,34 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from engines.config import from_mapping
-    from engines.parallel.world import LocalRanks
     from serving.config import load_config
+    from serving.local_engine import LoadedModel
 
     console = Console()
     settings = load_config()  # batching, queue, provenance and moderation settings, with KINO_* overrides
     cfg = dataclasses.replace(settings, model=from_mapping(model_mapping_from_args(args)))
-    # An engine over several ranks: its followers start loading now, in processes of their own.
-    ranks = LocalRanks(cfg.model) if cfg.model.parallel.world_size > 1 else None
-    try:
-        return _generate(args, cfg, console, ranks)
-    finally:
-        if ranks is not None:
-            ranks.close()
+    config = cfg.model
+    with contextlib.ExitStack() as stack:
+        with console.status(f"loading model {config.model_id}"):
+            model = stack.enter_context(LoadedModel.load(config))
+        if model.lead is not None and model.ranks is not None:
+            p = config.parallel
+            console.print(f"  one engine over {p.world_size} ranks (cfg {p.cfg} x ulysses {p.ulysses}, "
+                          f"{model.lead.leader.groups.device.type}); followers: pids "
+                          f"{', '.join(str(proc.pid) for proc in model.ranks.processes)}")
+        return _generate(args, cfg, console, model)
 
 
-def _generate(args: argparse.Namespace, cfg: KinoConfig, console: Console, ranks: LocalRanks | None) -> int:
-    from engines.decoder import Decoder
-    from engines.model_loader import ALL_PARTS, ComponentSource
+def _generate(args: argparse.Namespace, cfg: KinoConfig, console: Console, model: LoadedModel) -> int:
     from engines.mp4 import probe
-    from engines.staged_pipeline import StagedPipeline
     from serving.errors import KinoError
     from serving.jobs import JobStatus
     from serving.local_engine import LocalEngine
 
     config = cfg.model
-    with console.status(f"loading model {config.model_id}"):
-        components = ComponentSource(config).load(ALL_PARTS)
-        lead = ranks.lead() if ranks is not None else None  # waits for the followers to load and join
-        pipeline = StagedPipeline(config, components, backend=lead.backend(components.transformer) if lead else None)
-        decoder = Decoder(config, components, runner=lead.runner()) if lead else None
-    if lead is not None:
-        assert ranks is not None
-        p = config.parallel
-        console.print(f"  one engine over {p.world_size} ranks (cfg {p.cfg} x ulysses {p.ulysses}, "
-                      f"{lead.leader.groups.device.type}); followers: pids "
-                      f"{', '.join(str(proc.pid) for proc in ranks.processes)}")
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
                TimeElapsedColumn())
-    with LocalEngine.open(cfg, pipeline, decoder=decoder) as engine:
+    with LocalEngine.open(cfg, model.pipeline, decoder=model.decoder) as engine:
         try:
             job = engine.submit(request_from_args(args))
         except KinoError as e:  # what the server answers: INVALID_ARGUMENT, FAILED_PRECONDITION (moderation)

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from engines.config import DEMO_CHECKPOINT_DIR, preset
-from engines.staged_pipeline import StagedPipeline
-from loadtests.bench_truth import ServingPath, Tally, image_to_video, remix, text_to_video
+from loadtests.bench_truth import ServingPath, Tally, image_to_video, remix, text_to_video, truth_config
 from training.world import prompt_classes
 
 # Every fifth class: each colour, shape, motion and background at least twice.
@@ -24,8 +23,7 @@ CLASSES = prompt_classes()[::5]
 @pytest.fixture(scope="module")
 def tally(tmp_path_factory):
     assert (DEMO_CHECKPOINT_DIR / "model_index.json").is_file(), "the demo weights ship in engines/weights/demo"
-    staged = StagedPipeline(preset("demo"))
-    path = ServingPath(staged, tmp_path_factory.mktemp("demo_truth"))
+    path = ServingPath(truth_config(preset("demo"), "batched"), tmp_path_factory.mktemp("demo_truth"))
     t = Tally()
     try:
         text_to_video(path, CLASSES, range(2), t)
