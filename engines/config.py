@@ -41,6 +41,7 @@ Dtype = Literal["float32", "bfloat16", "float16"]
 DiTBackendName = Literal["auto", "eager", "compile", "tensorrt", "fp8", "int8"]
 EnhancerBackend = Literal["transformers", "vllm"]
 StepCacheMode = Literal["off", "balanced", "fast"]
+LoraDeltaPath = Literal["grouped", "gathered"]
 SpatialCompression = Literal[8, 32]
 TemporalCompression = Literal[4, 8]
 # (spatial, temporal) compressions the video VAE can be built with (engines.model_loader holds each layout).
@@ -449,6 +450,35 @@ class ParallelConfig:
         return self.cfg * self.ulysses
 
 
+@section("model.lora")
+class LoraConfig:
+    """Per-request LoRA adapters (engines/lora/): low-rank updates of the DiT's Linear layers, in the safetensors
+    layout diffusers' ``LTX2Pipeline.load_lora_weights`` reads, that a request names and scales. A replica loads
+    them on first use and keeps the most recently used; one forward mixes rows of different adapters."""
+
+    dir: Path | None = None
+    """Where adapters live, by name: ``<dir>/<name>.safetensors`` or ``<dir>/<name>/pytorch_lora_weights.safetensors``.
+    None: requests may name no adapter."""
+    max_loaded: Positive = 8
+    """Adapters one replica keeps loaded; loading one more drops the least recently used (it loads again on its
+    next use)."""
+    max_per_request: Positive = 4
+    """Adapters one request may combine (each with its own scale)."""
+    scale_range: tuple[float, float] = (-2.0, 2.0)
+    """Allowed scale of one adapter: 1 applies it as trained, 0 not at all, a negative one pushes away from it."""
+    delta_path: LoraDeltaPath = "gathered"
+    """How one forward adds each row's adapters (engines/lora/layers.py): gathered (every row's factors gathered
+    from a rank-padded stack, two batched matmuls for the whole batch; the faster on CPU with a different adapter
+    per row, loadtests/bench_lora.py) or grouped (rows grouped by adapter set, two matmuls per group; rows
+    without adapters cost nothing)."""
+
+    def __post_init__(self) -> None:
+        lo, hi = self.scale_range
+        require(lo <= hi, "scale_range", "must be (low, high) with low <= high")
+        require(self.max_per_request <= self.max_loaded, "max_per_request",
+                f"must be at most max_loaded ({self.max_loaded}): a request's adapters are loaded together")
+
+
 @section("model")
 class ModelConfig:
     """Which model to run and how. Build one with `preset()`, `checkpoint()` or `from_mapping()`."""
@@ -491,6 +521,8 @@ class ModelConfig:
     """The denoising schedules (fixed sigma lists of a distilled checkpoint, the refine's)."""
     two_stage: TwoStageConfig = field(default_factory=TwoStageConfig)
     """When a request runs in two stages by default."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """Per-request LoRA adapters: where they live and how many a replica and a request hold."""
 
     @property
     def has_latent_upsampler(self) -> bool:

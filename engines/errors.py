@@ -44,3 +44,25 @@ class ParallelError(EngineError):
     """An engine spread over several ranks (engines/parallel) lost one: a rank died, stopped
     answering within the process group's timeout, or failed. The group cannot be reused; restart
     all its ranks."""
+
+
+class AdapterError(EngineError, ValueError):
+    """A LoRA adapter file cannot be applied to this model (engines/lora/adapter.py). Names the file and the
+    key at fault, so whoever made the adapter can find what to fix, e.g. ``LoRA adapter /a/x.safetensors:
+    transformer.blocks.0.to_q.lora_A.weight: matches no module of the transformer``."""
+
+    def __init__(self, path: Any, key: str | None, message: str) -> None:
+        self.path = path
+        self.key = key
+        super().__init__(f"LoRA adapter {path}: {key}: {message}" if key else f"LoRA adapter {path}: {message}")
+
+
+class UnknownAdapter(EngineError, LookupError):
+    """A request names a LoRA adapter the adapter directory does not hold; lists the names it does."""
+
+    def __init__(self, name: str, available: list[str], where: Any = None) -> None:
+        self.name = name
+        self.available = available
+        place = f" in {where}" if where is not None else ""
+        names = ", ".join(available) if available else "none"
+        super().__init__(f"unknown LoRA adapter {name!r}{place}; available: {names}")

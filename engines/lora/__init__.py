@@ -1,0 +1,46 @@
+"""Per-request LoRA adapters inside step batches (issue 28, the engine half).
+
+- `adapter`: adapter files by name (diffusers' LTX-2 LoRA layout), read and checked against the DiT;
+- `bank`: the adapters one replica holds, an LRU of ``model.lora.max_loaded``, with load/eviction counters;
+- `layers`: one forward whose rows each add their own adapters (`BatchedLora.rows`), two interchangeable
+  ways of computing it (grouped segment matmuls, gathered batched matmuls).
+
+How the Denoiser's step batch is meant to call it (not wired yet: the request's ``loras`` field, the protos
+and the REST API come with the serving half). The DiT forward and `DiTInputs` are unchanged:
+
+    bank = AdapterBank(self.transformer, config.lora)          # once per replica
+    lora = BatchedLora(self.transformer, config.lora.delta_path)
+    ...
+    # in step(states), around the one forward; _batch lays out each state's rows consecutively
+    rows = request_rows([(bank.uses(s.params.loras), s.rows) for s in states])
+    with lora.rows(rows):
+        video_v, audio_v = self.backend.forward(inputs)
+
+`bank.uses` validates a request's (name, scale) pairs (count, scale bounds; `UnknownAdapter`, `AdapterError`,
+`InvalidParameter`) and is cheap once loaded, so resolving at every step keeps the adapters in flight the most
+recently used; calling it in `prepare` too refuses a bad request before it takes a slot. A CFG request's two
+rows (negative, prompt) both take its adapters, as merged weights would. Only backends that call the
+diffusers module eagerly run the hooks (`DiTBackend.runs_block_hooks`), and the step cache's sub-batches are
+refused for now (engines/lora/layers.py).
+"""
+
+from engines.lora.adapter import LoraAdapter, LoraFactors, available_adapters, read_adapter
+from engines.lora.bank import AdapterBank, BankStats
+from engines.lora.layers import (
+    DEFAULT_PATH,
+    DELTA_PATHS,
+    AdapterUse,
+    BatchedLora,
+    GatheredDelta,
+    GroupedDelta,
+    LoraDelta,
+    RowAdapters,
+    lora_rows,
+    request_rows,
+)
+
+__all__ = [
+    "DEFAULT_PATH", "DELTA_PATHS", "AdapterBank", "AdapterUse", "BankStats", "BatchedLora", "GatheredDelta",
+    "GroupedDelta", "LoraAdapter", "LoraDelta", "LoraFactors", "RowAdapters", "available_adapters", "lora_rows",
+    "read_adapter", "request_rows",
+]
