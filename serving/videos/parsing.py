@@ -75,6 +75,7 @@ class RemixVideo:
     idempotency_key: str | None = None
     visibility: Visibility = Visibility.PRIVATE
     enhance_prompt: bool = False
+    loras: tuple[tuple[str, float], ...] | None = None  # None: the source video's adapters
 
 
 def model_profile(name: str | None, model: ModelConfig, aliases: Mapping[str, str]) -> str:

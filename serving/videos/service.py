@@ -151,8 +151,10 @@ class VideoService:
             raise FailedPrecondition(f"video_id {req.video_id} is {parent.status.value}; only a completed video "
                                      "can be remixed", field="video_id", reason=Reason.NOT_READY)
         strength = rq.remix_strength(req.strength, self.config.cameos.default_remix_strength)
+        loras = parent.generation.loras if req.loras is None else req.loras
         params = rq.validated(parent.generation.as_request(prompt=req.prompt, negative_prompt=None, seed=req.seed,
-                                      enhance_prompt=req.enhance_prompt, two_stage=False), self.model)
+                                      enhance_prompt=req.enhance_prompt, two_stage=False, loras=loras),
+                              self.model)
         if self.capacity is not None:
             await in_thread(self.capacity.check, params)
         cameo = None

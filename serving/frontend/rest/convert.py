@@ -36,6 +36,8 @@ def video(job: Job) -> dict[str, Any]:
         "size_fit": p.fit,
         # and the step its last attempt resumed at from its denoise checkpoint (null: it started at step 0).
         "resumed_from_step": job.resumed_from_step,
+        # and the LoRA adapters it was made with ([]: none)
+        "loras": [{"name": name, "scale": scale} for name, scale in p.loras],
         "status": _STATUS.get(job.status, "failed"),
         "error": None,
     }
