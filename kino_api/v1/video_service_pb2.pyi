@@ -87,6 +87,26 @@ class LoraRef(_message.Message):
     scale: float
     def __init__(self, name: _Optional[str] = ..., scale: _Optional[float] = ...) -> None: ...
 
+class ListLorasRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class LoraInfo(_message.Message):
+    __slots__ = ("name", "rank", "modules")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    MODULES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    rank: int
+    modules: int
+    def __init__(self, name: _Optional[str] = ..., rank: _Optional[int] = ..., modules: _Optional[int] = ...) -> None: ...
+
+class ListLorasResponse(_message.Message):
+    __slots__ = ("loras",)
+    LORAS_FIELD_NUMBER: _ClassVar[int]
+    loras: _containers.RepeatedCompositeFieldContainer[LoraInfo]
+    def __init__(self, loras: _Optional[_Iterable[_Union[LoraInfo, _Mapping]]] = ...) -> None: ...
+
 class Video(_message.Message):
     __slots__ = ("id", "status", "progress", "model", "size", "seconds", "fps", "seed", "steps", "prompt", "negative_prompt", "priority", "created_at", "started_at", "completed_at", "error", "stage", "step", "total_steps", "size_bytes", "sha256", "attempts", "visibility", "parent_id", "cameo_id", "review", "image_conditioned", "enhanced_prompt", "cache", "two_stage", "resumed_from_step", "loras")
     ID_FIELD_NUMBER: _ClassVar[int]

@@ -28,7 +28,7 @@ from engines.errors import AdapterError, ConfigError, InvalidParameter, UnknownA
 from engines.lora import AdapterBank, AdapterUse, BatchedLora, lora_rows, read_adapter, request_rows
 from engines.model_loader import load_components
 from engines.runtime import configure_threads
-from tests.engines.lora_cases import A_TARGETS, merged_reference, random_pairs, write_adapters
+from tests.engines.lora_cases import A_TARGETS, B_TARGETS, merged_reference, random_pairs, write_adapters
 
 TOL = 1e-4
 ROWS = 4
@@ -266,3 +266,14 @@ def test_the_lora_config_section_checks_its_bounds():
     with pytest.raises(ConfigError, match="model.lora.delta_path"):
         LoraConfig(delta_path="fast")
     assert preset("tiny").lora == LoraConfig()
+
+
+def test_the_catalog_summarises_each_adapter_from_its_header_alone(adapter_dir, tmp_path):
+    from engines.adapter_files import AdapterSummary, catalog, describe
+
+    assert catalog(adapter_dir) == [AdapterSummary("a", 4, len(A_TARGETS)), AdapterSummary("b", 3, len(B_TARGETS)),
+                                    AdapterSummary("c", 2, 4)]
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 16)
+    broken = describe(tmp_path, "junk")
+    assert (broken.rank, broken.modules) == (0, 0) and "not a readable safetensors file" in broken.error
+    assert catalog(None) == []

@@ -230,12 +230,22 @@ class ParsingVideos(FakeVideos):
         self._record("remix", req)
         return _job(status=JobStatus.QUEUED), True
 
+    async def loras(self, who):
+        from engines.adapter_files import catalog
+
+        return catalog(self.model.lora.dir)
+
 
 @pytest.fixture
 def lora_model(tmp_path):
+    import numpy as np
+    from safetensors.numpy import save_file
+
     from engines.config import LoraConfig
 
-    (tmp_path / "style.safetensors").write_bytes(b"")  # names are checked here; files are read by the Denoiser
+    # rank 2 on two Linears (only names and header shapes are read here; the Denoiser reads the tensors)
+    save_file({f"transformer.{m}.lora_{ab}.weight": np.zeros((2, 8) if ab == "A" else (8, 2), np.float32)
+               for m in ("blocks.0.to_q", "blocks.0.to_k") for ab in "AB"}, tmp_path / "style.safetensors")
     return preset("tiny").replace(lora=LoraConfig(dir=tmp_path))
 
 
@@ -276,3 +286,16 @@ def test_rest_carries_loras_in_and_out_and_names_the_field_of_a_bad_one(lora_mod
     http.post("/v1/videos/video_1/remix", json={"prompt": "a wolf"})
     http.post("/v1/videos/video_1/remix", json={"prompt": "a wolf", "loras": []})
     assert [req.loras for name, req in fake.calls if name == "remix"] == [None, ()]
+
+
+def test_both_adapters_list_the_loras_a_request_may_name(lora_model):
+    fake = ParsingVideos(lora_model)
+
+    async def calls(stub):
+        return await stub.ListLoras(pb.ListLorasRequest())
+
+    listed = _grpc(fake, calls)
+    assert [(a.name, a.rank, a.modules) for a in listed.loras] == [("style", 2, 2)]
+    http = TestClient(create_rest_app(fake, authenticate=lambda _key: WHO))
+    assert http.get("/v1/loras").json() == {"object": "list",
+                                            "data": [{"object": "lora", "name": "style", "rank": 2, "modules": 2}]}

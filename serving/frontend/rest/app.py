@@ -4,6 +4,7 @@
                                         as an upload or {image_url | file_id}; Kino's extras: cache = off |
                                         balanced | fast, two_stage = true | false, loras = [{name, scale}])
     GET    /v1/videos                   list (after, limit, order)
+    GET    /v1/loras                    the LoRA adapters `loras` may name (Kino's extra)
     GET    /v1/videos/{id}              retrieve (openai-poll-after-ms while queued or in progress)
     DELETE /v1/videos/{id}              delete (a queued or running video is cancelled, then deleted)
     GET    /v1/videos/{id}/content      download (variant=video | thumbnail | spritesheet)
@@ -46,6 +47,7 @@ from serving.frontend.rest.schemas import (
     CharacterBody,
     CreateBody,
     EditBody,
+    LoraList,
     LoraRef,
     RemixBody,
     Video,
@@ -199,6 +201,11 @@ def create_rest_app(videos: VideoService, authenticate: Authenticate, metrics: M
                           loras=_loras(body.loras) or (), openai_api=True)
         job, _ = await videos.create(who, req)
         return video_response(job)
+
+    @app.get("/v1/loras", responses={200: {"model": LoraList}, **ERRORS})
+    async def list_loras(request: Request) -> JSONResponse:
+        """Kino's extra: the LoRA adapters a create's `loras` may name (the server's model.lora.dir)."""
+        return JSONResponse(convert.loras(await videos.loras(await principal(request))))
 
     @app.get("/v1/videos", responses={200: {"model": VideoList}, **ERRORS})
     async def list_videos(request: Request, after: str | None = None, limit: int = DEFAULT_PAGE_SIZE,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from engines.adapter_files import AdapterSummary
 from serving.jobs import Job, JobStatus
 from serving.videos import Page
 
@@ -68,3 +69,8 @@ def page(p: Page) -> dict[str, Any]:
 
 def deleted(job: Job) -> dict[str, Any]:
     return {"id": job.id, "object": "video.deleted", "deleted": job.status == JobStatus.DELETED}
+
+
+def loras(adapters: list[AdapterSummary]) -> dict[str, Any]:
+    return {"object": "list", "data": [{"object": "lora", "name": a.name, "rank": a.rank, "modules": a.modules}
+                                       for a in adapters]}

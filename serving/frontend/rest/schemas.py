@@ -100,6 +100,18 @@ class VideoList(BaseModel):
     has_more: bool
 
 
+class Lora(BaseModel):
+    object: Literal["lora"]
+    name: str  # what a request's loras[].name takes
+    rank: int  # the largest, where its layers differ
+    modules: int  # Linear layers of the transformer it changes
+
+
+class LoraList(BaseModel):
+    object: Literal["list"]
+    data: list[Lora]
+
+
 class VideoDeleted(BaseModel):
     id: str
     object: Literal["video.deleted"]
