@@ -1,4 +1,5 @@
-"""`kino run --lora-dir DIR --lora NAME[:SCALE]`, in this process (LocalEngine: no cluster)."""
+"""`kino run --lora-dir DIR --lora NAME[:SCALE]`, in this process (LocalEngine: no cluster): the adapter changes
+the video and the signed manifest names it; an unknown name is refused as the server refuses it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 
 from kino.cli.main import main
 from kino.cli.options import lora_option
+from serving.provenance.credentials import ASSERTION, verify
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +40,13 @@ def test_run_applies_an_adapter_and_refuses_an_unknown_one(lora_dir, tmp_path, c
               "--lora-dir", str(lora_dir)]
     assert main(["run", *common, "--lora", "a:0.8", "-o", str(tmp_path / "lora.mp4")]) == 0
     assert "LoRA adapters: a at 0.8" in capsys.readouterr().out
+    root = (tmp_path / "credentials" / "root.pem").read_bytes()
+    signed = verify(tmp_path / "lora.mp4", root)
+    assert signed.state == "Trusted" and signed.assertion(ASSERTION)["loras"] == [{"name": "a", "scale": 0.8}]
     assert main(["run", *common, "-o", str(tmp_path / "plain.mp4")]) == 0
     capsys.readouterr()
     with_lora, plain = _frames(tmp_path / "lora.mp4"), _frames(tmp_path / "plain.mp4")
+    assert verify(tmp_path / "plain.mp4", root).assertion(ASSERTION)["loras"] == []
     assert with_lora.shape == plain.shape and np.abs(with_lora - plain).max() > 8  # the adapter changed the video
 
     assert main(["run", *common, "--lora", "zz", "-o", str(tmp_path / "no.mp4")]) == 2
