@@ -12,6 +12,12 @@ A request may ask to reuse the DiT's work between its steps (``GenerationParams.
 engines/step_cache.py): its state then carries its own cache, and each step counts on the state
 whether the request computed every block or skipped the blocks after the first.
 
+A request may name LoRA adapters (``GenerationParams.loras``, engines/lora/): the Denoiser holds them in its
+`AdapterBank` and runs the one forward inside `BatchedLora.rows`, each request's rows (both CFG rows) adding
+its own adapters, rows of requests without adapters none. Batches are not split by adapter. A request with
+adapters runs without the step cache (validated), and a batch holding one lets no row skip blocks: the
+cache's sub-batches would not line up with the adapters' rows (the other requests compute those steps).
+
 The math is LTX2Pipeline's (velocity -> x0, CFG in delta form, guidance rescale, x0 ->
 velocity, x + (sigma_next - sigma) * v), so a request denoised here equals the pipeline's.
 """
@@ -34,7 +40,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from engines import denoise_checkpoint
 from engines.config import ModelConfig
 from engines.dit_backend import DiTBackend, DiTInputs, create_backend
-from engines.errors import OutOfMemory
+from engines.errors import InvalidParameter, OutOfMemory
+from engines.lora import AdapterBank, BatchedLora, RowAdapters, request_rows
 from engines.model_loader import DENOISER_PARTS, Components, ComponentSource
 from engines.params import GenerationParams
 from engines.runtime import configure_threads
@@ -110,6 +117,9 @@ class Denoiser:
         if self.backend.runs_block_hooks:
             check_block_arguments(self.transformer)  # a diffusers the step cache cannot slice fails here, loudly
         self._block_cache: FirstBlockCache | None = None  # hooks attached on the first cached step
+        # LoRA adapters by name, loaded on first use (None: model.lora.dir is not set, requests name none)
+        self.adapters = AdapterBank(self.transformer, config.lora) if config.lora.dir is not None else None
+        self._lora = BatchedLora(self.transformer, config.lora.delta_path)
         self._cache_off_logged = False
         self._coords: dict[tuple[LatentShape, float], tuple[torch.Tensor, torch.Tensor]] = {}
         # batch members -> (their states, the inputs that do not change between steps): see _static_inputs
@@ -119,6 +129,7 @@ class Denoiser:
     # -- prepare -------------------------------------------------------------------------
     def prepare(self, request: DenoiseRequest) -> DenoiseState:
         p, g, cond = request.params, self.geometry, request.conditioning
+        self._adapters(p)  # a request whose adapters cannot run is refused before it takes a slot
         shape = LatentShape.for_params(p, g)
         if cond is not None and cond.kind == "refine":
             return self._prepare_refine(request, shape)
@@ -187,6 +198,20 @@ class Denoiser:
             video_coords=video_coords, audio_coords=audio_coords, cfg=p.use_cfg, mask=mask,
             step_index=start, start_index=start, cache=self._step_cache(p))
 
+    def _adapters(self, params: GenerationParams) -> RowAdapters:
+        """The request's adapters, loaded (`AdapterBank.uses`: a dict hit once loaded, so resolving them at
+        every step keeps the adapters in flight the most recently used); () for a request without any."""
+        if not params.loras:
+            return ()
+        if self.adapters is None:
+            raise InvalidParameter("loras[0].name", params.loras[0][0],
+                                   "none: this model has no LoRA adapters (model.lora.dir is not set)")
+        if not self.backend.runs_block_hooks:
+            raise InvalidParameter("loras", [n for n, _ in params.loras],
+                                   f"none: DiT backend {self.backend.name} does not run the diffusers modules, "
+                                   "whose hooks add the adapters (use the eager backend)")
+        return self.adapters.uses(params.loras)
+
     def _step_cache(self, params: GenerationParams) -> StepCacheState | None:
         """The request's own cache, or None: it asked for ``off``, or the backend runs no block hooks."""
         policy = CachePolicy.for_mode(self.config.step_cache, params.cache)
@@ -239,12 +264,14 @@ class Denoiser:
             if s.done:
                 raise ValueError(f"request {s.request_id} has finished all {s.num_steps} steps")
         inputs = self._batch(states)
+        rows = request_rows([(self._adapters(s.params), s.rows) for s in states])
         try:
-            if any(s.cache is not None for s in states):
-                video_v, audio_v, skipped = self._cached_forward(states, inputs)
-            else:
-                video_v, audio_v = self.backend.forward(inputs)
-                skipped = [False] * len(states)
+            with self._lora.rows(rows):  # attaches nothing when no row has an adapter
+                if any(s.cache is not None for s in states):
+                    video_v, audio_v, skipped = self._cached_forward(states, inputs, skips=not any(rows))
+                else:
+                    video_v, audio_v = self.backend.forward(inputs)
+                    skipped = [False] * len(states)
         except torch.OutOfMemoryError as e:  # before any state moved: the step can be retried smaller
             del inputs
             if self.device.type == "cuda":
@@ -264,14 +291,15 @@ class Denoiser:
                 s.cache.release()
         return list(states)
 
-    def _cached_forward(self, states: Sequence[DenoiseState],
-                        inputs: DiTInputs) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
-        """The forward with first-block caching: one row group per state, in `_batch`'s row order."""
+    def _cached_forward(self, states: Sequence[DenoiseState], inputs: DiTInputs,
+                        skips: bool = True) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
+        """The forward with first-block caching: one row group per state, in `_batch`'s row order. `skips`
+        False: every row computes (and refreshes its cache), as a batch with LoRA adapters must."""
         if self._block_cache is None:
             self._block_cache = FirstBlockCache.attach(self.transformer)
         plan, row = [], 0
         for s in states:
-            may_skip = s.cache is not None and s.cache.policy.allows_skip(s.steps_done, s.steps_total)
+            may_skip = skips and s.cache is not None and s.cache.policy.allows_skip(s.steps_done, s.steps_total)
             plan.append(RowGroup(start=row, rows=s.rows, cache=s.cache, may_skip=may_skip))
             row += s.rows
         return self._block_cache.forward(self.backend, inputs, plan)

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from engines.config import STEP_CACHE_MODES, ModelConfig, StepCacheMode
+from engines.adapter_files import adapter_file, available_adapters
+from engines.config import STEP_CACHE_MODES, LoraConfig, ModelConfig, StepCacheMode
 from engines.errors import InvalidParameter
 
 # LTX-2's video VAE compresses time 8x around a causal first frame: a clip has 8k+1 frames. Jobs stored before
@@ -86,9 +87,13 @@ class GenerationRequest:
     # to it, or scaled to cover it and then cropped (`GenerationParams.fit`). None: as generated.
     output_width: int | None = None
     output_height: int | None = None
+    # LoRA adapters of model.lora.dir as (name, scale) pairs, applied in the DiT's forward (engines/lora/);
+    # empty: the base model. A request with adapters runs with the step cache off (`cache` None means off then).
+    loras: tuple[tuple[str, float], ...] = ()
 
     def validated(self, config: ModelConfig) -> GenerationParams:
         """Fill defaults from `config`, then check every field; raises `InvalidParameter` naming it."""
+        loras = _check_loras(self.loras, config.lora)
         d, lim = config.defaults, config.limits
         p = dataclasses.replace(
             self,
@@ -105,7 +110,7 @@ class GenerationRequest:
             guidance_rescale=d.guidance_rescale if self.guidance_rescale is None else self.guidance_rescale,
             audio_guidance_rescale=(d.audio_guidance_rescale if self.audio_guidance_rescale is None
                                     else self.audio_guidance_rescale),
-            cache=config.step_cache.default if self.cache is None else self.cache,
+            cache=("off" if loras else config.step_cache.default) if self.cache is None else self.cache,
         )
         reads = f"; this model reads its first {config.tokenizer_max_length} tokens"
         _check_text("prompt", p.prompt, lim.max_prompt_chars, required=True, note=reads)
@@ -138,6 +143,10 @@ class GenerationRequest:
             _check_float(name, getattr(p, name), *lim.rescale_range)
         if p.cache not in STEP_CACHE_MODES:
             raise InvalidParameter("cache", p.cache, "one of " + ", ".join(STEP_CACHE_MODES))
+        if loras and p.cache != "off":
+            # The step cache runs blocks on sub-batches, which the LoRA row hooks cannot map (engines/lora/layers.py)
+            raise InvalidParameter("cache", p.cache, "off: a request with LoRA adapters (loras) runs without the "
+                                                     "step cache")
         two_stage = _two_stage(p, config)
         if (p.output_width is None) != (p.output_height is None):
             raise InvalidParameter("size", f"{p.output_width}x{p.output_height}", "both sides of the output or none")
@@ -163,7 +172,7 @@ class GenerationRequest:
             audio_guidance_rescale=float(p.audio_guidance_rescale), enhance_prompt=p.enhance_prompt,
             cache=p.cache, two_stage=two_stage,
             num_frames=model_frames_for(frames_for(p.seconds, p.fps), _temporal_compression(config)),
-            output_width=p.output_width, output_height=p.output_height)
+            output_width=p.output_width, output_height=p.output_height, loras=loras)
 
 
 @dataclass(frozen=True)
@@ -192,6 +201,7 @@ class GenerationParams:
     num_frames: int
     output_width: int | None = None  # the size delivered when it is not the size generated (see `fit`)
     output_height: int | None = None
+    loras: tuple[tuple[str, float], ...] = ()  # (adapter name, scale), each name once, in the order asked
 
     @property
     def size(self) -> str:
@@ -263,6 +273,37 @@ def _two_stage(p: GenerationRequest, config: ModelConfig) -> bool:
     return asked
 
 
+def _check_loras(loras: object, config: LoraConfig) -> tuple[tuple[str, float], ...]:
+    """The request's adapters as (name, scale) pairs, checked against `model.lora`: how many, each scale, each
+    name once and present in the adapter directory. Whether a file fits the DiT is checked when the
+    Denoiser loads it (`engines.lora.AdapterBank`); this runs where the request arrives, without torch."""
+    try:
+        pairs = [(name, scale) for name, scale in loras]  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise InvalidParameter("loras", loras, "a list of (name, scale) pairs") from None
+    if len(pairs) > config.max_per_request:
+        raise InvalidParameter("loras", [n for n, _ in pairs], f"at most {config.max_per_request} adapters "
+                                                               "(model.lora.max_per_request)")
+    lo, hi = config.scale_range
+    seen: set[str] = set()
+    for i, (name, scale) in enumerate(pairs):
+        if not isinstance(name, str) or not name:
+            raise InvalidParameter(f"loras[{i}].name", name, "an adapter name")
+        if name in seen:
+            raise InvalidParameter(f"loras[{i}].name", name, "each adapter at most once")
+        seen.add(name)
+        _check_float(f"loras[{i}].scale", scale, lo, hi)
+        if config.dir is None:
+            raise InvalidParameter(f"loras[{i}].name", name, "none: this model has no LoRA adapters "
+                                                             "(model.lora.dir is not set)")
+        if adapter_file(config.dir, name) is None:
+            names = available_adapters(config.dir)
+            raise InvalidParameter(f"loras[{i}].name", name, f"one of {', '.join(names)} (the adapters in "
+                                   f"{config.dir})" if names else
+                                   f"none: {config.dir} holds no LoRA adapters")
+    return tuple((name, float(scale)) for name, scale in pairs)
+
+
 def _fmt_fps(fps: Fraction) -> str:
     return str(fps.numerator) if fps.denominator == 1 else f"{fps.numerator}/{fps.denominator}"
 
@@ -298,6 +339,7 @@ def params_from_dict(data: dict) -> GenerationParams:
     """The validated params `params_to_dict` wrote (a job's record)."""
     d = dict(data)
     d["fps"] = Fraction(d["fps"])
+    d["loras"] = tuple((str(n), float(s)) for n, s in d.get("loras", ()))  # JSON gives lists; older rows none
     if "num_frames" not in d:  # recorded before it was a field: LTX-2's layout
         d["num_frames"] = model_frames_for(frames_for(d["seconds"], d["fps"]))
     return GenerationParams(**d)

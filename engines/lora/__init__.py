@@ -5,8 +5,8 @@
 - `layers`: one forward whose rows each add their own adapters (`BatchedLora.rows`), two interchangeable
   ways of computing it (grouped segment matmuls, gathered batched matmuls).
 
-How the Denoiser's step batch is meant to call it (not wired yet: the request's ``loras`` field, the protos
-and the REST API come with the serving half). The DiT forward and `DiTInputs` are unchanged:
+How the Denoiser's step batch calls it (engines/denoiser.py; the request's ``loras`` field and its validation
+are engines/params.py's). The DiT forward and `DiTInputs` are unchanged:
 
     bank = AdapterBank(self.transformer, config.lora)          # once per replica
     lora = BatchedLora(self.transformer, config.lora.delta_path)
@@ -21,7 +21,8 @@ and the REST API come with the serving half). The DiT forward and `DiTInputs` ar
 recently used; calling it in `prepare` too refuses a bad request before it takes a slot. A CFG request's two
 rows (negative, prompt) both take its adapters, as merged weights would. Only backends that call the
 diffusers module eagerly run the hooks (`DiTBackend.runs_block_hooks`), and the step cache's sub-batches are
-refused for now (engines/lora/layers.py).
+refused (engines/lora/layers.py): a request with adapters runs with cache off, and a batch holding one lets no
+row skip.
 """
 
 from engines.lora.adapter import LoraAdapter, LoraFactors, available_adapters, read_adapter

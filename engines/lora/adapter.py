@@ -28,11 +28,12 @@ from typing import Any
 
 import torch
 
+from engines.adapter_files import WEIGHT_NAME, adapter_file, available_adapters
 from engines.errors import AdapterError
 
-WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE: a directory adapter's file
+__all__ = ["WEIGHT_NAME", "LoraAdapter", "LoraFactors", "adapter_file", "available_adapters", "read_adapter"]
+
 PREFIX = "transformer."
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # a file name, never a path (names come from requests)
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])\.weight$")
 
 
@@ -64,25 +65,6 @@ class LoraAdapter:
 
     def __repr__(self) -> str:
         return f"LoraAdapter({self.name!r}, {len(self.layers)} layers, {self.path})"
-
-
-def adapter_file(directory: Path, name: str) -> Path | None:
-    """The file of adapter `name` under `directory`: ``<name>.safetensors``, else ``<name>/`` + `WEIGHT_NAME`;
-    None when there is none (or `name` is not a plain file name)."""
-    if not _NAME.match(name) or name.endswith(".safetensors"):
-        return None
-    for path in (directory / f"{name}.safetensors", directory / name / WEIGHT_NAME):
-        if path.is_file():
-            return path
-    return None
-
-
-def available_adapters(directory: Path | None) -> list[str]:
-    """The adapter names `directory` holds, sorted."""
-    if directory is None or not directory.is_dir():
-        return []
-    names = {p.stem if p.is_file() else p.name for p in directory.iterdir()}
-    return sorted(n for n in names if adapter_file(directory, n) is not None)
 
 
 def read_adapter(path: Path, name: str, transformer: torch.nn.Module) -> LoraAdapter:

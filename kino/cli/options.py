@@ -29,6 +29,23 @@ def _fps(text: str) -> Fraction:
         raise argparse.ArgumentTypeError(f"fps must be a number or a fraction like 30000/1001, got {text!r}") from None
 
 
+def lora_option(text: str) -> tuple[str, float]:
+    """A --lora value: NAME or NAME:SCALE (scale 1.0 when omitted; the server checks the name and the range)."""
+    name, sep, scale = text.rpartition(":") if ":" in text else (text, "", "")
+    if not name:
+        raise argparse.ArgumentTypeError(f"lora must look like NAME or NAME:SCALE (e.g. watercolor:0.8), got {text!r}")
+    try:
+        return name, float(scale) if sep else 1.0
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"lora scale must be a number, e.g. {name}:0.8, got {text!r}") from None
+
+
+def add_lora_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lora", type=lora_option, action="append", default=[], metavar="NAME[:SCALE]",
+                   help="apply the LoRA adapter NAME of the model's adapter directory at SCALE (default 1.0; "
+                        "model.lora.scale_range bounds it); repeat to combine adapters (model.lora.max_per_request)")
+
+
 def add_generation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", help="what the video shows and sounds like")
     g = p.add_argument_group("generation (unset options take the model's defaults)")
@@ -60,7 +77,7 @@ def request_from_args(args: argparse.Namespace) -> CreateVideo:
         prompt=args.prompt, negative_prompt=args.negative_prompt, size=args.size, seconds=args.seconds,
         fps=str(args.fps) if args.fps is not None else None, seed=args.seed, steps=args.steps,
         guidance_scale=args.guidance_scale, audio_guidance_scale=args.audio_guidance_scale, cache=args.cache,
-        two_stage=args.two_stage)
+        two_stage=args.two_stage, loras=tuple(getattr(args, "lora", None) or ()))
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -71,6 +88,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                         "balls and squares (64x64, 17 frames); checkpoint: a local LTX-2 diffusers directory "
                         "(default: tiny; demo for kino demo)")
     g.add_argument("--checkpoint-dir", metavar="DIR", help="the checkpoint directory, with --preset checkpoint")
+    g.add_argument("--lora-dir", metavar="DIR",
+                   help="where the LoRA adapters requests may name live: DIR/NAME.safetensors or "
+                        "DIR/NAME/pytorch_lora_weights.safetensors (model.lora.dir; default: the config's, none)")
     g.add_argument("--device", help="cpu or cuda[:N] (default: the preset's)")
     g.add_argument("--dtype", choices=DTYPES, help="weights dtype (default: the preset's)")
     g.add_argument("--dit-backend", choices=DIT_BACKENDS,
@@ -90,6 +110,8 @@ def model_mapping_from_args(args: argparse.Namespace) -> dict:
     for key in ("checkpoint_dir", "device", "dtype", "dit_backend"):
         if getattr(args, key, None) is not None:
             m[key] = getattr(args, key)
+    if getattr(args, "lora_dir", None) is not None:
+        m["lora"] = {"dir": args.lora_dir}
     parallel = {k: v for k, v in (("cfg", getattr(args, "cfg_parallel", None)),
                                   ("ulysses", getattr(args, "ulysses", None))) if v is not None}
     if parallel:

@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from kino.cli.options import add_generation_options, add_model_options, model_mapping_from_args, request_from_args
+from kino.cli.options import (
+    add_generation_options,
+    add_lora_options,
+    add_model_options,
+    model_mapping_from_args,
+    request_from_args,
+)
 
 if TYPE_CHECKING:
     from serving.config import KinoConfig
@@ -31,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Load the model in this process and generate one video with audio, without starting a "
                     "cluster. Useful to check a checkpoint or a preset; `kino generate` goes through a server.")
     add_generation_options(p)
+    add_lora_options(p)
     add_model_options(p)
     p.add_argument("-o", "--output", default="kino.mp4", type=Path, help="where to write the MP4 (default: kino.mp4)")
     p.set_defaults(func=run)
@@ -90,6 +97,8 @@ def _generate(args: argparse.Namespace, cfg: KinoConfig, console: Console, model
     console.print(f"wrote [bold]{args.output.resolve()}[/bold] (watermarked, C2PA-signed)")
     console.print(f"  {probe(args.output).summary()}")
     console.print(f"  seed {params.seed}, {params.steps} steps, model {config.model_id}")
+    if params.loras:
+        console.print("  LoRA adapters: " + ", ".join(f"{name} at {scale:g}" for name, scale in params.loras))
     if times.two_stage_line():
         print(times.two_stage_line(), flush=True)
     print(times, flush=True)

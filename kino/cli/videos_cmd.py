@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from kino.cli.options import add_generation_options
+from kino.cli.options import add_generation_options, add_lora_options
 from kino.client import KinoClient
 from kino_api.v1 import video_service_pb2 as pb
 
@@ -49,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Queue a video on a Kino server, follow its progress live, then download the "
                                    "MP4 (checked against its sha256).")
     add_generation_options(g)
+    add_lora_options(g)
     g.add_argument("-o", "--output", type=Path, default=Path("kino.mp4"), help="where to write the MP4")
     g.add_argument("--priority", type=int, help="0 (lowest) to 9 (default 5)")
     g.add_argument("--idempotency-key", help="retrying with the same key returns the same video")
@@ -94,6 +95,7 @@ def create_request(args: argparse.Namespace) -> pb.CreateVideoRequest:
         req.size = args.size
     if args.fps is not None:
         req.fps = f"{args.fps.numerator}/{args.fps.denominator}"
+    req.loras.extend(pb.LoraRef(name=name, scale=scale) for name, scale in getattr(args, "lora", None) or ())
     if getattr(args, "cache", None):
         req.cache = pb.StepCache.Value(f"STEP_CACHE_{args.cache.upper()}")
     for name in ("seconds", "seed", "steps", "guidance_scale", "audio_guidance_scale", "priority", "two_stage"):

@@ -79,8 +79,36 @@ class VideoError(_message.Message):
     message: str
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
+class LoraRef(_message.Message):
+    __slots__ = ("name", "scale")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    scale: float
+    def __init__(self, name: _Optional[str] = ..., scale: _Optional[float] = ...) -> None: ...
+
+class ListLorasRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class LoraInfo(_message.Message):
+    __slots__ = ("name", "rank", "modules")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    MODULES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    rank: int
+    modules: int
+    def __init__(self, name: _Optional[str] = ..., rank: _Optional[int] = ..., modules: _Optional[int] = ...) -> None: ...
+
+class ListLorasResponse(_message.Message):
+    __slots__ = ("loras",)
+    LORAS_FIELD_NUMBER: _ClassVar[int]
+    loras: _containers.RepeatedCompositeFieldContainer[LoraInfo]
+    def __init__(self, loras: _Optional[_Iterable[_Union[LoraInfo, _Mapping]]] = ...) -> None: ...
+
 class Video(_message.Message):
-    __slots__ = ("id", "status", "progress", "model", "size", "seconds", "fps", "seed", "steps", "prompt", "negative_prompt", "priority", "created_at", "started_at", "completed_at", "error", "stage", "step", "total_steps", "size_bytes", "sha256", "attempts", "visibility", "parent_id", "cameo_id", "review", "image_conditioned", "enhanced_prompt", "cache", "two_stage", "resumed_from_step")
+    __slots__ = ("id", "status", "progress", "model", "size", "seconds", "fps", "seed", "steps", "prompt", "negative_prompt", "priority", "created_at", "started_at", "completed_at", "error", "stage", "step", "total_steps", "size_bytes", "sha256", "attempts", "visibility", "parent_id", "cameo_id", "review", "image_conditioned", "enhanced_prompt", "cache", "two_stage", "resumed_from_step", "loras")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +140,7 @@ class Video(_message.Message):
     CACHE_FIELD_NUMBER: _ClassVar[int]
     TWO_STAGE_FIELD_NUMBER: _ClassVar[int]
     RESUMED_FROM_STEP_FIELD_NUMBER: _ClassVar[int]
+    LORAS_FIELD_NUMBER: _ClassVar[int]
     id: str
     status: VideoStatus
     progress: float
@@ -143,10 +172,11 @@ class Video(_message.Message):
     cache: StepCache
     two_stage: bool
     resumed_from_step: int
-    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[VideoStatus, str]] = ..., progress: _Optional[float] = ..., model: _Optional[str] = ..., size: _Optional[str] = ..., seconds: _Optional[float] = ..., fps: _Optional[str] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., priority: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[_Union[VideoError, _Mapping]] = ..., stage: _Optional[_Union[Stage, str]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., attempts: _Optional[int] = ..., visibility: _Optional[_Union[Visibility, str]] = ..., parent_id: _Optional[str] = ..., cameo_id: _Optional[str] = ..., review: _Optional[_Union[Review, str]] = ..., image_conditioned: _Optional[bool] = ..., enhanced_prompt: _Optional[str] = ..., cache: _Optional[_Union[StepCache, str]] = ..., two_stage: _Optional[bool] = ..., resumed_from_step: _Optional[int] = ...) -> None: ...
+    loras: _containers.RepeatedCompositeFieldContainer[LoraRef]
+    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[VideoStatus, str]] = ..., progress: _Optional[float] = ..., model: _Optional[str] = ..., size: _Optional[str] = ..., seconds: _Optional[float] = ..., fps: _Optional[str] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., priority: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[_Union[VideoError, _Mapping]] = ..., stage: _Optional[_Union[Stage, str]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., attempts: _Optional[int] = ..., visibility: _Optional[_Union[Visibility, str]] = ..., parent_id: _Optional[str] = ..., cameo_id: _Optional[str] = ..., review: _Optional[_Union[Review, str]] = ..., image_conditioned: _Optional[bool] = ..., enhanced_prompt: _Optional[str] = ..., cache: _Optional[_Union[StepCache, str]] = ..., two_stage: _Optional[bool] = ..., resumed_from_step: _Optional[int] = ..., loras: _Optional[_Iterable[_Union[LoraRef, _Mapping]]] = ...) -> None: ...
 
 class CreateVideoRequest(_message.Message):
-    __slots__ = ("prompt", "negative_prompt", "size", "seconds", "fps", "seed", "steps", "guidance_scale", "audio_guidance_scale", "priority", "idempotency_key", "model", "image", "cameo_id", "visibility", "enhance_prompt", "cache", "two_stage")
+    __slots__ = ("prompt", "negative_prompt", "size", "seconds", "fps", "seed", "steps", "guidance_scale", "audio_guidance_scale", "priority", "idempotency_key", "model", "image", "cameo_id", "visibility", "enhance_prompt", "cache", "two_stage", "loras")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +195,7 @@ class CreateVideoRequest(_message.Message):
     ENHANCE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     CACHE_FIELD_NUMBER: _ClassVar[int]
     TWO_STAGE_FIELD_NUMBER: _ClassVar[int]
+    LORAS_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     negative_prompt: str
     size: str
@@ -183,10 +214,11 @@ class CreateVideoRequest(_message.Message):
     enhance_prompt: bool
     cache: StepCache
     two_stage: bool
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., size: _Optional[str] = ..., seconds: _Optional[float] = ..., fps: _Optional[str] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., audio_guidance_scale: _Optional[float] = ..., priority: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., model: _Optional[str] = ..., image: _Optional[bytes] = ..., cameo_id: _Optional[str] = ..., visibility: _Optional[_Union[Visibility, str]] = ..., enhance_prompt: _Optional[bool] = ..., cache: _Optional[_Union[StepCache, str]] = ..., two_stage: _Optional[bool] = ...) -> None: ...
+    loras: _containers.RepeatedCompositeFieldContainer[LoraRef]
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., size: _Optional[str] = ..., seconds: _Optional[float] = ..., fps: _Optional[str] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., audio_guidance_scale: _Optional[float] = ..., priority: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., model: _Optional[str] = ..., image: _Optional[bytes] = ..., cameo_id: _Optional[str] = ..., visibility: _Optional[_Union[Visibility, str]] = ..., enhance_prompt: _Optional[bool] = ..., cache: _Optional[_Union[StepCache, str]] = ..., two_stage: _Optional[bool] = ..., loras: _Optional[_Iterable[_Union[LoraRef, _Mapping]]] = ...) -> None: ...
 
 class RemixVideoRequest(_message.Message):
-    __slots__ = ("video_id", "prompt", "strength", "seed", "idempotency_key", "visibility", "enhance_prompt")
+    __slots__ = ("video_id", "prompt", "strength", "seed", "idempotency_key", "visibility", "enhance_prompt", "loras")
     VIDEO_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     STRENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -194,6 +226,7 @@ class RemixVideoRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     VISIBILITY_FIELD_NUMBER: _ClassVar[int]
     ENHANCE_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    LORAS_FIELD_NUMBER: _ClassVar[int]
     video_id: str
     prompt: str
     strength: float
@@ -201,7 +234,8 @@ class RemixVideoRequest(_message.Message):
     idempotency_key: str
     visibility: Visibility
     enhance_prompt: bool
-    def __init__(self, video_id: _Optional[str] = ..., prompt: _Optional[str] = ..., strength: _Optional[float] = ..., seed: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., visibility: _Optional[_Union[Visibility, str]] = ..., enhance_prompt: _Optional[bool] = ...) -> None: ...
+    loras: _containers.RepeatedCompositeFieldContainer[LoraRef]
+    def __init__(self, video_id: _Optional[str] = ..., prompt: _Optional[str] = ..., strength: _Optional[float] = ..., seed: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., visibility: _Optional[_Union[Visibility, str]] = ..., enhance_prompt: _Optional[bool] = ..., loras: _Optional[_Iterable[_Union[LoraRef, _Mapping]]] = ...) -> None: ...
 
 class SetVideoVisibilityRequest(_message.Message):
     __slots__ = ("id", "visibility")

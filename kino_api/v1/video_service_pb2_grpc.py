@@ -84,6 +84,11 @@ class VideoServiceStub:
                 request_serializer=kino__api_dot_v1_dot_video__service__pb2.ListPublicVideosRequest.SerializeToString,
                 response_deserializer=kino__api_dot_v1_dot_video__service__pb2.ListPublicVideosResponse.FromString,
                 _registered_method=True)
+        self.ListLoras = channel.unary_unary(
+                '/kino.v1.VideoService/ListLoras',
+                request_serializer=kino__api_dot_v1_dot_video__service__pb2.ListLorasRequest.SerializeToString,
+                response_deserializer=kino__api_dot_v1_dot_video__service__pb2.ListLorasResponse.FromString,
+                _registered_method=True)
 
 
 class VideoServiceServicer:
@@ -157,6 +162,13 @@ class VideoServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListLoras(self, request, context):
+        """The LoRA adapters a request may name (the server's model.lora.dir).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VideoServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -209,6 +221,11 @@ def add_VideoServiceServicer_to_server(servicer, server):
                     servicer.ListPublicVideos,
                     request_deserializer=kino__api_dot_v1_dot_video__service__pb2.ListPublicVideosRequest.FromString,
                     response_serializer=kino__api_dot_v1_dot_video__service__pb2.ListPublicVideosResponse.SerializeToString,
+            ),
+            'ListLoras': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLoras,
+                    request_deserializer=kino__api_dot_v1_dot_video__service__pb2.ListLorasRequest.FromString,
+                    response_serializer=kino__api_dot_v1_dot_video__service__pb2.ListLorasResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -481,6 +498,33 @@ class VideoService:
             '/kino.v1.VideoService/ListPublicVideos',
             kino__api_dot_v1_dot_video__service__pb2.ListPublicVideosRequest.SerializeToString,
             kino__api_dot_v1_dot_video__service__pb2.ListPublicVideosResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLoras(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kino.v1.VideoService/ListLoras',
+            kino__api_dot_v1_dot_video__service__pb2.ListLorasRequest.SerializeToString,
+            kino__api_dot_v1_dot_video__service__pb2.ListLorasResponse.FromString,
             options,
             channel_credentials,
             insecure,

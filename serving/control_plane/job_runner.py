@@ -211,7 +211,7 @@ class JobRunner:
                              progress=_DECODING, eta_seconds=self._decode_seconds, message="decoding")
         t = time.monotonic()
         claim = Claim(video_id=job.id, model=job.model, prompt_sha256=prompt_sha256(params.prompt),
-                      parent_video_id=job.conditioning.parent_id)
+                      parent_video_id=job.conditioning.parent_id, loras=params.loras)
         result = await self.stages.decode(job.id, params, latents, f"{job.tenant}/{job.id}.mp4", claim,
                                           job.conditioning.parent_key)
         took = time.monotonic() - t

@@ -12,6 +12,8 @@ class Claim:
     model: str
     prompt_sha256: str  # a hash of the prompt, never the prompt
     parent_video_id: str | None = None
+    # The LoRA adapters the model ran with, as (name, scale): what shaped the output beside the named model.
+    loras: tuple[tuple[str, float], ...] = ()
 
 
 def prompt_sha256(prompt: str) -> str:

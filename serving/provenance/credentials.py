@@ -1,9 +1,9 @@
 """Signing MP4s with a C2PA manifest (c2pa-python), and reading them back.
 
-The manifest says: created by Kino (name, version), digital source type
-trainedAlgorithmicMedia, the model id, a SHA-256 of the prompt (never the prompt), and for a
-remix the parent video, also attached as a `parentOf` ingredient so its own credentials travel
-with the child.
+The manifest says: created by Kino (name, version), digital source type trainedAlgorithmicMedia, the model
+id and the LoRA adapters applied to it (name and scale; [] for none), a SHA-256 of the prompt (never the
+prompt), and for a remix the parent video, also attached as a `parentOf` ingredient so its own credentials
+travel with the child.
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ class ContentCredentials:
                     "softwareAgent": agent}]}},
                 {"label": ASSERTION, "data": {"model": claim.model, "prompt_sha256": claim.prompt_sha256,
                                                "parent_video_id": claim.parent_video_id,
-                                               "video_id": claim.video_id}},
+                                               "video_id": claim.video_id,
+                                               "loras": [{"name": n, "scale": s} for n, s in claim.loras]}},
             ],
         }
 

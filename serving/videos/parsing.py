@@ -59,6 +59,7 @@ class CreateVideo:
     enhance_prompt: bool = False
     cache: str | None = None  # step caching: off, balanced, fast (None: the server's default)
     two_stage: bool | None = None  # half size, upsample, refine (None: the server's default for the size)
+    loras: tuple[tuple[str, float], ...] = ()  # LoRA adapters of model.lora.dir, (name, scale) pairs
     # Came through the OpenAI-compatible API: any even size is served (generated at the nearest size the model
     # makes, then cropped or scaled to it), and an omitted size and seconds take rest.defaults (OpenAI's). gRPC
     # keeps its exact rule (sides multiples of 32) and the model's defaults.
@@ -74,6 +75,7 @@ class RemixVideo:
     idempotency_key: str | None = None
     visibility: Visibility = Visibility.PRIVATE
     enhance_prompt: bool = False
+    loras: tuple[tuple[str, float], ...] | None = None  # None: the source video's adapters
 
 
 def model_profile(name: str | None, model: ModelConfig, aliases: Mapping[str, str]) -> str:
@@ -169,7 +171,7 @@ def generation_params(req: CreateVideo, model: ModelConfig, *, aliases: Mapping[
         prompt=req.prompt, negative_prompt=req.negative_prompt, width=width, height=height,
         seconds=seconds, fps=fps, seed=req.seed, steps=steps, guidance_scale=req.guidance_scale,
         audio_guidance_scale=req.audio_guidance_scale, enhance_prompt=req.enhance_prompt, cache=req.cache,
-        two_stage=two_stage, output_width=out_w, output_height=out_h), model)
+        two_stage=two_stage, output_width=out_w, output_height=out_h, loras=req.loras), model)
 
 
 def validated(params: GenerationRequest | GenerationParams, model: ModelConfig) -> GenerationParams:

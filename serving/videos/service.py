@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from engines import stills
+from engines.adapter_files import AdapterSummary, catalog
 from engines.config import ModelConfig
 from engines.params import GenerationParams, params_to_dict
 from serving.accounts import Principal
@@ -151,8 +152,10 @@ class VideoService:
             raise FailedPrecondition(f"video_id {req.video_id} is {parent.status.value}; only a completed video "
                                      "can be remixed", field="video_id", reason=Reason.NOT_READY)
         strength = rq.remix_strength(req.strength, self.config.cameos.default_remix_strength)
+        loras = parent.generation.loras if req.loras is None else req.loras
         params = rq.validated(parent.generation.as_request(prompt=req.prompt, negative_prompt=None, seed=req.seed,
-                                      enhance_prompt=req.enhance_prompt, two_stage=False), self.model)
+                                      enhance_prompt=req.enhance_prompt, two_stage=False, loras=loras),
+                              self.model)
         if self.capacity is not None:
             await in_thread(self.capacity.check, params)
         cameo = None
@@ -163,6 +166,10 @@ class VideoService:
                                     cameo_id=cameo.id if cameo else None)
         return await self._queue(principal, f"video_{uuid.uuid4().hex}", params, None, req.idempotency_key,
                                  rq.request_hash(req), conditioning, req.visibility, cameo)
+
+    async def loras(self, principal: Principal) -> list[AdapterSummary]:
+        """The LoRA adapters a request may name (model.lora.dir): any caller may list them."""
+        return await in_thread(catalog, self.model.lora.dir)
 
     async def _usable_cameo(self, principal: Principal, cameo_id: str) -> Cameo:
         return await in_thread(usable_cameo, self.cameos.blocking, principal, cameo_id)

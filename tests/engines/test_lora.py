@@ -6,18 +6,15 @@ of one request alone. A mixed batch through `BatchedLora` must give each row wha
 from those merged weights, within 1e-4 (observed at most 1e-6 on outputs of magnitude ~1.5: float32 rounding
 of merged vs. factored products, and of one row alone vs. in a batch).
 
-The adapters are written the way diffusers writes them (``save_lora_weights`` with peft's config as metadata):
-A at rank 4, alpha 8 on the video attention and feed-forward Linears; B at rank 2, alpha 3, with a rank and
-alpha pattern (rank 3, alpha 6 on the video feed-forward's first Linear), on the audio streams, the
-cross-modal attentions, the video feed-forward (shared with A) and the video timestep embedding's Linear, whose
-input is the per-token timesteps flattened to [rows * tokens] (the rows rule for flattened inputs).
+The adapters are written the way diffusers writes them (``save_lora_weights`` with peft's config as metadata),
+by tests/engines/lora_cases.py: A on the video attention and feed-forward Linears, B (rank and alpha patterns)
+on the audio streams, the cross-modal attentions, the video feed-forward and the video timestep embedding's
+Linear, whose input is the per-token timesteps flattened to [rows * tokens] (the rows rule for flattened inputs).
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import warnings
 from pathlib import Path
 
 import pytest
@@ -31,17 +28,10 @@ from engines.errors import AdapterError, ConfigError, InvalidParameter, UnknownA
 from engines.lora import AdapterBank, AdapterUse, BatchedLora, lora_rows, read_adapter, request_rows
 from engines.model_loader import load_components
 from engines.runtime import configure_threads
+from tests.engines.lora_cases import A_TARGETS, B_TARGETS, merged_reference, random_pairs, write_adapters
 
 TOL = 1e-4
 ROWS = 4
-BLOCKS = ("transformer_blocks.0", "transformer_blocks.1")
-ATTN = ("to_q", "to_k", "to_v", "to_out.0")
-A_TARGETS = [f"{b}.{a}.{p}" for b in BLOCKS for a in ("attn1", "attn2") for p in ATTN] + \
-    [f"{b}.ff.{p}" for b in BLOCKS for p in ("net.0.proj", "net.2")]
-B_TARGETS = [f"{b}.{a}.{p}" for b in BLOCKS for a in ("audio_attn1", "audio_to_video_attn", "video_to_audio_attn")
-             for p in ATTN] + \
-    [f"{b}.{f}.{p}" for b in BLOCKS for f in ("ff", "audio_ff") for p in ("net.0.proj", "net.2")] + \
-    ["time_embed.linear"]
 
 
 @pytest.fixture(scope="module")
@@ -50,38 +40,9 @@ def transformer():
     return load_components(preset("tiny"), ["transformer"]).transformer
 
 
-def _random_pairs(transformer, targets, rank_of, seed):
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for name in targets:
-        linear = transformer.get_submodule(name)
-        r = rank_of(name)
-        out[f"{name}.lora_A.weight"] = torch.randn(r, linear.in_features, generator=g) / linear.in_features ** 0.5
-        out[f"{name}.lora_B.weight"] = torch.randn(linear.out_features, r, generator=g) * 0.5
-    return out
-
-
-def _save_diffusers_way(directory: Path, layers, metadata) -> Path:
-    from diffusers import LTX2Pipeline
-
-    LTX2Pipeline.save_lora_weights(directory, transformer_lora_layers=layers,
-                                   transformer_lora_adapter_metadata=metadata)
-    return directory / "pytorch_lora_weights.safetensors"
-
-
 @pytest.fixture(scope="module")
 def adapter_dir(transformer, tmp_path_factory):
-    root = tmp_path_factory.mktemp("loras")
-    a = _random_pairs(transformer, A_TARGETS, lambda n: 4, seed=1)
-    _save_diffusers_way(root / "a", a, {"r": 4, "lora_alpha": 8, "target_modules": A_TARGETS})
-    b_rank = {"ff.net.0.proj": 3}
-    b = _random_pairs(transformer, B_TARGETS, lambda n: 3 if n.endswith(".ff.net.0.proj") else 2, seed=2)
-    _save_diffusers_way(root / "b", b, {"r": 2, "lora_alpha": 3, "rank_pattern": b_rank,
-                                        "alpha_pattern": {"ff.net.0.proj": 6}, "target_modules": B_TARGETS})
-    # a single-file adapter without metadata (alpha = rank), named by its stem
-    c = _random_pairs(transformer, A_TARGETS[:4], lambda n: 2, seed=3)
-    save_file({f"transformer.{k}": v for k, v in c.items()}, root / "c.safetensors")
-    return root
+    return write_adapters(tmp_path_factory.mktemp("loras"), transformer)
 
 
 @pytest.fixture(scope="module")
@@ -108,35 +69,13 @@ def _forward(transformer, inputs):
     return EagerBackend(transformer).forward(inputs)
 
 
-def _merged_reference(transformer, adapter_dir, uses: list[tuple[str, float]]):
-    """The transformer with the adapters fused into its weights by diffusers (load_lora_weights, set_adapters,
-    fuse_lora), independent of engines/lora."""
-    from diffusers import LTX2Pipeline
-
-    merged = copy.deepcopy(transformer)
-    if not uses:
-        return merged
-    pipe = LTX2Pipeline(scheduler=None, vae=None, audio_vae=None, text_encoder=None, tokenizer=None,
-                        connectors=None, transformer=merged, vocoder=None)
-    with warnings.catch_warnings():  # peft warns that a second adapter joins the first: meant here
-        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
-        for name, _ in uses:
-            pipe.load_lora_weights(adapter_dir / name, adapter_name=name)
-    names = [n for n, _ in uses]
-    pipe.set_adapters(names, [s for _, s in uses])
-    pipe.fuse_lora(components=["transformer"], adapter_names=names)
-    pipe.unload_lora_weights()
-    assert not any("lora" in k for k in merged.state_dict()), "the adapters were not fused"
-    return merged
-
-
 REQUESTS = [[], [("a", 1.0)], [("b", 0.5)], [("a", 1.0), ("b", 0.5)]]
 
 
 @pytest.fixture(scope="module")
 def references(transformer, adapter_dir):
     """Each request's merged transformer, keyed by its adapters."""
-    return {tuple(req): _merged_reference(transformer, adapter_dir, req) for req in REQUESTS}
+    return {tuple(req): merged_reference(transformer, adapter_dir, req) for req in REQUESTS}
 
 
 @pytest.mark.parametrize("path", ["grouped", "gathered"])
@@ -212,7 +151,7 @@ def test_rank_and_alpha_follow_peft_metadata_and_default_to_alpha_equal_rank(ban
 # -- refusals ------------------------------------------------------------------------------------
 def _bad(tmp_path, transformer, change, metadata=None) -> Path:
     """A rank-2 adapter on block 0's attn1.to_q, to_k with `change` applied to its state dict."""
-    sd = {f"transformer.{k}": v for k, v in _random_pairs(
+    sd = {f"transformer.{k}": v for k, v in random_pairs(
         transformer, ["transformer_blocks.0.attn1.to_q", "transformer_blocks.0.attn1.to_k"], lambda n: 2, 7).items()}
     change(sd)
     path = tmp_path / "bad.safetensors"
@@ -327,3 +266,14 @@ def test_the_lora_config_section_checks_its_bounds():
     with pytest.raises(ConfigError, match="model.lora.delta_path"):
         LoraConfig(delta_path="fast")
     assert preset("tiny").lora == LoraConfig()
+
+
+def test_the_catalog_summarises_each_adapter_from_its_header_alone(adapter_dir, tmp_path):
+    from engines.adapter_files import AdapterSummary, catalog, describe
+
+    assert catalog(adapter_dir) == [AdapterSummary("a", 4, len(A_TARGETS)), AdapterSummary("b", 3, len(B_TARGETS)),
+                                    AdapterSummary("c", 2, 4)]
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 16)
+    broken = describe(tmp_path, "junk")
+    assert (broken.rank, broken.modules) == (0, 0) and "not a readable safetensors file" in broken.error
+    assert catalog(None) == []

@@ -152,3 +152,67 @@ def test_a_delivered_size_is_a_centre_crop_or_a_scale_of_the_generated_one(tiny_
     assert fit_frames(np.zeros((1, 64, 64, 3), np.uint8), 32, 48).shape == (1, 48, 32, 3)
     with pytest.raises(InvalidParameter, match="even sides"):
         GenerationRequest(prompt="x", width=64, height=64, output_width=33, output_height=48).validated(tiny_config)
+
+
+@pytest.fixture
+def lora_config(tiny_config, tmp_path):
+    """The tiny model with an adapter directory holding `a` (a file) and `b` (a diffusers-style folder).
+    Names are checked against the directory only: the files' contents are read by the Denoiser."""
+    from engines.config import LoraConfig
+
+    (tmp_path / "a.safetensors").write_bytes(b"")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "pytorch_lora_weights.safetensors").write_bytes(b"")
+    return tiny_config.replace(lora=LoraConfig(dir=tmp_path, max_loaded=4, max_per_request=2,
+                                               scale_range=(-1.0, 1.5)))
+
+
+def test_adapters_are_validated_and_kept_as_name_scale_pairs(lora_config):
+    p = _params(loras=[["a", 1], ("b", -0.5)]).validated(lora_config)
+    assert p.loras == (("a", 1.0), ("b", -0.5))
+    assert p.cache == "off"  # adapters run without the step cache: the default becomes off
+    assert _params().validated(lora_config).loras == ()
+
+
+@pytest.mark.parametrize("loras, field, allowed", [
+    ([("a", 1.0), ("b", 1.0), ("a", 0.5)], "loras", "at most 2 adapters"),
+    ([("a", 1.0), ("a", 0.5)], "loras[1].name", "each adapter at most once"),
+    ([("b", 1.6)], "loras[0].scale", "a number in [-1, 1.5]"),
+    ([("b", float("nan"))], "loras[0].scale", "a number in [-1, 1.5]"),
+    ([("a", 1.0), ("zz", 1.0)], "loras[1].name", "one of a, b (the adapters in"),
+    ([("../a", 1.0)], "loras[0].name", "one of a, b"),
+    ([("a",)], "loras", "a list of (name, scale) pairs"),
+])
+def test_each_adapter_rule_names_the_field_and_what_is_allowed(lora_config, loras, field, allowed):
+    with pytest.raises(InvalidParameter) as err:
+        _params(loras=loras).validated(lora_config)
+    assert err.value.field == field
+    assert allowed in err.value.allowed
+
+
+def test_an_adapter_on_a_model_without_an_adapter_directory_says_so(tiny_config):
+    with pytest.raises(InvalidParameter, match=r"loras\[0\].name='a' is not allowed: none: .*model.lora.dir"):
+        _params(loras=[("a", 1.0)]).validated(tiny_config)
+
+
+def test_adapters_refuse_the_step_cache_naming_cache(lora_config):
+    with pytest.raises(InvalidParameter) as err:
+        _params(loras=[("a", 1.0)], cache="balanced").validated(lora_config)
+    assert err.value.field == "cache" and "loras" in err.value.allowed
+
+
+def test_adapters_round_trip_through_json_and_change_the_checkpoint_digest(lora_config):
+    import json
+
+    from engines.denoise_checkpoint import request_digest
+    from engines.params import params_from_dict, params_to_dict
+
+    p = _params(seed=3, loras=[("a", 0.8), ("b", 1.0)]).validated(lora_config)
+    back = params_from_dict(json.loads(json.dumps(params_to_dict(p))))
+    assert back == p and back.loras == (("a", 0.8), ("b", 1.0))
+    assert back.validated(lora_config) == p  # a remix re-validates its recorded adapters
+    plain = _params(seed=3).validated(lora_config)
+    other_scale = _params(seed=3, loras=[("a", 0.7), ("b", 1.0)]).validated(lora_config)
+    assert len({request_digest(plain), request_digest(p), request_digest(other_scale)}) == 3
+    old_row = {k: v for k, v in params_to_dict(plain).items() if k != "loras"}  # a job recorded before adapters
+    assert params_from_dict(old_row) == plain

@@ -7,6 +7,7 @@ A real grpc.aio server on loopback (port 0) and the real FastAPI app, over `Fake
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from fractions import Fraction
 
@@ -207,3 +208,94 @@ def test_both_adapters_read_the_api_key_the_same_way():
                     {"x-api-key": "kino_sk_a"}):
         assert api_key(headers) == "kino_sk_a"
     assert api_key({"authorization": "Basic xyz"}) is None and api_key(None) is None
+
+
+# -- LoRA adapters on the wire ---------------------------------------------------------------------------
+class ParsingVideos(FakeVideos):
+    """Creates through the domain's one parser (`generation_params`) against a model with an adapter directory
+    holding `style`, so the adapters' validation errors are the real ones; answers a job of what it parsed."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    async def create(self, who, req):
+        from serving.videos.parsing import generation_params
+
+        self._record("create", req)
+        params = generation_params(req, self.model)
+        return dataclasses.replace(_job(status=JobStatus.QUEUED), params=params_to_dict(params)), True
+
+    async def remix(self, who, req):
+        self._record("remix", req)
+        return _job(status=JobStatus.QUEUED), True
+
+    async def loras(self, who):
+        from engines.adapter_files import catalog
+
+        return catalog(self.model.lora.dir)
+
+
+@pytest.fixture
+def lora_model(tmp_path):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from engines.config import LoraConfig
+
+    # rank 2 on two Linears (only names and header shapes are read here; the Denoiser reads the tensors)
+    save_file({f"transformer.{m}.lora_{ab}.weight": np.zeros((2, 8) if ab == "A" else (8, 2), np.float32)
+               for m in ("blocks.0.to_q", "blocks.0.to_k") for ab in "AB"}, tmp_path / "style.safetensors")
+    return preset("tiny").replace(lora=LoraConfig(dir=tmp_path))
+
+
+def test_grpc_carries_loras_in_and_out_and_names_an_unknown_one(lora_model):
+    fake = ParsingVideos(lora_model)
+
+    async def calls(stub):
+        video = await stub.CreateVideo(pb.CreateVideoRequest(prompt="a fox", loras=[pb.LoraRef(name="style",
+                                                                                               scale=0.8)]))
+        await stub.RemixVideo(pb.RemixVideoRequest(video_id="video_1", prompt="a wolf"))
+        await stub.RemixVideo(pb.RemixVideoRequest(video_id="video_1", prompt="a wolf",
+                                                   loras=[pb.LoraRef(name="style", scale=-0.5)]))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.CreateVideo(pb.CreateVideoRequest(prompt="a fox", loras=[pb.LoraRef(name="nope")]))
+        return video, err.value
+
+    video, err = _grpc(fake, calls)
+    created, remixed, remixed_with = (req for _, req in fake.calls[:3])
+    assert created.loras == (("style", 0.8),)  # the float32 on the wire, as the client wrote it
+    assert [(ref.name, round(ref.scale, 6)) for ref in video.loras] == [("style", 0.8)]
+    assert video.cache == pb.STEP_CACHE_OFF  # adapters run without the step cache
+    assert remixed.loras is None and remixed_with.loras == (("style", -0.5),)  # none sent: the source's
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details() == f"loras[0].name='nope' is not allowed: one of style (the adapters in {lora_model.lora.dir})"
+
+
+def test_rest_carries_loras_in_and_out_and_names_the_field_of_a_bad_one(lora_model):
+    fake = ParsingVideos(lora_model)
+    http = TestClient(create_rest_app(fake, authenticate=lambda _key: WHO))
+    created = http.post("/v1/videos", json={"prompt": "a fox", "loras": [{"name": "style", "scale": 0.5}]})
+    assert created.status_code == 200, created.json()
+    assert fake.calls[0][1].loras == (("style", 0.5),) and created.json()["loras"] == [{"name": "style", "scale": 0.5}]
+    assert http.post("/v1/videos", json={"prompt": "a fox"}).json()["loras"] == []
+    unknown = http.post("/v1/videos", json={"prompt": "a fox", "loras": [{"name": "nope"}]})
+    assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "loras[0].name"
+    typed = http.post("/v1/videos", json={"prompt": "a fox", "loras": [{"name": "style", "scale": "big"}]})
+    assert typed.status_code == 400 and typed.json()["error"]["param"] == "loras[0].scale"
+    http.post("/v1/videos/video_1/remix", json={"prompt": "a wolf"})
+    http.post("/v1/videos/video_1/remix", json={"prompt": "a wolf", "loras": []})
+    assert [req.loras for name, req in fake.calls if name == "remix"] == [None, ()]
+
+
+def test_both_adapters_list_the_loras_a_request_may_name(lora_model):
+    fake = ParsingVideos(lora_model)
+
+    async def calls(stub):
+        return await stub.ListLoras(pb.ListLorasRequest())
+
+    listed = _grpc(fake, calls)
+    assert [(a.name, a.rank, a.modules) for a in listed.loras] == [("style", 2, 2)]
+    http = TestClient(create_rest_app(fake, authenticate=lambda _key: WHO))
+    assert http.get("/v1/loras").json() == {"object": "list",
+                                            "data": [{"object": "lora", "name": "style", "rank": 2, "modules": 2}]}

@@ -37,3 +37,15 @@ def test_every_command_explains_itself(capsys):
             main([command, "--help"])
         out = capsys.readouterr().out
         assert done.value.code == 0 and f"usage: kino {command}" in out and "--" in out, command
+
+
+def test_generate_and_run_take_repeated_loras_with_a_default_scale():
+    from kino.cli.options import request_from_args
+    from kino.cli.videos_cmd import create_request
+
+    parser = build_parser()
+    generate = parser.parse_args(["generate", "x", "--lora", "style", "--lora", "ink:-0.5"])
+    assert [(r.name, r.scale) for r in create_request(generate).loras] == [("style", 1.0), ("ink", -0.5)]
+    run = parser.parse_args(["run", "x", "--lora-dir", "/adapters", "--lora", "style:0.8"])
+    assert request_from_args(run).loras == (("style", 0.8),) and run.lora_dir == "/adapters"
+    assert request_from_args(parser.parse_args(["run", "x"])).loras == ()

@@ -72,6 +72,12 @@ def cache(value: int) -> str | None:
     return PB_TO_CACHE.get(value, str(value))
 
 
+def loras(refs) -> tuple[tuple[str, float], ...]:
+    """(name, scale) pairs from `LoraRef`s. The scale is a float32 on the wire: its shortest decimal (0.8, not
+    0.800000011920929) is what the client wrote, and what the Video and the job record give back."""
+    return tuple((ref.name, float(f"{ref.scale:.7g}")) for ref in refs)
+
+
 def create_request(req: pb.CreateVideoRequest) -> CreateVideo:
     def opt(name: str):
         return getattr(req, name) if req.HasField(name) else None
@@ -82,7 +88,8 @@ def create_request(req: pb.CreateVideoRequest) -> CreateVideo:
         guidance_scale=opt("guidance_scale"), audio_guidance_scale=opt("audio_guidance_scale"),
         priority=opt("priority"), idempotency_key=req.idempotency_key or None, model=req.model or None,
         image=req.image or None, cameo_id=req.cameo_id or None, visibility=visibility(req.visibility),
-        enhance_prompt=req.enhance_prompt, cache=cache(req.cache), two_stage=opt("two_stage"))
+        enhance_prompt=req.enhance_prompt, cache=cache(req.cache), two_stage=opt("two_stage"),
+        loras=loras(req.loras))
 
 
 def remix_request(req: pb.RemixVideoRequest) -> RemixVideo:
@@ -90,7 +97,7 @@ def remix_request(req: pb.RemixVideoRequest) -> RemixVideo:
                       strength=req.strength if req.HasField("strength") else None,
                       seed=req.seed if req.HasField("seed") else None,
                       idempotency_key=req.idempotency_key or None, visibility=visibility(req.visibility),
-                      enhance_prompt=req.enhance_prompt)
+                      enhance_prompt=req.enhance_prompt, loras=loras(req.loras) or None)
 
 
 def video(job: Job) -> pb.Video:
@@ -106,7 +113,7 @@ def video(job: Job) -> pb.Video:
         cameo_id=job.conditioning.cameo_id or "", review=REVIEW_TO_PB[job.review],
         image_conditioned=bool(job.conditioning.image_key and not job.conditioning.cameo_id),
         enhanced_prompt=job.enhanced_prompt or "", cache=CACHE_TO_PB.get(p.cache, pb.STEP_CACHE_UNSPECIFIED),
-        two_stage=bool(p.two_stage))
+        two_stage=bool(p.two_stage), loras=[pb.LoraRef(name=n, scale=s) for n, s in p.loras])
     if job.error_code:
         msg.error.code, msg.error.message = job.error_code, job.error_message or ""
     if job.artifact is not None:

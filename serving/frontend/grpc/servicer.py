@@ -116,6 +116,11 @@ class VideoServicer(_Calls, pb_grpc.VideoServiceServicer):
                                            next_page_token=page.next_token or "")
 
     @unary_rpc
+    async def ListLoras(self, who: Principal, _request: pb.ListLorasRequest) -> pb.ListLorasResponse:
+        return pb.ListLorasResponse(loras=[pb.LoraInfo(name=a.name, rank=a.rank, modules=a.modules)
+                                           for a in await self.videos.loras(who)])
+
+    @unary_rpc
     async def SetVideoVisibility(self, who: Principal, request: pb.SetVideoVisibilityRequest) -> pb.Video:
         visibility = convert.visibility(request.visibility)
         return convert.video(await self.videos.set_visibility(who, request.id, visibility))

@@ -2,8 +2,9 @@
 
     POST   /v1/videos                   create (multipart or JSON: prompt, model, seconds, size, input_reference
                                         as an upload or {image_url | file_id}; Kino's extras: cache = off |
-                                        balanced | fast, two_stage = true | false)
+                                        balanced | fast, two_stage = true | false, loras = [{name, scale}])
     GET    /v1/videos                   list (after, limit, order)
+    GET    /v1/loras                    the LoRA adapters `loras` may name (Kino's extra)
     GET    /v1/videos/{id}              retrieve (openai-poll-after-ms while queued or in progress)
     DELETE /v1/videos/{id}              delete (a queued or running video is cancelled, then deleted)
     GET    /v1/videos/{id}/content      download (variant=video | thumbnail | spritesheet)
@@ -46,6 +47,8 @@ from serving.frontend.rest.schemas import (
     CharacterBody,
     CreateBody,
     EditBody,
+    LoraList,
+    LoraRef,
     RemixBody,
     Video,
     VideoDeleted,
@@ -120,6 +123,10 @@ def _parse(model: type[M], fields: dict[str, Any]) -> M:
         raise pydantic_error(list(e.errors())) from None
 
 
+def _loras(refs: list[LoraRef] | None) -> tuple[tuple[str, float], ...] | None:
+    return None if refs is None else tuple((r.name, float(r.scale)) for r in refs)
+
+
 def _character(cameo: Cameo) -> dict[str, Any]:
     return {"id": cameo.id, "object": "character", "created_at": int(cameo.created_at), "name": cameo.name}
 
@@ -191,9 +198,14 @@ def create_rest_app(videos: VideoService, authenticate: Authenticate, metrics: M
                           image_ref=ImageReference(image_url=ref.image_url, file_id=ref.file_id) if ref else None,
                           idempotency_key=request.headers.get("idempotency-key") or None,
                           cache=body.cache or None, two_stage=body.two_stage, cameo_id=body.character_id or None,
-                          openai_api=True)
+                          loras=_loras(body.loras) or (), openai_api=True)
         job, _ = await videos.create(who, req)
         return video_response(job)
+
+    @app.get("/v1/loras", responses={200: {"model": LoraList}, **ERRORS})
+    async def list_loras(request: Request) -> JSONResponse:
+        """Kino's extra: the LoRA adapters a create's `loras` may name (the server's model.lora.dir)."""
+        return JSONResponse(convert.loras(await videos.loras(await principal(request))))
 
     @app.get("/v1/videos", responses={200: {"model": VideoList}, **ERRORS})
     async def list_videos(request: Request, after: str | None = None, limit: int = DEFAULT_PAGE_SIZE,
@@ -284,7 +296,7 @@ def create_rest_app(videos: VideoService, authenticate: Authenticate, metrics: M
             name = next(iter(files))
             raise InvalidArgument(f"{name} is not a parameter of this call", field=name)
         body = _parse(RemixBody, fields)
-        job, _ = await videos.remix(who, RemixVideo(video_id=video_id, prompt=body.prompt,
+        job, _ = await videos.remix(who, RemixVideo(video_id=video_id, prompt=body.prompt, loras=_loras(body.loras),
                                                     idempotency_key=request.headers.get("idempotency-key")))
         return video_response(job)
 

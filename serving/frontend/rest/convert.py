@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from engines.adapter_files import AdapterSummary
 from serving.jobs import Job, JobStatus
 from serving.videos import Page
 
@@ -36,6 +37,8 @@ def video(job: Job) -> dict[str, Any]:
         "size_fit": p.fit,
         # and the step its last attempt resumed at from its denoise checkpoint (null: it started at step 0).
         "resumed_from_step": job.resumed_from_step,
+        # and the LoRA adapters it was made with ([]: none)
+        "loras": [{"name": name, "scale": scale} for name, scale in p.loras],
         "status": _STATUS.get(job.status, "failed"),
         "error": None,
     }
@@ -66,3 +69,8 @@ def page(p: Page) -> dict[str, Any]:
 
 def deleted(job: Job) -> dict[str, Any]:
     return {"id": job.id, "object": "video.deleted", "deleted": job.status == JobStatus.DELETED}
+
+
+def loras(adapters: list[AdapterSummary]) -> dict[str, Any]:
+    return {"object": "list", "data": [{"object": "lora", "name": a.name, "rank": a.rank, "modules": a.modules}
+                                       for a in adapters]}

@@ -69,9 +69,14 @@ def pydantic_error(errors: list, where: str = "") -> InvalidArgument:
     """The first of pydantic's errors (a request body or a query parameter) as the domain's error, naming the
     field (dotted: `input_reference.image_url`) and saying what it wants."""
     first = errors[0] if errors else {}
-    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
-    # A union's branches add their type names to the location (`str`, `int`, `function-after[...]`): not fields.
-    loc = [part for part in loc if part.isidentifier() and part not in ("str", "int", "float", "bool")]
+    loc: list[str] = []
+    for part in first.get("loc", ()):
+        if isinstance(part, int) and loc:  # a list's index: `loras[0].name`, as the domain names it
+            loc[-1] += f"[{part}]"
+        # A union's branches add their type names to the location (`str`, `int`, `function-after[...]`): not fields.
+        elif (isinstance(part, str) and part not in ("body", "query", "path") and part.isidentifier()
+              and part not in ("str", "int", "float", "bool")):
+            loc.append(part)
     field = ".".join(loc) or where or "body"
     kind = first.get("type", "")
     reason = _PYDANTIC.get(kind) or (Reason.INVALID_TYPE if kind in _TYPE_ERRORS else None)

@@ -25,6 +25,13 @@ class VideoRef(_Body):
     id: StrictStr
 
 
+class LoraRef(_Body):
+    """A LoRA adapter of the server's adapter directory at a scale (1: as trained)."""
+
+    name: StrictStr
+    scale: StrictFloat | StrictInt = 1.0
+
+
 class CreateBody(_Body):
     prompt: StrictStr
     model: StrictStr | None = None
@@ -34,10 +41,12 @@ class CreateBody(_Body):
     cache: StrictStr | None = None  # Kino's extras
     two_stage: bool | None = None
     character_id: StrictStr | None = None  # a cameo (POST /v1/videos/characters) in the video
+    loras: list[LoraRef] | None = None  # LoRA adapters (GET /v1/loras), each at most once
 
 
 class RemixBody(_Body):
     prompt: StrictStr
+    loras: list[LoraRef] | None = None  # None: the source video's adapters
 
 
 class CharacterBody(_Body):
@@ -58,6 +67,11 @@ class VideoError(BaseModel):
     message: str
 
 
+class LoraUsed(BaseModel):
+    name: str
+    scale: float
+
+
 class Video(BaseModel):
     id: str
     object: Literal["video"]
@@ -75,6 +89,7 @@ class Video(BaseModel):
     generated_size: str
     size_fit: Literal["crop", "scale"] | None
     resumed_from_step: int | None
+    loras: list[LoraUsed]
 
 
 class VideoList(BaseModel):
@@ -83,6 +98,18 @@ class VideoList(BaseModel):
     first_id: str | None
     last_id: str | None
     has_more: bool
+
+
+class Lora(BaseModel):
+    object: Literal["lora"]
+    name: str  # what a request's loras[].name takes
+    rank: int  # the largest, where its layers differ
+    modules: int  # Linear layers of the transformer it changes
+
+
+class LoraList(BaseModel):
+    object: Literal["list"]
+    data: list[Lora]
 
 
 class VideoDeleted(BaseModel):

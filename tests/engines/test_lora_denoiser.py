@@ -1,0 +1,109 @@
+"""LoRA adapters inside the Denoiser's step batches (engines/denoiser.py with engines/lora/), on the tiny preset.
+
+The reference is independent of engines/lora: each request denoised alone by a Denoiser whose transformer has
+the request's adapters fused into its weights by diffusers (tests/engines/lora_cases.py `merged_reference`).
+A mixed batch (no adapter, a, b at 0.5, a and b; with and without classifier-free guidance, joining at
+different steps) must give each request those latents within 1e-4.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from engines.config import LoraConfig
+from engines.denoiser import Denoiser
+from engines.errors import InvalidParameter
+from engines.params import GenerationRequest
+from engines.stage_io import DenoiseRequest, PromptPair
+from tests.engines.lora_cases import merged_reference, write_adapters
+
+TOL = 1e-4
+LORAS = [(), (("a", 1.0),), (("b", 0.5),), (("a", 1.0), ("b", 0.5))]
+
+
+@pytest.fixture(scope="module")
+def lora_dir(staged, tmp_path_factory):
+    return write_adapters(tmp_path_factory.mktemp("loras"), staged.components.transformer, ("a", "b"))
+
+
+@pytest.fixture(scope="module")
+def lora_config(tiny_config, lora_dir):
+    return tiny_config.replace(lora=LoraConfig(dir=lora_dir))
+
+
+@pytest.fixture(scope="module")
+def denoiser(staged, lora_config):
+    return Denoiser(lora_config, components=staged.components, geometry=staged.denoiser.geometry)
+
+
+def _requests(staged, config):
+    params = [
+        GenerationRequest(prompt="a cat on a sofa", seed=1, steps=4, loras=LORAS[0]).validated(config),
+        GenerationRequest(prompt="waves crashing", seed=2, steps=4, guidance_scale=5.0,
+                          loras=LORAS[1]).validated(config),
+        GenerationRequest(prompt="city at night", seed=3, steps=3, guidance_scale=1.0, audio_guidance_scale=1.0,
+                          loras=LORAS[2]).validated(config),  # no CFG: one row
+        GenerationRequest(prompt="a choir singing", seed=4, steps=3, loras=LORAS[3]).validated(config),
+    ]
+    embeddings = staged.text_encoder.encode([PromptPair(p.prompt, p.negative_prompt) for p in params])
+    return [DenoiseRequest(f"r{i}", p, e) for i, (p, e) in enumerate(zip(params, embeddings, strict=True))]
+
+
+def _alone_merged(staged, lora_dir, request):
+    """The request alone, its adapters fused into a copy of the transformer by diffusers."""
+    merged = merged_reference(staged.components.transformer, lora_dir, request.params.loras)
+    plain = Denoiser(staged.config, components=dataclasses.replace(staged.components, transformer=merged),
+                     geometry=staged.denoiser.geometry)
+    state = plain.prepare(dataclasses.replace(request, params=dataclasses.replace(request.params, loras=())))
+    while not state.done:
+        plain.step([state])
+    return plain.result(state)
+
+
+def test_a_mixed_batch_equals_each_request_alone_with_its_adapters_fused_by_diffusers(
+        staged, lora_dir, lora_config, denoiser):
+    requests = _requests(staged, lora_config)
+    states = [denoiser.prepare(r) for r in requests]
+    assert [s.rows for s in states] == [2, 2, 1, 2]
+    denoiser.step(states[:2])  # r0 (none) and r1 (a) first; then all four, the batch changing its adapters
+    while running := [s for s in states if not s.done]:
+        denoiser.step(running)
+    assert denoiser.adapters is not None and sorted(denoiser.adapters.loaded) == ["a", "b"]
+    assert denoiser.adapters.stats().loads == 2  # each file read once; every later step a hit
+    plain = {}
+    for r, s in zip(requests, states, strict=True):
+        got, want = denoiser.result(s), _alone_merged(staged, lora_dir, r)
+        assert np.abs(got.video - want.video).max() <= TOL, r.params.loras
+        assert np.abs(got.audio - want.audio).max() <= TOL, r.params.loras
+        plain[r.request_id] = got
+    # the adapters change the result (the comparison above is not of four plain runs)
+    base = _alone_merged(staged, lora_dir, dataclasses.replace(
+        requests[1], params=dataclasses.replace(requests[1].params, loras=())))
+    assert np.abs(plain["r1"].video - base.video).max() > 10 * TOL
+
+
+def test_a_batch_with_adapters_lets_no_row_skip_and_still_matches(staged, lora_dir, lora_config, denoiser):
+    """A cached request without adapters beside one with adapters: the step cache's sub-batches would not line
+    up with the adapter rows, so nobody skips while they share the batch (the cached request computes)."""
+    cached = GenerationRequest(prompt="a cat on a sofa", seed=1, steps=6, cache="fast").validated(lora_config)
+    [emb] = staged.text_encoder.encode([PromptPair(cached.prompt, cached.negative_prompt)])
+    [_, with_a, *_] = _requests(staged, lora_config)
+    states = [denoiser.prepare(DenoiseRequest("c", cached, emb)), denoiser.prepare(with_a)]
+    assert states[0].cache is not None and states[1].cache is None
+    while not states[1].done:
+        denoiser.step(states)
+    assert states[0].steps_skipped == 0 and states[0].steps_computed == 4  # all computed beside the adapters
+    while not states[0].done:  # alone again, it may skip (fast threshold on random weights: it does)
+        denoiser.step(states[:1])
+    assert states[0].steps_skipped >= 1
+    want = _alone_merged(staged, lora_dir, with_a)
+    assert np.abs(denoiser.result(states[1]).video - want.video).max() <= TOL
+
+
+def test_a_denoiser_without_an_adapter_directory_refuses_a_request_with_adapters(staged, lora_config):
+    [request] = _requests(staged, lora_config)[1:2]
+    with pytest.raises(InvalidParameter, match=r"loras\[0\].name='a'.*model.lora.dir is not set"):
+        staged.denoiser.prepare(request)
