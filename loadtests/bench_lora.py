@@ -5,12 +5,13 @@
 
 One DiT forward of ``--rows`` rows, timed for: no adapters (the baseline), no adapters through
 `BatchedLora.rows` (must cost nothing), then each path with every row on its own adapter, with one adapter
-shared by every row, and with one row on an adapter and the others on none. The cases take turns repeat by
-repeat, so the noise of a shared machine falls on all alike; each figure is the median over the repeats, in
-this process's CPU time (one thread: what a dedicated core would take) and in wall time, with its ratio to the
-baseline of the same run. The adapters are random, written in diffusers' layout (``save_lora_weights``) on the
-attention and feed-forward Linears of every block, and loaded through `AdapterBank`; their load time is
-reported too.
+shared by every row, and with one row on an adapter and the others on none; and the same rows split by adapter
+(one forward of one row per adapter, what a step batch of one adapter each comes to: vllm-omni's rule). The cases
+take turns repeat by repeat, so the noise of a shared machine falls on all alike; each figure is the median over
+the repeats, in this process's CPU time (one thread: what a dedicated core would take) and in wall time, with its
+ratio to the baseline of the same run. The adapters are random, written in diffusers' layout
+(``save_lora_weights``) on the attention and feed-forward Linears of every block, and loaded through `AdapterBank`;
+their load time is reported too.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import contextlib
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -108,23 +110,37 @@ def main(argv: list[str] | None = None) -> None:
           f"({stats.load_seconds / stats.loads * 1000:.2f} ms each, {own[0][0].adapter.nbytes / 1024:.0f} KiB each)")
 
     lora = {path: BatchedLora(transformer, path) for path in ("grouped", "gathered")}
+    single = inputs(transformer, 1, args.frames, args.height, args.width)
+
+    def forward(context) -> Callable[[], None]:
+        def run() -> None:
+            with context():
+                backend.forward(batch)
+        return run
+
+    def split_by_adapter() -> None:
+        """What a server whose step batch holds one adapter does with these rows: one forward per adapter."""
+        for adapters in own:
+            with lora["gathered"].rows([adapters]):
+                backend.forward(single)
+
     cases = {
-        "no adapters (plain forward)": contextlib.nullcontext,
-        "no adapters through BatchedLora": lambda: lora["grouped"].rows([()] * args.rows),
-        "grouped, own adapter per row": lambda: lora["grouped"].rows(own),
-        "gathered, own adapter per row": lambda: lora["gathered"].rows(own),
-        "grouped, one shared adapter": lambda: lora["grouped"].rows(shared),
-        "gathered, one shared adapter": lambda: lora["gathered"].rows(shared),
-        "grouped, one row with an adapter": lambda: lora["grouped"].rows(lonely),
-        "gathered, one row with an adapter": lambda: lora["gathered"].rows(lonely),
+        "no adapters (plain forward)": forward(contextlib.nullcontext),
+        "no adapters through BatchedLora": forward(lambda: lora["grouped"].rows([()] * args.rows)),
+        "grouped, own adapter per row": forward(lambda: lora["grouped"].rows(own)),
+        "gathered, own adapter per row": forward(lambda: lora["gathered"].rows(own)),
+        "grouped, one shared adapter": forward(lambda: lora["grouped"].rows(shared)),
+        "gathered, one shared adapter": forward(lambda: lora["gathered"].rows(shared)),
+        "grouped, one row with an adapter": forward(lambda: lora["grouped"].rows(lonely)),
+        "gathered, one row with an adapter": forward(lambda: lora["gathered"].rows(lonely)),
+        f"split by adapter: {args.rows} forwards of 1 row": split_by_adapter,
     }
     cpu: dict[str, list[float]] = {k: [] for k in cases}
     wall: dict[str, list[float]] = {k: [] for k in cases}
     for repeat in range(args.repeats + 1):
-        for name, context in cases.items():
+        for name, run in cases.items():
             c0, w0 = time.process_time(), time.perf_counter()
-            with context():
-                backend.forward(batch)
+            run()
             if repeat:  # the first round warms up (and prepares each path's factors, kept from then on)
                 cpu[name].append(time.process_time() - c0)
                 wall[name].append(time.perf_counter() - w0)
@@ -134,6 +150,11 @@ def main(argv: list[str] | None = None) -> None:
     for name in cases:
         c, w = statistics.median(cpu[name]), statistics.median(wall[name])
         print(f"{name:36s} {c * 1000:8.2f} {c / base_cpu:7.2f} {w * 1000:8.2f} {w / base_wall:7.2f}")
+    mixed = statistics.median(cpu["gathered, own adapter per row"])
+    split = statistics.median(cpu[f"split by adapter: {args.rows} forwards of 1 row"])
+    print(f"step throughput, {args.rows} rows on {args.rows} different adapters: one mixed forward "
+          f"{args.rows / mixed:.1f} rows/s against split by adapter {args.rows / split:.1f} rows/s "
+          f"({split / mixed:.2f}x)")
 
 
 if __name__ == "__main__":
