@@ -52,6 +52,14 @@ class Metrics(ABC):
     @abstractmethod
     def api_call(self, protocol: str, method: str, code: str) -> None: ...
 
+    @abstractmethod
+    def lora_loaded(self, held: int, seconds: float) -> None:
+        """A Denoiser replica loaded a LoRA adapter in `seconds`; it holds `held` now."""
+
+    @abstractmethod
+    def lora_evicted(self) -> None:
+        """A Denoiser replica dropped its least recently used adapter (to load another: `lora_loaded` follows)."""
+
 
 class NoMetrics(Metrics):
     """For in-process use, where nothing scrapes."""
@@ -67,3 +75,5 @@ class NoMetrics(Metrics):
     def artifact_written(self, size_bytes: int) -> None: pass
     def checkpoint_written(self, size_bytes: int, seconds: float) -> None: pass
     def api_call(self, protocol: str, method: str, code: str) -> None: pass
+    def lora_loaded(self, held: int, seconds: float) -> None: pass
+    def lora_evicted(self) -> None: pass

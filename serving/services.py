@@ -90,6 +90,10 @@ def open_denoise_loop(cfg: KinoConfig, metrics: Metrics, lead: Callable[[], Engi
     elif engine is None and lead is not None:
         components = ComponentSource(cfg.model).load(DENOISER_PARTS)
         engine = Denoiser(cfg.model, components, backend=lead().backend(components.transformer))
+    if engine.adapters is not None:  # its LoRA bank's loads and evictions, as the replica's metrics
+        bank = engine.adapters
+        bank.observe(on_load=lambda _adapter, seconds: metrics.lora_loaded(len(bank.loaded), seconds),
+                     on_evict=lambda _adapter: metrics.lora_evicted())  # (under the bank's lock: no reads)
     max_tokens = min(b.max_tokens, device_token_budget(engine, b.gpu_memory_utilization) or b.max_tokens)
     scheduler = StepScheduler(b.max_batch_size, b.max_running, policy=b.policy, rotate_buckets=b.rotate_buckets,
                               max_tokens=max_tokens)

@@ -66,6 +66,11 @@ class AdapterBank:
         self.loads = self.hits = self.evictions = 0
         self.load_seconds = 0.0
 
+    def observe(self, on_load: Callable[[LoraAdapter, float], None] | None = None,
+                on_evict: Callable[[LoraAdapter], None] | None = None) -> None:
+        """Call these from now on as adapters load and go (a replica's metrics, set after its engine is built)."""
+        self._on_load, self._on_evict = on_load, on_evict
+
     def available(self) -> list[str]:
         """Adapter names the directory holds."""
         return available_adapters(self.config.dir)

@@ -38,6 +38,12 @@ class RayMetrics(Metrics):
         self._checkpoint = m.Histogram("kino_checkpoint_seconds", "A denoise checkpoint taken and written",
                                        boundaries=list(STEP_BUCKETS))
         self._checkpoint_bytes = m.Counter("kino_checkpoint_bytes_total", "Bytes of denoise checkpoints written")
+        self._lora_held = m.Gauge("kino_lora_adapters_loaded", "LoRA adapters a Denoiser replica holds in memory")
+        self._lora_loads = m.Counter("kino_lora_loads_total", "LoRA adapters loaded from their files")
+        self._lora_evictions = m.Counter("kino_lora_evictions_total", "LoRA adapters dropped, least recently used "
+                                         "first, to stay within model.lora.max_loaded")
+        self._lora_load = m.Histogram("kino_lora_load_seconds", "One LoRA adapter read and checked",
+                                      boundaries=list(STEP_BUCKETS))
         self._api = m.Counter("kino_api_requests_total", "API calls by protocol, method and result code",
                               tag_keys=("protocol", "method", "code"))
 
@@ -84,3 +90,11 @@ class RayMetrics(Metrics):
 
     def api_call(self, protocol: str, method: str, code: str) -> None:
         self._api.inc(1, tags={"protocol": protocol, "method": method, "code": code})
+
+    def lora_loaded(self, held: int, seconds: float) -> None:
+        self._lora_held.set(held)
+        self._lora_loads.inc(1)
+        self._lora_load.observe(seconds)
+
+    def lora_evicted(self) -> None:
+        self._lora_evictions.inc(1)

@@ -107,3 +107,32 @@ def test_a_denoiser_without_an_adapter_directory_refuses_a_request_with_adapters
     [request] = _requests(staged, lora_config)[1:2]
     with pytest.raises(InvalidParameter, match=r"loras\[0\].name='a'.*model.lora.dir is not set"):
         staged.denoiser.prepare(request)
+
+
+def test_a_replicas_metrics_see_its_adapters_load_and_go(staged, lora_config, lora_dir):
+    """What `open_denoise_loop` wires (a Denoiser replica and kino run): each load with the adapters held after it
+    and its seconds, each eviction, from the replica's own bank (here one adapter at a time: b pushes a out)."""
+    import dataclasses
+
+    from serving.config import KinoConfig
+    from serving.metrics import NoMetrics
+    from serving.services import open_denoise_loop
+
+    class Recorded(NoMetrics):
+        def __init__(self) -> None:
+            self.calls: list[tuple] = []
+
+        def lora_loaded(self, held: int, seconds: float) -> None:
+            self.calls.append(("loaded", held, seconds > 0))
+
+        def lora_evicted(self) -> None:
+            self.calls.append(("evicted",))
+
+    config = lora_config.replace(lora=dataclasses.replace(lora_config.lora, max_loaded=1, max_per_request=1))
+    engine = Denoiser(config, components=staged.components, geometry=staged.denoiser.geometry)
+    metrics = Recorded()
+    open_denoise_loop(KinoConfig(model=config), metrics, engine=engine)
+    engine.adapters.uses([("a", 1.0)])
+    engine.adapters.uses([("a", 0.5)])  # held: no load
+    engine.adapters.uses([("b", 1.0)])
+    assert metrics.calls == [("loaded", 1, True), ("evicted",), ("loaded", 1, True)]
