@@ -466,11 +466,10 @@ class LoraConfig:
     """Adapters one request may combine (each with its own scale)."""
     scale_range: tuple[float, float] = (-2.0, 2.0)
     """Allowed scale of one adapter: 1 applies it as trained, 0 not at all, a negative one pushes away from it."""
-    delta_path: LoraDeltaPath = "gathered"
-    """How one forward adds each row's adapters (engines/lora/layers.py): gathered (every row's factors gathered
-    from a rank-padded stack, two batched matmuls for the whole batch; the faster on CPU with a different adapter
-    per row, loadtests/bench_lora.py) or grouped (rows grouped by adapter set, two matmuls per group; rows
-    without adapters cost nothing)."""
+    delta_path: LoraDeltaPath = "grouped"
+    """How one forward adds each row's adapters (engines/lora/layers.py): grouped (rows grouped by adapter set,
+    two matmuls per group; rows without adapters cost nothing; the faster on this CPU, loadtests/bench_lora.py)
+    or gathered (every row's factors gathered from a rank-padded stack, two batched matmuls for the batch)."""
 
     def __post_init__(self) -> None:
         lo, hi = self.scale_range

@@ -27,14 +27,14 @@ Two ways to add the deltas, one interface (`DELTA_PATHS`, ``model.lora.delta_pat
   ranks padded to the largest (a zero entry for empty slots); every row gathers its slots from the stack and
   two `torch.bmm` run over the whole batch (rows without adapters multiply zeros).
 
-``gathered`` is the default: it was the faster on this project's 2-core CPU (loadtests/bench_lora.py, one
-thread, 8 rows each on its own rank-8 adapter over every attention and feed-forward Linear; ranges over
-several runs on a shared machine). On the tiny preset's DiT a forward cost 1.08-1.17x the one without
-adapters against grouped's 1.34-1.39x, so 14-22% less time per forward (grouped runs 8 groups x 2 small
-matmuls per Linear, gathered 2 batched ones); on the small preset's, 1.04-1.12x against 1.09-1.19x. With one
-adapter shared by every row the two are even (1.0-1.2x). Grouped is kept for batches where most rows have no
-adapter, which it skips and gathered multiplies by zeros: with one row of 8 on an adapter it cost 1.08-1.10x
-(tiny) against gathered's 1.13-1.15x.
+``grouped`` is the default: it was the faster in the quieter measurements on this project's 2-core CPU
+(loadtests/bench_lora.py, one thread, 8 rows each on its own rank-8 adapter over every attention and
+feed-forward Linear of the tiny preset's DiT): a forward cost 1.34-1.36x the one without adapters against
+gathered's 1.60-1.64x (three runs, 2026-12-07, the box otherwise lightly used), and it skips rows without
+adapters (one row of 8 on an adapter: 1.17x against 1.36x). Runs while a training job held both cores read the
+other way (gathered 1.08-1.17x, grouped 1.34-1.39x): the figures depend on the load, so both paths stay behind
+the one interface, `model.lora.delta_path` picks one, and a GPU kernel (segment or gathered matmuls, Punica's
+BGMV) can take either's place.
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ class GatheredDelta(LoraDelta):
 
 
 DELTA_PATHS: dict[str, type[LoraDelta]] = {"grouped": GroupedDelta, "gathered": GatheredDelta}
-DEFAULT_PATH = "gathered"  # the faster on CPU: see the module docstring
+DEFAULT_PATH = "grouped"  # the faster on CPU when measured quietly: see the module docstring
 
 
 class BatchedLora:
