@@ -56,8 +56,8 @@ def test_the_prompt_steers_the_motion(tally):
 
 def test_clicks_come_with_what_the_video_shows(tally):
     """Contacts seen with a click onset within a frame: the goal is 90%, 8 seeds of every class read 61.2% of 441
-    contacts (the DiT trained half as long: 47.6% of 378, a quarter as long 15.5% of 168). What this asserts is that contacts are seen and clicks
-    land on a good share of them, where random weights show neither."""
+    contacts (the DiT trained half as long: 47.6% of 378, a quarter as long 15.5% of 168). What this asserts is
+    that contacts are seen and clicks land on a good share of them, where random weights show neither."""
     assert tally.clips_with_contacts >= len(tally.colour) // 2 and tally.sync_share >= 0.25, (
         tally.clips_with_contacts, tally.contacts, tally.in_sync)
 
