@@ -574,6 +574,8 @@ _SMALL = Architecture(
 
 # Trained weights shipped with Kino (training/train_demo.py writes them).
 DEMO_CHECKPOINT_DIR = Path(__file__).resolve().parent / "weights" / "demo"
+# LoRA adapters made for the demo model (training/train_lora.py writes them): what --lora-dir may point at.
+DEMO_LORA_DIR = Path(__file__).resolve().parent / "weights" / "demo_loras"
 
 PRESETS: Mapping[str, ModelConfig] = {
     "tiny": ModelConfig(name="tiny", architecture=_TINY),

@@ -29,6 +29,9 @@ import numpy as np
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 230), "yellow": (235, 205, 30)}
 # Hum pitches sit on the peaks of distinct bins of the model's 16-bin mel spectrogram (training/mel.py).
+# A look the base world never shows, for the LoRA adapter that makes objects purple (training/train_lora.py): not
+# one of the prompt colours, only a rendering override (`render(scene, colour_override=PURPLE)`); hue 278 degrees.
+PURPLE: tuple[int, int, int] = (150, 50, 210)
 HUM_HZ: dict[str, float] = {"red": 190.0, "green": 350.0, "blue": 540.0, "yellow": 700.0}
 SHAPES = ("ball", "square")
 MOTIONS = ("bouncing", "sliding left", "sliding right")
@@ -174,8 +177,10 @@ class Clip:
         return self.scene.caption
 
 
-def render(scene: Scene, geometry: Geometry = GEOMETRY) -> Clip:
-    """Draw the scene (anti-aliased) and synthesise its sound."""
+def render(scene: Scene, geometry: Geometry = GEOMETRY,
+           colour_override: tuple[int, int, int] | None = None) -> Clip:
+    """Draw the scene (anti-aliased) and synthesise its sound. `colour_override`: draw the object in this RGB
+    colour instead of its class's (the caption, the hum and everything else stay the class's)."""
     g = geometry
     centres = scene.centres(g.frames, g.width)
     cover = _coverage(scene.cls.shape, centres, g)  # [F, H, W] in [0, 1]
@@ -183,7 +188,7 @@ def render(scene: Scene, geometry: Geometry = GEOMETRY) -> Clip:
     ys, xs = np.mgrid[0:g.height, 0:g.width]
     solid = (ys >= FLOOR_TOP) | (xs < WALL) | (xs >= g.width - WALL)
     stage = np.where(solid[..., None], floor, back)  # [H, W, 3]
-    colour = np.array(COLOURS[scene.cls.colour], np.float64)
+    colour = np.array(colour_override or COLOURS[scene.cls.colour], np.float64)
     video = stage[None] * (1 - cover[..., None]) + colour * cover[..., None]
     contacts = scene.contact_frames(g.frames)
     return Clip(scene=scene, video=np.round(video).astype(np.uint8), audio=_sound(scene.cls.colour, contacts, g),
@@ -224,6 +229,8 @@ def _sound(colour: str, contacts: tuple[int, ...], g: Geometry) -> np.ndarray:
     return np.stack([mono, mono])
 
 
-def dataset(n: int, seed: int, geometry: Geometry = GEOMETRY) -> list[Clip]:
-    """`n` rendered clips (balanced over the prompt classes) from `seed`."""
-    return [render(s, geometry) for s in scenes(n, seed, geometry)]
+def dataset(n: int, seed: int, geometry: Geometry = GEOMETRY,
+            colour_override: tuple[int, int, int] | None = None) -> list[Clip]:
+    """`n` rendered clips (balanced over the prompt classes) from `seed`; with `colour_override` every object is
+    drawn in that colour (the captions unchanged: e.g. `PURPLE`, the purple adapter's data)."""
+    return [render(s, geometry, colour_override) for s in scenes(n, seed, geometry)]
