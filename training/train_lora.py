@@ -5,9 +5,13 @@
 
 The data is the world's own (`training.world`): clips of every prompt class, captions unchanged, but with the
 object drawn in `PURPLE`, so the adapter learns "whatever colour is asked, draw it purple" and keeps the rest
-(shape, motion, floor, clicks). The clips are encoded by the demo's own VAEs exactly as `training.train_demo`
-encodes its data (posterior modes, normalized with the statistics the VAEs ship with, never refitted), and the
-captions by its frozen text encoder. A peft LoRA goes into the DiT's video attention (self and text cross) and
+(shape, motion, floor, clicks). The clips are encoded by the demo's own VAEs as `training.train_demo` encodes
+its data (posterior modes, normalized with the statistics the VAEs ship with, never refitted), and the captions
+by its frozen text encoder, with one step more for the video: the demo's video VAE was trained on the world's
+four colours only, and its encoder maps a purple object to latents its decoder draws teal (hue 140-210
+degrees). An adapter of the DiT cannot change the decoder, so the video latents it learns are the decoder's
+inverse of the purple clips (`invert_latents`: the encoder's latents refined by gradient descent through the
+frozen decoder until they decode purple). A peft LoRA goes into the DiT's video attention (self and text cross) and
 feed-forward Linears; the base weights and the text connectors stay frozen, and the adapter trains with
 `training.dit.FlowMatching`'s loss, the objective the DiT itself was trained with.
 
@@ -39,7 +43,8 @@ from training.progress import LossLog, StageProgress
 from training.recipe import DiTRecipe
 from training.text import frozen_text_states
 from training.train_demo import latent_shape
-from training.video_vae import encode_latents, object_tokens, pack
+from training.truth import is_purple
+from training.video_vae import encode_latents, object_tokens, pack, to_pixels
 from training.world import GEOMETRY, PURPLE, dataset, prompt_classes
 
 # The video stream's Linears of every block: self-attention, text cross-attention and feed-forward (the audio
@@ -53,7 +58,9 @@ class LoraRecipe:
 
     name: str = "purple"
     seed: int = 0
-    clips: int = 384  # world clips, every prompt class equally often (8 each)
+    clips: int = 48  # world clips, every prompt class equally often (one each)
+    invert_steps: int = 150  # gradient steps through the frozen decoder per chunk of clips
+    invert_lr: float = 0.05
     rank: int = 8
     alpha: float = 8.0
     steps: int = 600
@@ -71,15 +78,58 @@ class LoraRecipe:
                          click_weight=self.click_weight)
 
 
-def prepare(comps, recipe: LoraRecipe) -> DiTData:
-    """The purple clips as the DiT trains on them, through the demo's own VAEs and text encoder."""
+def invert_latents(vae, videos: torch.Tensor, masks: torch.Tensor, steps: int, lr: float,
+                   on_chunk=None, chunk: int = 8) -> torch.Tensor:
+    """Raw video latents ``[N, C, f, h, w]`` that the frozen decoder draws as uint8 clips ``[N, F, H, W, 3]``:
+    the encoder's posterior modes, refined by Adam on the decoder's L1 error (the object's pixels weighted as the
+    VAE was trained, `VideoVAERecipe.object_weight`)."""
+    out = []
+    vae.requires_grad_(False)
+    for i in range(0, len(videos), chunk):
+        x = to_pixels(videos[i:i + chunk])
+        weight = 1.0 + 8.0 * masks[i:i + chunk, None].float()
+        z = encode_latents(vae, videos[i:i + chunk]).clone().requires_grad_(True)
+        opt = torch.optim.Adam([z], lr=lr)
+        for _ in range(steps):
+            y = vae.decode(z, return_dict=False)[0]
+            loss = ((y - x).abs() * weight).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        out.append(z.detach())
+        if on_chunk is not None:
+            on_chunk(i // chunk, {"l1": loss.item()})
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def decoded_purple(vae, latents: torch.Tensor, chunk: int = 8) -> float:
+    """Share of raw latents whose decoded clip reads purple (`training.truth.is_purple`)."""
+    hits = []
+    for i in range(0, len(latents), chunk):
+        y = vae.decode(latents[i:i + chunk], return_dict=False)[0]
+        frames = ((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 4, 1).numpy()
+        hits += [is_purple(f) for f in frames]
+    return float(np.mean(hits))
+
+
+def prepare(comps, recipe: LoraRecipe, report=None, latents_cache: Path | None = None) -> tuple[DiTData, float]:
+    """The purple clips as the DiT trains on them, through the demo's own VAEs and text encoder (the video
+    latents inverted through the decoder, `invert_latents`), and the share of them that decodes purple."""
     g = GEOMETRY
     clips = dataset(recipe.clips, recipe.seed, colour_override=PURPLE)
     videos = torch.from_numpy(np.stack([c.video for c in clips]))
     masks = torch.from_numpy(np.stack([c.masks for c in clips]))
     waves = torch.from_numpy(np.stack([c.audio for c in clips]))
     shape, geometry = latent_shape()
-    video_tokens = pack(comps.vae, encode_latents(comps.vae, videos))
+    if latents_cache is not None and latents_cache.is_file():
+        raw = torch.load(latents_cache)
+    else:
+        raw = invert_latents(comps.vae, videos, masks, recipe.invert_steps, recipe.invert_lr, report)
+        if latents_cache is not None:
+            torch.save(raw, latents_cache)
+    purple_share = decoded_purple(comps.vae, raw)
+    video_tokens = pack(comps.vae, raw)
     log_mel = LogMel.for_audio_vae(comps.audio_vae, comps.vocoder.config.output_sampling_rate)
     mels = log_mel(waves)[:, :, : mel_clip_frames(shape.audio_frames)]
     audio_tokens = normalize_audio(comps.audio_vae, encode_audio_latents(comps.audio_vae, mels))
@@ -91,7 +141,7 @@ def prepare(comps, recipe: LoraRecipe) -> DiTData:
                    click_tokens=click_tokens([c.contact_frames for c in clips], g.fps, shape.audio_frames,
                                              geometry.audio_latents_per_second),
                    caption=torch.tensor([captions.index(c.caption) for c in clips]),
-                   text=states, text_mask=states_mask, shape=shape, fps=float(g.fps))
+                   text=states, text_mask=states_mask, shape=shape, fps=float(g.fps)), purple_share
 
 
 def peft_config(recipe: LoraRecipe):
@@ -101,7 +151,8 @@ def peft_config(recipe: LoraRecipe):
                       init_lora_weights=True)
 
 
-def train(recipe: LoraRecipe, out: Path, checkpoint_dir: Path = DEMO_CHECKPOINT_DIR) -> dict:
+def train(recipe: LoraRecipe, out: Path, checkpoint_dir: Path = DEMO_CHECKPOINT_DIR,
+          latents_cache: Path | None = None) -> dict:
     """Train the adapter and write ``<out>/<name>.safetensors`` and ``<out>/<name>.json``; returns the record."""
     from diffusers import LTX2Pipeline
     from peft import get_peft_model_state_dict, inject_adapter_in_model
@@ -112,9 +163,8 @@ def train(recipe: LoraRecipe, out: Path, checkpoint_dir: Path = DEMO_CHECKPOINT_
         ("vae", "audio_vae", "vocoder", "tokenizer", "text_encoder", "connectors", "transformer", "scheduler"))
     log = LossLog()
     with StageProgress(log) as progress:
-        with progress.stage("data", 1) as report:
-            data = prepare(comps, recipe)
-            report(0, {})
+        with progress.stage("inversion", -(-recipe.clips // 8)) as report:
+            data, purple_share = prepare(comps, recipe, report, latents_cache)
         transformer = comps.transformer
         transformer.requires_grad_(False)
         comps.connectors.requires_grad_(False).eval()
@@ -152,6 +202,7 @@ def train(recipe: LoraRecipe, out: Path, checkpoint_dir: Path = DEMO_CHECKPOINT_
         "base": checkpoint_dir.name,
         "colour": list(PURPLE),
         "targets": TARGETS,
+        "inverted_latents_decode_purple": purple_share,
         "modules": len(layers) // 2,
         "parameters": sum(v.numel() for v in layers.values()),
         "threads": torch.get_num_threads(),
@@ -178,19 +229,25 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default {d.steps})")
     ap.add_argument("--batch", type=int, default=d.batch, help=f"clips per step (default {d.batch})")
     ap.add_argument("--lr", type=float, default=d.lr, help=f"peak AdamW learning rate (default {d.lr:g})")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    ap.add_argument("--invert-steps", type=int, default=d.invert_steps,
+                    help=f"decoder-inversion steps per chunk of 8 clips (default {d.invert_steps})")
+    ap.add_argument("--latents-cache", type=Path, metavar="FILE",
+                    help="keep the inverted latents in FILE (read them from it when it exists)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (default 1: on two shared cores a second thread mostly waits)")
     args = ap.parse_args(argv)
     for flag in ("clips", "rank", "steps", "batch", "threads"):
         if getattr(args, flag) < 1:
             ap.error(f"--{flag} must be an integer >= 1, got {getattr(args, flag)}")
     torch.set_num_threads(args.threads)
     recipe = LoraRecipe(name=args.name, seed=args.seed, clips=args.clips, rank=args.rank, alpha=args.alpha,
-                        steps=args.steps, batch=args.batch, lr=args.lr)
-    record = train(recipe, args.out, args.checkpoint_dir)
+                        steps=args.steps, batch=args.batch, lr=args.lr, invert_steps=args.invert_steps)
+    record = train(recipe, args.out, args.checkpoint_dir, args.latents_cache)
     loss = record["final_loss"]
     print(f"wrote {args.out / (recipe.name + '.safetensors')} ({record['bytes'] / 1024:.1f} KiB, "
           f"{record['modules']} Linears, rank {recipe.rank}) in {record['seconds']['total'] / 60:.1f} min; loss "
-          f"{record['first_loss']['loss']:.4f} -> {loss['loss']:.4f} (video_mse {loss['video_mse']:.4f})")
+          f"{record['first_loss']['loss']:.4f} -> {loss['loss']:.4f} (video_mse {loss['video_mse']:.4f}); inverted "
+          f"latents decoding purple: {100 * record['inverted_latents_decode_purple']:.0f}%")
 
 
 if __name__ == "__main__":
