@@ -35,9 +35,6 @@ BOUNCE_PIXELS = 6.0  # vertical swing that makes a bounce (the world's bounce is
 CLICK_BAND_HZ = 2500.0  # clicks are broadband, the hum and its harmonic stay below 1.5 kHz
 REFRACTORY_SECONDS = 0.08  # two onsets closer than this are one click
 
-PURPLE_HUE_DEGREES = (260.0, 320.0)  # the purple adapter's look (training.world.PURPLE: 278); blue is 227, red 0
-PURPLE_MIN_SATURATION = 0.35  # chroma-weighted mean saturation of the object's pixels (world objects: >= 0.78)
-
 _HUES = {name: float(rgb_to_hsv(np.array(rgb, np.float64) / 255)[0]) for name, rgb in COLOURS.items()}
 
 
@@ -60,28 +57,6 @@ def dominant_colour(frames: np.ndarray, masks: np.ndarray | None = None) -> str 
         return min(abs(angle - h), 1 - abs(angle - h))
 
     return min(_HUES, key=lambda name: gap(_HUES[name]))
-
-
-def object_hue(frames: np.ndarray, masks: np.ndarray | None = None) -> tuple[float, float] | None:
-    """(hue in degrees, saturation) of the object: the chroma-weighted circular mean hue of its pixels and their
-    weighted mean saturation (None: no object)."""
-    masks = object_masks(frames) if masks is None else masks
-    if masks.sum() < MIN_PIXELS:
-        return None
-    hsv = rgb_to_hsv(frames[masks].astype(np.float64) / 255)
-    weight = hsv[:, 1] * hsv[:, 2]
-    angle = np.angle(np.sum(weight * np.exp(2j * np.pi * hsv[:, 0]))) / (2 * np.pi) % 1.0
-    return 360.0 * float(angle), float(np.sum(weight * hsv[:, 1]) / max(np.sum(weight), 1e-9))
-
-
-def is_purple(frames: np.ndarray, masks: np.ndarray | None = None) -> bool:
-    """Whether the object looks purple: its hue in `PURPLE_HUE_DEGREES`, saturated enough (no object: False)."""
-    hs = object_hue(frames, masks)
-    if hs is None:
-        return False
-    hue, saturation = hs
-    lo, hi = PURPLE_HUE_DEGREES
-    return lo <= hue <= hi and saturation >= PURPLE_MIN_SATURATION
 
 
 @dataclass(frozen=True)
@@ -215,7 +190,6 @@ class Reading:
     onsets: list[float]
     masks: np.ndarray
     sync: Sync
-    purple: bool = False  # the object looks purple (`is_purple`: the purple adapter's look, never a prompt colour)
 
 
 def read(frames: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float) -> Reading:
@@ -225,8 +199,7 @@ def read(frames: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float) ->
     how = motion(tr)
     contacts = video_contacts(tr, how)
     onsets = click_onsets(audio, sample_rate)
-    return Reading(dominant_colour(frames, masks), how, contacts, onsets, masks, sync(contacts, onsets, fps),
-                   is_purple(frames, masks))
+    return Reading(dominant_colour(frames, masks), how, contacts, onsets, masks, sync(contacts, onsets, fps))
 
 
 def unmarked(height: int, width: int) -> np.ndarray:

@@ -29,9 +29,6 @@ import numpy as np
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 230), "yellow": (235, 205, 30)}
 # Hum pitches sit on the peaks of distinct bins of the model's 16-bin mel spectrogram (training/mel.py).
-# A look the base world never shows, for the LoRA adapter that makes objects purple (training/train_lora.py): not
-# one of the prompt colours, only a rendering override (`render(scene, colour_override=PURPLE)`); hue 278 degrees.
-PURPLE: tuple[int, int, int] = (150, 50, 210)
 HUM_HZ: dict[str, float] = {"red": 190.0, "green": 350.0, "blue": 540.0, "yellow": 700.0}
 SHAPES = ("ball", "square")
 MOTIONS = ("bouncing", "sliding left", "sliding right")
@@ -232,5 +229,5 @@ def _sound(colour: str, contacts: tuple[int, ...], g: Geometry) -> np.ndarray:
 def dataset(n: int, seed: int, geometry: Geometry = GEOMETRY,
             colour_override: tuple[int, int, int] | None = None) -> list[Clip]:
     """`n` rendered clips (balanced over the prompt classes) from `seed`; with `colour_override` every object is
-    drawn in that colour (the captions unchanged: e.g. `PURPLE`, the purple adapter's data)."""
+    drawn in that colour (the captions unchanged: e.g. `COLOURS["green"]`, the emerald adapter's data)."""
     return [render(s, geometry, colour_override) for s in scenes(n, seed, geometry)]
