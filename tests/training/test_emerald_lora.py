@@ -25,6 +25,7 @@ def test_the_adapter_ships_small_and_loads_through_the_bank():
     path = adapter_file(DEMO_LORA_DIR, "emerald")
     assert path is not None and path.stat().st_size < 2**20
     assert adapter_colour(DEMO_LORA_DIR, "emerald") == "green"
+    assert preset("demo").lora.dir == DEMO_LORA_DIR  # `--preset demo --lora emerald` needs no --lora-dir
     transformer = ComponentSource(preset("demo")).load(["transformer"]).transformer
     bank = AdapterBank(transformer, LoraConfig(dir=DEMO_LORA_DIR))
     assert "emerald" in bank.available()
