@@ -573,15 +573,19 @@ _SMALL = Architecture(
 
 # Trained weights shipped with Kino (training/train_demo.py writes them).
 DEMO_CHECKPOINT_DIR = Path(__file__).resolve().parent / "weights" / "demo"
+# LoRA adapters made for the demo model (training/train_lora.py writes them): the demo preset's model.lora.dir.
+DEMO_LORA_DIR = Path(__file__).resolve().parent / "weights" / "demo_loras"
 
 PRESETS: Mapping[str, ModelConfig] = {
     "tiny": ModelConfig(name="tiny", architecture=_TINY),
     "small": ModelConfig(name="small", architecture=_SMALL,
                          defaults=SamplingDefaults(steps=8, width=256, height=256, seconds=33 / 24)),
-    # What it was trained for: 64x64, 17 frames at 24 fps, prompts of up to 80 (character) tokens.
+    # What it was trained for: 64x64, 17 frames at 24 fps, prompts of up to 80 (character) tokens; its adapters
+    # (e.g. --lora emerald) from DEMO_LORA_DIR unless model.lora.dir says otherwise.
     "demo": ModelConfig(name="demo", checkpoint_dir=DEMO_CHECKPOINT_DIR, tokenizer_max_length=80,
                         defaults=SamplingDefaults(steps=8, width=64, height=64, seconds=17 / 24,
-                                                  guidance_scale=3.0, audio_guidance_scale=3.0)),
+                                                  guidance_scale=3.0, audio_guidance_scale=3.0),
+                        lora=LoraConfig(dir=DEMO_LORA_DIR)),
 }
 
 # A real LTX-2 checkpoint: the pipeline's own defaults, sizes the model was trained for.

@@ -4,6 +4,7 @@
     python -m loadtests.bench_truth --seeds 1 --remixes 4 --images 4   # quicker
     python -m loadtests.bench_truth --checkpoint-dir out/train_demo/run   # a training run's weights, before they ship
     python -m loadtests.bench_truth --paths all --seeds 2 --remixes 0 --images 0   # each serving path against exact
+    python -m loadtests.bench_truth --lora emerald --seeds 1 --remixes 0 --images 0   # an adapter's look, with/without
 
 Every video goes through Kino's serving path in this process (`ServingPath`, over `LocalEngine`, what `kino run`
 drives): jobs in a job store (SQLite), the `Dispatcher` driving `LocalStages` (the text encoder, the denoise loop
@@ -21,6 +22,12 @@ The finished MP4s are measured with `training.truth`, from their decoded pixels 
   against the image, outside the watermark's badge (which covers 6% of a 64x64 frame and alone would hold the
   PSNR under 19 dB).
 
+With ``--lora NAME[:SCALE]`` (adapters of ``--lora-dir``, default engines/weights/demo_loras) every path runs
+twice, without and with the adapters on every job, and the table also reads the adapter's look (issue 28): the
+share of the videos prompted with another colour whose object reads as the adapter's colour (`--look`, by default
+the colour of the first adapter's training record, ``<name>.json``; ``emerald``: green). The goal is >= 90% of
+those videos with the adapter and <= 10% without (the base model draws the prompt's colour).
+
 Prints a markdown table of the figures against the goals of issue 13 (and 29), one per path, and with several
 paths their colour, motion and sync against the first's.
 """
@@ -30,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -39,16 +47,17 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-from engines.config import ModelConfig, preset
+from engines.config import DEMO_LORA_DIR, ModelConfig, preset
 from engines.mp4 import Waveform, write_mp4
 from engines.params import GenerationRequest, params_to_dict
 from engines.schema import load, merge
+from kino.cli.options import lora_option
 from serving.artifacts import LocalArtifactStore
 from serving.config import BatchingConfig, KinoConfig
 from serving.jobs import Conditioning, JobStatus, NewJob, open_store
 from serving.local_engine import LoadedModel, LocalEngine
 from training import truth
-from training.world import Clip, PromptClass, dataset, prompt_classes, render, sample_scene
+from training.world import COLOURS, Clip, PromptClass, dataset, prompt_classes, render, sample_scene
 
 OPPOSITE = {"sliding left": "sliding right", "sliding right": "sliding left"}
 REMIX_STRENGTH = 0.6
@@ -80,9 +89,11 @@ class ServingPath:
     """Jobs through Kino's server pieces in this process: `LocalEngine` (what `kino run` drives: the dispatcher,
     the Denoiser's loop with its scheduler and step batching, the renderer that marks, muxes and signs into the
     artifact store), its model loaded as `kino run` loads it (over gloo ranks where the config's parallel says
-    so). Jobs go straight into its job store (a remix's parent is a world clip, not a video of this store)."""
+    so). Jobs go straight into its job store (a remix's parent is a world clip, not a video of this store).
+    `loras`: the (adapter name, scale) pairs every job asks for (of ``model.lora.dir``)."""
 
-    def __init__(self, cfg: KinoConfig, work: Path) -> None:
+    def __init__(self, cfg: KinoConfig, work: Path, loras: tuple[tuple[str, float], ...] = ()) -> None:
+        self.loras = tuple(loras)
         self._stack = contextlib.ExitStack()
         try:
             model = self._stack.enter_context(LoadedModel.load(cfg.model))
@@ -100,7 +111,7 @@ class ServingPath:
         self._stack.close()
 
     def submit(self, name: str, prompt: str, seed: int, conditioning: Conditioning = Conditioning()) -> str:
-        params = GenerationRequest(prompt=prompt, seed=seed).validated(self.config)
+        params = GenerationRequest(prompt=prompt, seed=seed, loras=self.loras).validated(self.config)
         job, _ = self.store.create(NewJob(id=f"video_{name}", tenant=self.engine.principal.tenant_id,
                                           model=self.config.model_id, priority=5, params=params_to_dict(params),
                                           request_hash=name, conditioning=conditioning), max_queued=100_000)
@@ -138,6 +149,7 @@ def read_video(path: Path) -> truth.Reading:
 class Tally:
     colour: list[bool] = field(default_factory=list)
     motion: list[bool] = field(default_factory=list)
+    seen_colour: list[tuple[str, str | None]] = field(default_factory=list)  # (asked, read) per video
     contacts: int = 0
     in_sync: int = 0
     clips_with_contacts: int = 0
@@ -150,9 +162,14 @@ class Tally:
     def add_t2v(self, asked: PromptClass, seen: truth.Reading) -> None:
         self.colour.append(seen.colour == asked.colour)
         self.motion.append(seen.motion == asked.motion)
+        self.seen_colour.append((asked.colour, seen.colour))
         self.contacts += seen.sync.contacts
         self.in_sync += seen.sync.in_sync
         self.clips_with_contacts += seen.sync.contacts > 0
+
+    def look(self, colour: str) -> list[bool]:
+        """Whether each video prompted with another colour reads `colour` (an adapter's look)."""
+        return [seen == colour for asked, seen in self.seen_colour if asked != colour]
 
     @property
     def sync_share(self) -> float:
@@ -208,7 +225,7 @@ def _share(hits: list[bool]) -> str:
     return f"{100 * np.mean(hits):.1f}%" if hits else "-"
 
 
-def table(t: Tally) -> str:
+def table(t: Tally, look: str | None = None) -> str:
     rows = [
         ("colour adherence (object hue = prompt colour)", ">= 90%", _share(t.colour), len(t.colour)),
         ("motion adherence (centroid path = prompt motion)", ">= 90%", _share(t.motion), len(t.motion)),
@@ -226,6 +243,10 @@ def table(t: Tally) -> str:
          f"{np.mean(t.i2v_psnr):.1f} dB" if t.i2v_psnr else "-", len(t.i2v_psnr)),
         ("image-to-video: PSNR >= 25 dB", "-", _share([v >= 25 for v in t.i2v_psnr]), len(t.i2v_psnr)),
     ]
+    if look is not None:
+        hits = t.look(look)
+        rows.insert(3, (f"{look} look (object reads {look}, prompts of the other colours)",
+                        "with the adapter >= 90%, without <= 10%", _share(hits), len(hits)))
     lines = ["| measure | goal | result | n |", "| --- | --- | ---: | ---: |"]
     lines += [f"| {m} | {goal} | {result} | {n} |" for m, goal, result, n in rows]
     return "\n".join(lines)
@@ -250,10 +271,10 @@ def compare(tallies: dict[str, Tally]) -> str:
 
 
 def measure(cfg: KinoConfig, classes: list[PromptClass], seeds: int, remixes: int, strength: float,
-            images: int) -> Tally:
+            images: int, loras: tuple[tuple[str, float], ...] = ()) -> Tally:
     tally = Tally()
     with tempfile.TemporaryDirectory() as tmp:
-        path = ServingPath(cfg, Path(tmp))
+        path = ServingPath(cfg, Path(tmp), loras)
         try:
             for name, run in (("text-to-video", lambda: text_to_video(path, classes, range(seeds), tally)),
                               ("remix", lambda: remix(path, remixes, strength, tally)),
@@ -264,6 +285,15 @@ def measure(cfg: KinoConfig, classes: list[PromptClass], seeds: int, remixes: in
         finally:
             path.close()
     return tally
+
+
+def adapter_colour(lora_dir: Path, name: str) -> str | None:
+    """The colour an adapter draws every object in, from its training record (`training.train_lora`), if any."""
+    record = lora_dir / f"{name}.json"
+    if not record.is_file():
+        return None
+    colour = json.loads(record.read_text()).get("colour")
+    return colour[0] if colour and colour[0] in COLOURS else None
 
 
 def main() -> None:
@@ -282,6 +312,12 @@ def main() -> None:
                     help="comma-separated serving paths to run the same prompts and seeds through, the first the "
                          f"reference of the others (default batched; of: {', '.join(TRUTH_PATHS)}; 'all': every "
                          "one, exact first)")
+    ap.add_argument("--lora", type=lora_option, action="append", default=[], metavar="NAME[:SCALE]",
+                    help="run every path without and with this adapter on every job (repeat to combine)")
+    ap.add_argument("--lora-dir", type=Path, default=DEMO_LORA_DIR, metavar="DIR",
+                    help=f"where --lora's adapters live (model.lora.dir; default {DEMO_LORA_DIR})")
+    ap.add_argument("--look", choices=sorted(COLOURS), metavar="COLOUR",
+                    help="the adapter's look: the colour its objects read (default: the first --lora's record)")
     args = ap.parse_args()
     paths = list(TRUTH_PATHS) if args.paths == "all" else args.paths.split(",")
     unknown = [p for p in paths if p not in TRUTH_PATHS]
@@ -291,19 +327,28 @@ def main() -> None:
     sampling = {k: v for k, v in (("steps", args.steps), ("guidance_scale", args.guidance),
                                   ("audio_guidance_scale", args.guidance)) if v is not None}
     config = config.replace(defaults=dataclasses.replace(config.defaults, **sampling))
+    look = args.look
+    if args.lora:
+        config = config.replace(lora=dataclasses.replace(config.lora, dir=args.lora_dir))
+        look = look or adapter_colour(args.lora_dir, args.lora[0][0])
+    variants = [("", ())]
+    if args.lora:
+        variants.append((" + " + ",".join(f"{n}:{s:g}" for n, s in args.lora), tuple(args.lora)))
     classes = prompt_classes()[: args.classes]
     tallies = {}
-    for name in paths:
-        tallies[name] = measure(truth_config(config, name), classes, args.seeds, args.remixes, args.strength,
-                                args.images)
-        print(f"{name}: " + ", ".join(f"{k} {v:.0f} s" for k, v in tallies[name].seconds.items()), flush=True)
+    for path_name in paths:
+        for suffix, loras in variants:
+            name = path_name + suffix
+            tallies[name] = measure(truth_config(config, path_name), classes, args.seeds, args.remixes, args.strength,
+                                    args.images, loras)
+            print(f"{name}: " + ", ".join(f"{k} {v:.0f} s" for k, v in tallies[name].seconds.items()), flush=True)
     d = config.defaults
     print(f"\nPreset {args.preset}: {d.width}x{d.height}, {d.seconds * float(d.fps):.0f} frames at {d.fps} fps, "
           f"{d.steps} steps, guidance {d.guidance_scale:g} (audio {d.audio_guidance_scale:g}); "
           f"{args.classes} prompt classes x {args.seeds} seeds, {args.remixes} remixes at strength "
           f"{args.strength:g}, {args.images} images\n")
     for name, tally in tallies.items():
-        print(f"Path {name}:\n\n{table(tally)}\n")
+        print(f"Path {name}:\n\n{table(tally, look)}\n")
     if len(tallies) > 1:
         print(f"The paths against {paths[0]} (points):\n\n{compare(tallies)}")
 

@@ -176,8 +176,10 @@ class Clip:
         return self.scene.caption
 
 
-def render(scene: Scene, geometry: Geometry = GEOMETRY) -> Clip:
-    """Draw the scene (anti-aliased) and synthesise its sound."""
+def render(scene: Scene, geometry: Geometry = GEOMETRY,
+           colour_override: tuple[int, int, int] | None = None) -> Clip:
+    """Draw the scene (anti-aliased) and synthesise its sound. `colour_override`: draw the object in this RGB
+    colour instead of its class's (the caption, the hum and everything else stay the class's)."""
     g = geometry
     centres = scene.centres(g.frames, g.width)
     cover = _coverage(scene.cls.shape, centres, g)  # [F, H, W] in [0, 1]
@@ -185,7 +187,7 @@ def render(scene: Scene, geometry: Geometry = GEOMETRY) -> Clip:
     ys, xs = np.mgrid[0:g.height, 0:g.width]
     solid = (ys >= FLOOR_TOP) | (xs < WALL) | (xs >= g.width - WALL)
     stage = np.where(solid[..., None], floor, back)  # [H, W, 3]
-    colour = np.array(COLOURS[scene.cls.colour], np.float64)
+    colour = np.array(colour_override or COLOURS[scene.cls.colour], np.float64)
     video = stage[None] * (1 - cover[..., None]) + colour * cover[..., None]
     contacts = scene.contact_frames(g.frames)
     return Clip(scene=scene, video=np.round(video).astype(np.uint8), audio=_sound(scene.cls.colour, contacts, g),
@@ -226,6 +228,8 @@ def _sound(colour: str, contacts: tuple[int, ...], g: Geometry) -> np.ndarray:
     return np.stack([mono, mono])
 
 
-def dataset(n: int, seed: int, geometry: Geometry = GEOMETRY) -> list[Clip]:
-    """`n` rendered clips (balanced over the prompt classes) from `seed`."""
-    return [render(s, geometry) for s in scenes(n, seed, geometry)]
+def dataset(n: int, seed: int, geometry: Geometry = GEOMETRY,
+            colour_override: tuple[int, int, int] | None = None) -> list[Clip]:
+    """`n` rendered clips (balanced over the prompt classes) from `seed`; with `colour_override` every object is
+    drawn in that colour (the captions unchanged: e.g. `COLOURS["green"]`, the emerald adapter's data)."""
+    return [render(s, geometry, colour_override) for s in scenes(n, seed, geometry)]

@@ -90,7 +90,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint-dir", metavar="DIR", help="the checkpoint directory, with --preset checkpoint")
     g.add_argument("--lora-dir", metavar="DIR",
                    help="where the LoRA adapters requests may name live: DIR/NAME.safetensors or "
-                        "DIR/NAME/pytorch_lora_weights.safetensors (model.lora.dir; default: the config's, none)")
+                        "DIR/NAME/pytorch_lora_weights.safetensors (model.lora.dir; default: the config's, none; "
+                        "the demo preset's: engines/weights/demo_loras)")
     g.add_argument("--device", help="cpu or cuda[:N] (default: the preset's)")
     g.add_argument("--dtype", choices=DTYPES, help="weights dtype (default: the preset's)")
     g.add_argument("--dit-backend", choices=DIT_BACKENDS,
