@@ -206,10 +206,10 @@ class Denoiser:
         if self.adapters is None:
             raise InvalidParameter("loras[0].name", params.loras[0][0],
                                    "none: this model has no LoRA adapters (model.lora.dir is not set)")
-        if not self.backend.runs_block_hooks:
+        if not self.backend.runs_lora:
             raise InvalidParameter("loras", [n for n, _ in params.loras],
-                                   f"none: DiT backend {self.backend.name} does not run the diffusers modules, "
-                                   "whose hooks add the adapters (use the eager backend)")
+                                   f"none: DiT backend {self.backend.name} does not run the diffusers model's float "
+                                   "Linear layers, whose hooks add the adapters (use the eager backend)")
         return self.adapters.uses(params.loras)
 
     def _step_cache(self, params: GenerationParams) -> StepCacheState | None:

@@ -48,6 +48,9 @@ class DiTBackend(ABC):
     runs_block_hooks: ClassVar[bool] = False
     """Whether `forward` calls the diffusers module's transformer blocks eagerly, so hooks on them
     (the step cache, engines/step_cache.py) take effect."""
+    runs_lora: ClassVar[bool] = False
+    """Whether the float `torch.nn.Linear` modules of the diffusers model run eagerly, so the forward hooks that add
+    per-request LoRA adapters (engines/lora/) take effect."""
 
     def __init__(self, transformer: torch.nn.Module) -> None:
         self.transformer = transformer
@@ -62,6 +65,7 @@ class EagerBackend(DiTBackend):
 
     name = "eager"
     runs_block_hooks = True
+    runs_lora = True
 
     @torch.inference_mode()
     def forward(self, inputs: DiTInputs) -> tuple[torch.Tensor, torch.Tensor]:

@@ -136,10 +136,13 @@ class LocalEngine:
                 engine.close()
 
     def close(self) -> None:
-        self._runner.cancel()
-        for task in asyncio.all_tasks(self._loop):
+        tasks = asyncio.all_tasks(self._loop)
+        for task in tasks:
             task.cancel()
-        self._loop.run_until_complete(asyncio.sleep(0))
+        # Each to its end (one turn of the loop left some mid-cancel, destroyed pending at exit), for a few
+        # seconds at most: a step running in a thread finishes first, and close must not wait on anything longer.
+        if tasks:
+            self._loop.run_until_complete(asyncio.wait(tasks, timeout=10))
         self._loop.close()
 
     # -- one video ---------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ class CompiledBackend(EagerBackend):
 
     name = "compile"
     runs_block_hooks = False  # one graph over the whole model: per-request hooks would break or specialise it
+    runs_lora = False
 
     def __init__(self, transformer: torch.nn.Module, mode: str | None = None) -> None:
         if transformer.device.type == "cpu" and not (shutil.which("c++") or shutil.which("g++")):

@@ -36,6 +36,7 @@ class Int8Backend(EagerBackend):
     """The eager call over a transformer whose block linears run in int8 (CPU)."""
 
     name = "int8"
+    runs_lora = False  # its block linears are quantized modules, not the float Linears the adapters hook
 
     def __init__(self, transformer: torch.nn.Module) -> None:
         if transformer.device.type != "cpu":

@@ -20,7 +20,7 @@ are engines/params.py's). The DiT forward and `DiTInputs` are unchanged:
 `InvalidParameter`) and is cheap once loaded, so resolving at every step keeps the adapters in flight the most
 recently used; calling it in `prepare` too refuses a bad request before it takes a slot. A CFG request's two
 rows (negative, prompt) both take its adapters, as merged weights would. Only backends that call the
-diffusers module eagerly run the hooks (`DiTBackend.runs_block_hooks`), and the step cache's sub-batches are
+diffusers model's float Linears eagerly run the hooks (`DiTBackend.runs_lora`), and the step cache's sub-batches are
 refused (engines/lora/layers.py): a request with adapters runs with cache off, and a batch holding one lets no
 row skip.
 """

@@ -83,7 +83,8 @@ def read_adapter(path: Path, name: str, transformer: torch.nn.Module) -> LoraAda
         if target is None:
             raise AdapterError(path, key, "matches no module of the transformer")
         if not isinstance(target, torch.nn.Linear):
-            raise AdapterError(path, key, f"targets a {type(target).__name__}; only Linear layers take LoRA here")
+            kind = f"{type(target).__module__}.{type(target).__qualname__}"
+            raise AdapterError(path, key, f"targets a {kind}; only torch.nn.Linear layers take LoRA here")
         _check_shapes(path, module_name, down, up, target)
         rank = int(down.shape[0])
         layers[module_name] = LoraFactors(

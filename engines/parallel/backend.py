@@ -22,6 +22,7 @@ class ParallelBackend(EagerBackend):
     # The step cache decides per request which blocks run, from hooks on rank 0's blocks; here those
     # blocks see only rank 0's rows and tokens, and the followers would not know the decision.
     runs_block_hooks = False
+    runs_lora = False
 
     def __init__(self, transformer: torch.nn.Module, leader: Leader) -> None:
         super().__init__(transformer)

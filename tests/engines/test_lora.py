@@ -193,7 +193,7 @@ def _set(key, shape):
                            "transformer_blocks.0.attn1.to_q maps 16 -> 16"),
     (lambda sd: [_rename(f"{Q}.{p}.weight", f"transformer.transformer_blocks.0.attn1.norm_q.{p}.weight")(sd)
                  for p in ("lora_A", "lora_B")], None,
-     "transformer.transformer_blocks.0.attn1.norm_q.lora_A.weight", "targets a RMSNorm"),
+     "transformer.transformer_blocks.0.attn1.norm_q.lora_A.weight", "targets a torch.nn.modules.normalization.RMSNorm"),
     (_set("transformer.transformer_blocks.0.attn1.to_q.alpha", ()), None,
      "transformer.transformer_blocks.0.attn1.to_q.alpha", "is not a LoRA weight"),
     (_set(f"{Q}.lora_B.bias", (16,)), None, f"{Q}.lora_B.bias", "unsupported LoRA tensor"),

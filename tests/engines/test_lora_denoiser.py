@@ -109,6 +109,21 @@ def test_a_denoiser_without_an_adapter_directory_refuses_a_request_with_adapters
         staged.denoiser.prepare(request)
 
 
+def test_an_int8_denoiser_refuses_adapters_by_name_before_the_request_takes_a_slot(staged, lora_config):
+    """int8 swaps the block Linears for quantized modules the adapters cannot hook: a request with adapters is
+    refused naming `loras` and the backend (it failed as an internal error naming an adapter key)."""
+    import dataclasses
+
+    from engines.model_loader import load_components
+
+    own = dataclasses.replace(staged.components, transformer=load_components(lora_config, ["transformer"]).transformer)
+    int8 = Denoiser(lora_config.replace(dit_backend="int8"), components=own, geometry=staged.denoiser.geometry)
+    assert int8.backend.name == "int8" and not int8.backend.runs_lora
+    [request] = _requests(staged, lora_config)[1:2]
+    with pytest.raises(InvalidParameter, match=r"loras=\['a'\].*DiT backend int8 does not run"):
+        int8.prepare(request)
+
+
 def test_a_replicas_metrics_see_its_adapters_load_and_go(staged, lora_config, lora_dir):
     """What `open_denoise_loop` wires (a Denoiser replica and kino run): each load with the adapters held after it
     and its seconds, each eviction, from the replica's own bank (here one adapter at a time: b pushes a out)."""

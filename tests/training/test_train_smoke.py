@@ -22,6 +22,13 @@ from training.train_demo import train
 from training.world import GEOMETRY
 
 MiB = 2**20
+PARTS = ("transformer", "connectors", "vae", "audio_vae", "vocoder")
+
+
+def same_weights(first, second, part: str) -> bool:
+    """Two checkpoints' `part` hold the same tensors, bit for bit."""
+    a, b = (load_file(d / part / "diffusion_pytorch_model.safetensors") for d in (first, second))
+    return a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -93,22 +100,15 @@ def test_a_warm_start_keeps_the_autoencoders_and_trains_the_dit(trained, tmp_pat
     record = train(longer, tmp_path / "warm", tmp_path / "report", warm_start=first)
     assert record["warm_start"] == trained[1] and set(record["final_losses"]) == {"DiT"}
 
-    def same(part: str) -> bool:
-        a, b = (load_file(d / part / "diffusion_pytorch_model.safetensors") for d in (first, tmp_path / "warm"))
-        return a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
-
-    assert same("vae") and same("audio_vae") and same("vocoder")
-    assert not same("transformer")
+    assert all(same_weights(first, tmp_path / "warm", part) for part in ("vae", "audio_vae", "vocoder"))
+    assert not same_weights(first, tmp_path / "warm", "transformer")
     StagedPipeline(preset("demo", checkpoint_dir=tmp_path / "warm"))  # loads
 
 
 def test_the_run_is_deterministic(trained, tmp_path):
     again = train(SMOKE, tmp_path / "checkpoint", tmp_path / "report")
-    first = trained[0] / "checkpoint"
-    for part in ("transformer", "vae", "audio_vae", "vocoder", "connectors"):
-        a = load_file(first / part / "diffusion_pytorch_model.safetensors")
-        b = load_file(tmp_path / "checkpoint" / part / "diffusion_pytorch_model.safetensors")
-        assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a), part
+    for part in PARTS:
+        assert same_weights(trained[0] / "checkpoint", tmp_path / "checkpoint", part), part
     assert again["final_losses"] == trained[1]["final_losses"]
 
 
@@ -132,11 +132,8 @@ def test_a_run_in_chunks_is_the_run_in_one_go(trained, tmp_path):
     assert not (tmp_path / "checkpoint").exists() and (state / "autoencoders" / "model_index.json").is_file()
     record = train(SMOKE, tmp_path / "checkpoint", tmp_path / "report", chunks=Chunks(state))
     assert [c["dit_steps"] for c in record["chunks"]] == [[0, 1], [1, SMOKE.dit.steps]]
-    first = trained[0] / "checkpoint"
-    for part in ("transformer", "connectors", "vae", "audio_vae", "vocoder"):
-        a = load_file(first / part / "diffusion_pytorch_model.safetensors")
-        b = load_file(tmp_path / "checkpoint" / part / "diffusion_pytorch_model.safetensors")
-        assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a), part
+    for part in PARTS:
+        assert same_weights(trained[0] / "checkpoint", tmp_path / "checkpoint", part), part
     assert record["final_losses"] == trained[1]["final_losses"]
     assert record["seconds"]["total"] == sum(c["seconds"] for c in record["chunks"])
 
