@@ -516,10 +516,12 @@ class ListVideosResponse(_message.Message):
     def __init__(self, videos: _Optional[_Iterable[_Union[Video, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class WatchVideoRequest(_message.Message):
-    __slots__ = ("id",)
+    __slots__ = ("id", "history")
     ID_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
     id: str
-    def __init__(self, id: _Optional[str] = ...) -> None: ...
+    history: bool
+    def __init__(self, id: _Optional[str] = ..., history: _Optional[bool] = ...) -> None: ...
 
 class VideoEvent(_message.Message):
     __slots__ = ("video_id", "status", "stage", "step", "total_steps", "progress", "queue_position", "eta_seconds", "batch_size", "message", "at", "terminal", "error")

@@ -335,14 +335,15 @@ class VideoService:
         return await self.store.set_visibility(video_id, visibility)
 
     # -- follow ------------------------------------------------------------------------------
-    async def watch(self, principal: Principal, video_id: str,
-                    poll_seconds: float | None = None) -> AsyncIterator[Progress]:
+    async def watch(self, principal: Principal, video_id: str, poll_seconds: float | None = None,
+                    history: bool = False) -> AsyncIterator[Progress]:
         """A snapshot now, then every event as it happens, until a terminal one (`poll_seconds`: how
-        often the store is read when nothing was pushed; default: 5 s with pushed events, else 0.1 s)."""
+        often the store is read when nothing was pushed; default: 5 s with pushed events, else 0.1 s;
+        `history`: the job's recorded state changes first, see `follow`)."""
         await self.own(principal, video_id)
         if poll_seconds is None:
             poll_seconds = 0.1 if self.progress is None else WATCH_FALLBACK_SECONDS
-        async for progress in follow(self.store, video_id, self.progress, poll_seconds):
+        async for progress in follow(self.store, video_id, self.progress, poll_seconds, history):
             yield progress
 
     async def download(self, principal: Principal, video_id: str, variant: str = "video") -> Download:

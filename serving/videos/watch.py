@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 from serving.async_view import AsyncView
 from serving.control_plane.progress import QUEUE_TOPIC, Progress, ProgressFeed
-from serving.jobs import Job, JobStatus, JobStore
+from serving.jobs import Job, JobEvent, JobStatus, JobStore
 
 POSITION_SECONDS = 1.0  # a queued watcher reads its position at most this often, however busy the queue
 
@@ -24,9 +24,19 @@ async def queue_position(jobs: AsyncView[JobStore], job: Job) -> int | None:
     return await jobs.queue_position(job.id) if job.status == JobStatus.QUEUED else None
 
 
+def recorded(video_id: str, ev: JobEvent) -> Progress:
+    """A stored event as a watcher sees it."""
+    return Progress(video_id=video_id, status=ev.status, stage=ev.stage, at=ev.at, step=ev.step,
+                    total_steps=ev.total_steps, progress=ev.progress, eta_seconds=ev.eta_seconds,
+                    batch_size=ev.batch_size, message=ev.message)
+
+
 async def follow(jobs: AsyncView[JobStore], video_id: str, feed: ProgressFeed | None = None,
-                 poll_seconds: float = 0.1) -> AsyncIterator[Progress]:
+                 poll_seconds: float = 0.1, history: bool = False) -> AsyncIterator[Progress]:
     """A snapshot now, then every event, until a terminal one (the caller checked the right to watch).
+
+    `history`: first the events the store recorded before now (the job's state changes: queued, each stage, each
+    checkpoint; not every step), oldest first, so a watcher that came late or reconnects sees how the job got here.
 
     With a feed, the store is read for what was not pushed every `poll_seconds`, and a queued job's position
     when the queue moves (a dispatcher claimed a job, a job was queued: the QUEUE_TOPIC nudge), at most every
@@ -39,8 +49,13 @@ async def follow(jobs: AsyncView[JobStore], video_id: str, feed: ProgressFeed | 
     try:
         # Events first, then the job: a finish landing between the two reads shows in the snapshot,
         # or after it; read the other way round, its event would be skipped and the watch never end.
-        seen = max((e.id for e in await jobs.events(video_id)), default=0)
+        before = await jobs.events(video_id)
+        seen = max((e.id for e in before), default=0)
         job = await jobs.get(video_id)
+        if history:
+            for ev in before:
+                if not ev.status.terminal:  # the end comes below, with its error fields
+                    yield recorded(video_id, ev)
         last = Progress.of_job(job, await queue_position(jobs, job), "snapshot")
         positioned = time.monotonic()
         yield last
@@ -80,9 +95,7 @@ async def follow(jobs: AsyncView[JobStore], video_id: str, feed: ProgressFeed | 
                 position_due = now if position_due is None else position_due
                 for ev in await jobs.events(video_id, seen):
                     seen = ev.id
-                    news.append(Progress(video_id=video_id, status=ev.status, stage=ev.stage, at=ev.at, step=ev.step,
-                                         total_steps=ev.total_steps, progress=ev.progress,
-                                         eta_seconds=ev.eta_seconds, batch_size=ev.batch_size, message=ev.message))
+                    news.append(recorded(video_id, ev))
             for p in news:
                 if p.terminal:  # the end as the store has it, with its error
                     final = await jobs.get(video_id)

@@ -48,10 +48,10 @@ def stub(channel):
     return pb_grpc.VideoServiceStub(channel)
 
 
-def wait_done(stub, video_id: str, timeout: float = 120.0) -> list[pb.VideoEvent]:
-    """Watch a video to its terminal event; returns every event seen."""
+def wait_done(stub, video_id: str, timeout: float = 120.0, history: bool = False) -> list[pb.VideoEvent]:
+    """Watch a video to its terminal event; returns every event seen (`history`: its recorded ones first)."""
     events = []
-    for ev in stub.WatchVideo(pb.WatchVideoRequest(id=video_id), timeout=timeout):
+    for ev in stub.WatchVideo(pb.WatchVideoRequest(id=video_id, history=history), timeout=timeout):
         events.append(ev)
         if ev.terminal:
             break

@@ -69,7 +69,7 @@ class FakeVideos:
         self._record("delete", video_id)
         return _job(video_id, JobStatus.DELETED)
 
-    async def watch(self, who, video_id):
+    async def watch(self, who, video_id, history=False):
         self._record("watch", video_id)
         for step in (1, 2):
             yield Progress(video_id, JobStatus.IN_PROGRESS, Stage.DENOISING, time.time(), step=step, total_steps=2)

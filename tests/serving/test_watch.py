@@ -69,6 +69,33 @@ def test_a_job_finishing_as_the_watch_starts_still_ends_the_watch(tmp_path, tiny
     assert seen[-1].status == JobStatus.CANCELLED and seen[-1].error_code == "cancelled"
 
 
+def test_a_late_watcher_asking_for_history_sees_the_recorded_stages_then_the_end(tmp_path, tiny_config):
+    db = Database(migrated(f"sqlite:///{tmp_path}/jobs.db"))
+    store = SqlJobStore(db)
+    params = GenerationRequest(prompt="a cat", seed=1, steps=3).validated(tiny_config)
+    store.create(NewJob(id="video_1", tenant="t", model="m", priority=5, params=params_to_dict(params),
+                        request_hash="1"), max_queued=10)
+    lease = store.claim_next("d1", 30.0).lease
+    store.set_enhanced_prompt(lease, "a tabby cat naps on a velvet sofa", "prompt enhanced")
+    store.finish(lease, JobStatus.FAILED, error_code="internal", error_message="the decoder went away")
+    videos = VideoService(load_config({}), store, LocalArtifactStore(tmp_path / "artifacts"), NoDispatcher(),
+                          moderator=RuleModerator([]), accounts=AccountStore(db), cameos=CameoStore(db))
+
+    async def watch(history: bool) -> list:
+        async with asyncio.timeout(10):
+            return [p async for p in videos.watch(Principal(Tenant("t", "t")), "video_1", poll_seconds=0.01,
+                                                  history=history)]
+
+    late = asyncio.run(watch(history=False))
+    assert [p.message for p in late] == ["snapshot"] and late[0].error_code == "internal"
+    replayed = asyncio.run(watch(history=True))
+    recorded = [e for e in store.events("video_1") if not e.status.terminal]
+    assert [p.message for p in replayed] == [e.message for e in recorded] + ["snapshot"]
+    assert "prompt enhanced" in [p.message for p in replayed]
+    assert [p.status for p in replayed[:-1]] == [e.status for e in recorded]
+    assert replayed[-1].status == JobStatus.FAILED and replayed[-1].error_code == "internal"
+
+
 def test_get_and_list_show_a_running_jobs_pushed_step_the_store_does_not_hold(tmp_path, tiny_config):
     """The store gets a running job's stage changes; GetVideo, ListVideos (and REST retrieve) take its step from
     the pushed progress, and the store's record again once the job ends."""

@@ -135,7 +135,7 @@ class VideoServicer(_Calls, pb_grpc.VideoServiceServicer):
 
     @stream_rpc
     async def WatchVideo(self, who: Principal, request: pb.WatchVideoRequest) -> AsyncIterator[Any]:
-        async for progress in self.videos.watch(who, request.id):
+        async for progress in self.videos.watch(who, request.id, history=request.history):
             yield convert.event(progress)
 
     @stream_rpc
