@@ -209,7 +209,7 @@ class Denoiser:
         if not self.backend.runs_lora:
             raise InvalidParameter("loras", [n for n, _ in params.loras],
                                    f"none: DiT backend {self.backend.name} does not run the diffusers model's float "
-                                   "Linear layers, whose hooks add the adapters (use the eager backend)")
+                                   "Linear layers, whose hooks add the adapters (the eager and parallel backends do)")
         return self.adapters.uses(params.loras)
 
     def _step_cache(self, params: GenerationParams) -> StepCacheState | None:
