@@ -14,9 +14,9 @@ whether the request computed every block or skipped the blocks after the first.
 
 A request may name LoRA adapters (``GenerationParams.loras``, engines/lora/): the Denoiser holds them in its
 `AdapterBank` and runs the one forward inside `BatchedLora.rows`, each request's rows (both CFG rows) adding
-its own adapters, rows of requests without adapters none. Batches are not split by adapter. A request with
-adapters runs without the step cache (validated), and a batch holding one lets no row skip blocks: the
-cache's sub-batches would not line up with the adapters' rows (the other requests compute those steps).
+its own adapters, rows of requests without adapters none. Batches are not split by adapter. The step cache
+works beside them: its sub-batch of computing rows adds exactly those rows' adapters (`LoraRows.select`), so
+a request with adapters caches, and skips, as it would alone.
 
 The math is LTX2Pipeline's (velocity -> x0, CFG in delta form, guidance rescale, x0 ->
 velocity, x + (sigma_next - sigma) * v), so a request denoised here equals the pipeline's.
@@ -41,7 +41,7 @@ from engines import denoise_checkpoint
 from engines.config import ModelConfig
 from engines.dit_backend import DiTBackend, DiTInputs, create_backend
 from engines.errors import InvalidParameter, OutOfMemory
-from engines.lora import AdapterBank, BatchedLora, RowAdapters, request_rows
+from engines.lora import AdapterBank, BatchedLora, LoraRows, RowAdapters, request_rows
 from engines.model_loader import DENOISER_PARTS, Components, ComponentSource
 from engines.params import GenerationParams
 from engines.runtime import configure_threads
@@ -209,7 +209,7 @@ class Denoiser:
         if not self.backend.runs_lora:
             raise InvalidParameter("loras", [n for n, _ in params.loras],
                                    f"none: DiT backend {self.backend.name} does not run the diffusers model's float "
-                                   "Linear layers, whose hooks add the adapters (use the eager backend)")
+                                   "Linear layers, whose hooks add the adapters (the eager and parallel backends do)")
         return self.adapters.uses(params.loras)
 
     def _step_cache(self, params: GenerationParams) -> StepCacheState | None:
@@ -266,11 +266,12 @@ class Denoiser:
         inputs = self._batch(states)
         rows = request_rows([(self._adapters(s.params), s.rows) for s in states])
         try:
-            with self._lora.rows(rows):  # attaches nothing when no row has an adapter
+            with self._lora.rows(rows) as lora:  # attaches nothing (None) when no row has an adapter
                 if any(s.cache is not None for s in states):
-                    video_v, audio_v, skipped = self._cached_forward(states, inputs, skips=not any(rows))
+                    video_v, audio_v, skipped = self._cached_forward(states, inputs, lora)
                 else:
-                    video_v, audio_v = self.backend.forward(inputs)
+                    video_v, audio_v = (self.backend.forward(inputs) if lora is None
+                                        else self.backend.forward(inputs, lora=lora))
                     skipped = [False] * len(states)
         except torch.OutOfMemoryError as e:  # before any state moved: the step can be retried smaller
             del inputs
@@ -292,17 +293,17 @@ class Denoiser:
         return list(states)
 
     def _cached_forward(self, states: Sequence[DenoiseState], inputs: DiTInputs,
-                        skips: bool = True) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
-        """The forward with first-block caching: one row group per state, in `_batch`'s row order. `skips`
-        False: every row computes (and refreshes its cache), as a batch with LoRA adapters must."""
+                        lora: LoraRows | None) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
+        """The forward with first-block caching: one row group per state, in `_batch`'s row order; `lora`, the
+        rows' adapters, narrowed to the rows that compute blocks 1..N-1 when some skip."""
         if self._block_cache is None:
             self._block_cache = FirstBlockCache.attach(self.transformer)
         plan, row = [], 0
         for s in states:
-            may_skip = skips and s.cache is not None and s.cache.policy.allows_skip(s.steps_done, s.steps_total)
+            may_skip = s.cache is not None and s.cache.policy.allows_skip(s.steps_done, s.steps_total)
             plan.append(RowGroup(start=row, rows=s.rows, cache=s.cache, may_skip=may_skip))
             row += s.rows
-        return self._block_cache.forward(self.backend, inputs, plan)
+        return self._block_cache.forward(self.backend, inputs, plan, lora)
 
     def _batch(self, states: Sequence[DenoiseState]) -> DiTInputs:
         """The forward's inputs: this step's latents and timesteps, beside the parts that stay while the batch

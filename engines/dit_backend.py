@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from engines.lora import LoraRows
+
 log = logging.getLogger(__name__)
 
 
@@ -50,14 +52,16 @@ class DiTBackend(ABC):
     (the step cache, engines/step_cache.py) take effect."""
     runs_lora: ClassVar[bool] = False
     """Whether the float `torch.nn.Linear` modules of the diffusers model run eagerly, so the forward hooks that add
-    per-request LoRA adapters (engines/lora/) take effect."""
+    per-request LoRA adapters (engines/lora/) take effect; only such a backend is given `forward`'s `lora`."""
 
     def __init__(self, transformer: torch.nn.Module) -> None:
         self.transformer = transformer
 
     @abstractmethod
-    def forward(self, inputs: DiTInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """(video velocity [B, tokens, C], audio velocity [B, tokens, C_a]) in float32."""
+    def forward(self, inputs: DiTInputs, lora: LoraRows | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(video velocity [B, tokens, C], audio velocity [B, tokens, C_a]) in float32. `lora`: the rows' adapters,
+        given (as a keyword) when some row has any, their hooks attached already (`BatchedLora.rows`); a backend
+        that computes part of the batch on a subset of its rows narrows them (`LoraRows.select`)."""
 
 
 class EagerBackend(DiTBackend):
@@ -68,7 +72,8 @@ class EagerBackend(DiTBackend):
     runs_lora = True
 
     @torch.inference_mode()
-    def forward(self, inputs: DiTInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, inputs: DiTInputs, lora: LoraRows | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        # Every row computes here: the hooks `lora` attached apply as they are.
         dtype = self.transformer.dtype
         t = inputs.timestep
         # As the LTX-2 pipelines call it: sigma = timestep, use_cross_timestep=True, and for

@@ -88,7 +88,7 @@ class GenerationRequest:
     output_width: int | None = None
     output_height: int | None = None
     # LoRA adapters of model.lora.dir as (name, scale) pairs, applied in the DiT's forward (engines/lora/);
-    # empty: the base model. A request with adapters runs with the step cache off (`cache` None means off then).
+    # empty: the base model. They work with any `cache` mode.
     loras: tuple[tuple[str, float], ...] = ()
 
     def validated(self, config: ModelConfig) -> GenerationParams:
@@ -110,7 +110,7 @@ class GenerationRequest:
             guidance_rescale=d.guidance_rescale if self.guidance_rescale is None else self.guidance_rescale,
             audio_guidance_rescale=(d.audio_guidance_rescale if self.audio_guidance_rescale is None
                                     else self.audio_guidance_rescale),
-            cache=("off" if loras else config.step_cache.default) if self.cache is None else self.cache,
+            cache=config.step_cache.default if self.cache is None else self.cache,
         )
         reads = f"; this model reads its first {config.tokenizer_max_length} tokens"
         _check_text("prompt", p.prompt, lim.max_prompt_chars, required=True, note=reads)
@@ -143,10 +143,6 @@ class GenerationRequest:
             _check_float(name, getattr(p, name), *lim.rescale_range)
         if p.cache not in STEP_CACHE_MODES:
             raise InvalidParameter("cache", p.cache, "one of " + ", ".join(STEP_CACHE_MODES))
-        if loras and p.cache != "off":
-            # The step cache runs blocks on sub-batches, which the LoRA row hooks cannot map (engines/lora/layers.py)
-            raise InvalidParameter("cache", p.cache, "off: a request with LoRA adapters (loras) runs without the "
-                                                     "step cache")
         two_stage = _two_stage(p, config)
         if (p.output_width is None) != (p.output_height is None):
             raise InvalidParameter("size", f"{p.output_width}x{p.output_height}", "both sides of the output or none")

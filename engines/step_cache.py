@@ -16,7 +16,11 @@ under step-level batching one forward serves the rows of many requests, each at 
 - blocks 1..N-1 run only on the rows of the requests that compute: every per-row block argument is
   cut to those rows by the rule `BLOCK_ARGUMENTS` gives it, and an argument with no rule is an
   `UnknownBlockArgument` error (a diffusers upgrade fails closed instead of being sliced by guess);
-- when no row skips, every block runs on the whole batch exactly as without caching (bit-exact).
+- when no row skips, every block runs on the whole batch exactly as without caching (bit-exact);
+- with LoRA adapters (engines/lora/), the sub-batch's blocks add the adapters of exactly its rows
+  (`LoraRows.select`), each computing row its own: a request's cached result does not depend on its
+  batch-mates' adapters either. Block 0's residual, the skip decision's probe, includes the request's
+  adapter delta, as its cached tail residual does.
 
 Nothing of the model's forward is copied. diffusers' `HookRegistry` wraps each block's forward: a
 head hook on block 0 and a tail hook on every later block. The model's own loop, embeddings and
@@ -27,6 +31,7 @@ calls its block unchanged. Only backends that call the diffusers module eagerly 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import threading
 from collections.abc import Sequence
@@ -39,6 +44,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
 from engines.config import StepCacheConfig, StepCacheMode
+from engines.lora import LoraRows
 
 HEAD_HOOK = "kino_step_cache_head"
 TAIL_HOOK = "kino_step_cache_tail"
@@ -199,12 +205,14 @@ class _CachedStep:
     """One cached forward: the row plan, the decisions taken after block 0, and the computing rows'
     running hidden states through blocks 1..N-1."""
 
-    def __init__(self, plan: Sequence[RowGroup]) -> None:
+    def __init__(self, plan: Sequence[RowGroup], lora: LoraRows | None = None) -> None:
         self.plan = list(plan)
+        self.lora = lora  # the rows' LoRA adapters, narrowed to the computing rows around their blocks
         self.skipped = [False] * len(self.plan)
         self.head_out: Pair | None = None
         self.batch = 0
-        self.rows: torch.Tensor | None = None  # batch rows that run blocks 1..N-1, when some skip
+        self.computing: list[int] = []  # batch rows that run blocks 1..N-1, when some skip
+        self.rows: torch.Tensor | None = None  # the same, as an index tensor
         self.sub: Pair | None = None  # their running (video, audio) hidden states
         self.finished = False
 
@@ -246,9 +254,9 @@ class _CachedStep:
             if g.cache is not None and not skipped:
                 g.cache.restart()
         if self.any_skipped and not all(self.skipped):
-            computing = [r for g, s in zip(self.plan, self.skipped, strict=True) if not s
-                         for r in range(g.start, g.start + g.rows)]
-            self.rows = torch.tensor(computing, dtype=torch.long, device=h0.device)
+            self.computing = [r for g, s in zip(self.plan, self.skipped, strict=True) if not s
+                              for r in range(g.start, g.start + g.rows)]
+            self.rows = torch.tensor(self.computing, dtype=torch.long, device=h0.device)
             self.sub = (h0.index_select(0, self.rows), a0.index_select(0, self.rows))
 
     def tail_block(self, run: Any, kwargs: dict[str, Any], is_last: bool) -> Pair:
@@ -261,7 +269,8 @@ class _CachedStep:
         if self.rows is not None:
             sub_kwargs = slice_block_arguments(kwargs, self.rows, self.batch)
             sub_kwargs["hidden_states"], sub_kwargs["audio_hidden_states"] = self.sub
-            self.sub = run(**sub_kwargs)
+            with self.lora.select(self.computing) if self.lora is not None else contextlib.nullcontext():
+                self.sub = run(**sub_kwargs)
         if not is_last:
             # The model's loop hands this to the next block, whose hook ignores it for self.sub.
             return kwargs["hidden_states"], kwargs["audio_hidden_states"]
@@ -366,16 +375,17 @@ class FirstBlockCache:
     def current(self) -> _CachedStep | None:
         return getattr(self._local, "step", None)
 
-    def forward(self, backend: Any, inputs: Any, plan: Sequence[RowGroup]) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                   list[bool]]:
+    def forward(self, backend: Any, inputs: Any, plan: Sequence[RowGroup],
+                lora: LoraRows | None = None) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
         """`backend.forward(inputs)` under the row plan: (video velocity, audio velocity, which
-        requests of the plan skipped blocks 1..N-1)."""
+        requests of the plan skipped blocks 1..N-1). `lora`: the rows' adapters (`BatchedLora.rows`), when
+        some row has any."""
         if self.current() is not None:
             raise RuntimeError("a cached forward is already running in this thread")
-        step = _CachedStep(plan)
+        step = _CachedStep(plan, lora)
         self._local.step = step
         try:
-            video, audio = backend.forward(inputs)
+            video, audio = backend.forward(inputs) if lora is None else backend.forward(inputs, lora=lora)
         finally:
             self._local.step = None
         if not step.finished:

@@ -6,8 +6,9 @@ kernel picks). One world hosts several engines in turn: rank 0 announces on the 
 group which engines come next (per engine: cfg, ulysses, timeout and its global ranks; a test
 protocol, not Kino's), every rank builds their groups, each follower serves the engine it belongs
 to until STOP, and all ranks report what they did. Followers load the preset's DiT and VAE parts:
-the same seeded weights as rank 0's. A single engine as Kino runs it (`kino run`) is
-`engines.parallel.world.LocalRanks`; this world exists to reuse processes across test cases.
+the same seeded weights as rank 0's (and LoRA adapters from the world's `lora_dir`). A single engine
+as Kino runs it (`kino run`) is `engines.parallel.world.LocalRanks`; this world exists to reuse
+processes across test cases.
 
 On gloo every process runs one CPU thread; on NCCL rank r computes on cuda:r.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -89,24 +91,24 @@ def _report(stats: FollowerStats) -> list[FollowerStats]:
     return [FollowerStats(*t.tolist()) for t in every]
 
 
-def follower_main(rank: int, rendezvous: Rendezvous, preset_name: str) -> None:
+def follower_main(rank: int, rendezvous: Rendezvous, preset_name: str, lora_dir: Path | None = None) -> None:
     """A follower process: serve each engine rank 0 announces, until it announces none."""
-    from engines.config import preset
+    from engines.config import LoraConfig, preset
     from engines.decoder import Decoder
     from engines.model_loader import DECODER_PARTS, DENOISER_PARTS, ComponentSource
     from engines.parallel import serve_follower
 
     _init(rank, rendezvous)
     backend = rendezvous.backend
-    config = preset(preset_name, device=device_of(backend, rank))
+    config = preset(preset_name, device=device_of(backend, rank)).replace(lora=LoraConfig(dir=lora_dir))
     components = ComponentSource(config).load(DENOISER_PARTS + DECODER_PARTS)
     decoder = Decoder(config, components)
     while specs := _announce(None):
         engines = [_build(s, backend) for s in specs]
         mine = [g for g in engines if g.rank not in (None, 0)]
         assert len(mine) <= 1, "a follower serves one engine at a time"
-        stats = serve_follower(mine[0], transformer=components.transformer, decoder=decoder) if mine \
-            else FollowerStats()
+        stats = serve_follower(mine[0], transformer=components.transformer, decoder=decoder,
+                               lora=config.lora) if mine else FollowerStats()
         _report(stats)
     dist.destroy_process_group()
 
@@ -125,12 +127,15 @@ class World:
     The followers start at once (they import torch and load their parts meanwhile); this process
     joins the world on its first `engines` call."""
 
-    def __init__(self, size: int, preset_name: str = "tiny", backend: str = "gloo") -> None:
+    def __init__(self, size: int, preset_name: str = "tiny", backend: str = "gloo",
+                 lora_dir: Path | None = None) -> None:
+        """`lora_dir`: the followers' model.lora.dir (read when a step first names an adapter, so it may be filled
+        after they start)."""
         self.size, self.backend = size, backend
         self._rendezvous, self._store = Rendezvous.open(size, backend)
         ctx = mp.get_context("spawn")
-        self.processes = [ctx.Process(target=follower_main, args=(r, self._rendezvous, preset_name), daemon=True)
-                          for r in range(1, size)]
+        self.processes = [ctx.Process(target=follower_main, args=(r, self._rendezvous, preset_name, lora_dir),
+                                      daemon=True) for r in range(1, size)]
         for p in self.processes:
             p.start()
         self._joined = self._closed = False

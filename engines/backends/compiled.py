@@ -7,6 +7,7 @@ import shutil
 import torch
 
 from engines.dit_backend import BackendUnavailable, DiTInputs, EagerBackend
+from engines.lora import LoraRows
 
 
 class CompiledBackend(EagerBackend):
@@ -25,5 +26,5 @@ class CompiledBackend(EagerBackend):
     def _call(self, **kwargs):
         return self._compiled(**kwargs)
 
-    def forward(self, inputs: DiTInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, inputs: DiTInputs, lora: LoraRows | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return super().forward(inputs)

@@ -17,6 +17,7 @@ from engines.backends.engine_cache import EngineCache, EngineKey, Profile, weigh
 from engines.backends.onnx_export import INPUTS, OUTPUTS, export_onnx, graph_inputs
 from engines.config import ModelConfig
 from engines.dit_backend import BackendUnavailable, DiTBackend, DiTInputs
+from engines.lora import LoraRows
 from engines.model_loader import ComponentSource
 from engines.params import GenerationRequest
 from engines.stage_io import LatentShape
@@ -143,7 +144,7 @@ class TensorRTBackend(DiTBackend):
                          "add one (kino engines build --profile ...)")
 
     @torch.inference_mode()
-    def forward(self, inputs: DiTInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, inputs: DiTInputs, lora: LoraRows | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         tensors = graph_inputs(inputs, self.transformer.dtype)
         outputs = {"video_velocity": torch.empty_like(tensors["video"]),
                    "audio_velocity": torch.empty_like(tensors["audio"])}

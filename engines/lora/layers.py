@@ -13,9 +13,12 @@ with no adapters, where nothing is registered at all — the forward is the plai
 
 Rows: a Linear's input has the batch rows first, each owning an equal consecutive share of dim 0:
 ``[rows, tokens, features]`` in the blocks, ``[rows * tokens, features]`` where LTX-2 flattens per-token
-timesteps before embedding them. Any other leading size fails loudly: in particular the step cache's
-sub-batches (engines/step_cache.py runs blocks 1..N-1 on the computing rows only) are not supported together
-with adapters yet.
+timesteps before embedding them. Whatever runs part of the forward on a subset of the rows says which
+(`LoraRows.select`, the handle `BatchedLora.rows` yields): the step cache's sub-batches (engines/step_cache.py
+runs blocks 1..N-1 on the computing rows only) and a CFG-parallel rank's share of the rows
+(engines/parallel/); within it the hooks add the selected rows' adapters, each to its own row. Any other
+leading size fails loudly. A Linear is applied per token, so a rank that holds a shard of every row's tokens
+(Ulysses) needs no selection.
 
 Two ways to add the deltas, one interface (`DELTA_PATHS`, ``model.lora.delta_path``):
 
@@ -79,10 +82,26 @@ class LoraDelta(ABC):
         self.rows = tuple(tuple(r) for r in rows)
         self.batch = len(self.rows)
         self.modules = sorted({m for row in self.rows for use in row for m in use.adapter.layers})
+        self._narrowed: LRUCache[tuple[int, ...], LoraDelta] = LRUCache(maxsize=8)
 
     @abstractmethod
     def add(self, module_name: str, x: torch.Tensor, out: torch.Tensor) -> None:
         """Add the deltas of `module_name` for input `x` into `out` (in place), both viewed [rows, -1, features]."""
+
+    def narrowed(self, index: tuple[int, ...]) -> LoraDelta:
+        """The delta of a forward over the rows `index` of this one (its row k is row ``index[k]`` here; a row may
+        appear twice), made from these prepared factors and kept for the next forward over the same rows."""
+        found = self._narrowed.get(index)
+        if found is None:
+            found = self._narrowed[index] = self._narrow(index)
+        return found
+
+    @abstractmethod
+    def _narrow(self, index: tuple[int, ...]) -> LoraDelta:
+        """`narrowed`, computed."""
+
+
+_Group = tuple[tuple[int, ...], slice | torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class GroupedDelta(LoraDelta):
@@ -90,8 +109,14 @@ class GroupedDelta(LoraDelta):
 
     name = "grouped"
 
-    def __init__(self, rows: Sequence[RowAdapters]) -> None:
+    def __init__(self, rows: Sequence[RowAdapters], *, groups: dict[str, list[_Group]] | None = None) -> None:
+        """`groups`: prepared already (a narrowed delta's, from its parent's factors)."""
         super().__init__(rows)
+        # module -> [(the group's rows, their selector, down [R, in], up [out, R] with the scales folded in)]
+        self._groups: dict[str, list[_Group]] = {}
+        if groups is not None:
+            self._groups = groups
+            return
         members: dict[tuple[tuple[int, float], ...], list[int]] = {}
         first: dict[tuple[tuple[int, float], ...], RowAdapters] = {}
         for i, row in enumerate(self.rows):
@@ -99,8 +124,6 @@ class GroupedDelta(LoraDelta):
                 key = tuple((id(u.adapter), u.scale) for u in row)
                 members.setdefault(key, []).append(i)
                 first.setdefault(key, row)
-        # module -> [(the group's rows, down [R, in], up [out, R] with the scales folded in)]
-        self._groups: dict[str, list[tuple[slice | torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
         for key, idx in members.items():
             where = _rows_selector(idx)
             for module_name in self.modules:
@@ -110,10 +133,23 @@ class GroupedDelta(LoraDelta):
                     continue
                 down = torch.cat([f.down for f, _ in factors])
                 up = torch.cat([f.up * (scale * f.scaling) for f, scale in factors], dim=1)
-                self._groups.setdefault(module_name, []).append((where, down, up))
+                self._groups.setdefault(module_name, []).append((tuple(idx), where, down, up))
+
+    def _narrow(self, index: tuple[int, ...]) -> GroupedDelta:
+        # The same factors; each group takes the positions its rows have in `index` (none: it drops out).
+        positions: dict[int, list[int]] = {}
+        for k, i in enumerate(index):
+            positions.setdefault(i, []).append(k)
+        groups: dict[str, list[_Group]] = {}
+        for module_name, module_groups in self._groups.items():
+            for members, _, down, up in module_groups:
+                kept = sorted(k for i in members for k in positions.get(i, ()))
+                if kept:
+                    groups.setdefault(module_name, []).append((tuple(kept), _rows_selector(kept), down, up))
+        return GroupedDelta([self.rows[i] for i in index], groups=groups)
 
     def add(self, module_name: str, x: torch.Tensor, out: torch.Tensor) -> None:
-        for where, down, up in self._groups.get(module_name, ()):
+        for _, where, down, up in self._groups.get(module_name, ()):
             if isinstance(where, slice):
                 out[where].add_(torch.nn.functional.linear(torch.nn.functional.linear(x[where], down), up))
             else:
@@ -128,12 +164,18 @@ class GatheredDelta(LoraDelta):
 
     name = "gathered"
 
-    def __init__(self, rows: Sequence[RowAdapters]) -> None:
+    def __init__(self, rows: Sequence[RowAdapters], *,
+                 factors: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+        """`factors`: gathered already (a narrowed delta's, from its parent's)."""
         super().__init__(rows)
+        # module -> (down [rows, in, slots * rank], up [rows, slots * rank, out] with the scales folded in)
+        self._factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if factors is not None:
+            self._factors = factors
+            return
         adapters = list({id(u.adapter): u.adapter for row in self.rows for u in row}.values())
         entry = {id(a): i + 1 for i, a in enumerate(adapters)}  # 0: the zero entry of empty slots
         slots = max(len(row) for row in self.rows)
-        self._factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for module_name in self.modules:
             having = [a for a in adapters if module_name in a.layers]
             rank = max(a.layers[module_name].rank for a in having)
@@ -158,6 +200,15 @@ class GatheredDelta(LoraDelta):
             up = (up_stack[index] * coef[:, :, None, None]).transpose(2, 3).reshape(self.batch, slots * rank, -1)
             self._factors[module_name] = (down.transpose(1, 2).contiguous(), up.contiguous())
 
+    def _narrow(self, index: tuple[int, ...]) -> GatheredDelta:
+        rows = [self.rows[i] for i in index]
+        factors = {}
+        if any(rows):  # else nothing to add: not even zeros
+            for module_name, (down_t, up) in self._factors.items():
+                picked = torch.tensor(index, dtype=torch.long, device=down_t.device)
+                factors[module_name] = (down_t.index_select(0, picked), up.index_select(0, picked))
+        return GatheredDelta(rows, factors=factors)
+
     def add(self, module_name: str, x: torch.Tensor, out: torch.Tensor) -> None:
         found = self._factors.get(module_name)
         if found is not None:
@@ -167,6 +218,38 @@ class GatheredDelta(LoraDelta):
 
 DELTA_PATHS: dict[str, type[LoraDelta]] = {"grouped": GroupedDelta, "gathered": GatheredDelta}
 DEFAULT_PATH = "grouped"  # the faster on CPU when measured quietly: see the module docstring
+
+
+class LoraRows:
+    """The adapters of the forwards inside one `BatchedLora.rows` block: every batch row's (`rows`), and the
+    delta its hooks add now, the whole batch's or that of the rows `select` names."""
+
+    def __init__(self, delta: LoraDelta) -> None:
+        self._whole = delta
+        self.delta = delta
+        self._index: tuple[int, ...] | None = None  # the batch rows selected now (None: all of them)
+
+    @property
+    def rows(self) -> tuple[RowAdapters, ...]:
+        """Every batch row's adapters, whatever is selected."""
+        return self._whole.rows
+
+    @contextlib.contextmanager
+    def select(self, index: Sequence[int]) -> Iterator[None]:
+        """Within this block the forwards run on the rows `index` of the current ones, in that order (a row may
+        appear twice): row k of their inputs adds the adapters of row ``index[k]``. What runs part of a forward on
+        a sub-batch (the step cache, a CFG-parallel rank) says so here. Selections nest."""
+        current = self._index if self._index is not None else range(self._whole.batch)
+        absolute = tuple(current[int(i)] for i in index)
+        saved = self.delta, self._index
+        if absolute == tuple(range(self._whole.batch)):
+            self.delta, self._index = self._whole, None
+        else:
+            self.delta, self._index = self._whole.narrowed(absolute), absolute
+        try:
+            yield
+        finally:
+            self.delta, self._index = saved
 
 
 class BatchedLora:
@@ -181,19 +264,20 @@ class BatchedLora:
         self._prepared: LRUCache[tuple[Any, ...], LoraDelta] = LRUCache(maxsize=kept)
 
     @contextlib.contextmanager
-    def rows(self, rows: Sequence[RowAdapters]) -> Iterator[None]:
-        """Within this block, the transformer's forwards add row i's adapters to batch row i. Nothing is
-        attached when no row has an adapter."""
+    def rows(self, rows: Sequence[RowAdapters]) -> Iterator[LoraRows | None]:
+        """Within this block, the transformer's forwards add row i's adapters to batch row i; yields the
+        `LoraRows` that narrows them to a sub-batch. Nothing is attached, and None yielded, when no row has an
+        adapter."""
         if not any(rows):
-            yield
+            yield None
             return
-        delta = self._delta(rows)
+        active = LoraRows(self._delta(rows))
         handles = []
         try:
-            for module_name in delta.modules:
+            for module_name in active.delta.modules:
                 module = self.transformer.get_submodule(module_name)
-                handles.append(module.register_forward_hook(_Hook(delta, module_name), with_kwargs=True))
-            yield
+                handles.append(module.register_forward_hook(_Hook(active, module_name), with_kwargs=True))
+            yield active
         finally:
             for handle in handles:
                 handle.remove()
@@ -209,29 +293,30 @@ class BatchedLora:
 
 
 @contextlib.contextmanager
-def lora_rows(transformer: torch.nn.Module, rows: Sequence[RowAdapters], path: str = DEFAULT_PATH) -> Iterator[None]:
+def lora_rows(transformer: torch.nn.Module, rows: Sequence[RowAdapters],
+              path: str = DEFAULT_PATH) -> Iterator[LoraRows | None]:
     """One-off form of `BatchedLora(transformer, path).rows(rows)` (prepares the factors anew each time)."""
-    with BatchedLora(transformer, path, kept=1).rows(rows):
-        yield
+    with BatchedLora(transformer, path, kept=1).rows(rows) as active:
+        yield active
 
 
 class _Hook:
     """The forward hook of one targeted Linear: its output plus the rows' deltas."""
 
-    def __init__(self, delta: LoraDelta, module_name: str) -> None:
-        self.delta, self.module_name = delta, module_name
+    def __init__(self, active: LoraRows, module_name: str) -> None:
+        self.active, self.module_name = active, module_name
 
     def __call__(self, _module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
                  output: torch.Tensor) -> torch.Tensor:
         x = args[0] if args else kwargs["input"]
-        batch, leading = self.delta.batch, x.shape[0]
+        delta = self.active.delta
+        batch, leading = delta.batch, x.shape[0]
         # [rows, tokens, features] must have exactly the forward's rows; only a flattened 2-D input may hold more
         if leading % batch or (x.ndim > 2 and leading != batch):
             raise ValueError(f"LoRA rows: {self.module_name} got an input of {leading} leading rows for a forward "
-                             f"of {batch} batch rows (the rows given must be the forward's; a sub-batch, e.g. "
-                             "the step cache's, is not supported with adapters)")
-        self.delta.add(self.module_name, x.reshape(batch, -1, x.shape[-1]),
-                       output.view(batch, -1, output.shape[-1]))
+                             f"of {batch} batch rows (the rows given must be the forward's; what runs part of it "
+                             "on a sub-batch must name its rows: LoraRows.select)")
+        delta.add(self.module_name, x.reshape(batch, -1, x.shape[-1]), output.view(batch, -1, output.shape[-1]))
         return output
 
 

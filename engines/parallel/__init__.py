@@ -13,7 +13,8 @@ Rank 0 (the leader) runs the Denoiser and the Decoder as usual, with parallel pa
     ...
     leader.stop()
     # every other rank
-    serve_follower(groups, transformer=components.transformer, decoder=Decoder(config, components))
+    serve_follower(groups, transformer=components.transformer, decoder=Decoder(config, components),
+                   lora=config.lora)
 
 Modules: layout (who is where; the process groups and their timeouts), transformer (the hooks
 that split one forward; why not diffusers' own enable_parallelism), messages (what rank 0 sends;

@@ -11,8 +11,11 @@ rank's device, the engine's timeout), in order. No pickling: the header is a pla
 same code runs on gloo and NCCL, and a step's inputs may have any shape (each step is one shape
 bucket; the next may be another).
 
-Kinds: FORWARD (the `DiTInputs` of one DiT step, fields in declaration order), DECODE (the
-latents of one video and its tile plan, engines/parallel/decode.py) and STOP (followers return).
+Kinds: FORWARD (the `DiTInputs` of one DiT step, fields in declaration order, then the rows' LoRA
+adapters or None), DECODE (the latents of one video and its tile plan, engines/parallel/decode.py)
+and STOP (followers return). The adapters travel by name and scale, one list per batch row, as UTF-8
+JSON in a uint8 tensor: each follower loads them by name from its own ``model.lora.dir``, never as
+weights over the wire.
 
 `Leader` is rank 0's end. It turns any failure of a round (a dead rank: "Connection closed by
 peer"; a hung one: the group's timeout) into one `ParallelError` and refuses further rounds:
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -95,16 +99,32 @@ def receive(groups: ParallelGroups) -> tuple[MessageKind, list[torch.Tensor | No
     return kind, tensors
 
 
-def pack_inputs(inputs: DiTInputs) -> list[torch.Tensor | None]:
-    return [getattr(inputs, f.name) for f in dataclasses.fields(DiTInputs)]
+NamedRows = list[list[tuple[str, float]]]
+"""Each batch row's LoRA adapters as (name, scale) pairs (an empty list: none)."""
 
 
-def unpack_inputs(tensors: Sequence[torch.Tensor | None]) -> DiTInputs:
+def pack_forward(inputs: DiTInputs, adapters: NamedRows | None = None) -> list[torch.Tensor | None]:
+    """A FORWARD message: the inputs, then the rows' adapters (None: no row has any)."""
+    named = None
+    if adapters is not None and any(adapters):
+        if len(adapters) != inputs.batch_size:
+            raise ValueError(f"adapters for {len(adapters)} rows, a batch of {inputs.batch_size}")
+        data = json.dumps([[[name, float(scale)] for name, scale in row] for row in adapters]).encode()
+        named = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    return [*(getattr(inputs, f.name) for f in dataclasses.fields(DiTInputs)), named]
+
+
+def unpack_forward(tensors: Sequence[torch.Tensor | None]) -> tuple[DiTInputs, NamedRows | None]:
     names = [f.name for f in dataclasses.fields(DiTInputs)]
-    if len(tensors) != len(names):
+    if len(tensors) != len(names) + 1:
         raise ParallelError(f"a FORWARD message carries {len(tensors)} tensors; DiTInputs has {len(names)} fields "
-                            "(the ranks run different Kino versions?)")
-    return DiTInputs(**dict(zip(names, tensors, strict=True)))
+                            "and the adapters follow (the ranks run different Kino versions?)")
+    inputs = DiTInputs(**dict(zip(names, tensors[:-1], strict=True)))
+    named = tensors[-1]
+    if named is None:
+        return inputs, None
+    rows = json.loads(named.cpu().numpy().tobytes().decode())
+    return inputs, [[(str(name), float(scale)) for name, scale in row] for row in rows]
 
 
 class Leader:

@@ -33,6 +33,12 @@ The video output is all-gathered on dim 1 after ``proj_out`` (C_out channels: th
 N must divide the video and the audio head counts (v2a attends with the audio heads) and every
 request's video token count (`ParallelLayout.check_video_tokens`; padding is not clean, see there).
 
+LoRA adapters (engines/lora/): every rank attaches the batch's per-row adapters to its own
+transformer's Linears (rank 0 from its Denoiser, a follower from the names in the FORWARD message).
+A Linear is applied per token, so a Ulysses rank's shard of every row's tokens takes the rows'
+adapters as they are; a CFG rank computes some rows only, so `ShardingHooks.narrow` selects the
+adapters of exactly those rows (its padding row included).
+
 Why not diffusers' ``enable_parallelism`` / ``_cp_plan`` (diffusers 0.42.1, reproduced on CPU/gloo):
 
 1. On CPU it fails with ZeroDivisionError: ``rank % torch.accelerator.device_count()`` in
@@ -60,6 +66,7 @@ own mesh over the whole world and cannot be given a subgroup, which CFG x Ulysse
 from __future__ import annotations
 
 import inspect
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +74,7 @@ import torch
 import torch.distributed as dist
 
 from engines.errors import ConfigError
+from engines.lora import LoraRows
 from engines.parallel.layout import ParallelGroups
 
 # Inputs of LTX2VideoTransformer3DModel.forward that carry the video-token dim, and where.
@@ -111,6 +119,20 @@ class ShardingHooks:
         self._set_processor_config(None)
         self._handles, self._ulysses_attentions = [], []
 
+    def rows(self, batch: int) -> list[int]:
+        """The batch rows this rank computes, in its order: CFG group c takes rows c, c+cfg, ..., and one short
+        of a row repeats the batch's last (every group runs the same shapes). All of them when cfg is 1."""
+        rows_per_group = -(-batch // self.layout.cfg)
+        rows = list(range(self.groups.cfg_rank, batch, self.layout.cfg))
+        return rows + [batch - 1] * (rows_per_group - len(rows))
+
+    def narrow(self, lora: LoraRows | None, batch: int) -> AbstractContextManager[Any]:
+        """Within it, the rows' adapters (`lora`, attached to this rank's transformer) are those of the rows this
+        rank computes (`rows`); nothing to do without CFG-parallel (Ulysses shards tokens, not rows)."""
+        if lora is None or self.layout.cfg == 1:
+            return nullcontext()
+        return lora.select(self.rows(batch))
+
     def _set_processor_config(self, config: Any) -> None:
         for attn in self._ulysses_attentions:
             if not hasattr(attn.processor, "_parallel_config"):
@@ -127,7 +149,7 @@ class ShardingHooks:
         batch, tokens = hidden.shape[:2]
         rows_per_group = -(-batch // self.layout.cfg)
         if self.layout.cfg > 1:
-            kw = self._shard_rows(kw, batch, rows_per_group)
+            kw = self._shard_rows(kw, batch)
         if self.layout.ulysses > 1:
             # A processor swapped since (set_attn_processor, set_attention_backend) loses the setting.
             self._set_processor_config(self._ulysses_config)
@@ -135,10 +157,8 @@ class ShardingHooks:
         self._call = _Call(batch=batch, rows_per_group=rows_per_group, tokens=tokens)
         return (), kw
 
-    def _shard_rows(self, kw: dict[str, Any], batch: int, rows_per_group: int) -> dict[str, Any]:
-        c = self.groups.cfg_rank
-        rows = list(range(c, batch, self.layout.cfg))
-        rows += [batch - 1] * (rows_per_group - len(rows))  # pad: every group runs the same shapes
+    def _shard_rows(self, kw: dict[str, Any], batch: int) -> dict[str, Any]:
+        rows = self.rows(batch)
         index = None
         for name, value in kw.items():
             if not torch.is_tensor(value):

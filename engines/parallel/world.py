@@ -5,7 +5,8 @@ Every engine spread over ``cfg x ulysses`` ranks starts the same way, wherever i
 1. Rank 0 opens the rendezvous (`Rendezvous.open`): a TCPStore on a port the kernel picks (port 0,
    never an assumed one) on the address the followers reach it at.
 2. Each follower (`run_follower`, given the rendezvous and its rank) loads the DiT and the VAE from
-   the same config as rank 0 (the same weights), says it is ready on the store, joins the
+   the same config as rank 0 (the same weights; LoRA adapters from the same `model.lora.dir`, by
+   name when a step first names them), says it is ready on the store, joins the
    torch.distributed world, builds the engine's groups and serves until STOP.
 3. Rank 0 (`EngineLead.join`) waits for every follower to be ready, asking `check` meanwhile whether
    one has died (so a follower that fails to load fails rank 0 at once, with its reason, instead of
@@ -103,7 +104,8 @@ def run_follower(config: ModelConfig, rendezvous: Rendezvous, rank: int,
     store.set(_ready_key(rank), "1")
     join_world(rendezvous, rank, store)
     try:
-        return serve_follower(_groups(config, timeout), transformer=components.transformer, decoder=decoder)
+        return serve_follower(_groups(config, timeout), transformer=components.transformer, decoder=decoder,
+                              lora=config.lora)
     finally:
         dist.destroy_process_group()
 

@@ -129,8 +129,33 @@ def test_no_adapters_is_the_plain_forward_bit_for_bit_with_nothing_attached(tran
         assert torch.equal(out[0], plain[0]) and torch.equal(out[1], plain[1])
 
 
-def test_a_sub_batch_is_refused_loudly(transformer, bank):
-    inputs = _row(_inputs(transformer), 0)  # one row for a forward assigned four: the step cache's case
+def _rows(inputs: DiTInputs, index: list[int]) -> DiTInputs:
+    picked = torch.tensor(index)
+    return DiTInputs(**{f.name: None if getattr(inputs, f.name) is None else getattr(inputs, f.name)[picked]
+                        for f in dataclasses.fields(inputs)})
+
+
+@pytest.mark.parametrize("path", ["grouped", "gathered"])
+def test_a_selected_sub_batch_adds_each_row_its_own_adapters(transformer, bank, path):
+    """What the step cache's sub-batches and a CFG-parallel rank do: a forward over some rows of the batch (any
+    order, a row twice: a rank's padding), inside `LoraRows.select`, equals those rows of the whole forward."""
+    ab, b = bank.uses([("a", 1.0), ("b", 0.5)]), bank.uses([("b", 0.5)])
+    inputs = _inputs(transformer)
+    with lora_rows(transformer, [ab, (), ab, b], path=path) as lora:
+        video, audio = _forward(transformer, inputs)
+        for index in ([2, 3], [3, 0, 3], [1], [0, 1, 2, 3]):
+            with lora.select(index):
+                sub_video, sub_audio = _forward(transformer, _rows(inputs, index))
+            assert (sub_video - video[index]).abs().max() < TOL, (path, index)
+            assert (sub_audio - audio[index]).abs().max() < TOL, (path, index)
+        with lora.select([1, 2, 3]), lora.select([2, 0]):  # selections nest: rows 3 and 1 of the batch
+            sub_video, _ = _forward(transformer, _rows(inputs, [3, 1]))
+        assert (sub_video - video[[3, 1]]).abs().max() < TOL
+        assert lora.rows == (ab, (), ab, b) and lora.delta.batch == 4  # the whole batch's again
+
+
+def test_a_sub_batch_that_does_not_say_its_rows_is_refused_loudly(transformer, bank):
+    inputs = _row(_inputs(transformer), 0)  # one row for a forward assigned four, without LoraRows.select
     with lora_rows(transformer, [bank.uses([("a", 1.0)])] * ROWS):
         with pytest.raises(ValueError, match="got an input of 1 leading rows for a forward of 4 batch rows"):
             _forward(transformer, inputs)

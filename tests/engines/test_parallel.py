@@ -2,7 +2,9 @@
 host, Kino's real Denoiser on rank 0 (this process) with the parallel backend, followers spawned.
 
 One world of 4 processes serves every case in turn (spawning costs seconds per process); the
-failure case breaks it on purpose, so it comes last.
+failure case breaks it on purpose, so it comes last. The followers' model.lora.dir is a folder the
+LoRA cases fill once rank 0's transformer is loaded (a follower reads an adapter when a step first
+names it).
 """
 
 from __future__ import annotations
@@ -14,23 +16,31 @@ import time
 import pytest
 import torch
 
-from engines.config import DecodeConfig, from_mapping, preset
+from engines.config import DecodeConfig, LoraConfig, from_mapping, preset
 from engines.decoder import Decoder
 from engines.errors import ConfigError, ParallelError
 from engines.model_loader import ALL_PARTS, ComponentSource
 from engines.parallel import ParallelBackend, ParallelLayout, ParallelUnitRunner
 from engines.parallel.decode import unit_owner
+from engines.parallel.messages import MessageKind
 from engines.params import GenerationRequest
+from engines.stage_io import DenoiseRequest, PromptPair
 from engines.staged_pipeline import StagedPipeline
 from loadtests.parallel_world import EngineSpec, World
+from tests.engines.lora_cases import write_adapters
 from tests.engines.parallel_cases import assert_same_media, media, run_batched_requests, tiled_latents
 
 TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def world():
-    w = World(4)  # the followers start now and load while rank 0 computes its references
+def lora_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("loras")
+
+
+@pytest.fixture(scope="module")
+def world(lora_root):
+    w = World(4, lora_dir=lora_root)  # the followers start now and load while rank 0 computes its references
     yield w
     w.close()
 
@@ -49,6 +59,62 @@ def reference(rank0):
     pipe = StagedPipeline(config, components)
     results, forwards = run_batched_requests(pipe, config)
     return media(pipe, results), forwards
+
+
+@pytest.fixture(scope="module")
+def lora_config(rank0, lora_root):
+    """Adapters a and b (tests/engines/lora_cases.py) in the followers' adapter folder, and rank 0's config."""
+    config, components = rank0
+    write_adapters(lora_root, components.transformer, ("a", "b"))
+    return config.replace(lora=LoraConfig(dir=lora_root))
+
+
+def _denoise_with_adapters(config, components, backend=None):
+    """A mixed batch: no adapter (CFG), a at 1.0 (CFG), a and b at 0.5 (no CFG: 5 rows, so a CFG rank pads with
+    the last, which has adapters); the third joins at the second step."""
+    pipe = StagedPipeline(config, components, backend=backend)
+    den = pipe.denoiser
+    params = [GenerationRequest(prompt=prompt, seed=seed, steps=3, loras=loras, **kw).validated(config)
+              for prompt, seed, loras, kw in [
+                  ("a lighthouse at dusk", 1, (), {}),
+                  ("rain on a window", 2, (("a", 1.0),), {}),
+                  ("a choir singing", 3, (("a", 0.5), ("b", 0.5)), {"guidance_scale": 1.0,
+                                                                     "audio_guidance_scale": 1.0})]]
+    embs = pipe.text_encoder.encode([PromptPair(p.prompt, p.negative_prompt) for p in params])
+    states = [den.prepare(DenoiseRequest(f"r{i}", p, e)) for i, (p, e) in enumerate(zip(params, embs, strict=True))]
+    assert [s.rows for s in states] == [2, 2, 1]
+    den.step(states[:2])
+    forwards = 1
+    while running := [s for s in states if not s.done]:
+        den.step(running)
+        forwards += 1
+    return [den.result(s) for s in states], forwards
+
+
+@pytest.fixture(scope="module")
+def lora_reference(rank0, lora_config):
+    """The mixed batch with adapters on one rank (EagerBackend)."""
+    return _denoise_with_adapters(lora_config, rank0[1])
+
+
+@pytest.mark.parametrize("cfg, ulysses", [(2, 1), (1, 2)], ids=["cfg2", "ulysses2"])
+def test_split_forward_with_adapters_gives_the_latents_of_one_rank(world, rank0, lora_config, lora_reference,
+                                                                    cfg, ulysses):
+    """Each rank applies the rows' adapters to what it computes: a CFG rank to its rows (its padding row too),
+    a Ulysses rank to its shard of every row's tokens; the followers load them by name from their own folder."""
+    expected, forwards = lora_reference
+    engine = world.engine(cfg, ulysses)
+    backend = ParallelBackend(rank0[1].transformer, engine.leader)
+    assert backend.runs_lora
+    try:
+        results, ran = _denoise_with_adapters(lora_config, rank0[1], backend)
+    finally:
+        backend.close()
+    stats = world.finish(engine)
+    assert ran == forwards and stats[1].forwards == forwards
+    for got, want in zip(results, expected, strict=True):
+        assert abs(got.video - want.video).max() <= TOL, got.request_id
+        assert abs(got.audio - want.audio).max() <= TOL, got.request_id
 
 
 @pytest.mark.parametrize("cfg, ulysses", [(2, 1), (1, 2), (2, 2)], ids=["cfg2", "ulysses2", "cfg2xulysses2"])
@@ -120,6 +186,23 @@ def test_parallel_config_bounds():
     layout = ParallelLayout(cfg=2, ulysses=2, ranks=(4, 5, 6, 7))
     assert [layout.ulysses_group_ranks(c) for c in (0, 1)] == [[4, 5], [6, 7]]
     assert [layout.cfg_group_ranks(u) for u in (0, 1)] == [[4, 6], [5, 7]]
+
+
+def test_a_forward_message_names_each_rows_adapters_and_scales():
+    """The adapters travel as names and scales (the followers load the weights themselves), exactly."""
+    from engines.dit_backend import DiTInputs
+    from engines.parallel.messages import decode_header, encode_header, pack_forward, unpack_forward
+
+    inputs = DiTInputs(*(torch.zeros(3, 2) for _ in range(8)))
+    named = [[("a", 0.1), ("b", -1.0 / 3)], [], [("émeraude", 1.0)]]
+    tensors = pack_forward(inputs, named)
+    kind, specs = decode_header(encode_header(MessageKind.FORWARD, tensors))
+    assert kind is MessageKind.FORWARD and specs[-1] == (torch.uint8, tuple(tensors[-1].shape))
+    got, rows = unpack_forward(tensors)
+    assert rows == named and got.video is inputs.video and got.video_timestep is None
+    assert pack_forward(inputs, [[], [], []])[-1] is None and unpack_forward(pack_forward(inputs))[1] is None
+    with pytest.raises(ValueError, match="adapters for 2 rows, a batch of 3"):
+        pack_forward(inputs, named[:2])
 
 
 def test_a_dead_or_wedged_follower_fails_rank_0_within_the_timeout(world, rank0):

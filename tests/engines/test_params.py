@@ -170,7 +170,7 @@ def lora_config(tiny_config, tmp_path):
 def test_adapters_are_validated_and_kept_as_name_scale_pairs(lora_config):
     p = _params(loras=[["a", 1], ("b", -0.5)]).validated(lora_config)
     assert p.loras == (("a", 1.0), ("b", -0.5))
-    assert p.cache == "off"  # adapters run without the step cache: the default becomes off
+    assert p.cache == lora_config.step_cache.default  # the configured default, as without adapters
     assert _params().validated(lora_config).loras == ()
 
 
@@ -195,10 +195,15 @@ def test_an_adapter_on_a_model_without_an_adapter_directory_says_so(tiny_config)
         _params(loras=[("a", 1.0)]).validated(tiny_config)
 
 
-def test_adapters_refuse_the_step_cache_naming_cache(lora_config):
-    with pytest.raises(InvalidParameter) as err:
-        _params(loras=[("a", 1.0)], cache="balanced").validated(lora_config)
-    assert err.value.field == "cache" and "loras" in err.value.allowed
+def test_adapters_take_the_step_cache_like_any_request(lora_config):
+    """The step cache's sub-batches add their rows' adapters (engines/lora/layers.py `LoraRows.select`): a request
+    with adapters may name any cache mode, and gets the configured default like any other."""
+    from engines.config import StepCacheConfig
+
+    for mode in ("off", "balanced", "fast"):
+        assert _params(loras=[("a", 1.0)], cache=mode).validated(lora_config).cache == mode
+    fast_default = lora_config.replace(step_cache=StepCacheConfig(default="fast"))
+    assert _params(loras=[("a", 1.0)]).validated(fast_default).cache == "fast"
 
 
 def test_adapters_round_trip_through_json_and_change_the_checkpoint_digest(lora_config):

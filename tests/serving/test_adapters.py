@@ -266,7 +266,7 @@ def test_grpc_carries_loras_in_and_out_and_names_an_unknown_one(lora_model):
     created, remixed, remixed_with = (req for _, req in fake.calls[:3])
     assert created.loras == (("style", 0.8),)  # the float32 on the wire, as the client wrote it
     assert [(ref.name, round(ref.scale, 6)) for ref in video.loras] == [("style", 0.8)]
-    assert video.cache == pb.STEP_CACHE_OFF  # adapters run without the step cache
+    assert video.cache == pb.STEP_CACHE_OFF  # the model's default (tiny: off), as without adapters
     assert remixed.loras is None and remixed_with.loras == (("style", -0.5),)  # none sent: the source's
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.details() == f"loras[0].name='nope' is not allowed: one of style (the adapters in {lora_model.lora.dir})"
