@@ -58,3 +58,18 @@ def live_replica_nodes(app_name: str) -> dict[str, list[str]]:
         if name.startswith(prefix) and actor.get("State") == "ALIVE":
             found.setdefault(name[len(prefix):], []).append(actor["Address"]["NodeID"])
     return found
+
+
+def app_status(app_name: str) -> Any:
+    """The `ApplicationStatus` of `app_name` (NOT_STARTED if Serve has no such application).
+
+    Why private: `serve.status()` is the public way, and it builds every application's and deployment's details
+    in the caller (pydantic models; each deployment's request router class cloudpickled): some 60 ms of CPU per
+    call, the largest share of an idle Frontend's CPU while its health probe asked every 5 s (py-spy:
+    `RequestRouterConfig._serialize_request_router_cls` under `status`). The controller's per-application status
+    (`ServeControllerClient.get_serve_status`, what `serve.status()` reads the status from) is a small protobuf.
+    """
+    from ray.serve.context import _get_global_client
+
+    return _get_global_client().get_serve_status(app_name).app_status.status
+
