@@ -73,3 +73,21 @@ def app_status(app_name: str) -> Any:
 
     return _get_global_client().get_serve_status(app_name).app_status.status
 
+
+def routed_replicas(handle: Any) -> int | None:
+    """How many replicas `handle` routes to now; None until it has heard of any (a handle hears once it is used:
+    `.options()` or `.remote()`).
+
+    Why private: the public count is `serve.status()`, a call to the controller that builds every deployment's
+    details (see `app_status`), which the dispatchers made every 10 s to size their window by the running Denoiser
+    replicas. Serve's controller already pushes every change of a deployment's running replicas to each handle
+    (its long poll, `AsyncioRouter.update_deployment_targets`): reading that costs nothing and is never stale.
+    """
+    try:
+        router = handle._router._asyncio_router
+        if not router.running_replicas_populated():
+            return None
+        chooser = router._request_router  # created at the handle's first request; before it, the list pushed
+        return len(chooser.curr_replicas) if chooser is not None else len(router._running_replicas or ())
+    except AttributeError:  # not used yet, or Ray's internals moved: the caller falls back to serve.status()
+        return None
