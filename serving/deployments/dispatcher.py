@@ -33,7 +33,7 @@ class DispatcherDeployment:
     async def wake(self) -> None:
         self.dispatcher.wake()
 
-    def check_health(self) -> None:
+    async def check_health(self) -> None:  # on the replica's loop: no thread hop every period
         """Serve replaces this replica if a loop died; its jobs' leases expire and are requeued."""
         for task in self._tasks:
             if task.done():
