@@ -92,12 +92,25 @@ class Dispatcher:
             await asyncio.sleep(self.config.heartbeat_seconds)
 
     async def _dispatch_forever(self) -> None:
+        """Rounds: on a wake, else every `poll_seconds` (and every `heartbeat_seconds` while any job is in progress,
+        to reap). A round counts the queue first (at most once a second): a round of an idle cluster is that one
+        read, since with no job queued there is nothing to claim, and with none in progress no lease to expire
+        before the next count."""
         c = self.config
         due = {"reap": 0.0, "counts": 0.0, "prune": 0.0}
+        queued = in_progress = 1  # unknown until counted: look for both
         while True:
+            self._wake.clear()  # before the round: a wake that comes during it runs another at once
             try:
                 now = time.monotonic()
-                if now >= due["reap"]:
+                counted = now >= due["counts"]
+                if counted:
+                    counts = await self.store.count_by_status(JobStatus.QUEUED, JobStatus.IN_PROGRESS)
+                    queued, in_progress = counts[JobStatus.QUEUED], counts[JobStatus.IN_PROGRESS]
+                    self.metrics.job_counts(queued, in_progress)
+                    due["counts"] = now + 1.0
+                leased = bool(in_progress or self._held)
+                if leased and now >= due["reap"]:
                     await self._reap()
                     due["reap"] = now + c.heartbeat_seconds
                 if now >= due["prune"]:
@@ -106,15 +119,13 @@ class Dispatcher:
                     if pruned:
                         log.info("pruned %d progress events of jobs that ended over %.0f days ago", pruned,
                                  self.events_retention_seconds / 86400)
-                await self._fill()
-                if now >= due["counts"]:
-                    counts = await self.store.count_by_status(JobStatus.QUEUED, JobStatus.IN_PROGRESS)
-                    self.metrics.job_counts(counts[JobStatus.QUEUED], counts[JobStatus.IN_PROGRESS])
-                    due["counts"] = now + 1.0
+                if queued or leased or not counted:  # (a reaped job is queued again: `leased` covers it)
+                    await self._fill()
             except Exception:  # noqa: BLE001 - a store hiccup must not stop the loop; retry next round
                 log.exception("dispatch round failed; retrying")
-            self._wake.clear()
-            timeout = max(0.0, min(c.poll_seconds, due["reap"] - time.monotonic()))
+            timeout = c.poll_seconds
+            if in_progress or self._held:
+                timeout = max(0.0, min(timeout, due["reap"] - time.monotonic()))
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout)
             except TimeoutError:
@@ -166,6 +177,8 @@ class Dispatcher:
     async def _heartbeat(self) -> None:
         """Renew the leases of the jobs being worked on; drop those another dispatcher now holds."""
         working = [jid for jid, h in self._held.items() if h.state != HeldState.LETTING_GO]
+        if not working:
+            return  # an idle dispatcher holds no lease: nothing to write or read
         still = await self.store.renew(self.owner, working, self.config.lease_seconds)
         for jid in set(working) - still:
             held = self._held.get(jid)
@@ -176,13 +189,12 @@ class Dispatcher:
             await self.cancel(jid)  # flagged in the store, not heard through this cluster's hub
 
     async def _reap(self) -> None:
-        """Requeue jobs whose lease expired, whoever held them."""
+        """Requeue jobs whose lease expired, whoever held them (the round's claims follow)."""
         for job in await self.store.reap_expired(self.config.max_attempts):
             log.warning("job %s: %s", job.id, "lease expired; " + job.status.value)
             self.progress.publish(Progress.of_job(job, None, "lease expired"))
             if job.status.terminal:
                 await self.runner.finished(job)
-        self._wake.set()
 
     def _let_go(self, held: Held, *, hand_back: bool) -> asyncio.Task | None:
         """Cancel the job's runner to let go of it: `hand_back` requeues it (this dispatcher stops), else

@@ -40,7 +40,7 @@ class DenoiserDeployment:
             async for item in items:
                 yield item
 
-    def check_health(self) -> None:
+    async def check_health(self) -> None:  # on the replica's loop: no thread hop every period
         self.loop.check()
         if self.ranks is not None:
             self.ranks.check_health()

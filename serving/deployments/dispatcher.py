@@ -10,8 +10,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serving.config import load_config
-from serving.on_ray.autoscaling import running_replicas
-from serving.on_ray.cached import CachedFigure
+from serving.on_ray.autoscaling import RunningReplicas
 from serving.on_ray.metrics import RayMetrics
 from serving.on_ray.progress import ServeProgressSink, relay_cancellations
 from serving.on_ray.stages import ServeStages
@@ -23,21 +22,18 @@ class DispatcherDeployment:
     def __init__(self, config: dict[str, Any], text_encoder: DeploymentHandle, denoiser: DeploymentHandle,
                  decoder: DeploymentHandle, hub: DeploymentHandle) -> None:
         stages, app = ServeStages(text_encoder, denoiser, decoder), serve.get_replica_context().app_name
-        # Not more often than every 10 s: `serve.status()` builds the whole application's status in the caller and
-        # the controller, the largest share of an idle Dispatcher's CPU at 2 s.
-        self.denoisers = CachedFigure(lambda: asyncio.to_thread(running_replicas, app, "Denoiser"),
-                                      every_seconds=10.0, initial=1)
+        # The running Denoisers as the handle hears them from Serve (no call: `serve.status()` every 10 s was the
+        # largest share of an idle Dispatcher's CPU).
         self.dispatcher = open_dispatcher(load_config(config), stages, RayMetrics(), ServeProgressSink(hub),
-                                          denoisers_running=self.denoisers.value)
+                                          denoisers_running=RunningReplicas(denoiser, app, "Denoiser"))
         loop = asyncio.get_event_loop()
         self._tasks = [loop.create_task(self.dispatcher.run(), name="dispatch-loop"),
-                       loop.create_task(relay_cancellations(hub, self.dispatcher.cancel), name="cancel-relay"),
-                       loop.create_task(self.denoisers.refresh_forever(), name="denoiser-count")]
+                       loop.create_task(relay_cancellations(hub, self.dispatcher.cancel), name="cancel-relay")]
 
     async def wake(self) -> None:
         self.dispatcher.wake()
 
-    def check_health(self) -> None:
+    async def check_health(self) -> None:  # on the replica's loop: no thread hop every period
         """Serve replaces this replica if a loop died; its jobs' leases expire and are requeued."""
         for task in self._tasks:
             if task.done():

@@ -14,6 +14,7 @@ from serving.async_view import in_thread
 from serving.config import load_config
 from serving.frontend.front_door import FrontDoor
 from serving.on_ray.cached import CachedFigure
+from serving.on_ray.compat import app_status
 from serving.on_ray.metrics import RayMetrics
 from serving.on_ray.progress import ServeProgressFeed
 from serving.services import DomainServices
@@ -48,9 +49,8 @@ class FrontendDeployment:
                                    ServeProgressFeed(hub), self.denoise_budget.value)
         self.door = await FrontDoor.start(cfg, services, metrics, health_probe=self._app_running)
 
-    async def _app_running(self) -> bool:
-        app = (await in_thread(serve.status)).applications.get(self.app_name)
-        return app is not None and app.status == ApplicationStatus.RUNNING
+    async def _app_running(self) -> bool:  # the application's status alone: serve.status() costs ~60 ms of CPU
+        return await in_thread(app_status, self.app_name) == ApplicationStatus.RUNNING
 
     async def grpc_port(self) -> int:
         return self.door.grpc.port

@@ -1,8 +1,7 @@
 """A figure another Ray process knows, read in the background and handed out at once when asked.
 
-The dispatchers size their window by the running Denoiser replicas (a status read from the Serve controller);
-the front doors check a request against a Denoiser replica's token budget (a handle call to a worker node).
-Both change on the autoscaler's pace (tens of seconds), so neither is worth a round trip per request.
+The front doors check a request against a Denoiser replica's token budget (a handle call to a worker node). It
+changes with a replica's config or device, not per request, so it is not worth a round trip per request.
 """
 
 from __future__ import annotations

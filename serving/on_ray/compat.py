@@ -58,3 +58,36 @@ def live_replica_nodes(app_name: str) -> dict[str, list[str]]:
         if name.startswith(prefix) and actor.get("State") == "ALIVE":
             found.setdefault(name[len(prefix):], []).append(actor["Address"]["NodeID"])
     return found
+
+
+def app_status(app_name: str) -> Any:
+    """The `ApplicationStatus` of `app_name` (NOT_STARTED if Serve has no such application).
+
+    Why private: `serve.status()` is the public way, and it builds every application's and deployment's details
+    in the caller (pydantic models; each deployment's request router class cloudpickled): some 60 ms of CPU per
+    call, the largest share of an idle Frontend's CPU while its health probe asked every 5 s (py-spy:
+    `RequestRouterConfig._serialize_request_router_cls` under `status`). The controller's per-application status
+    (`ServeControllerClient.get_serve_status`, what `serve.status()` reads the status from) is a small protobuf.
+    """
+    from ray.serve.context import _get_global_client
+
+    return _get_global_client().get_serve_status(app_name).app_status.status
+
+
+def routed_replicas(handle: Any) -> int | None:
+    """How many replicas `handle` routes to now; None until it has heard of any (a handle hears once it is used:
+    `.options()` or `.remote()`).
+
+    Why private: the public count is `serve.status()`, a call to the controller that builds every deployment's
+    details (see `app_status`), which the dispatchers made every 10 s to size their window by the running Denoiser
+    replicas. Serve's controller already pushes every change of a deployment's running replicas to each handle
+    (its long poll, `AsyncioRouter.update_deployment_targets`): reading that costs nothing and is never stale.
+    """
+    try:
+        router = handle._router._asyncio_router
+        if not router.running_replicas_populated():
+            return None
+        chooser = router._request_router  # created at the handle's first request; before it, the list pushed
+        return len(chooser.curr_replicas) if chooser is not None else len(router._running_replicas or ())
+    except AttributeError:  # not used yet, or Ray's internals moved: the caller falls back to serve.status()
+        return None

@@ -9,10 +9,12 @@ import time
 import grpc
 import pytest
 import ray
+from ray import serve
 
 from kino_api.v1 import video_service_pb2 as pb
 from kino_api.v1 import video_service_pb2_grpc as pb_grpc
 from serving.on_ray.cluster import free_port, local_serve_config
+from serving.on_ray.compat import routed_replicas
 from tests.integration.conftest import wait_done, wait_for
 
 APP = "kino-scaling"
@@ -66,10 +68,15 @@ def scaling_app(cluster, tmp_path_factory):
 def test_the_denoiser_pool_scales_up_on_the_backlog_and_down_after_it_drains(scaling_app):
     stub = scaling_app["stub"]
     assert len(_replicas("Denoiser", APP)) == 1
+    # What a dispatcher sizes its window by: the running replicas Serve pushes to its Denoiser handle (no call).
+    heard = serve.get_deployment_handle("Denoiser", APP).options()
+    wait_for(lambda: routed_replicas(heard) == 1, timeout=30)
     ids = _submit(stub, 8, steps=40, tag="backlog")  # 8 jobs for a pool that holds 2 per replica
     wait_for(lambda: len(_replicas("Denoiser", APP)) == 2, timeout=90, every=0.5)
+    wait_for(lambda: routed_replicas(heard) == 2, timeout=60)
     _all_complete(stub, ids)
     wait_for(lambda: len(_replicas("Denoiser", APP)) == 1, timeout=120, every=0.5)
+    wait_for(lambda: routed_replicas(heard) == 1, timeout=60)
 
 
 def test_a_dispatcher_replica_killed_under_load_loses_nothing(scaling_app):

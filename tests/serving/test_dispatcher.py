@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 from typing import Any
 
 from engines.params import GenerationParams, GenerationRequest, params_to_dict
@@ -157,6 +158,53 @@ def test_a_job_left_by_a_dead_dispatcher_is_requeued_when_its_lease_expires_and_
     messages = [e.message for e in store.events(jid)]
     assert "requeued: the lease of dispatcher dead-dispatcher expired" in messages
     assert messages.count("completed") == 1
+
+
+class CountingStore:
+    """The job store, counting the calls a dispatcher makes."""
+
+    def __init__(self, store) -> None:
+        self.store, self.calls = store, collections.Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.store, name)
+
+        def call(*args, **kwargs):
+            self.calls[name] += 1
+            return method(*args, **kwargs)
+        return call
+
+
+def test_an_idle_dispatcher_only_counts_the_queue_and_a_wake_claims_at_once(setup, staged, tmp_path):
+    store, artifacts, add = setup
+    counting = CountingStore(store)
+
+    async def idle(seconds: float) -> None:  # rounds every 1.5 s, each one counted (counts: at most once a second)
+        d = Dispatcher(counting, InProcessStages(staged, artifacts, tmp_path), QueueConfig(poll_seconds=1.5))
+        task = asyncio.create_task(d.run())
+        await asyncio.sleep(seconds)
+        task.cancel()
+
+    asyncio.run(idle(3.5))
+    # Nothing queued, nothing in progress: no claim, no reap, no lease renewal, only the counts (and the hourly prune).
+    assert set(counting.calls) == {"count_by_status", "prune_events"} and counting.calls["count_by_status"] >= 2
+    # A minute's poll: the job is found by the wake alone.
+    d = Dispatcher(store, InProcessStages(staged, artifacts, tmp_path), QueueConfig(poll_seconds=60))
+
+    async def woken() -> str:
+        task = asyncio.create_task(d.run())
+        await asyncio.sleep(0.5)  # its first round found nothing to do
+        jid = add(0)
+        d.wake()
+        try:
+            async with asyncio.timeout(50):
+                while store.get(jid).status != JobStatus.COMPLETED:
+                    await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+        return jid
+
+    assert store.get(asyncio.run(woken())).attempts == 1
 
 
 # -- prompt enhancement ----------------------------------------------------------------------
