@@ -13,13 +13,16 @@ front door (what min(32, cores + 4) gives each replica's process on a 2-core pod
 
 Phases, in this order:
   claim       --window jobs written straight into the store, then K threads, each with a store of its own, call
-              claim_next until the window is full: claims per second of the claim path alone.
+              claim_next until the window is full: claims per second of the claim path alone, and each call's
+              latency (p50, p99).
   throughput  once per --steps count: --jobs jobs created through VideoService.create by --clients concurrent
               callers with no dispatcher running (created/s), then the K dispatchers start on the full queue
               (claimed/s: until the last claim; completed/s: until the last completion). pg_stat_statements is reset
-              before the first create and read after the last completion: statements per job (BEGIN, COMMIT and
-              the connection pool's pre-ping SELECT 1 included; the dispatchers' timed reads too). Checked: every
-              job completed, on its first claim, with one terminal event in the store and one pushed.
+              before the first create and read after the last completion: statements per job (BEGIN and COMMIT
+              included, and the dispatchers' timed reads; not the connection pool's pre-ping, an empty query
+              pg_stat_statements does not count: one more round trip per transaction). CPU per job: this
+              process's, and the PostgreSQL server's processes'. Checked: every job completed, on its first
+              claim, with one terminal event in the store and one pushed.
   latency     CreateVideo at --rate arrivals per second, evenly spaced, for --rate-seconds, the K dispatchers
               running the jobs; each latency from the arrival's scheduled time to the answer (a stalled event loop
               counts), p50 and p99.
@@ -55,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 GOAL_JOBS_PER_S = 200.0  # through 4 dispatchers on one PostgreSQL
 GOAL_PUSH_P99_MS = 100.0
@@ -74,7 +78,8 @@ class Throughput:
     claimed_per_s: float
     completed_per_s: float
     statements_per_job: float
-    by_kind: dict[str, float]  # statements per job by kind (BEGIN, COMMIT, ping, SELECT, ...)
+    by_kind: dict[str, float]  # statements per job by kind (BEGIN, COMMIT, SELECT, ...)
+    cpu_ms_per_job: tuple[float, float]  # this process, the PostgreSQL server's processes
     completed_once: bool  # every job completed on its first claim, one terminal event stored and one pushed
     not_once: dict[str, int] = field(default_factory=dict)  # what went otherwise: "status/attempts/events" -> jobs
 
@@ -84,6 +89,7 @@ class Report:
     dispatchers: int
     window: int
     claims_per_s: float  # the claim path alone (phase claim)
+    claim_ms: tuple[float, float]  # p50, p99 of one claim_next call there
     throughput: list[Throughput]
     rate: float
     create_ms: tuple[float, float]  # p50, p99 at `rate`
@@ -113,7 +119,8 @@ class Report:
 
         g = self.goals()
         per_min = 60.0 / self.idle_seconds
-        rows = [("claims/s, the claim path alone (K threads, store only)", f"{self.claims_per_s:.0f}", "")]
+        rows = [("claims/s, the claim path alone (K threads, store only)", f"{self.claims_per_s:.0f}", ""),
+                ("  one claim_next p50 / p99 ms", f"{self.claim_ms[0]:.1f} / {self.claim_ms[1]:.1f}", "")]
         for t in self.throughput:
             goal = f">= {GOAL_JOBS_PER_S:.0f}/s" if t.steps == self.throughput[0].steps else ""
             rows += [(f"jobs/s created ({t.jobs} jobs, {t.steps} steps)", f"{t.created_per_s:.0f}",
@@ -125,6 +132,8 @@ class Report:
                      (f"statements per job ({t.steps} steps)", f"{t.statements_per_job:.1f}",
                       "flat in steps: " + ok(g["statements_flat"]) if t is self.throughput[-1] else ""),
                      (f"  by kind ({t.steps} steps)", ", ".join(f"{k} {v:.1f}" for k, v in t.by_kind.items()), ""),
+                     (f"CPU ms per job, this process / PostgreSQL ({t.steps} steps)",
+                      f"{t.cpu_ms_per_job[0]:.1f} / {t.cpu_ms_per_job[1]:.1f}", ""),
                      (f"every job completed once ({t.steps} steps)", "yes" if t.completed_once else
                       f"NO: {t.not_once}", "")]
         rows += [(f"CreateVideo p50 / p99 ms at {self.rate:g}/s", f"{self.create_ms[0]:.1f} / {self.create_ms[1]:.1f}",
@@ -176,6 +185,23 @@ class Stats:
         self.conn = psycopg.connect(conninfo, autocommit=True)
         self.conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         self.dbid = self.conn.execute("SELECT oid FROM pg_database WHERE datname = %s", (self.dbname,)).fetchone()[0]
+        self.server = None  # the postmaster, when it runs on this machine (its processes' CPU time)
+        if u.host in ("127.0.0.1", "localhost", "::1"):
+            with contextlib.suppress(Exception):
+                backend = self.conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+                self.server = psutil.Process(backend).parent()
+
+    def server_cpu(self) -> float:
+        """CPU seconds of the PostgreSQL server's processes so far (those still running: the connection pools'
+        backends live through a phase); 0 when the server is elsewhere."""
+        if self.server is None:
+            return 0.0
+        total = 0.0
+        for p in [self.server, *self.server.children()]:
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += t.user + t.system
+        return total
 
     def reset(self) -> None:
         self.conn.execute("SELECT pg_stat_statements_reset()")
@@ -202,8 +228,6 @@ class Stats:
 def kind(query: str) -> str:
     """A statement's kind, as the report counts them."""
     q = " ".join(query.split()).upper()
-    if q in ("SELECT $1", "SELECT 1"):
-        return "ping"
     word = q.split(" ", 1)[0]
     if word == "SELECT" and "FOR UPDATE" in q:
         return "SELECT FOR UPDATE"
@@ -321,8 +345,9 @@ class ControlPlane:
 
 
 # -- phases --------------------------------------------------------------------------------------------
-def claim_phase(url: str, *, claimers: int, jobs: int, window: int) -> float:
-    """Claims per second of `claimers` threads, each with a store of its own, on a queue of `jobs`."""
+def claim_phase(url: str, *, claimers: int, jobs: int, window: int) -> tuple[float, list[float]]:
+    """Claims per second of `claimers` threads, each with a store of its own, on a queue of `jobs`; the latency of
+    each claim_next call (ms)."""
     import uuid
 
     from serving.jobs import JobStatus, NewJob, open_store
@@ -334,11 +359,17 @@ def claim_phase(url: str, *, claimers: int, jobs: int, window: int) -> float:
                                     priority=5, params={"prompt": f"claim {i}"}, request_hash=str(i)),
                              max_queued=10_000_000)
         claimed: list[list[Any]] = [[] for _ in range(claimers)]
+        latencies: list[float] = []
         start = threading.Barrier(claimers + 1)
 
         def claimer(n: int) -> None:
             start.wait()
-            while (job := stores[n].claim_next(f"claimer-{n}", 60.0, max_in_progress=window)) is not None:
+            while True:
+                t = time.perf_counter()
+                job = stores[n].claim_next(f"claimer-{n}", 60.0, max_in_progress=window)
+                latencies.append((time.perf_counter() - t) * 1000)
+                if job is None:
+                    return
                 claimed[n].append(job)
 
         threads = [threading.Thread(target=claimer, args=(n,)) for n in range(claimers)]
@@ -354,7 +385,7 @@ def claim_phase(url: str, *, claimers: int, jobs: int, window: int) -> float:
             stores[0].finish(job.lease, JobStatus.CANCELLED, error_code="cancelled", error_message="claim phase")
         if len(jobs_claimed) != min(jobs, window) or len({j.id for j in jobs_claimed}) != len(jobs_claimed):
             raise RuntimeError(f"the claim phase claimed {len(jobs_claimed)} jobs of {jobs} (window {window})")
-        return len(jobs_claimed) / took
+        return len(jobs_claimed) / took, latencies
     finally:
         for s in stores:
             s.close()
@@ -363,6 +394,8 @@ def claim_phase(url: str, *, claimers: int, jobs: int, window: int) -> float:
 async def throughput_phase(plane: ControlPlane, stats: Stats, *, jobs: int, steps: int, clients: int,
                            offset: int) -> Throughput:
     stats.reset()
+    me = psutil.Process()
+    cpu0, server0 = sum(me.cpu_times()[:2]), stats.server_cpu()
     ids: list[str] = []
     numbers = iter(range(offset, offset + jobs))
 
@@ -378,6 +411,7 @@ async def throughput_phase(plane: ControlPlane, stats: Stats, *, jobs: int, step
     plane.start()
     await asyncio.wait_for(ended, timeout=max(120.0, jobs * 0.5))
     await plane.stop()
+    cpu = (sum(me.cpu_times()[:2]) - cpu0, stats.server_cpu() - server0)
     statements = stats.statements()
     rows = await asyncio.to_thread(_job_rows, plane, ids)
     total = sum(statements.values())
@@ -395,6 +429,7 @@ async def throughput_phase(plane: ControlPlane, stats: Stats, *, jobs: int, step
                       completed_per_s=jobs / max(completed - wall0, 1e-9),
                       statements_per_job=total / jobs,
                       by_kind=dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
+                      cpu_ms_per_job=(cpu[0] * 1000 / jobs, cpu[1] * 1000 / jobs),
                       completed_once=not not_once and len(rows) == jobs, not_once=dict(not_once))
 
 
@@ -496,8 +531,8 @@ async def run_bench(url: str, state: Path, args: argparse.Namespace) -> Report:
     steps = [int(s) for s in str(args.steps).split(",")]
     loop = asyncio.get_running_loop()
     loop.set_default_executor(cf.ThreadPoolExecutor(THREADS_PER_PROCESS * (args.dispatchers + 1)))
-    claims_per_s = await asyncio.to_thread(claim_phase, url, claimers=args.dispatchers,
-                                           jobs=min(args.jobs, args.window), window=args.window)
+    claims_per_s, claim_ms = await asyncio.to_thread(claim_phase, url, claimers=args.dispatchers,
+                                                     jobs=min(args.jobs, args.window), window=args.window)
     stats = Stats(url)
     plane = ControlPlane(url, state, dispatchers=args.dispatchers, window=args.window)
     try:
@@ -519,7 +554,8 @@ async def run_bench(url: str, state: Path, args: argparse.Namespace) -> Report:
         await plane.stop()
         plane.close()
         stats.close()
-    return Report(dispatchers=args.dispatchers, window=args.window, claims_per_s=claims_per_s, throughput=rows,
+    return Report(dispatchers=args.dispatchers, window=args.window, claims_per_s=claims_per_s,
+                  claim_ms=(_pct(claim_ms, 50), _pct(claim_ms, 99)), throughput=rows,
                   rate=args.rate, create_ms=(_pct(latencies, 50), _pct(latencies, 99)),
                   latency_jobs_completed=latency_ok, watchers=args.watchers, watched_jobs=args.watched_jobs,
                   push_ms=(_pct(delays, 50), _pct(delays, 99), max(delays, default=0.0)), every_step_seen=every_step,
