@@ -13,8 +13,8 @@ front door (what min(32, cores + 4) gives each replica's process on a 2-core pod
 
 Phases, in this order:
   claim       --window jobs written straight into the store, then K threads, each with a store of its own, call
-              claim_next until the window is full: claims per second of the claim path alone, and each call's
-              latency (p50, p99).
+              claim_next until the window is full: claims per second of the claim path alone, each call's
+              latency (p50, p99), and how many claims wait on a lock meanwhile (pg_locks, sampled).
   throughput  once per --steps count: --jobs jobs created through VideoService.create by --clients concurrent
               callers with no dispatcher running (created/s), then the K dispatchers start on the full queue
               (claimed/s: until the last claim; completed/s: until the last completion). pg_stat_statements is reset
@@ -90,6 +90,7 @@ class Report:
     window: int
     claims_per_s: float  # the claim path alone (phase claim)
     claim_ms: tuple[float, float]  # p50, p99 of one claim_next call there
+    claim_lock_waits: float  # claims waiting on a lock there, on average (pg_locks)
     throughput: list[Throughput]
     rate: float
     create_ms: tuple[float, float]  # p50, p99 at `rate`
@@ -120,7 +121,8 @@ class Report:
         g = self.goals()
         per_min = 60.0 / self.idle_seconds
         rows = [("claims/s, the claim path alone (K threads, store only)", f"{self.claims_per_s:.0f}", ""),
-                ("  one claim_next p50 / p99 ms", f"{self.claim_ms[0]:.1f} / {self.claim_ms[1]:.1f}", "")]
+                ("  one claim_next p50 / p99 ms", f"{self.claim_ms[0]:.1f} / {self.claim_ms[1]:.1f}", ""),
+                ("  claims waiting on a lock, mean (pg_locks, every 5 ms)", f"{self.claim_lock_waits:.2f}", "")]
         for t in self.throughput:
             goal = f">= {GOAL_JOBS_PER_S:.0f}/s" if t.steps == self.throughput[0].steps else ""
             rows += [(f"jobs/s created ({t.jobs} jobs, {t.steps} steps)", f"{t.created_per_s:.0f}",
@@ -345,9 +347,10 @@ class ControlPlane:
 
 
 # -- phases --------------------------------------------------------------------------------------------
-def claim_phase(url: str, *, claimers: int, jobs: int, window: int) -> tuple[float, list[float]]:
+def claim_phase(url: str, *, claimers: int, jobs: int, window: int) -> tuple[float, list[float], float]:
     """Claims per second of `claimers` threads, each with a store of its own, on a queue of `jobs`; the latency of
-    each claim_next call (ms)."""
+    each claim_next call (ms); how many claims waited on a lock, on average (pg_locks: requests not granted in the
+    benchmark database, sampled every 5 ms while they claim)."""
     import uuid
 
     from serving.jobs import JobStatus, NewJob, open_store
@@ -372,20 +375,38 @@ def claim_phase(url: str, *, claimers: int, jobs: int, window: int) -> tuple[flo
                     return
                 claimed[n].append(job)
 
+        waiting: list[int] = []
+        stop = threading.Event()
+
+        def sample() -> None:
+            import psycopg
+            from sqlalchemy.engine import make_url
+
+            u = make_url(url)
+            with psycopg.connect(f"host={u.host} port={u.port} user={u.username} dbname={u.database}",
+                                 autocommit=True) as c:
+                while not stop.wait(0.005):
+                    waiting.append(c.execute("SELECT count(*) FROM pg_locks WHERE NOT granted AND pid <> "
+                                             "pg_backend_pid()").fetchone()[0])
+
         threads = [threading.Thread(target=claimer, args=(n,)) for n in range(claimers)]
+        sampler = threading.Thread(target=sample)
         for t in threads:
             t.start()
+        sampler.start()
         start.wait()
         t0 = time.perf_counter()
         for t in threads:
             t.join()
         took = time.perf_counter() - t0
+        stop.set()
+        sampler.join()
         jobs_claimed = [job for mine in claimed for job in mine]
         for job in jobs_claimed:  # out of the way of the phases after this one
             stores[0].finish(job.lease, JobStatus.CANCELLED, error_code="cancelled", error_message="claim phase")
         if len(jobs_claimed) != min(jobs, window) or len({j.id for j in jobs_claimed}) != len(jobs_claimed):
             raise RuntimeError(f"the claim phase claimed {len(jobs_claimed)} jobs of {jobs} (window {window})")
-        return len(jobs_claimed) / took, latencies
+        return len(jobs_claimed) / took, latencies, float(np.mean(waiting)) if waiting else 0.0
     finally:
         for s in stores:
             s.close()
@@ -531,8 +552,8 @@ async def run_bench(url: str, state: Path, args: argparse.Namespace) -> Report:
     steps = [int(s) for s in str(args.steps).split(",")]
     loop = asyncio.get_running_loop()
     loop.set_default_executor(cf.ThreadPoolExecutor(THREADS_PER_PROCESS * (args.dispatchers + 1)))
-    claims_per_s, claim_ms = await asyncio.to_thread(claim_phase, url, claimers=args.dispatchers,
-                                                     jobs=min(args.jobs, args.window), window=args.window)
+    claims_per_s, claim_ms, lock_waits = await asyncio.to_thread(
+        claim_phase, url, claimers=args.dispatchers, jobs=min(args.jobs, args.window), window=args.window)
     stats = Stats(url)
     plane = ControlPlane(url, state, dispatchers=args.dispatchers, window=args.window)
     try:
@@ -555,7 +576,7 @@ async def run_bench(url: str, state: Path, args: argparse.Namespace) -> Report:
         plane.close()
         stats.close()
     return Report(dispatchers=args.dispatchers, window=args.window, claims_per_s=claims_per_s,
-                  claim_ms=(_pct(claim_ms, 50), _pct(claim_ms, 99)), throughput=rows,
+                  claim_ms=(_pct(claim_ms, 50), _pct(claim_ms, 99)), claim_lock_waits=lock_waits, throughput=rows,
                   rate=args.rate, create_ms=(_pct(latencies, 50), _pct(latencies, 99)),
                   latency_jobs_completed=latency_ok, watchers=args.watchers, watched_jobs=args.watched_jobs,
                   push_ms=(_pct(delays, 50), _pct(delays, 99), max(delays, default=0.0)), every_step_seen=every_step,
@@ -593,8 +614,8 @@ def parser() -> argparse.ArgumentParser:
                     "(default 16)")
     ap.add_argument("--window", type=int, default=256, help="queue.max_in_flight, the cluster's in-flight window "
                     "(default 256: 8 Denoiser replicas x batching.max_running 32); also the claim phase's jobs")
-    ap.add_argument("--rate", type=float, default=100.0, help="CreateVideo arrivals per second of the latency phase "
-                    "(default 100)")
+    ap.add_argument("--rate", type=float, default=50.0, help="CreateVideo arrivals per second of the latency phase "
+                    "(default 50)")
     ap.add_argument("--rate-seconds", type=float, default=10.0, help="how long the latency phase's arrivals last "
                     "(default 10)")
     ap.add_argument("--watchers", type=int, default=1000, help="concurrent watchers of the watch phase (default 1000)")
@@ -602,7 +623,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--watch-steps", type=int, default=32, help="steps of each watched job (default 32)")
     ap.add_argument("--step-ms", type=float, default=50.0, help="time between two pushed steps of a watched job "
                     "(default 50; the throughput phases push steps back to back)")
-    ap.add_argument("--idle-seconds", type=float, default=60.0, help="the idle phase's window (default 60)")
+    ap.add_argument("--idle-seconds", type=float, default=30.0, help="the idle phase's window (default 30)")
     ap.add_argument("--settle", type=float, default=3.0, help="seconds the dispatchers run idle before the idle "
                     "window opens (default 3)")
     ap.add_argument("--database-url", default="", help="a postgresql+psycopg:// URL of an empty database on a "
