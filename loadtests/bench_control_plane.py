@@ -14,7 +14,8 @@ front door (what min(32, cores + 4) gives each replica's process on a 2-core pod
 Phases, in this order:
   claim       --window jobs written straight into the store, then K threads, each with a store of its own, call
               claim_next until the window is full: claims per second of the claim path alone, each call's
-              latency (p50, p99), and how many claims wait on a lock meanwhile (pg_locks, sampled).
+              latency (p50, p99), and how many claims wait on a lock meanwhile (pg_locks, sampled); then again
+              with the claimers behind a proxy adding --claim-rtt-ms to each round trip (a remote database).
   throughput  once per --steps count: --jobs jobs created through VideoService.create by --clients concurrent
               callers with no dispatcher running (created/s), then the K dispatchers start on the full queue
               (claimed/s: until the last claim; completed/s: until the last completion). pg_stat_statements is reset
@@ -65,9 +66,9 @@ GOAL_PUSH_P99_MS = 100.0
 GOAL_FLAT = 0.05  # statements per job "flat in steps": the most steps' figure within 5 % of the fewest's
 THREADS_PER_PROCESS = 6  # min(32, cores + 4) on a 2-core replica: asyncio's default pool
 
-SHORT = {"dispatchers": 4, "jobs": 120, "steps": "4,32", "rate": 40.0, "rate_seconds": 1.5, "watchers": 200,
-         "watched_jobs": 4, "watch_steps": 8, "step_ms": 20.0, "idle_seconds": 3.0, "settle": 1.0, "window": 64,
-         "clients": 8}
+SHORT = {"claim_rtt_ms": 0.0, "dispatchers": 4, "jobs": 120, "steps": "4,32", "rate": 40.0, "rate_seconds": 1.5,
+         "watchers": 200, "watched_jobs": 4, "watch_steps": 8, "step_ms": 20.0, "idle_seconds": 3.0, "settle": 1.0,
+         "window": 64, "clients": 8}
 
 
 @dataclass
@@ -85,12 +86,18 @@ class Throughput:
 
 
 @dataclass
+class Claims:
+    rtt_ms: float  # a round trip to the database, measured (SELECT 1, median)
+    per_s: float
+    ms: tuple[float, float]  # p50, p99 of one claim_next call
+    lock_waits: float  # claims waiting on a lock, on average (pg_locks)
+
+
+@dataclass
 class Report:
     dispatchers: int
     window: int
-    claims_per_s: float  # the claim path alone (phase claim)
-    claim_ms: tuple[float, float]  # p50, p99 of one claim_next call there
-    claim_lock_waits: float  # claims waiting on a lock there, on average (pg_locks)
+    claims: list[Claims]  # the claim path alone (phase claim): direct, then through --claim-rtt-ms round trips
     throughput: list[Throughput]
     rate: float
     create_ms: tuple[float, float]  # p50, p99 at `rate`
@@ -120,9 +127,12 @@ class Report:
 
         g = self.goals()
         per_min = 60.0 / self.idle_seconds
-        rows = [("claims/s, the claim path alone (K threads, store only)", f"{self.claims_per_s:.0f}", ""),
-                ("  one claim_next p50 / p99 ms", f"{self.claim_ms[0]:.1f} / {self.claim_ms[1]:.1f}", ""),
-                ("  claims waiting on a lock, mean (pg_locks, every 5 ms)", f"{self.claim_lock_waits:.2f}", "")]
+        rows = []
+        for c in self.claims:
+            rows += [(f"claims/s, the claim path alone (K threads; round trip {c.rtt_ms:.2f} ms)", f"{c.per_s:.0f}",
+                      ""),
+                     ("  one claim_next p50 / p99 ms", f"{c.ms[0]:.1f} / {c.ms[1]:.1f}", ""),
+                     ("  claims waiting on a lock, mean (pg_locks, every 5 ms)", f"{c.lock_waits:.2f}", "")]
         for t in self.throughput:
             goal = f">= {GOAL_JOBS_PER_S:.0f}/s" if t.steps == self.throughput[0].steps else ""
             rows += [(f"jobs/s created ({t.jobs} jobs, {t.steps} steps)", f"{t.created_per_s:.0f}",
@@ -155,7 +165,8 @@ class Report:
         return "\n".join([head] + [f"  {name:<{width}}  {value:>16}  {goal}".rstrip() for name, value, goal in rows])
 
     def as_json(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k != "throughput"}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("throughput", "claims")}
+        out["claims"] = [c.__dict__ for c in self.claims]
         out["throughput"] = [t.__dict__ for t in self.throughput]
         out["goals"] = self.goals()
         return out
@@ -347,15 +358,25 @@ class ControlPlane:
 
 
 # -- phases --------------------------------------------------------------------------------------------
-def claim_phase(url: str, *, claimers: int, jobs: int, window: int) -> tuple[float, list[float], float]:
+def claim_phase(url: str, *, claimers: int, jobs: int, window: int, rtt_ms: float = 0.0) -> Claims:
     """Claims per second of `claimers` threads, each with a store of its own, on a queue of `jobs`; the latency of
-    each claim_next call (ms); how many claims waited on a lock, on average (pg_locks: requests not granted in the
-    benchmark database, sampled every 5 ms while they claim)."""
+    each claim_next call (ms); how many claims waited on a lock, on average (pg_locks: requests not granted, sampled
+    every 5 ms while they claim). `rtt_ms`: the claimers reach the database through a proxy that holds every
+    message half of it each way (loadtests/delay_proxy.py: a database across a network)."""
+    from loadtests.delay_proxy import delayed
+
+    with contextlib.ExitStack() as stack:
+        claim_url = stack.enter_context(delayed(url, rtt_ms / 2)) if rtt_ms > 0 else url
+        return _claims(url, claim_url, claimers=claimers, jobs=jobs, window=window)
+
+
+def _claims(url: str, claim_url: str, *, claimers: int, jobs: int, window: int) -> Claims:
     import uuid
 
+    from loadtests.delay_proxy import round_trip_ms
     from serving.jobs import JobStatus, NewJob, open_store
 
-    stores = [open_store(url) for _ in range(claimers)]
+    stores = [open_store(claim_url) for _ in range(claimers)]
     try:
         for i in range(jobs):
             stores[0].create(NewJob(id=f"video_claim_{uuid.uuid4().hex[:12]}", tenant="claim-bench", model="m",
@@ -406,7 +427,9 @@ def claim_phase(url: str, *, claimers: int, jobs: int, window: int) -> tuple[flo
             stores[0].finish(job.lease, JobStatus.CANCELLED, error_code="cancelled", error_message="claim phase")
         if len(jobs_claimed) != min(jobs, window) or len({j.id for j in jobs_claimed}) != len(jobs_claimed):
             raise RuntimeError(f"the claim phase claimed {len(jobs_claimed)} jobs of {jobs} (window {window})")
-        return len(jobs_claimed) / took, latencies, float(np.mean(waiting)) if waiting else 0.0
+        return Claims(rtt_ms=round_trip_ms(claim_url), per_s=len(jobs_claimed) / took,
+                      ms=(_pct(latencies, 50), _pct(latencies, 99)),
+                      lock_waits=float(np.mean(waiting)) if waiting else 0.0)
     finally:
         for s in stores:
             s.close()
@@ -552,8 +575,8 @@ async def run_bench(url: str, state: Path, args: argparse.Namespace) -> Report:
     steps = [int(s) for s in str(args.steps).split(",")]
     loop = asyncio.get_running_loop()
     loop.set_default_executor(cf.ThreadPoolExecutor(THREADS_PER_PROCESS * (args.dispatchers + 1)))
-    claims_per_s, claim_ms, lock_waits = await asyncio.to_thread(
-        claim_phase, url, claimers=args.dispatchers, jobs=min(args.jobs, args.window), window=args.window)
+    claims = [await asyncio.to_thread(claim_phase, url, claimers=args.dispatchers, jobs=min(args.jobs, args.window),
+                                      window=args.window, rtt_ms=rtt) for rtt in sorted({0.0, args.claim_rtt_ms})]
     stats = Stats(url)
     plane = ControlPlane(url, state, dispatchers=args.dispatchers, window=args.window)
     try:
@@ -575,8 +598,7 @@ async def run_bench(url: str, state: Path, args: argparse.Namespace) -> Report:
         await plane.stop()
         plane.close()
         stats.close()
-    return Report(dispatchers=args.dispatchers, window=args.window, claims_per_s=claims_per_s,
-                  claim_ms=(_pct(claim_ms, 50), _pct(claim_ms, 99)), claim_lock_waits=lock_waits, throughput=rows,
+    return Report(dispatchers=args.dispatchers, window=args.window, claims=claims, throughput=rows,
                   rate=args.rate, create_ms=(_pct(latencies, 50), _pct(latencies, 99)),
                   latency_jobs_completed=latency_ok, watchers=args.watchers, watched_jobs=args.watched_jobs,
                   push_ms=(_pct(delays, 50), _pct(delays, 99), max(delays, default=0.0)), every_step_seen=every_step,
@@ -614,6 +636,10 @@ def parser() -> argparse.ArgumentParser:
                     "(default 16)")
     ap.add_argument("--window", type=int, default=256, help="queue.max_in_flight, the cluster's in-flight window "
                     "(default 256: 8 Denoiser replicas x batching.max_running 32); also the claim phase's jobs")
+    ap.add_argument("--claim-rtt-ms", type=float, default=1.0, help="the claim phase again with the claimers "
+                    "reaching the database through a proxy that holds each message half of this each way (a database "
+                    "across a network: the round trips, not the CPU, then set how long a claim holds its locks; "
+                    "asyncio's timers make the real round trip longer, and it is measured); 0: not run (default 1)")
     ap.add_argument("--rate", type=float, default=50.0, help="CreateVideo arrivals per second of the latency phase "
                     "(default 50)")
     ap.add_argument("--rate-seconds", type=float, default=10.0, help="how long the latency phase's arrivals last "
