@@ -8,8 +8,9 @@ it), migrates a fresh database and drives the server's own classes in this proce
 (validation, moderation, the capacity check, the job row), K Dispatchers built as the Dispatcher deployment builds
 them (serving.services.open_dispatcher: each its own connection pool) with their job runners, one ProgressHub, and
 VideoService.watch. The stages are PreparedMp4Stages (loadtests/prepared_stages.py), a benchmark tool: steps pushed,
-one prepared MP4 returned, no model. Store calls run in a thread pool of 6 threads per dispatcher and 6 for the
-front door (what min(32, cores + 4) gives each replica's process on a 2-core pod).
+one prepared MP4 returned, no model. The dispatchers, the hub and the watchers share one event loop and a thread pool
+of 6 threads per dispatcher and 6 for the watchers (what min(32, cores + 4) gives each replica's process on a 2-core
+pod); the creating front door has an event loop and 6 threads of its own.
 
 Phases, in this order:
   claim       --window jobs written straight into the store, then K threads, each with a store of its own, call
@@ -26,7 +27,8 @@ Phases, in this order:
               claim, with one terminal event in the store and one pushed.
   latency     CreateVideo at --rate arrivals per second, evenly spaced, for --rate-seconds, the K dispatchers
               running the jobs; each latency from the arrival's scheduled time to the answer (a stalled event loop
-              counts), p50 and p99.
+              counts), p50 and p99. The front door runs on an event loop and a thread pool of its own (a Frontend
+              replica is a process apart), in this process.
   watch       --watched-jobs jobs of --watch-steps steps, one step every --step-ms; --watchers watchers spread evenly
               over them through VideoService.watch, all attached before the dispatchers start. The delay of each
               pushed step from its publish (Progress.at) to each watcher's loop, p50/p99/max; every watcher must see
@@ -292,57 +294,27 @@ class _Hub:
         return self.all_ended
 
 
-class ControlPlane:
-    """VideoService, K Dispatchers and a ProgressHub over one database, on this event loop."""
+class FrontDoor:
+    """The creating side of the front door (VideoService.create) on an event loop of its own, in a thread with a
+    thread pool of its own: a Frontend replica is a process apart from the Dispatcher replicas, so a create does not
+    queue behind the dispatchers' store calls (it still shares this process's interpreter lock). Its nudges reach
+    the dispatchers through `link`; it has no progress feed (the watchers' side is `ControlPlane.services`)."""
 
-    def __init__(self, url: str, state: Path, *, dispatchers: int, window: int, step_seconds: float = 0.0) -> None:
-        from loadtests.prepared_stages import PreparedMp4Stages
-        from serving.config import load_config
+    def __init__(self, cfg: Any, link: Any) -> None:
         from serving.metrics import NoMetrics
-        from serving.services import DomainServices, open_dispatcher
-        from serving.videos import DispatcherLink
+        from serving.services import DomainServices
 
-        self.cfg = load_config({"storage": {"database_url": url, "artifacts_dir": str(state / "artifacts")},
-                                "queue": {"max_queued": 10_000_000, "max_in_flight": window},
-                                "checkpoints": {"enabled": False}}, environ={})
-        self.hub = _Hub()
-        plane = self
-
-        class Link(DispatcherLink):
-            """The front door's nudge to one dispatcher, round robin (Serve routes a handle call to one replica)."""
-
-            n = 0
-
-            async def wake(self) -> None:
-                running = [d for d, task in zip(plane.dispatchers, plane.tasks, strict=True) if task is not None]
-                if running:
-                    Link.n += 1
-                    running[Link.n % len(running)].wake()
-
-            async def cancel(self, job_id: str) -> None:
-                for d in plane.dispatchers:
-                    await d.cancel(job_id)
-
-        from serving.artifacts import open_artifact_store
-
-        self.stages = PreparedMp4Stages.prepare(open_artifact_store(self.cfg.storage), step_seconds=step_seconds)
-        self.services = DomainServices.open(self.cfg, Link(), NoMetrics(), progress=self.hub.hub)
+        self.services = DomainServices.open(cfg, link, NoMetrics())
         self.principal = self.services.accounts.local_principal()
-        self.dispatchers = [open_dispatcher(self.cfg, self.stages, NoMetrics(), progress=self.hub.hub)
-                            for _ in range(dispatchers)]
-        self.tasks: list[asyncio.Task | None] = [None] * dispatchers
+        self.loop = asyncio.new_event_loop()
+        self.loop.set_default_executor(cf.ThreadPoolExecutor(THREADS_PER_PROCESS))
+        self.thread = threading.Thread(target=self.loop.run_forever, name="front-door", daemon=True)
+        self.thread.start()
 
-    def start(self) -> None:
-        for i, d in enumerate(self.dispatchers):
-            if self.tasks[i] is None:
-                self.tasks[i] = asyncio.get_running_loop().create_task(d.run(), name=f"dispatcher-{i}")
-
-    async def stop(self) -> None:
-        running = [t for t in self.tasks if t is not None]
-        for t in running:
-            t.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
-        self.tasks = [None] * len(self.dispatchers)
+    async def run(self, coro: Any, timeout: float = 300.0) -> Any:
+        """Run `coro` on the front door's loop; its result, here (TimeoutError past `timeout` seconds)."""
+        return await asyncio.wait_for(asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop)),
+                                      timeout)
 
     async def create(self, i: int, steps: int) -> str:
         from serving.videos import CreateVideo
@@ -352,6 +324,74 @@ class ControlPlane:
         return job.id
 
     def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.services.videos.store.blocking.close()
+
+
+class ControlPlane:
+    """K Dispatchers, a ProgressHub and the watchers' VideoService on this event loop; the creating front door on
+    a loop of its own (`FrontDoor`); one database."""
+
+    def __init__(self, url: str, state: Path, *, dispatchers: int, window: int, step_seconds: float = 0.0) -> None:
+        from loadtests.prepared_stages import PreparedMp4Stages
+        from serving.artifacts import open_artifact_store
+        from serving.config import load_config
+        from serving.metrics import NoMetrics
+        from serving.services import DomainServices, open_dispatcher
+        from serving.videos import DispatcherLink
+
+        self.cfg = load_config({"storage": {"database_url": url, "artifacts_dir": str(state / "artifacts")},
+                                "queue": {"max_queued": 10_000_000, "max_in_flight": window},
+                                "checkpoints": {"enabled": False}}, environ={})
+        self.loop = asyncio.get_running_loop()
+        self.hub = _Hub()
+        plane = self
+
+        class Link(DispatcherLink):
+            """The front door's nudge to one dispatcher, round robin (Serve routes a handle call to one replica),
+            from whichever loop it runs on."""
+
+            n = 0
+
+            async def wake(self) -> None:
+                plane.loop.call_soon_threadsafe(self._wake_one)
+
+            def _wake_one(self) -> None:
+                running = [d for d, task in zip(plane.dispatchers, plane.tasks, strict=True) if task is not None]
+                if running:
+                    Link.n += 1
+                    running[Link.n % len(running)].wake()
+
+            async def cancel(self, job_id: str) -> None:
+                raise NotImplementedError("the benchmark cancels nothing")
+
+        self.stages = PreparedMp4Stages.prepare(open_artifact_store(self.cfg.storage), step_seconds=step_seconds)
+        self.services = DomainServices.open(self.cfg, Link(), NoMetrics(), progress=self.hub.hub)
+        self.principal = self.services.accounts.local_principal()
+        self.front = FrontDoor(self.cfg, Link())
+        self.dispatchers = [open_dispatcher(self.cfg, self.stages, NoMetrics(), progress=self.hub.hub)
+                            for _ in range(dispatchers)]
+        self.tasks: list[asyncio.Task | None] = [None] * dispatchers
+
+    def start(self) -> None:
+        for i, d in enumerate(self.dispatchers):
+            if self.tasks[i] is None:
+                self.tasks[i] = self.loop.create_task(d.run(), name=f"dispatcher-{i}")
+
+    async def stop(self) -> None:
+        running = [t for t in self.tasks if t is not None]
+        for t in running:
+            t.cancel()
+        await asyncio.wait_for(asyncio.gather(*running, return_exceptions=True), timeout=60.0)
+        self.tasks = [None] * len(self.dispatchers)
+
+    async def create(self, i: int, steps: int) -> str:
+        """One CreateVideo through the front door."""
+        return await self.front.run(self.front.create(i, steps))
+
+    def close(self) -> None:
+        self.front.close()
         for d in self.dispatchers:
             d.store.blocking.close()
         self.services.videos.store.blocking.close()
@@ -443,13 +483,16 @@ async def throughput_phase(plane: ControlPlane, stats: Stats, *, jobs: int, step
     ids: list[str] = []
     numbers = iter(range(offset, offset + jobs))
 
-    async def client() -> None:
-        for i in numbers:
-            ids.append(await plane.create(i, steps))
+    async def create_all() -> float:  # on the front door's loop
+        async def client() -> None:
+            for i in numbers:
+                ids.append(await plane.front.create(i, steps))
 
-    t0 = time.monotonic()
-    await asyncio.gather(*(client() for _ in range(clients)))
-    created_s = time.monotonic() - t0
+        t0 = time.monotonic()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        return time.monotonic() - t0
+
+    created_s = await plane.front.run(create_all())
     ended = plane.hub.expect(ids)
     wall0 = time.time()
     plane.start()
@@ -500,18 +543,22 @@ async def latency_phase(plane: ControlPlane, *, rate: float, seconds: float, ste
     completed."""
     n = max(1, round(rate * seconds))
     plane.start()
-    loop = asyncio.get_running_loop()
-    t0 = loop.time() + 0.05
     latencies: list[float] = []
     ids: list[str] = []
 
-    async def arrival(k: int) -> None:
-        due = t0 + k / rate
-        await asyncio.sleep(max(0.0, due - loop.time()))
-        ids.append(await plane.create(offset + k, steps))
-        latencies.append((loop.time() - due) * 1000)
+    async def arrivals() -> None:  # on the front door's loop
+        loop = asyncio.get_running_loop()
+        t0 = loop.time() + 0.05
 
-    await asyncio.gather(*(arrival(k) for k in range(n)))
+        async def arrival(k: int) -> None:
+            due = t0 + k / rate
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            ids.append(await plane.front.create(offset + k, steps))
+            latencies.append((loop.time() - due) * 1000)
+
+        await asyncio.gather(*(arrival(k) for k in range(n)))
+
+    await plane.front.run(arrivals())
     await asyncio.wait_for(plane.hub.expect(ids), timeout=max(120.0, n * 0.5))
     await plane.stop()
     rows = await asyncio.to_thread(_job_rows, plane, ids)

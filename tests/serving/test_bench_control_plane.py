@@ -18,7 +18,7 @@ def test_the_short_control_plane_benchmark_runs_every_job_once_and_counts_truly(
     few, many = sorted(report.throughput, key=lambda t: t.steps)
     # A step travels by push only: 8x the steps, the same statements per job (the dispatchers' timed reads aside).
     assert abs(many.statements_per_job - few.statements_per_job) <= GOAL_FLAT * few.statements_per_job
-    assert report.claims_per_s > 0 and report.latency_jobs_completed
+    assert report.claims[0].per_s > 0 and report.latency_jobs_completed
     assert report.every_step_seen and report.push_ms[1] > 0  # every watcher got every pushed step
     assert report.idle_write_statements == 0, report.idle_writes_by_query
     printed = capsys.readouterr().out
