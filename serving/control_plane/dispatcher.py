@@ -115,8 +115,9 @@ class Dispatcher:
                 log.exception("dispatch round failed; retrying")
             self._wake.clear()
             timeout = max(0.0, min(c.poll_seconds, due["reap"] - time.monotonic()))
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+            try:  # asyncio.timeout, not wait_for: 3.11's wait_for swallows a cancel that meets a wake
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 
