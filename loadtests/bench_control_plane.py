@@ -8,9 +8,9 @@ it), migrates a fresh database and drives the server's own classes in this proce
 (validation, moderation, the capacity check, the job row), K Dispatchers built as the Dispatcher deployment builds
 them (serving.services.open_dispatcher: each its own connection pool) with their job runners, one ProgressHub, and
 VideoService.watch. The stages are PreparedMp4Stages (loadtests/prepared_stages.py), a benchmark tool: steps pushed,
-one prepared MP4 returned, no model. The dispatchers, the hub and the watchers share one event loop and a thread pool
-of 6 threads per dispatcher and 6 for the watchers (what min(32, cores + 4) gives each replica's process on a 2-core
-pod); the creating front door has an event loop and 6 threads of its own.
+one prepared MP4 returned, no model. The dispatchers and their hub share one event loop and a thread pool of 6
+threads per dispatcher (what min(32, cores + 4) gives each replica's process on a 2-core pod); the front door (creates
+and watchers) has an event loop, a hub and 6 threads of its own, as a Frontend replica is a process apart.
 
 Phases, in this order:
   claim       --window jobs written straight into the store, then K threads, each with a store of its own, call
@@ -27,12 +27,11 @@ Phases, in this order:
               claim, with one terminal event in the store and one pushed.
   latency     CreateVideo at --rate arrivals per second, evenly spaced, for --rate-seconds, the K dispatchers
               running the jobs; each latency from the arrival's scheduled time to the answer (a stalled event loop
-              counts), p50 and p99. The front door runs on an event loop and a thread pool of its own (a Frontend
-              replica is a process apart), in this process.
+              counts), p50 and p99.
   watch       --watched-jobs jobs of --watch-steps steps, one step every --step-ms; --watchers watchers spread evenly
-              over them through VideoService.watch, all attached before the dispatchers start. The delay of each
-              pushed step from its publish (Progress.at) to each watcher's loop, p50/p99/max; every watcher must see
-              every step.
+              over them through VideoService.watch on the front door's loop, all attached before the dispatchers
+              start. The delay of each pushed step from its publish (Progress.at, on the dispatchers' loop, whose
+              hub forwards it to the front door's) to each watcher, p50/p99/max; every watcher must see every step.
   idle        the K dispatchers with nothing queued, for --idle-seconds after --settle seconds: write statements
               (INSERT, UPDATE, DELETE, SELECT ... FOR UPDATE: pg_stat_statements) per minute, and transaction ids
               assigned per minute (pg_current_snapshot's xmax: PostgreSQL gives an id only to a transaction that
@@ -266,20 +265,27 @@ def autovacuum_runs(url: str) -> int:
 
 # -- the control plane in this process -------------------------------------------------------------------
 class _Hub:
-    """Counts each job's pushed terminal events, so the benchmark waits on the pushes instead of polling the
-    store (a poll would be counted among the statements)."""
+    """The dispatchers' hub: forwards every event and nudge to the front door's hub, on the front door's loop (as
+    the ProgressHub replica streams them to the Frontend replicas), and counts each job's pushed terminal events,
+    so the benchmark waits on the pushes instead of polling the store (a poll would be counted among the
+    statements)."""
 
-    def __init__(self) -> None:
+    def __init__(self, front: FrontDoor) -> None:
         from serving.control_plane.progress import ProgressHub
 
         class CountingHub(ProgressHub):
             def publish(hub, progress):  # noqa: N805 - the hub's own method
                 super().publish(progress)
+                front.loop.call_soon_threadsafe(front.hub.publish, progress)
                 if progress.terminal:
                     self.ended[progress.video_id] += 1
                     self.pending.discard(progress.video_id)
                     if not self.pending and self.all_ended is not None and not self.all_ended.done():
                         self.all_ended.set_result(None)
+
+            def nudge(hub, topic):  # noqa: N805 - the hub's own method
+                super().nudge(topic)
+                front.loop.call_soon_threadsafe(front.hub.nudge, topic)
 
         self.hub = CountingHub()
         self.ended: Counter[str] = Counter()
@@ -295,16 +301,19 @@ class _Hub:
 
 
 class FrontDoor:
-    """The creating side of the front door (VideoService.create) on an event loop of its own, in a thread with a
-    thread pool of its own: a Frontend replica is a process apart from the Dispatcher replicas, so a create does not
-    queue behind the dispatchers' store calls (it still shares this process's interpreter lock). Its nudges reach
-    the dispatchers through `link`; it has no progress feed (the watchers' side is `ControlPlane.services`)."""
+    """The front door's domain (VideoService: create, watch) on an event loop of its own, in a thread with a thread
+    pool of its own: a Frontend replica is a process apart from the Dispatcher replicas, so a create does not queue
+    behind the dispatchers' store calls nor a watcher behind their work (they still share this process's interpreter
+    lock). Its nudges reach the dispatchers through `link`; its progress feed is a hub on its own loop that the
+    dispatchers' hub forwards to."""
 
     def __init__(self, cfg: Any, link: Any) -> None:
+        from serving.control_plane.progress import ProgressHub
         from serving.metrics import NoMetrics
         from serving.services import DomainServices
 
-        self.services = DomainServices.open(cfg, link, NoMetrics())
+        self.hub = ProgressHub()
+        self.services = DomainServices.open(cfg, link, NoMetrics(), progress=self.hub)
         self.principal = self.services.accounts.local_principal()
         self.loop = asyncio.new_event_loop()
         self.loop.set_default_executor(cf.ThreadPoolExecutor(THREADS_PER_PROCESS))
@@ -330,22 +339,21 @@ class FrontDoor:
 
 
 class ControlPlane:
-    """K Dispatchers, a ProgressHub and the watchers' VideoService on this event loop; the creating front door on
-    a loop of its own (`FrontDoor`); one database."""
+    """K Dispatchers and their ProgressHub on this event loop; the front door on a loop of its own (`FrontDoor`);
+    one database."""
 
     def __init__(self, url: str, state: Path, *, dispatchers: int, window: int, step_seconds: float = 0.0) -> None:
         from loadtests.prepared_stages import PreparedMp4Stages
         from serving.artifacts import open_artifact_store
         from serving.config import load_config
         from serving.metrics import NoMetrics
-        from serving.services import DomainServices, open_dispatcher
+        from serving.services import open_dispatcher
         from serving.videos import DispatcherLink
 
         self.cfg = load_config({"storage": {"database_url": url, "artifacts_dir": str(state / "artifacts")},
                                 "queue": {"max_queued": 10_000_000, "max_in_flight": window},
                                 "checkpoints": {"enabled": False}}, environ={})
         self.loop = asyncio.get_running_loop()
-        self.hub = _Hub()
         plane = self
 
         class Link(DispatcherLink):
@@ -367,9 +375,8 @@ class ControlPlane:
                 raise NotImplementedError("the benchmark cancels nothing")
 
         self.stages = PreparedMp4Stages.prepare(open_artifact_store(self.cfg.storage), step_seconds=step_seconds)
-        self.services = DomainServices.open(self.cfg, Link(), NoMetrics(), progress=self.hub.hub)
-        self.principal = self.services.accounts.local_principal()
         self.front = FrontDoor(self.cfg, Link())
+        self.hub = _Hub(self.front)
         self.dispatchers = [open_dispatcher(self.cfg, self.stages, NoMetrics(), progress=self.hub.hub)
                             for _ in range(dispatchers)]
         self.tasks: list[asyncio.Task | None] = [None] * dispatchers
@@ -394,7 +401,6 @@ class ControlPlane:
         self.front.close()
         for d in self.dispatchers:
             d.store.blocking.close()
-        self.services.videos.store.blocking.close()
 
 
 # -- phases --------------------------------------------------------------------------------------------
@@ -525,7 +531,7 @@ def _job_rows(plane: ControlPlane, ids: Sequence[str]) -> list[dict[str, Any]]:
 
     from serving.schema import job_events, jobs
 
-    db = plane.services.videos.store.blocking.db
+    db = plane.front.services.videos.store.blocking.db
     terminal = ("completed", "failed", "cancelled")
     with db.read() as conn:
         rows = conn.execute(sa.select(jobs.c.id, jobs.c.status, jobs.c.attempts, jobs.c.started_at,
@@ -567,35 +573,43 @@ async def latency_phase(plane: ControlPlane, *, rate: float, seconds: float, ste
 
 async def watch_phase(plane: ControlPlane, *, watchers: int, jobs: int, steps: int,
                       offset: int) -> tuple[list[float], bool]:
-    """Delays (ms) from each pushed step's publish to each watcher; whether every watcher saw every step."""
+    """Delays (ms) from each pushed step's publish (on the dispatchers' loop) to each watcher (on the front door's);
+    whether every watcher saw every step."""
     from serving.jobs import Stage
 
     ids = [await plane.create(offset + k, steps) for k in range(jobs)]
     delays: list[float] = []
     seen: list[set[int]] = [set() for _ in range(watchers)]
-    attached = 0
-    all_attached = asyncio.get_running_loop().create_future()
+    attached: cf.Future = cf.Future()
 
-    async def watcher(w: int) -> None:
-        nonlocal attached
-        first = True
-        async for p in plane.services.videos.watch(plane.principal, ids[w % jobs]):
-            now = time.time()
-            if first:
-                first = False
-                attached += 1
-                if attached == watchers:
-                    all_attached.set_result(None)
-            elif p.stage == Stage.DENOISING and p.step >= 1 and p.message == "":
-                delays.append((now - p.at) * 1000)
-                seen[w].add(p.step)
+    async def watch_all() -> None:  # on the front door's loop
+        front, count = plane.front, 0
+        all_attached = asyncio.get_running_loop().create_future()
 
-    tasks = [asyncio.create_task(watcher(w)) for w in range(watchers)]
-    await asyncio.wait_for(all_attached, timeout=120.0)
+        async def watcher(w: int) -> None:
+            nonlocal count
+            first = True
+            async for p in front.services.videos.watch(front.principal, ids[w % jobs]):
+                now = time.time()
+                if first:
+                    first, count = False, count + 1
+                    if count == watchers:
+                        all_attached.set_result(None)
+                elif p.stage == Stage.DENOISING and p.step >= 1 and p.message == "":
+                    delays.append((now - p.at) * 1000)
+                    seen[w].add(p.step)
+
+        tasks = [asyncio.create_task(watcher(w)) for w in range(watchers)]
+        await asyncio.wait_for(all_attached, timeout=120.0)
+        attached.set_result(None)
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=240.0)
+
+    watching = asyncio.ensure_future(plane.front.run(watch_all()))
+    await asyncio.wait_for(asyncio.wrap_future(attached), timeout=150.0)
     ended = plane.hub.expect(ids)
     plane.start()
     await asyncio.wait_for(ended, timeout=120.0)
-    await asyncio.wait_for(asyncio.gather(*tasks), timeout=60.0)
+    await watching
     await plane.stop()
     return delays, all(s == set(range(1, steps + 1)) for s in seen)
 
@@ -621,7 +635,7 @@ async def idle_phase(plane: ControlPlane, stats: Stats, url: str, *, seconds: fl
 async def run_bench(url: str, state: Path, args: argparse.Namespace) -> Report:
     steps = [int(s) for s in str(args.steps).split(",")]
     loop = asyncio.get_running_loop()
-    loop.set_default_executor(cf.ThreadPoolExecutor(THREADS_PER_PROCESS * (args.dispatchers + 1)))
+    loop.set_default_executor(cf.ThreadPoolExecutor(THREADS_PER_PROCESS * args.dispatchers))
     claims = [await asyncio.to_thread(claim_phase, url, claimers=args.dispatchers, jobs=min(args.jobs, args.window),
                                       window=args.window, rtt_ms=rtt) for rtt in sorted({0.0, args.claim_rtt_ms})]
     stats = Stats(url)
