@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -43,6 +43,11 @@ def ensure_binary(name: str, apt_package: str, search: tuple[str, ...] = ()) -> 
     return found
 
 
+STATEMENT_STATS = {"shared_preload_libraries": "pg_stat_statements"}
+"""PostgresServer settings that load pg_stat_statements (each database then needs CREATE EXTENSION): what the
+control-plane benchmark counts statements with (loadtests/bench_control_plane.py)."""
+
+
 def postgres_bin(name: str) -> str:
     versions = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True) if Path("/usr/lib/postgresql").is_dir() \
         else []
@@ -54,10 +59,12 @@ def postgres_bin(name: str) -> str:
 
 
 class PostgresServer:
-    """A private PostgreSQL cluster on loopback for the tests (initdb in a temp dir, a free port)."""
+    """A private PostgreSQL cluster on loopback for the tests (initdb in a temp dir, a free port); `settings`: server
+    parameters (`-c name=value`), e.g. STATEMENT_STATS."""
 
-    def __init__(self, base: Path, port: int) -> None:
+    def __init__(self, base: Path, port: int, settings: Mapping[str, str] | None = None) -> None:
         self.base, self.port = base, port
+        self.settings = dict(settings or {})
         self.data, self.socket_dir = base / "data", base / "sock"
         self.initdb, self.pg_ctl = postgres_bin("initdb"), postgres_bin("pg_ctl")
         self.user = None if os.geteuid() != 0 else "postgres"  # the server refuses to run as root
@@ -73,8 +80,9 @@ class PostgresServer:
             shutil.chown(self.base, self.user)
             shutil.chown(self.socket_dir, self.user)
         self._run(self.initdb, "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+        extra = "".join(f" -c {name}={value}" for name, value in self.settings.items())
         self._run(self.pg_ctl, "-D", str(self.data), "-l", str(self.base / "server.log"), "-w", "-o",
-                  f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+                  f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off{extra}", "start")
         return self
 
     def stop(self) -> None:

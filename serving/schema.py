@@ -5,7 +5,7 @@ tables; `serving/db.py` opens the database; the schema changes only through Alem
 (serving/migrations/, `kino admin migrate`), which a test holds equal to what is declared here.
 
 - jobs: one row per video, its columns grouped by concern below, and `job_events`, the state changes
-  a watcher replays; `kino_meta`: counters (`next_seq`, `claims`).
+  a watcher replays; `kino_meta`: counters (`next_seq`; `claims`, which claims locked before revision 0004).
 - accounts: tenants, API keys (SHA-256 hashes), audit events.
 - cameos: cameos, their grants, their owners' notifications.
 
@@ -76,11 +76,16 @@ jobs = sa.Table(
     sa.Column("checkpoint_step", sa.Integer),
     sa.Column("resumed_from_step", sa.Integer),
     sa.Column("denoise_steps_run", sa.Integer, nullable=False, server_default="0"),
+    # the in-flight window (added in wave 4): the window slot an in-progress job holds (serving/jobs/sql_store.py)
+    sa.Column("claim_slot", sa.Integer),
     sa.UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency"),
     sa.Index("ix_jobs_public", "visibility", "seq"),
     sa.Index("ix_jobs_queue", "status", "priority", "seq"),
     sa.Index("ix_jobs_tenant_seq", "tenant", "seq"),
     sa.Index("ix_jobs_lease", "status", "lease_expires_at"),
+    # No two running jobs share a window slot, whatever a claim's bug or race.
+    sa.Index("uq_jobs_claim_slot", "claim_slot", unique=True, sqlite_where=sa.text("status = 'in_progress'"),
+             postgresql_where=sa.text("status = 'in_progress'")),
 )
 
 job_events = sa.Table(
@@ -105,7 +110,8 @@ kino_meta = sa.Table(
     sa.Column("value", sa.BigInteger, nullable=False),
 )
 
-COUNTERS = ("next_seq", "claims")  # kino_meta rows every database has (the baseline migration adds them)
+COUNTERS = ("next_seq", "claims")  # kino_meta rows every database has (the baseline migration adds them; since
+# revision 0004 no claim locks `claims`: the window is kept by jobs.claim_slot)
 
 # -- accounts -----------------------------------------------------------------------------------------
 tenants = sa.Table(

@@ -37,17 +37,18 @@ def reference_pipeline(staged):
 
 @pytest.fixture(scope="session")
 def postgres(tmp_path_factory):
-    """A real PostgreSQL server, installed (Debian package) and started by the test set-up."""
+    """A real PostgreSQL server, installed (Debian package) and started by the test set-up, with pg_stat_statements
+    loaded (the control-plane benchmark's test counts statements with it)."""
     import socket
 
-    from tests.tools import PostgresServer
+    from tests.tools import STATEMENT_STATS, PostgresServer
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     # Not under pytest's tmp dir: that is private to root, and the server runs as `postgres`.
     base = Path(tempfile.mkdtemp(prefix="kino-pg-"))
-    server = PostgresServer(base, port).start()
+    server = PostgresServer(base, port, settings=STATEMENT_STATS).start()
     yield server
     server.stop()
     shutil.rmtree(base, ignore_errors=True)

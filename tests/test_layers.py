@@ -107,6 +107,14 @@ def test_layer(rule, files, forbidden):
     assert not _breaks(files, forbidden), f"{rule}:\n  " + "\n  ".join(_breaks(files, forbidden))
 
 
+def test_the_benchmark_stages_never_reach_the_server():
+    """PreparedMp4Stages (loadtests/prepared_stages.py: stages that push steps and return one prepared MP4, the
+    control-plane benchmark's dummy weights) is named nowhere in the server, not even in a string (an import by
+    name): the import rule above covers `import`, this covers the rest."""
+    offenders = [f for f in _files("serving/") if re.search(r"prepared_stages|PreparedMp4Stages", sources()[f][1])]
+    assert not offenders, offenders
+
+
 def test_rays_private_apis_live_in_one_module():
     private = re.compile(r"ray(\.serve)?\._private|_to_object_ref_gen|\b_temp_dir=|\b_metrics_export_port=")
     offenders = [f"{f}: {m.group()}" for f, (_mods, text) in sources().items() if f != "serving/on_ray/compat.py"

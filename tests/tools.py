@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 from loadtests.local_servers import (  # noqa: F401 - the tests' PostgreSQL and S3 server
+    STATEMENT_STATS,
     PostgresServer,
     S3Endpoint,
     ensure_binary,

@@ -126,8 +126,9 @@ class Dispatcher:
             timeout = c.poll_seconds
             if in_progress or self._held:
                 timeout = max(0.0, min(timeout, due["reap"] - time.monotonic()))
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+            try:  # asyncio.timeout, not wait_for: 3.11's wait_for swallows a cancel that meets a wake
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 

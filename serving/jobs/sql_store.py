@@ -1,13 +1,16 @@
 """`JobStore` on SQLAlchemy Core: SQLite (WAL) by default, PostgreSQL by URL (see serving.db).
 
-One implementation for both databases; PostgreSQL locks the counter row to serialize admission
-and skips locked rows when claiming, SQLite's up-front write lock does both.
+One implementation for both databases; PostgreSQL locks the counter row to serialize admission,
+skips locked rows when claiming and keeps the in-flight window with a slot per running job (taken
+under a try-lock, so claims never queue on one another: `_claim`); SQLite's up-front write lock
+serializes all of it.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import random
 import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
@@ -25,14 +28,21 @@ from serving.schema import job_events as events
 from serving.schema import jobs
 from serving.schema import kino_meta as meta
 
-_NO_LEASE = {"lease_owner": None, "lease_expires_at": None}  # a job that leaves in_progress is held by nobody
+# a job that leaves in_progress is held by nobody, and frees its window slot
+_NO_LEASE = {"lease_owner": None, "lease_expires_at": None, "claim_slot": None}
+_CLAIM_TRIES = 3  # a claim raced out of its slot (or its tenant's last place) tries again this often
+_SLOT_TRIES = 16  # free slots a PostgreSQL claim tries the lock of before it finds the window full
+# PostgreSQL advisory lock classes (the two-key form: apart from the migrations' one-key lock)
+_SLOT_LOCKS = 7172018  # (class, slot): a claim taking a window slot
+_TENANT_LOCKS = 7172019  # (class, hashtext(tenant)): a claim of a tenant with max_concurrent
+_TAKEN = object()
 
 
 class SqlJobStore(JobStore):
     def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
         """`clock`: wall-clock seconds, for every time the store records or compares (leases, events, quotas);
         tests pass one they move by hand."""
-        self.db = db  # its counters (kino_meta next_seq, claims) come with the schema (serving/migrations)
+        self.db = db  # its counter (kino_meta next_seq) comes with the schema (serving/migrations)
         self.clock = clock
 
     # -- connections ---------------------------------------------------------------------
@@ -234,28 +244,94 @@ class SqlJobStore(JobStore):
         if not self._any(jobs.c.status == JobStatus.QUEUED.value):
             return None  # an idle cluster takes no write lock
         with self._write() as conn:
-            if max_in_progress is not None:
-                self._lock(conn, "claims")  # PostgreSQL: claims count the window one at a time
-            running = dict(conn.execute(sa.select(jobs.c.tenant, sa.func.count()).where(
-                jobs.c.status == JobStatus.IN_PROGRESS.value).group_by(jobs.c.tenant)).all())
-            if max_in_progress is not None and sum(running.values()) >= max_in_progress:
+            for _ in range(_CLAIM_TRIES):
+                job = self._claim(conn, owner, lease_seconds, max_in_progress)
+                if job is not _TAKEN:
+                    return job
+            return None  # raced out each time (rare): the dispatcher looks again at its next wake
+
+    def _claim(self, conn: Connection, owner: str, lease_seconds: float, window: int | None) -> Any:
+        """One try at a claim: the job, None (nothing to claim, the window full), or _TAKEN (another claim took
+        the slot or the tenant's last place since this one looked: try again).
+
+        The window: a running job holds a slot, 0 to `window` - 1, and no two running jobs share one (a unique
+        index). Jobs that hold none (they ran from before the slots, or were claimed without a window) or one past
+        a window that shrank count against it, so a claim takes a slot below `window` - their count: they only
+        end, never start, so every running job's slot stays under `window` less those left, and the running jobs
+        never exceed the window. On PostgreSQL concurrent claims try-lock the free slots they find (an advisory
+        lock per slot, held to commit) and go on to another when one is taken, so no claim queues behind another:
+        the update then checks, in a snapshot taken after the lock, that no running job holds the slot (a claim
+        that held it committed before the lock was free). SQLite's write lock serializes the claims anyway.
+        A tenant at its max_concurrent: the claims of its jobs take turns on a lock of the tenant's, and the update
+        checks its count again."""
+        running_now = jobs.c.status == JobStatus.IN_PROGRESS.value
+        outside = (sa.or_(jobs.c.claim_slot.is_(None), jobs.c.claim_slot >= window) if window is not None
+                   else sa.false())
+        rows = conn.execute(sa.select(jobs.c.tenant, sa.func.count(), sa.func.sum(sa.case((outside, 1), else_=0)))
+                            .where(running_now).group_by(jobs.c.tenant)).all()
+        running = {tenant: n for tenant, n, _ in rows}
+        slot = None
+        if window is not None:
+            if sum(running.values()) >= window:
                 return None
-            # A tenant at its max_concurrent waits; others go ahead (filtered in SQL, so however long a
-            # capped tenant's backlog, it never hides the others' jobs).
-            at_cap = [sa.and_(jobs.c.tenant == tenant, jobs.c.max_concurrent > 0, jobs.c.max_concurrent <= n)
-                      for tenant, n in running.items()]
-            # PostgreSQL: dispatchers claiming at once skip each other's locked rows; SQLite: the write
-            # lock taken up front (BEGIN IMMEDIATE) serializes the claims.
-            row = conn.execute(
-                sa.select(jobs).where(jobs.c.status == JobStatus.QUEUED.value, sa.not_(sa.or_(sa.false(), *at_cap)))
-                .order_by(jobs.c.priority.desc(), jobs.c.seq.asc()).limit(1)
-                .with_for_update(skip_locked=True)).first()
-            if row is None:
+            slot = self._free_slot(conn, window - sum(int(out or 0) for *_, out in rows))
+            if slot is None:
                 return None
-            job, now = _job(row), self.clock()
-            return self._set_status(conn, job, JobStatus.IN_PROGRESS, started_at=now, attempts=job.attempts + 1,
-                                    stage=Stage.ENCODING, lease_owner=owner, lease_generation=job.lease_generation + 1,
-                                    lease_expires_at=now + lease_seconds, message="started")
+        # A tenant at its max_concurrent waits; others go ahead (filtered in SQL, so however long a
+        # capped tenant's backlog, it never hides the others' jobs).
+        at_cap = [sa.and_(jobs.c.tenant == tenant, jobs.c.max_concurrent > 0, jobs.c.max_concurrent <= n)
+                  for tenant, n in running.items()]
+        # PostgreSQL: dispatchers claiming at once skip each other's locked rows; SQLite: the write
+        # lock taken up front (BEGIN IMMEDIATE) serializes the claims.
+        row = conn.execute(
+            sa.select(jobs).where(jobs.c.status == JobStatus.QUEUED.value, sa.not_(sa.or_(sa.false(), *at_cap)))
+            .order_by(jobs.c.priority.desc(), jobs.c.seq.asc()).limit(1)
+            .with_for_update(skip_locked=True)).first()
+        if row is None:
+            return None
+        job, now = _job(row), self.clock()
+        other = jobs.alias("running")
+        guards = []
+        if slot is not None:
+            guards.append(~sa.exists().where(other.c.status == JobStatus.IN_PROGRESS.value, other.c.claim_slot == slot))
+        if row.max_concurrent > 0:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_TENANT_LOCKS, sa.func.hashtext(job.tenant))))
+            guards.append(sa.select(sa.func.count()).select_from(other).where(
+                other.c.status == JobStatus.IN_PROGRESS.value, other.c.tenant == job.tenant).scalar_subquery()
+                < row.max_concurrent)
+        check_transition(job.id, job.status, JobStatus.IN_PROGRESS)
+        done = conn.execute(jobs.update().where(jobs.c.id == job.id, *guards).values(
+            status=JobStatus.IN_PROGRESS.value, started_at=now, attempts=job.attempts + 1,
+            stage=Stage.ENCODING.value, lease_owner=owner, lease_generation=job.lease_generation + 1,
+            lease_expires_at=now + lease_seconds, claim_slot=slot))
+        if done.rowcount != 1:
+            return _TAKEN
+        updated = _job(conn.execute(sa.select(jobs).where(jobs.c.id == job.id)).one())
+        self._insert_event(conn, job.id, JobStatus.IN_PROGRESS, updated.stage, step=updated.step,
+                           total_steps=updated.total_steps, progress=updated.progress, message="started")
+        return updated
+
+    def _free_slot(self, conn: Connection, slots: int) -> int | None:
+        """A window slot below `slots` that no running job holds: on PostgreSQL one this transaction now holds
+        the try-lock of (None when every free one is locked by another claim), on SQLite the lowest."""
+        if slots <= 0:
+            return None
+        held = sa.select(jobs.c.claim_slot).where(jobs.c.status == JobStatus.IN_PROGRESS.value,
+                                                  jobs.c.claim_slot.is_not(None), jobs.c.claim_slot < slots)
+        if conn.dialect.name != "postgresql":
+            taken = set(conn.execute(held).scalars())
+            return next((s for s in range(slots) if s not in taken), None)
+        # The free slots from a random place on (claims at once mostly look at different ones), a few of them;
+        # the first whose lock is free. The LIMIT keeps the lock call outside the subquery, row by row.
+        free = sa.text(
+            "SELECT s FROM (SELECT s FROM generate_series(0, :n - 1) AS s "
+            "WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE status = :running AND claim_slot = s) "
+            "ORDER BY (s + :start) % :n LIMIT :tries) AS free "
+            "WHERE pg_try_advisory_xact_lock(:locks, free.s) LIMIT 1")
+        return conn.execute(free, {"n": slots, "running": JobStatus.IN_PROGRESS.value,
+                                   "start": random.randrange(slots), "tries": _SLOT_TRIES,
+                                   "locks": _SLOT_LOCKS}).scalar()
 
     def prune_events(self, ended_before: float, limit: int = 10_000) -> int:
         ended = sa.select(jobs.c.id).where(jobs.c.status.in_([s.value for s in TERMINAL]),

@@ -455,3 +455,21 @@ def test_a_cancel_while_upsampling_stops_the_job(setup, staged, tiny_config, tmp
     asyncio.run(scenario())
     job = store.get(jid)
     assert job.error_code == "cancelled" and job.artifact is None and job.step == 2
+
+
+def test_a_cancel_that_meets_a_wake_still_stops_the_dispatcher(setup, staged, tmp_path):
+    """Python 3.11's asyncio.wait_for returns the inner result when a cancel arrives as it completes: the dispatch
+    loop, waiting for a wake with it, went on for ever after a cancel that met a wake (a job ending just as the
+    dispatcher was stopped; the control-plane benchmark's stop hung on it)."""
+    store, artifacts, _ = setup
+    dispatcher = Dispatcher(store, InProcessStages(staged, artifacts, tmp_path), QueueConfig(poll_seconds=30))
+
+    async def main() -> None:
+        task = asyncio.create_task(dispatcher.run())
+        await asyncio.sleep(0.5)  # its first round done: waiting for a wake
+        dispatcher.wake()
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=5)
+        assert task in done and task.cancelled()
+
+    asyncio.run(main())

@@ -331,3 +331,59 @@ def test_the_window_counts_the_jobs_of_every_dispatcher(store):
     assert store.claim_next("a", LEASE, max_in_progress=2) is None  # two in progress, whoever holds them
     store.finish(first.lease, JobStatus.COMPLETED)
     assert store.claim_next("b", LEASE, max_in_progress=2).id == jobs[2].id
+
+
+def test_a_shrunk_window_and_jobs_without_a_slot_count_against_it(store):
+    """Running jobs holding no slot below the window (claimed without one, as before the slots, or under a wider
+    window) count against it until they end: the window is never exceeded, even as it shrinks."""
+    for _ in range(6):
+        store.create(new_job(), max_queued=10)
+    bare = store.claim_next("old", LEASE)  # no window: no slot, as a job running at the upgrade
+    wide = [store.claim_next("a", LEASE, max_in_progress=4) for _ in range(3)]
+    assert all(wide) and store.claim_next("a", LEASE, max_in_progress=4) is None
+    assert store.claim_next("b", LEASE, max_in_progress=2) is None  # the window shrank to 2: 4 running
+    store.finish(wide[0].lease, JobStatus.COMPLETED)
+    store.finish(wide[1].lease, JobStatus.COMPLETED)
+    assert store.claim_next("b", LEASE, max_in_progress=2) is None  # 2 running: wide[2] and the bare one
+    store.finish(bare.lease, JobStatus.COMPLETED)
+    assert store.claim_next("b", LEASE, max_in_progress=2) is not None
+    assert store.claim_next("b", LEASE, max_in_progress=2) is None
+    assert store.count_by_status(JobStatus.IN_PROGRESS)[JobStatus.IN_PROGRESS] == 2
+
+
+def test_concurrent_claims_never_exceed_the_window_or_a_tenants_max_concurrent(store_url):
+    """Rounds of claimers on stores of their own, let go at once, each claiming until it gets nothing, on a window
+    of 5 and a tenant capped at 2: after each round (nothing ends meanwhile, so the count is exact) no more run
+    than either allows. (A count checked without a lock, or a slot without its guard, fails this on PostgreSQL.)"""
+    window, cap, claimers, rounds = 5, 2, 8, 8
+    stores = [SqlJobStore(Database(store_url)) for _ in range(claimers)]
+    for i in range(rounds * window):
+        stores[0].create(new_job("capped", prompt=f"c{i}"), max_queued=1000, quota=Quota(max_concurrent=cap))
+        stores[0].create(new_job("free", prompt=f"f{i}"), max_queued=1000)
+    counts, claimed = [], []
+    go = threading.Barrier(claimers + 1)
+
+    def claimer(store: SqlJobStore, name: str) -> None:
+        for _ in range(rounds):
+            go.wait()
+            while (job := store.claim_next(name, LEASE, max_in_progress=window)) is not None:
+                claimed.append(job)
+            go.wait()
+
+    threads = [threading.Thread(target=claimer, args=(s, f"d{n}"), daemon=True) for n, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(rounds):
+            go.wait(timeout=120)
+            go.wait(timeout=120)  # every claimer got nothing more
+            running = stores[0].list("capped", status=JobStatus.IN_PROGRESS, page_size=100)[0]
+            counts.append((stores[0].count_by_status(JobStatus.IN_PROGRESS)[JobStatus.IN_PROGRESS], len(running)))
+            for job in claimed:
+                stores[0].finish(job.lease, JobStatus.COMPLETED)
+            claimed.clear()
+    finally:
+        for s in stores:
+            s.close()
+    assert all(total <= window and capped <= cap for total, capped in counts), counts
+    assert (window, cap) in counts  # the window and the cap were reached, not only respected
