@@ -193,17 +193,17 @@ def test_out_of_memory_retries_each_request_alone_and_fails_only_one_that_never_
 
 
 class Timed(FailsFor):
-    """A pretend device (a fake: this CPU is neither): a step takes `base + per_request x batch` seconds and
-    only advances the states (the tiny engine prepares them and hands out their latents)."""
+    """A pretend device (a fake: this CPU is neither): a step takes `base + per_request x batch` seconds of
+    `clock` (a virtual clock the loop reads: a loaded machine's late wake-ups would add a fixed cost per step to
+    real sleeps, which looks like batching paying) and only advances the states (the tiny engine prepares them
+    and hands out their latents)."""
 
-    def __init__(self, engine, base: float, per_request: float) -> None:
+    def __init__(self, engine, base: float, per_request: float, clock: list[float]) -> None:
         super().__init__(engine, bad="")
-        self.base, self.per_request = base, per_request
+        self.base, self.per_request, self.clock = base, per_request, clock
 
     def step(self, states):
-        import time
-
-        time.sleep(self.base + self.per_request * len(states))
+        self.clock[0] += self.base + self.per_request * len(states)
         for s in states:
             s.step_index += 1
         return states
@@ -213,11 +213,20 @@ class Timed(FailsFor):
     (0.0, 0.06, 1),   # compute-bound (this CPU): a wider forward takes as much longer, so it never pays
     (0.06, 0.0, 4),   # a GPU at small batches: the same time for more requests, so it pays up to the limit
 ])
-def test_a_new_bucket_is_measured_and_capped_where_batching_stops_paying(staged, tiny_config, base, per_request, cap):
+def test_a_new_bucket_is_measured_and_capped_where_batching_stops_paying(staged, tiny_config, base, per_request, cap,
+                                                                        monkeypatch):
+    import time
+    import types
+
+    from serving.data_plane import denoise_loop
     from serving.data_plane.denoise_loop import BatchMeasure
 
+    clock = [0.0]
+    monkeypatch.setattr(denoise_loop, "time", types.SimpleNamespace(
+        perf_counter=lambda: clock[0], monotonic=time.monotonic, time=time.time))
+
     async def main():
-        loop = DenoiseLoop(Timed(staged.denoiser, base, per_request), StepScheduler(4, max_running=8),
+        loop = DenoiseLoop(Timed(staged.denoiser, base, per_request, clock), StepScheduler(4, max_running=8),
                            measure=BatchMeasure(True, seconds=5.0, min_gain=0.1))
         for i in range(4):
             loop.add(_request(staged, tiny_config, f"r{i}", steps=1), 5)
