@@ -13,6 +13,7 @@ from ray import serve
 
 from kino_api.v1 import video_service_pb2 as pb
 from kino_api.v1 import video_service_pb2_grpc as pb_grpc
+from serving.on_ray.autoscaling import running_replicas
 from serving.on_ray.cluster import free_port, local_serve_config
 from serving.on_ray.compat import routed_replicas
 from tests.integration.conftest import wait_done, wait_for
@@ -29,6 +30,21 @@ def _submit(stub, n: int, steps: int, tag: str) -> list[str]:
     reqs = [pb.CreateVideoRequest(prompt=f"{tag} {i}", seconds=1.0, seed=i, steps=steps) for i in range(n)]
     with cf.ThreadPoolExecutor(n) as pool:
         return [v.id for v in pool.map(stub.CreateVideo, reqs)]
+
+
+def _backlog_until(stub, grown, timeout: float = 180) -> list[str]:
+    """Jobs for a pool that holds 2 per replica, topped up by 4 whenever fewer than 4 of them still wait in the
+    queue, until `grown()`: a backlog that lasts as long as a new replica takes to start, on any machine (a fixed
+    set of jobs drained here before the second Denoiser replica was up, and Serve stopped it starting)."""
+    ids, waiting, deadline = [], [], time.monotonic() + timeout
+    while not grown():
+        assert time.monotonic() < deadline, f"the pool did not grow in {timeout} s ({len(ids)} jobs)"
+        waiting = [i for i in waiting if stub.GetVideo(pb.GetVideoRequest(id=i)).status == pb.VIDEO_STATUS_QUEUED]
+        if len(waiting) < 4:
+            batch = _submit(stub, 8 if not ids else 4, steps=40, tag=f"backlog {len(ids)}")
+            ids, waiting = ids + batch, waiting + batch
+        time.sleep(0.5)
+    return ids
 
 
 def _all_complete(stub, ids: list[str]) -> None:
@@ -71,9 +87,8 @@ def test_the_denoiser_pool_scales_up_on_the_backlog_and_down_after_it_drains(sca
     # What a dispatcher sizes its window by: the running replicas Serve pushes to its Denoiser handle (no call).
     heard = serve.get_deployment_handle("Denoiser", APP).options()
     wait_for(lambda: routed_replicas(heard) == 1, timeout=30)
-    ids = _submit(stub, 8, steps=40, tag="backlog")  # 8 jobs for a pool that holds 2 per replica
-    wait_for(lambda: len(_replicas("Denoiser", APP)) == 2, timeout=90, every=0.5)
-    wait_for(lambda: routed_replicas(heard) == 2, timeout=60)
+    ids = _backlog_until(stub, lambda: running_replicas(APP, "Denoiser") == 2)
+    wait_for(lambda: routed_replicas(heard) == 2, timeout=30)
     _all_complete(stub, ids)
     wait_for(lambda: len(_replicas("Denoiser", APP)) == 1, timeout=120, every=0.5)
     wait_for(lambda: routed_replicas(heard) == 1, timeout=60)
