@@ -110,9 +110,11 @@ class QueueConfig:
     max_attempts: AtLeastOne = 3
     """A job is claimed at most this many times (a dispatcher lost with it uses one), and a stage replica
     that died under it is retried up to this many times within a claim."""
-    poll_seconds: Annotated[float, Field(gt=0)] = 2.0
+    poll_seconds: Annotated[float, Field(gt=0)] = 5.0
     """The fallback: a dispatcher looks for new work at least this often. Work is found by events (a create
-    wakes a dispatcher, a finished or reaped job wakes its own), and a look at an idle queue only reads."""
+    wakes a dispatcher, a finished or reaped job wakes its own), and a look at an idle queue is one read. What
+    only the poll finds: a job queued by another cluster's front door (an upgrade), a wake that was lost, a
+    window grown by a new Denoiser replica."""
     lease_seconds: Annotated[float, Field(ge=1.0)] = 10.0
     """How long a dispatcher's hold on a job lasts without renewal; a job whose dispatcher died is
     requeued this long after its last heartbeat."""

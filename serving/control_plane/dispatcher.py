@@ -70,6 +70,7 @@ class Dispatcher:
         self._held: dict[str, Held] = {}
         self._stopping = False
         self._wake = asyncio.Event()
+        self._claimed = asyncio.Event()  # the heartbeat of a dispatcher holding nothing sleeps until it is set
 
     # -- control -------------------------------------------------------------------------
     async def run(self) -> None:
@@ -85,11 +86,14 @@ class Dispatcher:
 
     async def _renew_forever(self) -> None:
         while True:
+            if not self._held:  # no lease to renew: sleep until a claim, not a beat at a time
+                self._claimed.clear()
+                await self._claimed.wait()
+            await asyncio.sleep(self.config.heartbeat_seconds)
             try:
                 await self._heartbeat()
             except Exception:  # noqa: BLE001 - a store hiccup must not stop renewing; retry next beat
                 log.exception("lease renewal failed; retrying")
-            await asyncio.sleep(self.config.heartbeat_seconds)
 
     async def _dispatch_forever(self) -> None:
         """Rounds: on a wake, else every `poll_seconds` (and every `heartbeat_seconds` while any job is in progress,
@@ -170,6 +174,7 @@ class Dispatcher:
                 self.metrics.queue_wait(max(0.0, job.started_at - job.created_at))
             held = Held(job, job.lease)
             self._held[job.id] = held
+            self._claimed.set()
             held.task = asyncio.create_task(self.runner.run(held), name=f"job-{job.id}")
             held.task.add_done_callback(lambda t, jid=job.id: self._done(jid, t))
             self.progress.publish(Progress.of_job(job, None, "started"))
