@@ -53,6 +53,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -812,6 +813,10 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _interrupted(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> Report:
     args = parser().parse_args(argv)
     if args.short:
@@ -820,6 +825,9 @@ def main(argv: Sequence[str] | None = None) -> Report:
     from serving.migrations import upgrade
 
     with contextlib.ExitStack() as stack:
+        if threading.current_thread() is threading.main_thread():  # a SIGTERM (timeout, kill) still stops PostgreSQL
+            previous = signal.signal(signal.SIGTERM, _interrupted)
+            stack.callback(signal.signal, signal.SIGTERM, previous)
         url = args.database_url
         if not url:
             url = stack.enter_context(_postgres()).new_database()
