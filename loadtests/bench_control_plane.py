@@ -793,15 +793,17 @@ def parser() -> argparse.ArgumentParser:
                     "reaching the database through a proxy that holds each message half of this each way (a database "
                     "across a network: the round trips, not the CPU, then set how long a claim holds its locks; "
                     "asyncio's timers make the real round trip longer, and it is measured); 0: not run (default 1)")
-    ap.add_argument("--rate", type=float, default=50.0, help="CreateVideo arrivals per second of the latency phase "
-                    "(default 50)")
+    ap.add_argument("--rate", type=float, default=25.0, help="CreateVideo arrivals per second of the latency phase "
+                    "(default 25: under what 4 dispatchers complete on a 2-core machine, so the queue and the "
+                    "database stay in a steady state; past it the creates queue on the admission lock)")
     ap.add_argument("--rate-seconds", type=float, default=10.0, help="how long the latency phase's arrivals last "
                     "(default 10)")
     ap.add_argument("--watchers", type=int, default=1000, help="concurrent watchers of the watch phase (default 1000)")
     ap.add_argument("--watched-jobs", type=int, default=10, help="jobs the watchers are spread over (default 10)")
     ap.add_argument("--watch-steps", type=int, default=32, help="steps of each watched job (default 32)")
-    ap.add_argument("--step-ms", type=float, default=50.0, help="time between two pushed steps of a watched job "
-                    "(default 50; the throughput phases push steps back to back)")
+    ap.add_argument("--step-ms", type=float, default=100.0, help="time between two pushed steps of a watched job "
+                    "(default 100: 10 jobs x 10 steps/s x 100 watchers = 10,000 deliveries/s; the throughput phases "
+                    "push steps back to back)")
     ap.add_argument("--idle-seconds", type=float, default=30.0, help="the idle phase's window (default 30)")
     ap.add_argument("--settle", type=float, default=3.0, help="seconds the dispatchers run idle before the idle "
                     "window opens (default 3)")
