@@ -4,13 +4,15 @@
     python -m loadtests.bench_control_plane --short                                          # make test's version
 
 It starts a PostgreSQL of its own with pg_stat_statements loaded (or uses --database-url's server, which must load
-it), migrates a fresh database and drives the server's own classes in this process, without Ray: VideoService.create
-(validation, moderation, the capacity check, the job row), K Dispatchers built as the Dispatcher deployment builds
-them (serving.services.open_dispatcher: each its own connection pool) with their job runners, one ProgressHub, and
-VideoService.watch. The stages are PreparedMp4Stages (loadtests/prepared_stages.py), a benchmark tool: steps pushed,
-one prepared MP4 returned, no model. The dispatchers and their hub share one event loop and a thread pool of 6
-threads per dispatcher (what min(32, cores + 4) gives each replica's process on a 2-core pod); the front door (creates
-and watchers) has an event loop, a hub and 6 threads of its own, as a Frontend replica is a process apart.
+it), migrates a fresh database and drives the server's own classes, without Ray, in two processes, as a cluster's
+replicas are processes apart: here K Dispatchers built as the Dispatcher deployment builds them
+(serving.services.open_dispatcher: each its own connection pool) with their job runners and a ProgressHub, on one
+event loop and a thread pool of 6 threads per dispatcher (min(32, cores + 4): a replica's on a 2-core pod); in a
+child process the front door's domain, VideoService (create: validation, moderation, the capacity check, the job
+row; watch), with its own event loop, ProgressHub and 6 threads. The dispatchers' hub forwards every event to the
+front door's over a pipe, and the front door's create wakes a dispatcher over it, as Serve carries both. The stages
+are PreparedMp4Stages (loadtests/prepared_stages.py), a benchmark tool: steps pushed, one prepared MP4 returned, no
+model.
 
 Phases, in this order:
   claim       --window jobs written straight into the store, then K threads, each with a store of its own, call
@@ -22,20 +24,22 @@ Phases, in this order:
               (claimed/s: until the last claim; completed/s: until the last completion). pg_stat_statements is reset
               before the first create and read after the last completion: statements per job (BEGIN and COMMIT
               included, and the dispatchers' timed reads; not the connection pool's pre-ping, an empty query
-              pg_stat_statements does not count: one more round trip per transaction). CPU per job: this
-              process's, and the PostgreSQL server's processes'. Checked: every job completed, on its first
-              claim, with one terminal event in the store and one pushed.
+              pg_stat_statements does not count: one more round trip per transaction). CPU per job: the
+              benchmark's two processes', and the PostgreSQL server's processes'. Checked: every job completed,
+              on its first claim, with one terminal event in the store and one pushed.
   latency     CreateVideo at --rate arrivals per second, evenly spaced, for --rate-seconds, the K dispatchers
               running the jobs; each latency from the arrival's scheduled time to the answer (a stalled event loop
               counts), p50 and p99.
   watch       --watched-jobs jobs of --watch-steps steps, one step every --step-ms; --watchers watchers spread evenly
-              over them through VideoService.watch on the front door's loop, all attached before the dispatchers
-              start. The delay of each pushed step from its publish (Progress.at, on the dispatchers' loop, whose
-              hub forwards it to the front door's) to each watcher, p50/p99/max; every watcher must see every step.
+              over them through VideoService.watch in the front door's process, all attached before the
+              dispatchers start. The delay of each pushed step from its publish (Progress.at, in the dispatchers'
+              process, whose hub forwards it to the front door's) to each watcher, p50/p99/max; every watcher must
+              see every step.
   idle        the K dispatchers with nothing queued, for --idle-seconds after --settle seconds: write statements
               (INSERT, UPDATE, DELETE, SELECT ... FOR UPDATE: pg_stat_statements) per minute, and transaction ids
               assigned per minute (pg_current_snapshot's xmax: PostgreSQL gives an id only to a transaction that
-              writes; autovacuum's analyze is one of those, so autovacuum runs in the window are listed beside it).
+              writes; autovacuum's analyze is one of those, so autovacuum runs in the window are listed beside it),
+              and Kino's transactions per minute (its BEGINs: the dispatchers' reads).
 
 Prints a table with the issue's goals beside the figures (no assert on speed), then the figures as one JSON line.
 Results: docs/benchmarks.md ("Control plane capacity (issue 24)").
@@ -48,7 +52,9 @@ import asyncio
 import concurrent.futures as cf
 import contextlib
 import json
+import os
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -81,7 +87,7 @@ class Throughput:
     completed_per_s: float
     statements_per_job: float
     by_kind: dict[str, float]  # statements per job by kind (BEGIN, COMMIT, SELECT, ...)
-    cpu_ms_per_job: tuple[float, float]  # this process, the PostgreSQL server's processes
+    cpu_ms_per_job: tuple[float, float]  # the benchmark's two processes, the PostgreSQL server's processes
     completed_once: bool  # every job completed on its first claim, one terminal event stored and one pushed
     not_once: dict[str, int] = field(default_factory=dict)  # what went otherwise: "status/attempts/events" -> jobs
 
@@ -106,6 +112,7 @@ class Report:
     watchers: int
     watched_jobs: int
     push_ms: tuple[float, float, float]  # p50, p99, max
+    forward_ms: tuple[float, float]  # p50, p99 of the same steps' arrival at the front door's hub
     every_step_seen: bool
     idle_seconds: float
     idle_write_statements: int
@@ -145,7 +152,7 @@ class Report:
                      (f"statements per job ({t.steps} steps)", f"{t.statements_per_job:.1f}",
                       "flat in steps: " + ok(g["statements_flat"]) if t is self.throughput[-1] else ""),
                      (f"  by kind ({t.steps} steps)", ", ".join(f"{k} {v:.1f}" for k, v in t.by_kind.items()), ""),
-                     (f"CPU ms per job, this process / PostgreSQL ({t.steps} steps)",
+                     (f"CPU ms per job, Kino's processes / PostgreSQL ({t.steps} steps)",
                       f"{t.cpu_ms_per_job[0]:.1f} / {t.cpu_ms_per_job[1]:.1f}", ""),
                      (f"every job completed once ({t.steps} steps)", "yes" if t.completed_once else
                       f"NO: {t.not_once}", "")]
@@ -154,12 +161,15 @@ class Report:
                  (f"pushed step -> {self.watchers} watchers ({self.watched_jobs} jobs) p50 / p99 / max ms",
                   " / ".join(f"{v:.1f}" for v in self.push_ms),
                   f"p99 <= {GOAL_PUSH_P99_MS:.0f} ms: {ok(g['push_p99'])}"),
+                 ("  of which to the front door's hub, p50 / p99 ms",
+                  f"{self.forward_ms[0]:.1f} / {self.forward_ms[1]:.1f}", ""),
                  ("every watcher saw every step", "yes" if self.every_step_seen else "NO", ""),
                  (f"idle write statements/min ({self.idle_seconds:.0f} s)",
                   f"{self.idle_write_statements * per_min:.1f}", f"0: {ok(g['idle_writes'])}"),
                  ("idle transaction ids assigned/min (autovacuum runs in the window)",
                   f"{self.idle_xids * per_min:.1f} ({self.idle_autovacuum})", ""),
-                 ("idle transactions/min (reads included)", f"{self.idle_transactions * per_min:.1f}", "")]
+                 ("idle transactions/min (reads: BEGIN in pg_stat_statements)",
+                  f"{self.idle_transactions * per_min:.1f}", "")]
         width = max(len(r[0]) for r in rows)
         head = (f"control plane: {self.dispatchers} dispatchers, window {self.window}, PostgreSQL, prepared-MP4 stages"
                 f" ({time.strftime('%Y-%m-%d %H:%M')})")
@@ -186,8 +196,7 @@ def _pct(values: Sequence[float], q: float) -> float:
 # -- the database's own counts ----------------------------------------------------------------------------
 class Stats:
     """What the database ran, on a connection to the server's `postgres` database (so its own statements are not
-    the benchmark database's): pg_stat_statements of the benchmark database, the transaction id counter, the
-    database's commit count."""
+    the benchmark database's): pg_stat_statements of the benchmark database, and the transaction id counter."""
 
     def __init__(self, url: str) -> None:
         import psycopg
@@ -230,11 +239,6 @@ class Stats:
     def xid(self) -> int:
         return int(self.conn.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint").fetchone()[0])
 
-    def commits(self) -> int:
-        self.conn.execute("SELECT pg_stat_clear_snapshot()")
-        return int(self.conn.execute("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datid = %s",
-                                     (self.dbid,)).fetchone()[0])
-
     def close(self) -> None:
         self.conn.close()
 
@@ -264,11 +268,200 @@ def autovacuum_runs(url: str) -> int:
 
 
 # -- the control plane in this process -------------------------------------------------------------------
+def bench_config(url: str, state: Path, window: int) -> Any:
+    """The Kino config of the benchmark: its database and artifacts, a queue that never refuses, the window."""
+    from serving.config import load_config
+
+    return load_config({"storage": {"database_url": url, "artifacts_dir": str(state / "artifacts")},
+                        "queue": {"max_queued": 10_000_000, "max_in_flight": window},
+                        "checkpoints": {"enabled": False}}, environ={})
+
+
+# -- the front door: a process of its own ----------------------------------------------------------------
+# A Frontend replica is a process apart from the Dispatcher replicas: here the front door's domain (VideoService:
+# create, watch) runs in a child process with an event loop, a ProgressHub and a thread pool of its own, so a create
+# or a watcher never waits for the dispatchers' interpreter lock. Messages over a pipe, as Serve carries them:
+# the dispatchers' hub forwards every event and nudge to the front door's hub ("event", "nudge"), the front door
+# wakes a dispatcher ("wake"), and the benchmark asks the front door for work ("call" -> "signal"*, "result").
+def front_door_main(conn: Any, url: str, state: str, window: int) -> None:
+    """The child process: serve the parent's calls until told to stop."""
+    asyncio.run(_front_door(conn, url, Path(state), window))
+
+
+async def _front_door(conn: Any, url: str, state: Path, window: int) -> None:
+    from serving.control_plane.progress import ProgressHub
+    from serving.jobs import Stage
+    from serving.metrics import NoMetrics
+    from serving.services import DomainServices
+    from serving.videos import CreateVideo, DispatcherLink
+
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(cf.ThreadPoolExecutor(THREADS_PER_PROCESS))
+
+    class Link(DispatcherLink):
+        async def wake(self) -> None:
+            conn.send(("wake",))
+
+        async def cancel(self, job_id: str) -> None:
+            raise NotImplementedError("the benchmark cancels nothing")
+
+    hub = ProgressHub()
+    services = DomainServices.open(bench_config(url, state, window), Link(), NoMetrics(), progress=hub)
+    videos, principal = services.videos, services.accounts.local_principal()
+
+    async def create(i: int, steps: int) -> str:
+        job, _ = await videos.create(principal, CreateVideo(prompt=f"control plane bench {i}", size="64x64",
+                                                            seconds=0.5, steps=steps, seed=i))
+        return job.id
+
+    async def create_all(call: int, jobs: int, steps: int, clients: int, offset: int) -> tuple[list[str], float]:
+        """`jobs` creates from `clients` concurrent callers; (ids, seconds)."""
+        ids: list[str] = []
+        numbers = iter(range(offset, offset + jobs))
+
+        async def client() -> None:
+            for i in numbers:
+                ids.append(await create(i, steps))
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        return ids, time.monotonic() - t0
+
+    async def arrivals(call: int, rate: float, n: int, steps: int, offset: int) -> tuple[list[str], list[float]]:
+        """`n` creates at `rate` a second, evenly spaced; (ids, latencies in ms from each scheduled arrival)."""
+        ids: list[str] = []
+        latencies: list[float] = []
+        t0 = loop.time() + 0.05
+
+        async def arrival(k: int) -> None:
+            due = t0 + k / rate
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            ids.append(await create(offset + k, steps))
+            latencies.append((loop.time() - due) * 1000)
+
+        await asyncio.gather(*(arrival(k) for k in range(n)))
+        return ids, latencies
+
+    async def watch(call: int, ids: list[str], watchers: int, steps: int) -> tuple[list[float], list[float], bool]:
+        """`watchers` watchers spread over `ids`; signals once all are attached; (delays in ms, the forwarded steps'
+        delays at their arrival here in ms, whether every watcher saw every step) once every job ended."""
+        arrived.clear()
+        delays: list[float] = []
+        seen: list[set[int]] = [set() for _ in range(watchers)]
+        count = 0
+
+        async def watcher(w: int) -> None:
+            nonlocal count
+            first = True
+            async for p in videos.watch(principal, ids[w % len(ids)]):
+                now = time.time()
+                if first:
+                    first, count = False, count + 1
+                    if count == watchers:
+                        conn.send(("signal", call, "attached"))
+                elif p.stage == Stage.DENOISING and p.step >= 1 and p.message == "":
+                    delays.append((now - p.at) * 1000)
+                    seen[w].add(p.step)
+
+        await asyncio.wait_for(asyncio.gather(*(watcher(w) for w in range(watchers))), timeout=400.0)
+        return delays, list(arrived), all(s == set(range(1, steps + 1)) for s in seen)
+
+    calls = {"create_all": create_all, "arrivals": arrivals, "watch": watch}
+    stopped = loop.create_future()
+    arrived: list[float] = []  # forwarded steps' delays as they arrive, before the hub fans them out
+
+    async def run(call: int, name: str, kwargs: dict[str, Any]) -> None:
+        try:
+            conn.send(("result", call, await calls[name](call, **kwargs)))
+        except Exception as e:  # noqa: BLE001 - the parent raises it
+            conn.send(("error", call, f"{type(e).__name__}: {e}"))
+
+    def receive() -> None:
+        while conn.poll():
+            message = conn.recv()
+            if message[0] == "event":
+                p = message[1]
+                if p.stage == Stage.DENOISING and p.step >= 1 and p.message == "":
+                    arrived.append((time.time() - p.at) * 1000)
+                hub.publish(p)
+            elif message[0] == "nudge":
+                hub.nudge(message[1])
+            elif message[0] == "call":
+                loop.create_task(run(*message[1:]))
+            elif not stopped.done():
+                stopped.set_result(None)
+
+    loop.add_reader(conn.fileno(), receive)
+    conn.send(("ready", os.getpid()))
+    await stopped
+    videos.store.blocking.close()
+
+
+class FrontDoor:
+    """The parent's side of the front door process: its calls, its wakes, the events forwarded to it."""
+
+    def __init__(self, url: str, state: Path, window: int, on_wake: Any) -> None:
+        import importlib
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter, as a replica's
+        self.conn, child = ctx.Pipe()
+        target = importlib.import_module("loadtests.bench_control_plane").front_door_main  # by name, not __main__
+        self.process = ctx.Process(target=target, args=(child, url, str(state), window), daemon=True)
+        self.process.start()
+        deadline = time.monotonic() + 120
+        while not self.conn.poll(0.5):
+            if not self.process.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the front door process did not start (exit code {self.process.exitcode})")
+        ready, self.pid = self.conn.recv()
+        self.on_wake = on_wake
+        self.loop = asyncio.get_running_loop()
+        self.pending: dict[int, asyncio.Future] = {}
+        self.signals: dict[int, asyncio.Future] = {}
+        self.calls = 0
+        self.loop.add_reader(self.conn.fileno(), self._receive)
+
+    def _receive(self) -> None:
+        while self.conn.poll():
+            message = self.conn.recv()
+            kind, *rest = message
+            if kind == "wake":
+                self.on_wake()
+            elif kind == "signal" and (f := self.signals.get(rest[0])) is not None and not f.done():
+                f.set_result(rest[1])
+            elif kind in ("result", "error") and (f := self.pending.pop(rest[0], None)) is not None:
+                f.set_result(rest[1]) if kind == "result" else f.set_exception(RuntimeError(rest[1]))
+
+    def send(self, *message: Any) -> None:
+        self.conn.send(message)
+
+    def call(self, name: str, **kwargs: Any) -> tuple[asyncio.Future, asyncio.Future]:
+        """Ask the front door for `name`(**kwargs): (its result, its first signal)."""
+        self.calls += 1
+        result, signal = self.loop.create_future(), self.loop.create_future()
+        self.pending[self.calls], self.signals[self.calls] = result, signal
+        self.send("call", self.calls, name, kwargs)
+        return result, signal
+
+    def cpu_seconds(self) -> float:
+        with contextlib.suppress(psutil.Error):
+            t = psutil.Process(self.pid).cpu_times()
+            return t.user + t.system
+        return 0.0
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.conn.fileno())
+        with contextlib.suppress(OSError):
+            self.send("stop")
+        self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.kill()
+
+
 class _Hub:
-    """The dispatchers' hub: forwards every event and nudge to the front door's hub, on the front door's loop (as
-    the ProgressHub replica streams them to the Frontend replicas), and counts each job's pushed terminal events,
-    so the benchmark waits on the pushes instead of polling the store (a poll would be counted among the
-    statements)."""
+    """The dispatchers' hub: forwards every event and nudge to the front door (as the ProgressHub replica streams
+    them to the Frontend replicas), and counts each job's pushed terminal events, so the benchmark waits on the
+    pushes instead of polling the store (a poll would be counted among the statements)."""
 
     def __init__(self, front: FrontDoor) -> None:
         from serving.control_plane.progress import ProgressHub
@@ -276,7 +469,7 @@ class _Hub:
         class CountingHub(ProgressHub):
             def publish(hub, progress):  # noqa: N805 - the hub's own method
                 super().publish(progress)
-                front.loop.call_soon_threadsafe(front.hub.publish, progress)
+                front.send("event", progress)
                 if progress.terminal:
                     self.ended[progress.video_id] += 1
                     self.pending.discard(progress.video_id)
@@ -285,7 +478,7 @@ class _Hub:
 
             def nudge(hub, topic):  # noqa: N805 - the hub's own method
                 super().nudge(topic)
-                front.loop.call_soon_threadsafe(front.hub.nudge, topic)
+                front.send("nudge", topic)
 
         self.hub = CountingHub()
         self.ended: Counter[str] = Counter()
@@ -300,86 +493,34 @@ class _Hub:
         return self.all_ended
 
 
-class FrontDoor:
-    """The front door's domain (VideoService: create, watch) on an event loop of its own, in a thread with a thread
-    pool of its own: a Frontend replica is a process apart from the Dispatcher replicas, so a create does not queue
-    behind the dispatchers' store calls nor a watcher behind their work (they still share this process's interpreter
-    lock). Its nudges reach the dispatchers through `link`; its progress feed is a hub on its own loop that the
-    dispatchers' hub forwards to."""
-
-    def __init__(self, cfg: Any, link: Any) -> None:
-        from serving.control_plane.progress import ProgressHub
-        from serving.metrics import NoMetrics
-        from serving.services import DomainServices
-
-        self.hub = ProgressHub()
-        self.services = DomainServices.open(cfg, link, NoMetrics(), progress=self.hub)
-        self.principal = self.services.accounts.local_principal()
-        self.loop = asyncio.new_event_loop()
-        self.loop.set_default_executor(cf.ThreadPoolExecutor(THREADS_PER_PROCESS))
-        self.thread = threading.Thread(target=self.loop.run_forever, name="front-door", daemon=True)
-        self.thread.start()
-
-    async def run(self, coro: Any, timeout: float = 300.0) -> Any:
-        """Run `coro` on the front door's loop; its result, here (TimeoutError past `timeout` seconds)."""
-        return await asyncio.wait_for(asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop)),
-                                      timeout)
-
-    async def create(self, i: int, steps: int) -> str:
-        from serving.videos import CreateVideo
-
-        job, _ = await self.services.videos.create(self.principal, CreateVideo(
-            prompt=f"control plane bench {i}", size="64x64", seconds=0.5, steps=steps, seed=i))
-        return job.id
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-        self.services.videos.store.blocking.close()
-
-
 class ControlPlane:
-    """K Dispatchers and their ProgressHub on this event loop; the front door on a loop of its own (`FrontDoor`);
+    """K Dispatchers and their ProgressHub on this event loop, the front door in a process of its own (`FrontDoor`),
     one database."""
 
     def __init__(self, url: str, state: Path, *, dispatchers: int, window: int, step_seconds: float = 0.0) -> None:
         from loadtests.prepared_stages import PreparedMp4Stages
         from serving.artifacts import open_artifact_store
-        from serving.config import load_config
+        from serving.db import Database
         from serving.metrics import NoMetrics
         from serving.services import open_dispatcher
-        from serving.videos import DispatcherLink
 
-        self.cfg = load_config({"storage": {"database_url": url, "artifacts_dir": str(state / "artifacts")},
-                                "queue": {"max_queued": 10_000_000, "max_in_flight": window},
-                                "checkpoints": {"enabled": False}}, environ={})
+        self.cfg = bench_config(url, state, window)
         self.loop = asyncio.get_running_loop()
-        plane = self
-
-        class Link(DispatcherLink):
-            """The front door's nudge to one dispatcher, round robin (Serve routes a handle call to one replica),
-            from whichever loop it runs on."""
-
-            n = 0
-
-            async def wake(self) -> None:
-                plane.loop.call_soon_threadsafe(self._wake_one)
-
-            def _wake_one(self) -> None:
-                running = [d for d, task in zip(plane.dispatchers, plane.tasks, strict=True) if task is not None]
-                if running:
-                    Link.n += 1
-                    running[Link.n % len(running)].wake()
-
-            async def cancel(self, job_id: str) -> None:
-                raise NotImplementedError("the benchmark cancels nothing")
-
         self.stages = PreparedMp4Stages.prepare(open_artifact_store(self.cfg.storage), step_seconds=step_seconds)
-        self.front = FrontDoor(self.cfg, Link())
+        self.front = FrontDoor(url, state, window, on_wake=self._wake_one)
         self.hub = _Hub(self.front)
         self.dispatchers = [open_dispatcher(self.cfg, self.stages, NoMetrics(), progress=self.hub.hub)
                             for _ in range(dispatchers)]
         self.tasks: list[asyncio.Task | None] = [None] * dispatchers
+        self.db = Database(url)  # the benchmark's own reads of the outcome
+        self._woken = 0
+
+    def _wake_one(self) -> None:
+        """The front door's nudge to one dispatcher, round robin (Serve routes a handle call to one replica)."""
+        running = [d for d, task in zip(self.dispatchers, self.tasks, strict=True) if task is not None]
+        if running:
+            self._woken += 1
+            running[self._woken % len(running)].wake()
 
     def start(self) -> None:
         for i, d in enumerate(self.dispatchers):
@@ -393,14 +534,15 @@ class ControlPlane:
         await asyncio.wait_for(asyncio.gather(*running, return_exceptions=True), timeout=60.0)
         self.tasks = [None] * len(self.dispatchers)
 
-    async def create(self, i: int, steps: int) -> str:
-        """One CreateVideo through the front door."""
-        return await self.front.run(self.front.create(i, steps))
+    async def call(self, name: str, timeout: float = 300.0, **kwargs: Any) -> Any:
+        result, _ = self.front.call(name, **kwargs)
+        return await asyncio.wait_for(result, timeout)
 
     def close(self) -> None:
         self.front.close()
         for d in self.dispatchers:
             d.store.blocking.close()
+        self.db.dispose()
 
 
 # -- phases --------------------------------------------------------------------------------------------
@@ -485,26 +627,14 @@ async def throughput_phase(plane: ControlPlane, stats: Stats, *, jobs: int, step
                            offset: int) -> Throughput:
     stats.reset()
     me = psutil.Process()
-    cpu0, server0 = sum(me.cpu_times()[:2]), stats.server_cpu()
-    ids: list[str] = []
-    numbers = iter(range(offset, offset + jobs))
-
-    async def create_all() -> float:  # on the front door's loop
-        async def client() -> None:
-            for i in numbers:
-                ids.append(await plane.front.create(i, steps))
-
-        t0 = time.monotonic()
-        await asyncio.gather(*(client() for _ in range(clients)))
-        return time.monotonic() - t0
-
-    created_s = await plane.front.run(create_all())
+    cpu0, front0, server0 = sum(me.cpu_times()[:2]), plane.front.cpu_seconds(), stats.server_cpu()
+    ids, created_s = await plane.call("create_all", jobs=jobs, steps=steps, clients=clients, offset=offset)
     ended = plane.hub.expect(ids)
     wall0 = time.time()
     plane.start()
     await asyncio.wait_for(ended, timeout=max(120.0, jobs * 0.5))
     await plane.stop()
-    cpu = (sum(me.cpu_times()[:2]) - cpu0, stats.server_cpu() - server0)
+    cpu = (sum(me.cpu_times()[:2]) - cpu0 + plane.front.cpu_seconds() - front0, stats.server_cpu() - server0)
     statements = stats.statements()
     rows = await asyncio.to_thread(_job_rows, plane, ids)
     total = sum(statements.values())
@@ -531,7 +661,7 @@ def _job_rows(plane: ControlPlane, ids: Sequence[str]) -> list[dict[str, Any]]:
 
     from serving.schema import job_events, jobs
 
-    db = plane.front.services.videos.store.blocking.db
+    db = plane.db
     terminal = ("completed", "failed", "cancelled")
     with db.read() as conn:
         rows = conn.execute(sa.select(jobs.c.id, jobs.c.status, jobs.c.attempts, jobs.c.started_at,
@@ -549,22 +679,7 @@ async def latency_phase(plane: ControlPlane, *, rate: float, seconds: float, ste
     completed."""
     n = max(1, round(rate * seconds))
     plane.start()
-    latencies: list[float] = []
-    ids: list[str] = []
-
-    async def arrivals() -> None:  # on the front door's loop
-        loop = asyncio.get_running_loop()
-        t0 = loop.time() + 0.05
-
-        async def arrival(k: int) -> None:
-            due = t0 + k / rate
-            await asyncio.sleep(max(0.0, due - loop.time()))
-            ids.append(await plane.front.create(offset + k, steps))
-            latencies.append((loop.time() - due) * 1000)
-
-        await asyncio.gather(*(arrival(k) for k in range(n)))
-
-    await plane.front.run(arrivals())
+    ids, latencies = await plane.call("arrivals", rate=rate, n=n, steps=steps, offset=offset)
     await asyncio.wait_for(plane.hub.expect(ids), timeout=max(120.0, n * 0.5))
     await plane.stop()
     rows = await asyncio.to_thread(_job_rows, plane, ids)
@@ -572,46 +687,18 @@ async def latency_phase(plane: ControlPlane, *, rate: float, seconds: float, ste
 
 
 async def watch_phase(plane: ControlPlane, *, watchers: int, jobs: int, steps: int,
-                      offset: int) -> tuple[list[float], bool]:
-    """Delays (ms) from each pushed step's publish (on the dispatchers' loop) to each watcher (on the front door's);
-    whether every watcher saw every step."""
-    from serving.jobs import Stage
-
-    ids = [await plane.create(offset + k, steps) for k in range(jobs)]
-    delays: list[float] = []
-    seen: list[set[int]] = [set() for _ in range(watchers)]
-    attached: cf.Future = cf.Future()
-
-    async def watch_all() -> None:  # on the front door's loop
-        front, count = plane.front, 0
-        all_attached = asyncio.get_running_loop().create_future()
-
-        async def watcher(w: int) -> None:
-            nonlocal count
-            first = True
-            async for p in front.services.videos.watch(front.principal, ids[w % jobs]):
-                now = time.time()
-                if first:
-                    first, count = False, count + 1
-                    if count == watchers:
-                        all_attached.set_result(None)
-                elif p.stage == Stage.DENOISING and p.step >= 1 and p.message == "":
-                    delays.append((now - p.at) * 1000)
-                    seen[w].add(p.step)
-
-        tasks = [asyncio.create_task(watcher(w)) for w in range(watchers)]
-        await asyncio.wait_for(all_attached, timeout=120.0)
-        attached.set_result(None)
-        await asyncio.wait_for(asyncio.gather(*tasks), timeout=240.0)
-
-    watching = asyncio.ensure_future(plane.front.run(watch_all()))
-    await asyncio.wait_for(asyncio.wrap_future(attached), timeout=150.0)
+                      offset: int) -> tuple[list[float], list[float], bool]:
+    """Delays (ms) from each pushed step's publish (in the dispatchers' process) to each watcher (in the front
+    door's); the same to the front door's hub, before its fan-out; whether every watcher saw every step."""
+    ids, _ = await plane.call("create_all", jobs=jobs, steps=steps, clients=1, offset=offset)
+    result, attached = plane.front.call("watch", ids=ids, watchers=watchers, steps=steps)
+    await asyncio.wait_for(attached, timeout=300.0)
     ended = plane.hub.expect(ids)
     plane.start()
     await asyncio.wait_for(ended, timeout=120.0)
-    await watching
+    delays, arrived, every_step = await asyncio.wait_for(result, timeout=120.0)
     await plane.stop()
-    return delays, all(s == set(range(1, steps + 1)) for s in seen)
+    return delays, arrived, every_step
 
 
 async def idle_phase(plane: ControlPlane, stats: Stats, url: str, *, seconds: float,
@@ -622,13 +709,14 @@ async def idle_phase(plane: ControlPlane, stats: Stats, url: str, *, seconds: fl
     await asyncio.sleep(settle)
     vacuums = await asyncio.to_thread(autovacuum_runs, url)
     stats.reset()
-    xid, commits = stats.xid(), stats.commits()
+    xid = stats.xid()
     await asyncio.sleep(seconds)
-    xids, transactions = stats.xid() - xid, stats.commits() - commits
+    xids = stats.xid() - xid
     statements = stats.statements()
     vacuums = await asyncio.to_thread(autovacuum_runs, url) - vacuums
     await plane.stop()
     writes = {q: n for q, n in statements.items() if is_write(q)}
+    transactions = sum(n for q, n in statements.items() if kind(q) == "BEGIN")  # Kino's: each begins one
     return sum(writes.values()), xids, transactions, vacuums, writes
 
 
@@ -650,7 +738,7 @@ async def run_bench(url: str, state: Path, args: argparse.Namespace) -> Report:
                                                     steps=steps[0], offset=offset)
         offset += len(latencies)
         plane.stages.step_seconds = args.step_ms / 1000
-        delays, every_step = await watch_phase(plane, watchers=args.watchers, jobs=args.watched_jobs,
+        delays, arrived, every_step = await watch_phase(plane, watchers=args.watchers, jobs=args.watched_jobs,
                                                steps=args.watch_steps, offset=offset)
         plane.stages.step_seconds = 0.0
         writes, xids, transactions, vacuums, by_query = await idle_phase(plane, stats, url, seconds=args.idle_seconds,
@@ -662,7 +750,8 @@ async def run_bench(url: str, state: Path, args: argparse.Namespace) -> Report:
     return Report(dispatchers=args.dispatchers, window=args.window, claims=claims, throughput=rows,
                   rate=args.rate, create_ms=(_pct(latencies, 50), _pct(latencies, 99)),
                   latency_jobs_completed=latency_ok, watchers=args.watchers, watched_jobs=args.watched_jobs,
-                  push_ms=(_pct(delays, 50), _pct(delays, 99), max(delays, default=0.0)), every_step_seen=every_step,
+                  push_ms=(_pct(delays, 50), _pct(delays, 99), max(delays, default=0.0)),
+                  forward_ms=(_pct(arrived, 50), _pct(arrived, 99)), every_step_seen=every_step,
                   idle_seconds=args.idle_seconds, idle_write_statements=writes, idle_xids=xids,
                   idle_transactions=transactions, idle_autovacuum=vacuums, idle_writes_by_query=by_query)
 
@@ -701,15 +790,17 @@ def parser() -> argparse.ArgumentParser:
                     "reaching the database through a proxy that holds each message half of this each way (a database "
                     "across a network: the round trips, not the CPU, then set how long a claim holds its locks; "
                     "asyncio's timers make the real round trip longer, and it is measured); 0: not run (default 1)")
-    ap.add_argument("--rate", type=float, default=50.0, help="CreateVideo arrivals per second of the latency phase "
-                    "(default 50)")
+    ap.add_argument("--rate", type=float, default=25.0, help="CreateVideo arrivals per second of the latency phase "
+                    "(default 25: under what 4 dispatchers complete on a 2-core machine, so the queue and the "
+                    "database stay in a steady state; past it the creates queue on the admission lock)")
     ap.add_argument("--rate-seconds", type=float, default=10.0, help="how long the latency phase's arrivals last "
                     "(default 10)")
     ap.add_argument("--watchers", type=int, default=1000, help="concurrent watchers of the watch phase (default 1000)")
     ap.add_argument("--watched-jobs", type=int, default=10, help="jobs the watchers are spread over (default 10)")
     ap.add_argument("--watch-steps", type=int, default=32, help="steps of each watched job (default 32)")
-    ap.add_argument("--step-ms", type=float, default=50.0, help="time between two pushed steps of a watched job "
-                    "(default 50; the throughput phases push steps back to back)")
+    ap.add_argument("--step-ms", type=float, default=100.0, help="time between two pushed steps of a watched job "
+                    "(default 100: 10 jobs x 10 steps/s x 100 watchers = 10,000 deliveries/s; the throughput phases "
+                    "push steps back to back)")
     ap.add_argument("--idle-seconds", type=float, default=30.0, help="the idle phase's window (default 30)")
     ap.add_argument("--settle", type=float, default=3.0, help="seconds the dispatchers run idle before the idle "
                     "window opens (default 3)")
@@ -721,6 +812,10 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _interrupted(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> Report:
     args = parser().parse_args(argv)
     if args.short:
@@ -729,6 +824,9 @@ def main(argv: Sequence[str] | None = None) -> Report:
     from serving.migrations import upgrade
 
     with contextlib.ExitStack() as stack:
+        if threading.current_thread() is threading.main_thread():  # a SIGTERM (timeout, kill) still stops PostgreSQL
+            previous = signal.signal(signal.SIGTERM, _interrupted)
+            stack.callback(signal.signal, signal.SIGTERM, previous)
         url = args.database_url
         if not url:
             url = stack.enter_context(_postgres()).new_database()
