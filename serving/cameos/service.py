@@ -197,7 +197,7 @@ class CameoService:
         """The owner's notifications after `after_id`, then each new one as it is written: a write nudges the
         owner's watchers (`owner_topic`) and they read the store; they also read it every FALLBACK_SECONDS, for
         a nudge that was lost (another cluster's front door during an upgrade, a hub being replaced)."""
-        nudges = self.progress.nudges(owner_topic(principal.tenant_id)) if self.progress is not None else None
+        nudges = await self.progress.nudges(owner_topic(principal.tenant_id)) if self.progress is not None else None
         woken: asyncio.Future | None = asyncio.ensure_future(anext(nudges)) if nudges is not None else None
         try:
             while True:

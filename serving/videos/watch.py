@@ -41,12 +41,15 @@ async def follow(jobs: AsyncView[JobStore], video_id: str, feed: ProgressFeed | 
     With a feed, the store is read for what was not pushed every `poll_seconds`, and a queued job's position
     when the queue moves (a dispatcher claimed a job, a job was queued: the QUEUE_TOPIC nudge), at most every
     POSITION_SECONDS; without one, everything is read every `poll_seconds`."""
-    pushed: AsyncIterator[Progress] | None = feed.subscribe(video_id) if feed is not None else None
-    moves: AsyncIterator[None] | None = feed.nudges(QUEUE_TOPIC) if feed is not None else None
-    next_push = asyncio.ensure_future(anext(pushed)) if pushed is not None else None
-    next_move = asyncio.ensure_future(anext(moves)) if moves is not None else None
-    # (subscribed before the snapshot is read, so nothing falls between them)
+    pushed: AsyncIterator[Progress] | None = None
+    moves: AsyncIterator[None] | None = None
+    next_push: asyncio.Future[Progress] | None = None
+    next_move: asyncio.Future[None] | None = None
     try:
+        if feed is not None:  # subscribed (registered) before the snapshot is read, so nothing falls between them
+            pushed = await feed.subscribe(video_id)
+            moves = await feed.nudges(QUEUE_TOPIC)
+            next_push, next_move = asyncio.ensure_future(anext(pushed)), asyncio.ensure_future(anext(moves))
         # Events first, then the job: a finish landing between the two reads shows in the snapshot,
         # or after it; read the other way round, its event would be skipped and the watch never end.
         before = await jobs.events(video_id)

@@ -353,7 +353,7 @@ def test_every_step_is_pushed_while_the_store_gets_only_the_state_changes(setup,
         pushed = []
 
         async def watch():
-            async for p in hub.subscribe(jid):
+            async for p in await hub.subscribe(jid):
                 pushed.append(p)
 
         watcher = asyncio.create_task(watch())
@@ -394,7 +394,7 @@ def _watching(hub, jid, until):
     pushed: list = []
 
     async def watch():
-        async for p in hub.subscribe(jid):
+        async for p in await hub.subscribe(jid):
             pushed.append(p)
             if until(p):
                 return
