@@ -20,8 +20,6 @@ from serving.on_ray.progress import ServeProgressFeed
 from serving.services import DomainServices
 from serving.videos import DispatcherLink
 
-log = logging.getLogger(__name__)
-
 
 class _ServeDispatcherLink(DispatcherLink):
     def __init__(self, dispatcher: DeploymentHandle, hub: DeploymentHandle) -> None:
@@ -34,19 +32,20 @@ class _ServeDispatcherLink(DispatcherLink):
         try:  # every dispatcher hears it through the hub; the one running the job stops it
             await self.hub.cancel.remote(job_id)
         except Exception:  # noqa: BLE001 - the store flag still stops the job at its next progress write
-            log.warning("could not reach the progress hub to cancel %s; the store flag will", job_id)
+            logging.getLogger(__name__).warning("could not reach the progress hub to cancel %s; the store flag will",
+                                                job_id)
 
 
 @serve.deployment(name="Frontend", num_replicas=1)
 class FrontendDeployment:
     async def __init__(self, config: dict[str, Any], dispatcher: DeploymentHandle, hub: DeploymentHandle,
                        denoiser: DeploymentHandle) -> None:
-        cfg, metrics = load_config(config), RayMetrics()
-        self.app_name = serve.get_replica_context().app_name
+        cfg, metrics, self.app_name = load_config(config), RayMetrics(), serve.get_replica_context().app_name
         self.denoise_budget = CachedFigure(denoiser.max_tokens.remote, every_seconds=10.0, initial=None)
         self._budget_task = asyncio.get_running_loop().create_task(self.denoise_budget.refresh_forever())
+        self.progress = ServeProgressFeed(hub)  # one relay stream from the hub for all of this replica's watchers
         services = await in_thread(DomainServices.open, cfg, _ServeDispatcherLink(dispatcher, hub), metrics,
-                                   ServeProgressFeed(hub), self.denoise_budget.value)
+                                   self.progress, self.denoise_budget.value)
         self.door = await FrontDoor.start(cfg, services, metrics, health_probe=self._app_running)
 
     async def _app_running(self) -> bool:  # the application's status alone: serve.status() costs ~60 ms of CPU
@@ -58,3 +57,4 @@ class FrontendDeployment:
     async def __del__(self) -> None:
         self._budget_task.cancel()
         await self.door.stop()
+        await self.progress.close()  # the hub forgets this replica's interest

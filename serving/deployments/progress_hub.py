@@ -3,7 +3,7 @@ and the head's answer to what worker stages may not read themselves (the job sto
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from ray import serve
@@ -29,19 +29,20 @@ class ProgressHubDeployment:
         for progress in events:
             self.hub.publish(progress)
 
-    async def follow(self, video_id: str) -> AsyncIterator[Progress]:
-        async for progress in self.hub.subscribe(video_id):
-            yield progress
+    async def interest(self, subscriber_id: str, watch: Sequence[str] = (), unwatch: Sequence[str] = (),
+                       topics: Sequence[str] = (), untopics: Sequence[str] = ()) -> None:
+        self.hub.interest(subscriber_id, watch, unwatch, topics, untopics)
+
+    async def relay(self, subscriber_id: str) -> AsyncIterator[list[Progress | str]]:
+        """A Frontend replica's one stream: the events and nudges it declared an interest in, in batches."""
+        async for batch in self.hub.relay(subscriber_id):
+            yield batch
 
     async def latest(self, video_ids: list[str]) -> dict[str, Progress]:
         return await self.hub.latest(video_ids)
 
     async def nudge(self, topic: str) -> None:
         self.hub.nudge(topic)
-
-    async def follow_nudges(self, topic: str) -> AsyncIterator[None]:
-        async for _ in self.hub.nudges(topic):
-            yield None
 
     async def cancel(self, video_id: str) -> None:
         self.hub.cancel(video_id)
