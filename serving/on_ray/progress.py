@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 FLUSH_SECONDS = 0.01  # events of one moment travel in one call
 REGISTER_SECONDS = 2.0  # a watcher waits at most this long for the hub to take its interest (else: the store)
+INTEREST_SECONDS = 10.0  # an interest call that takes longer is given up, and tried again
 RECONNECT_SECONDS = 1.0
 VIDEO, TOPIC = "video", "topic"
 
@@ -120,10 +121,10 @@ class ServeProgressFeed(ProgressFeed):
                 self._sending = want
                 failed = False
                 try:
-                    if add or drop:
-                        await self.hub.interest.remote(
+                    if add or drop:  # (a call that hangs, to a hub being replaced, is tried again)
+                        await asyncio.wait_for(self.hub.interest.remote(
                             subscriber, watch=_names(add, VIDEO), unwatch=_names(drop, VIDEO),
-                            topics=_names(add, TOPIC), untopics=_names(drop, TOPIC))
+                            topics=_names(add, TOPIC), untopics=_names(drop, TOPIC)), INTEREST_SECONDS)
                     if subscriber == self.subscriber:  # not a relay replaced meanwhile
                         self._confirmed = want
                 except Exception as e:  # noqa: BLE001 - the hub is away: try again in a while

@@ -5,6 +5,7 @@ calls an in-memory hub (with a network's delay), and can break its streams as a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -375,3 +376,52 @@ def test_watch_video_through_a_front_doors_feed_sees_every_pushed_step_and_the_s
     assert sorted(p.step for p in seen if p.message != "snapshot" and not p.terminal) == sorted([2, 3, 4, 5] * 3)
     ends = [p for p in seen if p.terminal]
     assert len(ends) == 3 and all(p.error_code == "internal" for p in ends)
+
+
+def test_a_hub_that_does_not_answer_delays_a_watcher_by_at_most_the_registration_bound(monkeypatch):
+    """The hub is away (its replica being replaced): subscribe returns after REGISTER_SECONDS and the watcher reads
+    the store; once the hub answers, the interest it missed is declared and events arrive."""
+    from serving.on_ray import progress
+
+    monkeypatch.setattr(progress, "REGISTER_SECONDS", 0.2)
+    monkeypatch.setattr(progress, "INTEREST_SECONDS", 0.3)
+
+    async def main() -> None:
+        hub = ProgressHub()
+        handle = Handle(hub)
+        answering = asyncio.Event()
+        interest = hub.interest
+
+        async def slow_interest(*args: Any, **kwargs: Any) -> None:
+            await answering.wait()
+            interest(*args, **kwargs)
+
+        hub.interest = slow_interest  # type: ignore[method-assign]
+        door = ServeProgressFeed(handle, reconnect_seconds=0.05)
+        started = time.monotonic()
+        sub = await door.subscribe("video_a")
+        assert 0.2 <= time.monotonic() - started < 1.0
+        answering.set()
+        await _until(lambda: hub.relays.get(door.subscriber, (set(), set()))[0] == {"video_a"})
+        hub.publish(end("video_a"))
+        async with asyncio.timeout(5):
+            assert [p.terminal for p in await _collect(sub)] == [True]
+        await door.close()
+
+    asyncio.run(main())
+
+
+def test_a_watcher_cancelled_while_registering_leaves_nothing_behind():
+    async def main() -> None:
+        hub = ProgressHub()
+        door = ServeProgressFeed(Handle(hub))
+        joining = asyncio.ensure_future(door.subscribe("video_a"))
+        await asyncio.sleep(0)
+        joining.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await joining
+        assert door.local.watchers == 0
+        await _until(lambda: hub.relays.get(door.subscriber) == (set(), set()))
+        await door.close()
+
+    asyncio.run(main())
