@@ -320,38 +320,20 @@ def test_an_interest_whose_relay_never_came_is_forgotten_not_one_that_streams(mo
 def test_watch_video_through_a_front_doors_feed_sees_every_pushed_step_and_the_stored_end(tmp_path, tiny_config):
     """WatchVideo's generator (watch.py) over the relayed feed: the snapshot, each step pushed at the cluster's hub,
     then the end as the store has it."""
-    from engines.params import GenerationRequest, params_to_dict
-    from serving.accounts import AccountStore
     from serving.accounts.models import Principal, Tenant
-    from serving.artifacts import LocalArtifactStore
-    from serving.cameos.store import CameoStore
-    from serving.config import load_config
-    from serving.db import Database
-    from serving.jobs import NewJob
     from serving.jobs.sql_store import SqlJobStore
-    from serving.moderation import RuleModerator
-    from serving.videos import VideoService
-    from tests.tools import migrated
+    from tests.serving.video_setups import job_database, queue_jobs, video_service
 
-    class NoDispatcher:
-        async def wake(self) -> None: ...
-
-        async def cancel(self, job_id: str) -> None: ...
-
-    db = Database(migrated(f"sqlite:///{tmp_path}/jobs.db"))
+    db = job_database(tmp_path)
     store = SqlJobStore(db)
-    params = GenerationRequest(prompt="a cat", seed=1, steps=5).validated(tiny_config)
-    store.create(NewJob(id="video_1", tenant="t", model="m", priority=5, params=params_to_dict(params),
-                        request_hash="1"), max_queued=10)
+    queue_jobs(store, tiny_config, ["video_1"], steps=5)
     lease = store.claim_next("d1", 30.0).lease
     store.record_progress(lease, stage=Stage.DENOISING, step=1, total_steps=5, progress=0.2)
 
     async def main() -> list:
         hub = ProgressHub()
         door = ServeProgressFeed(Handle(hub))
-        videos = VideoService(load_config({}), store, LocalArtifactStore(tmp_path / "artifacts"), NoDispatcher(),
-                              moderator=RuleModerator([]), accounts=AccountStore(db), cameos=CameoStore(db),
-                              progress=door)
+        videos = video_service(db, store, tmp_path, progress=door)
         seen: list = []
 
         async def watch() -> None:

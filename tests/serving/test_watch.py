@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-from engines.params import GenerationRequest, params_to_dict
-from serving.accounts import AccountStore
 from serving.accounts.models import Principal, Tenant
 from serving.artifacts import LocalArtifactStore
 from serving.cameos.store import CameoStore
 from serving.config import load_config
-from serving.db import Database
-from serving.jobs import JobStatus, NewJob
+from serving.jobs import JobStatus
 from serving.jobs.sql_store import SqlJobStore
-from serving.moderation import RuleModerator
-from serving.videos import VideoService
-from tests.tools import migrated
+from tests.serving.video_setups import NoDispatcher, job_database, queue_jobs, video_service
 
 
 class FinishingStore(SqlJobStore):
@@ -42,23 +37,14 @@ class FinishingStore(SqlJobStore):
         return events
 
 
-class NoDispatcher:
-    async def wake(self) -> None: ...
-
-    async def cancel(self, job_id: str) -> None: ...
-
-
 def test_a_job_finishing_as_the_watch_starts_still_ends_the_watch(tmp_path, tiny_config):
-    db = Database(migrated(f"sqlite:///{tmp_path}/jobs.db"))
+    db = job_database(tmp_path)
     store = FinishingStore(db)
-    params = GenerationRequest(prompt="a cat", seed=1, steps=3).validated(tiny_config)
-    store.create(NewJob(id="video_1", tenant="t", model="m", priority=5, params=params_to_dict(params),
-                        request_hash="1"), max_queued=10)
+    queue_jobs(store, tiny_config, ["video_1"], steps=3)
     claimed = store.claim_next("d1", 30.0)
     assert claimed.id == "video_1"
     store.lease = claimed.lease
-    videos = VideoService(load_config({}), store, LocalArtifactStore(tmp_path / "artifacts"), NoDispatcher(),
-                          moderator=RuleModerator([]), accounts=AccountStore(db), cameos=CameoStore(db))
+    videos = video_service(db, store, tmp_path)
 
     async def watch() -> list:
         store.armed = True
@@ -70,16 +56,13 @@ def test_a_job_finishing_as_the_watch_starts_still_ends_the_watch(tmp_path, tiny
 
 
 def test_a_late_watcher_asking_for_history_sees_the_recorded_stages_then_the_end(tmp_path, tiny_config):
-    db = Database(migrated(f"sqlite:///{tmp_path}/jobs.db"))
+    db = job_database(tmp_path)
     store = SqlJobStore(db)
-    params = GenerationRequest(prompt="a cat", seed=1, steps=3).validated(tiny_config)
-    store.create(NewJob(id="video_1", tenant="t", model="m", priority=5, params=params_to_dict(params),
-                        request_hash="1"), max_queued=10)
+    queue_jobs(store, tiny_config, ["video_1"], steps=3)
     lease = store.claim_next("d1", 30.0).lease
     store.set_enhanced_prompt(lease, "a tabby cat naps on a velvet sofa", "prompt enhanced")
     store.finish(lease, JobStatus.FAILED, error_code="internal", error_message="the decoder went away")
-    videos = VideoService(load_config({}), store, LocalArtifactStore(tmp_path / "artifacts"), NoDispatcher(),
-                          moderator=RuleModerator([]), accounts=AccountStore(db), cameos=CameoStore(db))
+    videos = video_service(db, store, tmp_path)
 
     async def watch(history: bool) -> list:
         async with asyncio.timeout(10):
@@ -104,16 +87,13 @@ def test_get_and_list_show_a_running_jobs_pushed_step_the_store_does_not_hold(tm
     from serving.control_plane.progress import Progress, ProgressHub
     from serving.jobs import Stage
 
-    db = Database(migrated(f"sqlite:///{tmp_path}/jobs.db"))
+    db = job_database(tmp_path)
     store = SqlJobStore(db)
-    params = GenerationRequest(prompt="a cat", seed=1, steps=30).validated(tiny_config)
-    store.create(NewJob(id="video_1", tenant="t", model="m", priority=5, params=params_to_dict(params),
-                        request_hash="1"), max_queued=10)
+    queue_jobs(store, tiny_config, ["video_1"], steps=30)
     lease = store.claim_next("d1", 30.0).lease
     store.record_progress(lease, stage=Stage.DENOISING, step=1, total_steps=30, progress=0.05)
     hub = ProgressHub()
-    videos = VideoService(load_config({}), store, LocalArtifactStore(tmp_path / "artifacts"), NoDispatcher(),
-                          moderator=RuleModerator([]), accounts=AccountStore(db), cameos=CameoStore(db), progress=hub)
+    videos = video_service(db, store, tmp_path, progress=hub)
     who = Principal(Tenant("t", "t"))
     hub.publish(Progress(video_id="video_1", status=JobStatus.IN_PROGRESS, stage=Stage.DENOISING, at=time.time(),
                          step=17, total_steps=30, progress=0.55, eta_seconds=3.0))
@@ -138,11 +118,10 @@ def test_a_cameo_owners_watch_wakes_on_a_notification_not_on_a_timer(tmp_path):
     from serving.cameos.service import CameoService
     from serving.control_plane.progress import ProgressHub
 
-    db = Database(migrated(f"sqlite:///{tmp_path}/jobs.db"))
+    db = job_database(tmp_path)
     hub, cameos, artifacts = ProgressHub(), CameoStore(db), LocalArtifactStore(tmp_path / "artifacts")
     jobs = FinishingStore(db)
-    videos = VideoService(load_config({}), jobs, artifacts, NoDispatcher(), moderator=RuleModerator([]),
-                          accounts=AccountStore(db), cameos=cameos, progress=hub)
+    videos = video_service(db, jobs, tmp_path, progress=hub)
     service = CameoService(load_config({}), cameos, jobs, artifacts, videos, NoDispatcher(), progress=hub)
     owner = Principal(Tenant("ann", "ann"), user="ann")
     cameo = cameos.create(Cameo(id="cameo_1", owner_tenant="ann", owner_user="ann", name="Ann", require_approval=False,
@@ -186,14 +165,10 @@ def test_a_queued_watcher_reads_its_position_when_the_queue_moves_not_on_a_timer
             CountingStore.positions += 1
             return super().queue_position(job_id)
 
-    db = Database(migrated(f"sqlite:///{tmp_path}/jobs.db"))
+    db = job_database(tmp_path)
     store, hub = CountingStore(db), ProgressHub()
-    params = GenerationRequest(prompt="a cat", seed=1, steps=3).validated(tiny_config)
-    for i in range(3):
-        store.create(NewJob(id=f"video_{i}", tenant="t", model="m", priority=5, params=params_to_dict(params),
-                            request_hash=str(i)), max_queued=10)
-    videos = VideoService(load_config({}), store, LocalArtifactStore(tmp_path / "artifacts"), NoDispatcher(),
-                          moderator=RuleModerator([]), accounts=AccountStore(db), cameos=CameoStore(db), progress=hub)
+    queue_jobs(store, tiny_config, [f"video_{i}" for i in range(3)], steps=3)
+    videos = video_service(db, store, tmp_path, progress=hub)
 
     async def main() -> tuple[list, int, float]:
         seen: list = []
