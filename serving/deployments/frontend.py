@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 from ray import serve
@@ -16,24 +15,8 @@ from serving.frontend.front_door import FrontDoor
 from serving.on_ray.cached import CachedFigure
 from serving.on_ray.compat import app_status
 from serving.on_ray.metrics import RayMetrics
-from serving.on_ray.progress import ServeProgressFeed
+from serving.on_ray.progress import ServeDispatcherLink, ServeProgressFeed
 from serving.services import DomainServices
-from serving.videos import DispatcherLink
-
-
-class _ServeDispatcherLink(DispatcherLink):
-    def __init__(self, dispatcher: DeploymentHandle, hub: DeploymentHandle) -> None:
-        self.dispatcher, self.hub = dispatcher, hub
-
-    async def wake(self) -> None:
-        self.dispatcher.wake.remote()  # fire and forget: every dispatcher also polls the store
-
-    async def cancel(self, job_id: str) -> None:
-        try:  # every dispatcher hears it through the hub; the one running the job stops it
-            await self.hub.cancel.remote(job_id)
-        except Exception:  # noqa: BLE001 - the store flag still stops the job at its next progress write
-            logging.getLogger(__name__).warning("could not reach the progress hub to cancel %s; the store flag will",
-                                                job_id)
 
 
 @serve.deployment(name="Frontend", num_replicas=1)
@@ -44,7 +27,7 @@ class FrontendDeployment:
         self.denoise_budget = CachedFigure(denoiser.max_tokens.remote, every_seconds=10.0, initial=None)
         self._budget_task = asyncio.get_running_loop().create_task(self.denoise_budget.refresh_forever())
         self.progress = ServeProgressFeed(hub)  # one relay stream from the hub for all of this replica's watchers
-        services = await in_thread(DomainServices.open, cfg, _ServeDispatcherLink(dispatcher, hub), metrics,
+        services = await in_thread(DomainServices.open, cfg, ServeDispatcherLink(dispatcher, hub), metrics,
                                    self.progress, self.denoise_budget.value)
         self.door = await FrontDoor.start(cfg, services, metrics, health_probe=self._app_running)
 

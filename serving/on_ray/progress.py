@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from serving.control_plane.progress import Progress, ProgressFeed, ProgressHub, ProgressSink, Subscription
+from serving.videos import DispatcherLink
 
 if TYPE_CHECKING:
     from ray.serve.handle import DeploymentHandle
@@ -200,6 +201,22 @@ class ServeProgressFeed(ProgressFeed):
 
 def _names(keys: set[tuple[str, str]], kind: str) -> list[str]:
     return sorted(name for k, name in keys if k == kind)
+
+
+class ServeDispatcherLink(DispatcherLink):
+    """How a front door reaches the dispatchers: a create wakes one (any), a cancel goes through the hub to all."""
+
+    def __init__(self, dispatcher: DeploymentHandle, hub: DeploymentHandle) -> None:
+        self.dispatcher, self.hub = dispatcher, hub
+
+    async def wake(self) -> None:
+        self.dispatcher.wake.remote()  # fire and forget: every dispatcher also polls the store
+
+    async def cancel(self, job_id: str) -> None:
+        try:  # every dispatcher hears it through the hub (relay_cancellations); the one running the job stops it
+            await self.hub.cancel.remote(job_id)
+        except Exception:  # noqa: BLE001 - the store flag still stops the job at its next progress write
+            log.warning("could not reach the progress hub to cancel %s; the store flag will", job_id)
 
 
 async def relay_cancellations(hub: DeploymentHandle, cancel: Callable[[str], Awaitable[bool]]) -> None:
