@@ -6,7 +6,7 @@ nodes lost and replaced as KubeRay replaces a pod, and a count of what that cost
 
 The long scenario runs `--jobs` jobs with no loss (the baseline), then the same jobs again while worker nodes
 (text encoder, DiT, decoder, chosen at random) are removed at random moments and a fresh one added at once, and
-prints the jobs completed, lost and finished twice, and both wall times. `--checks` (tests/integration/
+prints the jobs completed, lost and finished twice, and both wall times. `--checks` (tests/cluster_lifecycle/
 test_nodes.py) checks where each stage runs, loses the DiT node mid-denoise and the Decoder node mid-decode, and
 downloads a video whose Decoder node has gone; it writes what it saw as JSON (`report.json` in `--out`).
 

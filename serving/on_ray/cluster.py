@@ -177,8 +177,11 @@ class LocalCluster:
         _wait_running([a["name"] for a in serve_config["applications"]], timeout_s)
 
     def _apply(self) -> None:
+        import ray
         from ray.serve.schema import ServeDeploySchema
 
+        if not ray.is_initialized():  # else Ray would start a bare local instance and deploy there
+            raise RuntimeError("this local cluster has been shut down")
         deploy_apps(ServeDeploySchema.parse_obj({**self._base, "applications": list(self._configs.values())}))
 
     @property

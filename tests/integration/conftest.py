@@ -14,6 +14,26 @@ import pytest
 from kino_api.v1 import video_service_pb2 as pb
 from kino_api.v1 import video_service_pb2_grpc as pb_grpc
 
+_SHARED: dict = {}  # "cluster": the shared cluster while it runs; "last": the last test that uses it
+
+
+@pytest.hookimpl(trylast=True)  # after the suite's order is set (tests/conftest.py)
+def pytest_collection_modifyitems(items) -> None:
+    users = [item for item in items if "cluster" in getattr(item, "fixturenames", ())]
+    _SHARED["last"] = users[-1] if users else None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """The shared cluster stops after the last test that uses it, not at the end of the session: an idle Kino
+    app still costs Ray's floor (~12% of a core here), which the tests after it would pay for nothing. It stops
+    after that test's teardown, module fixtures included: a module's app is deleted through the cluster."""
+    try:
+        return (yield)
+    finally:
+        if item is _SHARED.get("last") and "cluster" in _SHARED:
+            _SHARED.pop("cluster").shutdown()
+
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
@@ -31,8 +51,10 @@ def cluster(tmp_path_factory):
                                        # A checkpoint every half second of a job's denoising: the kill test's
                                        # job resumes from one (the default, 30 s, is for GPU-sized steps).
                                        "checkpoints": {"every_seconds": 0.5}})
+    _SHARED["cluster"] = c
     yield c
-    c.shutdown()
+    if _SHARED.pop("cluster", None) is c:  # the run ended before its last user (-x, a keyboard interrupt)
+        c.shutdown()
 
 
 @pytest.fixture(scope="session")

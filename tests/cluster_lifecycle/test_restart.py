@@ -148,13 +148,18 @@ def test_an_upgrade_two_clusters_on_one_database_then_the_old_one_killed_loses_n
                                  f"{[(j.status, j.step, j.lease_owner) for j in map(store.get, ids)]}") from None
         killed_at = time.time()
         _kill_group(old, old_tmp)
+
+        def story() -> str:  # what each job went through, for a failure's message (seconds from the kill)
+            return "\n".join(f"{i} ({'victim' if i in victims else 'other'}): " + "; ".join(
+                f"{e.at - killed_at:+.1f}s {e.status.value} {e.message}" for e in store.events(i)) for i in ids)
+
         for i in ids:  # watched through the new cluster, as clients are once traffic moved
-            assert wait_done(new_stub, i, timeout=300)[-1].status == pb.VIDEO_STATUS_COMPLETED
+            assert wait_done(new_stub, i, timeout=300)[-1].status == pb.VIDEO_STATUS_COMPLETED, story()
         for i in victims:
             requeued = [e.at for e in store.events(i) if e.message.startswith("requeued: the lease of dispatcher")]
-            assert requeued and requeued[0] - killed_at <= lease + 2 * heartbeat + 3, (requeued, killed_at)
+            assert requeued and requeued[0] - killed_at <= lease + 2 * heartbeat + 3, story()
         for i in ids:
-            assert [e.status for e in store.events(i)].count(JobStatus.COMPLETED) == 1
+            assert [e.status for e in store.events(i)].count(JobStatus.COMPLETED) == 1, story()
         store.close()
     finally:
         for ch in channels:
