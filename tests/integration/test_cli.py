@@ -92,12 +92,16 @@ def test_admin_tenants_keys_and_audit(tmp_path):
     assert dup.returncode == 2 and "already exists" in dup.stderr
 
 
-def test_run_in_process_moderates_marks_and_signs(tmp_path):
-    """`kino run` (no cluster) keeps the cluster's promises: moderated, watermarked, signed."""
-    env = {**os.environ, "KINO_PROVENANCE__DEV_CHAIN_DIR": str(tmp_path / "credentials")}
+def test_run_in_process_moderates_marks_and_signs(tmp_path, capsys, monkeypatch):
+    """`kino run` (no cluster) keeps the cluster's promises: moderated, watermarked, signed. The first run is the
+    installed command in a process of its own; the others call the same `main` in this one (no second torch
+    import per run)."""
+    from kino.cli.main import main
+
+    monkeypatch.setenv("KINO_PROVENANCE__DEV_CHAIN_DIR", str(tmp_path / "credentials"))
     out = tmp_path / "run.mp4"
     ran = subprocess.run(KINO + ["run", "a kite over dunes", "--seconds", "1", "--size", "64x64", "--steps", "2",
-                                 "-o", str(out)], capture_output=True, text=True, timeout=300, env=env)
+                                 "-o", str(out)], capture_output=True, text=True, timeout=300, env=dict(os.environ))
     assert ran.returncode == 0, ran.stdout + ran.stderr
     from engines.staged_pipeline import StageTimes
 
@@ -109,18 +113,19 @@ def test_run_in_process_moderates_marks_and_signs(tmp_path):
     assert frames and all(detect(f)[0] for f in frames)
     root = (tmp_path / "credentials" / "root.pem").read_bytes()
     assert verify(out, root).state == "Trusted"
-    cached = subprocess.run(KINO + ["run", "a kite over dunes", "--seconds", "1", "--size", "64x64", "--steps", "6",
-                                    "--cache", "balanced", "-o", str(tmp_path / "cached.mp4")],
-                            capture_output=True, text=True, timeout=300, env=env)
-    assert cached.returncode == 0 and StageTimes.parse(cached.stdout).denoise > 0, cached.stdout + cached.stderr
-    two = subprocess.run(KINO + ["run", "a kite over dunes", "--seconds", "0.5", "--size", "128x128", "--steps", "2",
-                                 "--two-stage", "-o", str(tmp_path / "two.mp4")],
-                         capture_output=True, text=True, timeout=300, env=env)
-    assert two.returncode == 0 and "two-stage: stage 1 " in two.stdout, two.stdout + two.stderr
+    capsys.readouterr()
+    assert main(["run", "a kite over dunes", "--seconds", "1", "--size", "64x64", "--steps", "6",
+                 "--cache", "balanced", "-o", str(tmp_path / "cached.mp4")]) == 0
+    cached = capsys.readouterr()
+    assert StageTimes.parse(cached.out).denoise > 0, cached.out + cached.err
+    assert main(["run", "a kite over dunes", "--seconds", "0.5", "--size", "128x128", "--steps", "2",
+                 "--two-stage", "-o", str(tmp_path / "two.mp4")]) == 0
+    two = capsys.readouterr()
+    assert "two-stage: stage 1 " in two.out, two.out + two.err
     assert (probe(tmp_path / "two.mp4").width, probe(tmp_path / "two.mp4").height) == (128, 128)
-    refused = subprocess.run(KINO + ["run", "a gory decapitation scene", "-o", str(tmp_path / "no.mp4")],
-                             capture_output=True, text=True, timeout=300, env=env)
-    assert refused.returncode == 2 and "FAILED_PRECONDITION" in refused.stderr and "graphic_violence" in refused.stderr
+    assert main(["run", "a gory decapitation scene", "-o", str(tmp_path / "no.mp4")]) == 2
+    refused = capsys.readouterr().err
+    assert "FAILED_PRECONDITION" in refused and "graphic_violence" in refused, refused
     assert not (tmp_path / "no.mp4").exists()
 
 
