@@ -39,9 +39,11 @@ image-smoke: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/kino demo -o out/demo.mp4
 
+# Two workers (pytest-xdist): one runs the tests that share the session's cluster (tests/integration), the other the
+# rest, each module whole (tests/conftest.py). -n 0 runs them in this process, one after another.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -m "not gpu" -q --durations=25
+	$(PY) -m pytest -m "not gpu" -q --durations=25 -n 2
 
 # Train the demo preset's weights on the synthetic world (training/train_demo.py) into engines/weights/demo/
 # (loss curves in out/train_demo/): the full run (about an hour on two idle CPU cores: autoencoders 30 min, DiT

@@ -5,6 +5,7 @@ dev extra). An install that fails raises."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -20,13 +22,28 @@ from pathlib import Path
 from typing import Any
 
 
+@contextlib.contextmanager
+def one_at_a_time(name: str) -> Iterator[None]:
+    """An exclusive lock held across processes on this machine (the suite's parallel workers, scripts beside it):
+    one installs, the others wait and then find it installed."""
+    path = Path(tempfile.gettempdir()) / f"kino-{name}.lock"
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _apt_install(*packages: str) -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = ["apt-get", "install", "-y", "--no-install-recommends", *packages]
+    wait = ["-o", "DPkg::Lock::Timeout=600"]  # another apt on the machine: wait for its lock, do not fail
+    cmd = ["apt-get", *wait, "install", "-y", "--no-install-recommends", *packages]
     if os.geteuid() != 0:
         cmd = ["sudo", "-n", *cmd]
     if subprocess.run(cmd, env=env, capture_output=True).returncode != 0:
-        update = ["apt-get", "update"] if os.geteuid() == 0 else ["sudo", "-n", "apt-get", "update"]
+        update = ["apt-get", *wait, "update"]
+        update = update if os.geteuid() == 0 else ["sudo", "-n", *update]
         subprocess.run(update, env=env, check=True, capture_output=True, timeout=600)
         subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=900)
 
@@ -36,7 +53,10 @@ def ensure_binary(name: str, apt_package: str, search: tuple[str, ...] = ()) -> 
     found = shutil.which(name) or next((p for p in search if Path(p).is_file()), None)
     if found:
         return found
-    _apt_install(apt_package)
+    with one_at_a_time("apt"):
+        found = shutil.which(name) or next((p for p in search if Path(p).is_file()), None)
+        if not found:
+            _apt_install(apt_package)
     found = shutil.which(name) or next((p for p in search if Path(p).is_file()), None)
     if not found:
         raise RuntimeError(f"installed {apt_package} but {name} is still missing")

