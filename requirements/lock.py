@@ -140,6 +140,8 @@ def _compile(lock: Lock, constraints: Path | None) -> None:
         subprocess.run(cmd, check=True, env=env, cwd=ROOT)
     body = lock.path.read_text()
     body = re.sub(r"^#\s+-c .*\n|^\s+#\s+-c .*\n", "", body, flags=re.M)
+    # A "via" left with one source once the constraints' line is gone reads as pip-compile writes one: on one line.
+    body = re.sub(r"^(\s+)# via\n\1#   (.+)\n(?!\1#   )", r"\1# via \2\n", body, flags=re.M)
     body = body.replace(str(source), "pyproject.toml")
     header = (f"# {lock.name}.lock: written by `make lock` (requirements/lock.py) from pyproject.toml;\n"
               f"# extras: {', '.join(lock.extras) or 'none'}. Do not edit by hand.\n")
